@@ -1,0 +1,1 @@
+"""modelgate: the panel's application factory (other processes have factories of their own)."""
