@@ -1,1 +1,77 @@
-"""modelgate: the panel's application factory (other processes have factories of their own)."""
+"""modelgate's panel: the application factory (other processes have factories of their own)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_app(overrides: dict[str, Any] | None = None) -> Flask:
+    """Build the panel app: config, extensions, blueprints, error handlers, Celery."""
+    app = Flask(__name__, template_folder=str(ROOT / "templates"),
+                static_folder=str(ROOT / "static"))
+    register_config(app, overrides)
+    register_extensions(app)
+    register_security(app)
+    register_blueprints(app)
+    register_error_handlers(app)
+    register_celery(app)
+    return app
+
+
+def register_config(app: Flask, overrides: dict[str, Any] | None) -> None:
+    """Load layered configuration (defaults → MODELGATE_* → overrides) and fail fast."""
+    from app.config import celery_settings, load_config
+
+    app.config.from_mapping(load_config(overrides))
+    app.config["CELERY"] = {**celery_settings(app.config), **app.config.get("CELERY", {})}
+
+
+def register_extensions(app: Flask) -> None:
+    """Bind the database, login manager, CSRF protection and Redis client."""
+    from app.auth.users import init_login
+    from app.extensions import csrf, db
+    from app.services.events import make_redis
+
+    db.init_app(app)
+    csrf.init_app(app)
+    init_login(app)
+    app.extensions["redis"] = make_redis(app.config["REDIS_URL"])
+
+
+def register_security(app: Flask) -> None:
+    """Security headers on every response (reliability-security.md 3.4)."""
+    from app.security import init_security
+
+    init_security(app)
+
+
+def register_blueprints(app: Flask) -> None:
+    """Register one blueprint per feature."""
+    from app.api.routes import bp as api_bp
+    from app.auth.routes import bp as auth_bp
+    from app.dashboard.routes import bp as dashboard_bp
+    from app.jobs.routes import bp as jobs_bp
+
+    app.register_blueprint(dashboard_bp)
+    app.register_blueprint(auth_bp)
+    app.register_blueprint(jobs_bp)
+    app.register_blueprint(api_bp)
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Render every error in one place."""
+    from app.errors import register_error_handlers as register
+
+    register(app)
+
+
+def register_celery(app: Flask) -> None:
+    """Create the Celery app bound to this Flask app."""
+    from workers.celery_app import celery_init_app
+
+    celery_init_app(app)

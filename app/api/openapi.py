@@ -1,0 +1,83 @@
+"""The OpenAPI description of the panel REST API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.db import JobStatus
+from app.services.kinds import JobKind
+
+_PROBLEM = {"$ref": "#/components/schemas/Problem"}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/problem+json": {"schema": _PROBLEM}}}
+
+
+def document() -> dict[str, Any]:
+    """Return the OpenAPI 3.1 document."""
+    job_ref = {"$ref": "#/components/schemas/Job"}
+    job_id = [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "modelgate panel API", "version": "1"},
+        "servers": [{"url": "/api/v1"}],
+        "security": [{"bearer": []}],
+        "paths": {
+            "/jobs": {
+                "get": {"summary": "List jobs, newest first",
+                        "parameters": [
+                            {"name": "status", "in": "query", "schema": {"type": "string"}},
+                            {"name": "kind", "in": "query", "schema": {"type": "string"}},
+                            {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+                        "responses": {"200": {"description": "Jobs", "content": {
+                            "application/json": {"schema": {
+                                "type": "object", "properties": {
+                                    "jobs": {"type": "array", "items": job_ref}}}}}},
+                            "401": _error("Not signed in")}},
+                "post": {"summary": "Queue a job",
+                         "requestBody": {"required": True, "content": {"application/json": {
+                             "schema": {"$ref": "#/components/schemas/JobRequest"}}}},
+                         "responses": {"202": {"description": "Queued", "content": {
+                             "application/json": {"schema": job_ref}}},
+                             "400": _error("Malformed body"), "401": _error("Not signed in"),
+                             "403": _error("Missing role"), "422": _error("Invalid request"),
+                             "503": _error("Queue unreachable; nothing was queued")}},
+            },
+            "/jobs/{job_id}": {"get": {
+                "summary": "One job", "parameters": job_id,
+                "responses": {"200": {"description": "The job", "content": {
+                    "application/json": {"schema": job_ref}}}, "404": _error("No such job")}}},
+            "/jobs/{job_id}/cancel": {"post": {
+                "summary": "Cancel a job", "parameters": job_id,
+                "responses": {"200": {"description": "Cancelled or cancelling", "content": {
+                    "application/json": {"schema": job_ref}}},
+                    "403": _error("Missing role"), "409": _error("Already ended")}}},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "bearerFormat": "JWT"}},
+            "schemas": {
+                "JobRequest": {"type": "object", "required": ["kind"], "properties": {
+                    "kind": {"enum": [k.value for k in JobKind]},
+                    "params": {"type": "object"}}},
+                "Job": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "kind": {"type": "string"},
+                    "status": {"enum": [s.value for s in JobStatus]},
+                    "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+                    "step": {"type": "string"}, "params": {"type": "object"},
+                    "result": {"type": ["object", "null"]},
+                    "error": {"type": ["string", "null"]},
+                    "requested_by": {"type": "string"}, "attempts": {"type": "integer"},
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "started_at": {"type": ["string", "null"], "format": "date-time"},
+                    "finished_at": {"type": ["string", "null"], "format": "date-time"}}},
+                "Problem": {"type": "object", "properties": {
+                    "type": {"type": "string"}, "title": {"type": "string"},
+                    "status": {"type": "integer"}, "detail": {"type": "string"},
+                    "errors": {"type": "array", "items": {"type": "object", "properties": {
+                        "field": {"type": "string"}, "message": {"type": "string"}}}}}},
+            },
+        },
+    }

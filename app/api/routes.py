@@ -1,0 +1,86 @@
+"""The panel REST API (`/api/v1`): what the pages can do, scripts and CI can do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, request
+from flask_login import current_user
+
+from app.auth.users import signed_in
+from app.errors import BadRequest, ValidationError
+from app.extensions import csrf
+from app.services import jobs
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+# Bearer-token callers carry no cookie, so CSRF cannot apply to them; session callers are
+# checked in require_csrf_for_session below.
+csrf.exempt(bp)
+
+
+@bp.before_request
+def require_csrf_for_session() -> None:
+    """Session-authenticated writes need the CSRF header; bearer-token writes do not."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    if request.headers.get("Authorization", "").lower().startswith("bearer "):
+        return
+    csrf.protect()
+
+
+def _json_body() -> dict[str, Any]:
+    """Parse a JSON object body or raise a 4xx that says what is wrong."""
+    if not request.is_json:
+        raise BadRequest("send a JSON body with Content-Type: application/json")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+@bp.get("/jobs")
+@signed_in
+def list_jobs() -> Any:
+    """List jobs, newest first (?status=, ?kind=, ?limit=)."""
+    limit = request.args.get("limit", default=50, type=int)
+    found = jobs.list_jobs(limit=limit, status=request.args.get("status"),
+                           kind=request.args.get("kind"))
+    return {"jobs": [jobs.to_dict(job) for job in found]}
+
+
+@bp.post("/jobs")
+@signed_in
+def create_job() -> Any:
+    """Queue a job: 202 with the job; 403 without the role; 503 if the queue is down."""
+    body = _json_body()
+    if "kind" not in body:
+        raise ValidationError("kind is required", errors=[{"field": "kind",
+                                                           "message": "required"}])
+    kind = jobs.parse_kind(body["kind"])
+    job = jobs.submit(kind, body.get("params"), current_user.username, roles=current_user.roles)
+    return jobs.to_dict(job), 202, {"Location": f"/api/v1/jobs/{job.id}"}
+
+
+@bp.get("/jobs/<job_id>")
+@signed_in
+def get_job(job_id: str) -> Any:
+    """Return one job and (?log=1) its log."""
+    payload = jobs.to_dict(jobs.get(job_id))
+    if request.args.get("log"):
+        payload["log"] = [jobs.log_to_dict(line) for line in jobs.logs(job_id)]
+    return payload
+
+
+@bp.post("/jobs/<job_id>/cancel")
+@signed_in
+def cancel_job(job_id: str) -> Any:
+    """Cancel a job: 200 with the job, 409 if it already ended."""
+    return jobs.to_dict(jobs.cancel(job_id, current_user.username, roles=current_user.roles))
+
+
+@bp.get("/openapi.json")
+def openapi() -> Any:
+    """Describe this API (OpenAPI 3.1)."""
+    from app.api.openapi import document
+
+    return document()

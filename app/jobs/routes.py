@@ -1,0 +1,111 @@
+"""Job pages: list, detail with live log, queue, cancel; JSON status and an SSE stream."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
+from flask_login import current_user
+
+from app.auth.users import signed_in
+from app.errors import ServiceUnavailable
+from app.services import events, jobs
+from app.services.kinds import AVAILABLE_KINDS, KIND_SPECS
+
+bp = Blueprint("jobs", __name__, url_prefix="/jobs")
+
+
+@bp.get("/")
+@signed_in
+def list() -> Any:  # noqa: A001  (view names follow the list/detail/create convention)
+    """Show recent jobs."""
+    status = request.args.get("status") or None
+    return render_template("jobs/list.html", jobs=jobs.list_jobs(limit=100, status=status),
+                           status=status)
+
+
+@bp.get("/<job_id>")
+@signed_in
+def detail(job_id: str) -> Any:
+    """Show one job with its progress and live log."""
+    job = jobs.get(job_id)
+    return render_template("jobs/detail.html", job=job, log=jobs.logs(job_id),
+                           children=jobs.list_jobs(parent_id=job_id, limit=20))
+
+
+@bp.post("/")
+@signed_in
+def create() -> Any:
+    """Queue a job from a form; the page then follows its status."""
+    kind = jobs.parse_kind(request.form.get("kind"))
+    params_raw = request.form.get("params", "").strip()
+    try:
+        params = json.loads(params_raw) if params_raw else {}
+    except ValueError:
+        flash("Parameters must be a JSON object.", "error")
+        return redirect(request.referrer or url_for("dashboard.index"))
+    job = jobs.submit(kind, params, current_user.username, roles=current_user.roles)
+    return redirect(url_for("jobs.detail", job_id=job.id))
+
+
+@bp.post("/<job_id>/cancel")
+@signed_in
+def cancel(job_id: str) -> Any:
+    """Cancel a job (its owner's role or admin)."""
+    jobs.cancel(job_id, current_user.username, roles=current_user.roles)
+    return redirect(url_for("jobs.detail", job_id=job_id))
+
+
+@bp.get("/<job_id>/status")
+@signed_in
+def status(job_id: str) -> Any:
+    """Return the job and its log lines after ?after=N (the polling fallback of the live view)."""
+    after = request.args.get("after", default=0, type=int)
+    job = jobs.get(job_id)
+    return {"job": jobs.to_dict(job),
+            "log": [jobs.log_to_dict(line) for line in jobs.logs(job_id, after=after)]}
+
+
+@bp.get("/events")
+@signed_in
+def stream() -> Any:
+    """Server-Sent Events of job changes (all jobs, or ?job=<id>), for at most SSE_MAX_SECONDS."""
+    job_filter = request.args.get("job") or None
+    client = current_app.extensions["redis"]
+    try:
+        client.ping()
+    except Exception as exc:
+        raise ServiceUnavailable("live updates are unavailable; the page will poll") from exc
+    max_seconds = float(current_app.config["SSE_MAX_SECONDS"])
+
+    def generate() -> Iterator[str]:
+        yield "retry: 2000\n\n"
+        for event in events.subscribe(client, max_seconds=max_seconds):
+            if event is None:
+                yield ": keep-alive\n\n"
+                continue
+            event_job = event.get("job_id") or (event.get("job") or {}).get("id")
+            if job_filter and event_job != job_filter:
+                continue
+            yield f"event: {event['type']}\ndata: {json.dumps(event, default=str)}\n\n"
+
+    return Response(stream_with_context(generate()), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+@bp.app_context_processor
+def job_helpers() -> dict[str, Any]:
+    """Expose job kinds to templates."""
+    return {"available_kinds": sorted(AVAILABLE_KINDS), "kind_specs": KIND_SPECS}
