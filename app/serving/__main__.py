@@ -1,0 +1,127 @@
+"""Scoring replica entry point: ``python -m app.serving --model-dir DIR --keys-file FILE ...``."""
+
+from __future__ import annotations
+
+import os
+
+# One numeric thread per process, set before numpy/BLAS can be imported: replicas of a slot
+# share the cores, and BLAS thread pools only add contention on one-row requests.
+for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_name] = "1"
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+log = logging.getLogger("app.serving")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options of a scoring replica."""
+    parser = argparse.ArgumentParser(prog="python -m app.serving", description=__doc__)
+    parser.add_argument("--model-dir", required=True, type=Path)
+    parser.add_argument("--keys-file", required=True, type=Path)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    parser.add_argument(
+        "--shutdown-timeout", type=float, default=30.0, help="seconds in-flight requests get"
+    )
+    parser.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=0.0,
+        help="after SIGTERM, keep serving (readiness 503) this long before closing the port",
+    )
+    parser.add_argument("--access-log", action="store_true", help="log every request line")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """Run one replica until SIGTERM/SIGINT, then finish in-flight requests and exit."""
+    from aiohttp import web
+
+    from app.serving.app import STATE, create_scoring_app
+
+    app = create_scoring_app(args.model_dir, args.keys_file)
+    # The default access log line holds no Authorization header; off unless asked, for speed.
+    runner = web.AppRunner(
+        app,
+        access_log=logging.getLogger("aiohttp.access") if args.access_log else None,
+        shutdown_timeout=args.shutdown_timeout,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port, reuse_port=True, backlog=1024)
+    await site.start()
+    log.info("scoring replica pid %d listening on %s:%d", os.getpid(), args.host, args.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    app[STATE].draining = True
+    log.info("stopping: draining %.1fs, then finishing in-flight requests", args.drain_seconds)
+    if args.drain_seconds > 0:
+        await asyncio.sleep(args.drain_seconds)
+    await runner.cleanup()
+    log.info("stopped")
+
+
+def supervise(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """Start args.workers single-worker replicas on the same port; forward signals; wait."""
+    command = [sys.executable, "-m", "app.serving", *argv, "--workers", "1"]
+    children = [subprocess.Popen(command) for _ in range(args.workers)]
+
+    def forward(signum: int, frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, key=abs, default=0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: one replica in this process, or a small supervisor for --workers N."""
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(raw)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
+    )
+    if not 1 <= args.workers <= 64:
+        raise SystemExit("--workers must be in 1..64")
+    if args.workers > 1:
+        without = _strip_workers(raw)
+        return supervise(args, without)
+    asyncio.run(serve(args))
+    return 0
+
+
+def _strip_workers(argv: Sequence[str]) -> list[str]:
+    """argv without any --workers option, so children get exactly one."""
+    out: list[str] = []
+    skip = False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        if item == "--workers":
+            skip = True
+            continue
+        if item.startswith("--workers="):
+            continue
+        out.append(item)
+    return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
