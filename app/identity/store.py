@@ -1,0 +1,176 @@
+"""Authorization codes and refresh tokens in SQLite (MODELGATE_HOME/identity/issuer.db, 0600).
+
+SQLite rather than memory so that refresh tokens survive an issuer restart (the panel keeps
+users signed in across restarts) and so several worker processes would agree. Only SHA-256
+digests of codes and refresh tokens are stored. Codes are consumed atomically (DELETE …
+RETURNING), so a code can be redeemed once even under concurrent requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS codes (
+    digest TEXT PRIMARY KEY, client_id TEXT NOT NULL, username TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL, scope TEXT NOT NULL, nonce TEXT,
+    code_challenge TEXT, code_challenge_method TEXT, auth_time INTEGER NOT NULL,
+    expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS refresh_tokens (
+    digest TEXT PRIMARY KEY, client_id TEXT NOT NULL, username TEXT NOT NULL,
+    scope TEXT NOT NULL, auth_time INTEGER NOT NULL, expires_at REAL NOT NULL,
+    revoked INTEGER NOT NULL DEFAULT 0);
+"""
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True)
+class AuthorizationCode:
+    """A consumed authorization code (Authlib AuthorizationCodeMixin duck type)."""
+
+    client_id: str
+    username: str
+    redirect_uri: str
+    scope: str
+    nonce: str | None
+    code_challenge: str | None
+    code_challenge_method: str | None
+    auth_time: int
+
+    def get_redirect_uri(self) -> str:
+        """The redirect URI the code was issued for."""
+        return self.redirect_uri
+
+    def get_scope(self) -> str:
+        """The granted scope."""
+        return self.scope
+
+    def get_nonce(self) -> str | None:
+        """The OpenID nonce to echo in the ID token."""
+        return self.nonce
+
+    def get_auth_time(self) -> int:
+        """When the user signed in."""
+        return self.auth_time
+
+    def get_acr(self) -> None:
+        """No authentication context classes."""
+        return None
+
+    def get_amr(self) -> list[str]:
+        """Password sign-in."""
+        return ["pwd"]
+
+
+@dataclass(frozen=True)
+class RefreshToken:
+    """A live refresh token (Authlib TokenMixin duck type for the refresh grant)."""
+
+    digest: str
+    client_id: str
+    username: str
+    scope: str
+    auth_time: int
+
+    def check_client(self, client: object) -> bool:
+        """Bound to the client it was issued to."""
+        return getattr(client, "client_id", None) == self.client_id
+
+    def get_scope(self) -> str:
+        """The originally granted scope."""
+        return self.scope
+
+
+class IssuerStore:
+    """Codes and refresh tokens; one connection guarded by a lock (the issuer is threaded)."""
+
+    def __init__(self, path: Path) -> None:
+        """Open (creating with 0600) the database file."""
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._db.close()
+
+    def save_code(self, code: str, grant: AuthorizationCode, ttl: int) -> None:
+        """Store a new code, and purge expired ones while at it."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("DELETE FROM codes WHERE expires_at < ?", (now,))
+            self._db.execute(
+                "INSERT INTO codes VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (_digest(code), grant.client_id, grant.username, grant.redirect_uri,
+                 grant.scope, grant.nonce, grant.code_challenge, grant.code_challenge_method,
+                 grant.auth_time, now + ttl),
+            )
+
+    def consume_code(self, code: str, client_id: str) -> AuthorizationCode | None:
+        """Delete and return a live code of this client; None if unknown, used or expired."""
+        with self._lock:
+            row = self._db.execute(
+                "DELETE FROM codes WHERE digest = ? RETURNING client_id, username, "
+                "redirect_uri, scope, nonce, code_challenge, code_challenge_method, "
+                "auth_time, expires_at",
+                (_digest(code),),
+            ).fetchone()
+        if row is None or row[0] != client_id or row[8] < time.time():
+            return None
+        return AuthorizationCode(*row[:8])
+
+    def nonce_in_use(self, client_id: str, nonce: str) -> bool:
+        """True if a live code of this client already carries the nonce (replay guard)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM codes WHERE client_id = ? AND nonce = ? AND expires_at >= ?",
+                (client_id, nonce, time.time()),
+            ).fetchone()
+        return row is not None
+
+    def save_refresh_token(self, token: str, grant: RefreshToken, ttl: int) -> None:
+        """Store a refresh token's digest."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("DELETE FROM refresh_tokens WHERE expires_at < ?", (now,))
+            self._db.execute(
+                "INSERT INTO refresh_tokens VALUES (?,?,?,?,?,?,0)",
+                (_digest(token), grant.client_id, grant.username, grant.scope,
+                 grant.auth_time, now + ttl),
+            )
+
+    def find_refresh_token(self, token: str) -> RefreshToken | None:
+        """A live, unrevoked refresh token, or None."""
+        digest = _digest(token)
+        with self._lock:
+            row = self._db.execute(
+                "SELECT client_id, username, scope, auth_time FROM refresh_tokens "
+                "WHERE digest = ? AND revoked = 0 AND expires_at >= ?",
+                (digest, time.time()),
+            ).fetchone()
+        return None if row is None else RefreshToken(digest, *row)
+
+    def revoke_refresh_token(self, digest: str) -> None:
+        """Revoke a refresh token (rotation: each one is usable once)."""
+        with self._lock:
+            self._db.execute("UPDATE refresh_tokens SET revoked = 1 WHERE digest = ?", (digest,))
+
+    def revoke_user_tokens(self, username: str) -> None:
+        """Revoke every refresh token of a user (sign-out at the issuer)."""
+        with self._lock:
+            self._db.execute("UPDATE refresh_tokens SET revoked = 1 WHERE username = ?",
+                             (username,))
