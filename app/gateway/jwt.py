@@ -1,0 +1,249 @@
+"""Strict access-token validation: pinned RS256/PS256, JWKS from openid-config, explicit skew.
+
+Rules (RFC 8725, RFC 9068, OWASP ASVS V9): the algorithm allow-list is fixed (never ``none``,
+never HMAC), ``kid`` is only a length-capped dictionary key into the cached JWKS, ``jku``/``x5u``/
+``jwk`` headers are ignored (never fetched), ``typ`` must be ``at+jwt`` so ID tokens are refused,
+``exp`` is required unless the policy says otherwise, ``nbf``/``iat`` are honoured, and issuer and
+audience come from allow-lists. Keys are bound to the issuer whose discovery document served them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import jwt as pyjwt
+
+from app.gateway.policy import ClaimMatch, RequiredClaim, ValidateJwt
+
+log = logging.getLogger(__name__)
+
+_MAX_KID = 256
+_MAX_TOKEN = 16 * 1024
+_MAX_DOC = 1024 * 1024
+_TYPES = {"at+jwt", "application/at+jwt"}
+
+
+class TokenRejected(Exception):
+    """The token is not acceptable; the reason is for logs and metrics only, never the caller."""
+
+
+@dataclass(frozen=True)
+class JwksSettings:
+    """How keys are fetched and cached."""
+
+    algorithms: tuple[str, ...] = ("RS256", "PS256")
+    fetch_timeout_s: float = 2.0
+    lifetime_s: float = 3600.0
+    refetch_cooldown_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class _KeySet:
+    issuer: str | None
+    keys: Mapping[str, Mapping[str, pyjwt.PyJWK]]
+
+
+class JwksCache:
+    """One openid-config URL: discovery → jwks_uri, cached, refetched at most once per cooldown."""
+
+    def __init__(self, url: str, session_factory: Any, ssl_ctx: ssl.SSLContext,
+                 settings: JwksSettings) -> None:
+        self._url = url
+        self._session_factory = session_factory
+        self._ssl = ssl_ctx
+        self._settings = settings
+        self._set = _KeySet(None, {})
+        self._fetched_at = -1e18
+        self._last_attempt = -1e18
+        self._lock = asyncio.Lock()
+        self._background: asyncio.Task[None] | None = None
+        self.fetches = 0
+
+    @property
+    def issuer(self) -> str | None:
+        """The issuer named by the discovery document (None until fetched)."""
+        return self._set.issuer
+
+    async def lookup(self, kid: str) -> Mapping[str, pyjwt.PyJWK] | None:
+        """Keys for kid by usable alg; refresh on expiry or unknown kid, once per cooldown."""
+        now = time.monotonic()
+        cooled = now - self._last_attempt >= self._settings.refetch_cooldown_s
+        if self._set.keys and now - self._fetched_at > self._settings.lifetime_s and cooled:
+            # stale-while-revalidate: known keys keep working while a refresh runs
+            if self._background is None or self._background.done():
+                self._background = asyncio.create_task(self.refresh())
+        elif kid not in self._set.keys:
+            if self._lock.locked():
+                # a fetch is in flight (start-up warm-up or another request): share its result
+                async with self._lock:
+                    pass
+            elif cooled:
+                await self.refresh()
+        return self._set.keys.get(kid)
+
+    async def refresh(self) -> None:
+        """Fetch discovery + JWKS once; on failure keep the cached keys."""
+        async with self._lock:
+            now = time.monotonic()
+            if now - self._last_attempt < self._settings.refetch_cooldown_s:
+                return
+            self._last_attempt = now
+            self.fetches += 1
+            try:
+                self._set = await self._fetch()
+                self._fetched_at = time.monotonic()
+            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+                log.warning("JWKS fetch from %s failed (%s); keeping %d cached keys",
+                            self._url, type(exc).__name__, len(self._set.keys))
+
+    async def _get_json(self, url: str) -> dict[str, Any]:
+        timeout = aiohttp.ClientTimeout(total=self._settings.fetch_timeout_s)
+        session: aiohttp.ClientSession = self._session_factory()
+        async with session.get(url, ssl=self._ssl, timeout=timeout,
+                               allow_redirects=False) as resp:
+            if resp.status != 200:
+                raise ValueError(f"HTTP {resp.status}")
+            body = await resp.content.read(_MAX_DOC + 1)
+            if len(body) > _MAX_DOC:
+                raise ValueError("document too large")
+        data = json.loads(body)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return data
+
+    async def _fetch(self) -> _KeySet:
+        discovery = await self._get_json(self._url)
+        jwks_uri = discovery["jwks_uri"]
+        issuer = discovery.get("issuer")
+        if not isinstance(jwks_uri, str) or not jwks_uri.startswith("https://"):
+            raise ValueError("jwks_uri must be https")
+        jwks = await self._get_json(jwks_uri)
+        keys: dict[str, dict[str, pyjwt.PyJWK]] = {}
+        for raw in jwks.get("keys", []):
+            if not isinstance(raw, dict) or raw.get("kty") != "RSA" or raw.get("use", "sig") != \
+                    "sig" or not isinstance(raw.get("kid"), str) or len(raw["kid"]) > _MAX_KID:
+                continue
+            # a key that names its alg is usable with that alg only
+            algs = [raw["alg"]] if "alg" in raw else list(self._settings.algorithms)
+            by_alg: dict[str, pyjwt.PyJWK] = {}
+            for alg in algs:
+                if alg not in self._settings.algorithms:
+                    continue
+                try:
+                    key = pyjwt.PyJWK(raw, algorithm=alg)
+                except pyjwt.PyJWTError:
+                    continue
+                if getattr(key.key, "key_size", 0) >= 2048:
+                    by_alg[alg] = key
+            if by_alg:
+                keys[raw["kid"]] = by_alg
+        return _KeySet(issuer if isinstance(issuer, str) else None, keys)
+
+
+class JwksRegistry:
+    """JWKS caches by openid-config URL, shared across config reloads."""
+
+    def __init__(self, session_factory: Any, ssl_ctx: ssl.SSLContext,
+                 settings: JwksSettings) -> None:
+        self._session_factory = session_factory
+        self._ssl = ssl_ctx
+        self.settings = settings
+        self._caches: dict[str, JwksCache] = {}
+
+    def cache(self, url: str) -> JwksCache:
+        """Return (creating) the cache for an openid-config URL."""
+        found = self._caches.get(url)
+        if found is None:
+            found = self._caches[url] = JwksCache(url, self._session_factory, self._ssl,
+                                                  self.settings)
+        return found
+
+    def total_fetches(self) -> int:
+        """Discovery/JWKS fetch attempts so far (for tests and metrics)."""
+        return sum(c.fetches for c in self._caches.values())
+
+
+def extract_token(header_value: str | None, scheme: str | None) -> str:
+    """Take the token out of the header, enforcing require-scheme exactly (case-sensitive)."""
+    if not header_value:
+        raise TokenRejected("missing")
+    if scheme is not None:
+        prefix = scheme + " "
+        if not header_value.startswith(prefix):
+            raise TokenRejected("scheme")
+        token = header_value[len(prefix):].strip()
+    else:
+        token = header_value[7:].strip() if header_value[:7].lower() == "bearer " else \
+            header_value.strip()
+    if not token or len(token) > _MAX_TOKEN or token.count(".") != 2:
+        raise TokenRejected("format")
+    return token
+
+
+async def validate_token(token: str, step: ValidateJwt, registry: JwksRegistry) -> dict[str, Any]:
+    """Verify signature and registered claims; return the claims or raise TokenRejected."""
+    try:
+        header = pyjwt.get_unverified_header(token)
+    except pyjwt.PyJWTError:
+        raise TokenRejected("header") from None
+    alg, kid, typ = header.get("alg"), header.get("kid"), header.get("typ")
+    if alg not in registry.settings.algorithms:
+        raise TokenRejected("alg")
+    if not isinstance(typ, str) or typ.lower() not in _TYPES:
+        raise TokenRejected("typ")
+    if not isinstance(kid, str) or not kid or len(kid) > _MAX_KID:
+        raise TokenRejected("kid")
+    caches = [registry.cache(url) for url in step.openid_config_urls]
+    key: pyjwt.PyJWK | None = None
+    bound_issuers: set[str] = set()
+    for cache in caches:
+        found = await cache.lookup(kid)
+        if found is not None and alg in found:
+            key = key or found[alg]
+            if cache.issuer:
+                bound_issuers.add(cache.issuer)
+    if key is None:
+        raise TokenRejected("unknown-kid")
+    issuers: Sequence[str] = step.issuers or tuple(bound_issuers)
+    require = ["iss", "aud", "sub"] + (["exp"] if step.require_expiration else [])
+    try:
+        claims: dict[str, Any] = pyjwt.decode(
+            token, key, algorithms=[alg], audience=list(step.audiences), issuer=list(issuers),
+            leeway=step.clock_skew_s,
+            options={"require": require, "verify_signature": True, "verify_exp": True,
+                     "verify_nbf": True, "verify_iat": True, "verify_aud": True,
+                     "verify_iss": True},
+        )
+    except pyjwt.PyJWTError as exc:
+        raise TokenRejected(type(exc).__name__) from None
+    if bound_issuers and claims.get("iss") not in bound_issuers:
+        raise TokenRejected("issuer-key-binding")
+    return claims
+
+
+def claims_satisfy(claims: Mapping[str, Any], required: Sequence[RequiredClaim]) -> bool:
+    """Check required-claims (match all/any, optional separator for string claims)."""
+    for rule in required:
+        raw = claims.get(rule.name)
+        if raw is None:
+            return False
+        if isinstance(raw, list):
+            present = {str(v) for v in raw}
+        elif rule.separator:
+            present = set(str(raw).split(rule.separator))
+        else:
+            present = {str(raw)}
+        if not rule.values:
+            continue
+        hits = [v in present for v in rule.values]
+        if not (all(hits) if rule.match is ClaimMatch.ALL else any(hits)):
+            return False
+    return True
