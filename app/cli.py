@@ -1,0 +1,200 @@
+"""The `modelgate` command group (DESIGN.md: command line)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def _home() -> Path:
+    return Path(os.environ.get("MODELGATE_HOME", "./instance")).expanduser().resolve()
+
+
+def _configure_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _make_app() -> Any:
+    from app import create_app
+
+    return create_app()
+
+
+@click.group()
+def main() -> None:
+    """modelgate: train, deploy and publish models behind a secure endpoint."""
+
+
+# --------------------------------------------------------------------------- the stack
+
+
+@main.command()
+@click.option("--panel-port", type=int, default=5000, show_default=True, help="0 = a free port")
+@click.option("--issuer-port", type=int, default=8443, show_default=True, help="0 = a free port")
+@click.option("--gateway-port", type=int, default=8000, show_default=True, help="0 = a free port")
+def up(panel_port: int, issuer_port: int, gateway_port: int) -> None:
+    """Start the whole local stack in the foreground; Ctrl-C stops it."""
+    from app.stack import Stack
+
+    _configure_logging(logging.WARNING)
+    stack = Stack(_home(), panel_port=panel_port, issuer_port=issuer_port,
+                  gateway_port=gateway_port, redis_url=os.environ.get("MODELGATE_REDIS_URL"),
+                  out=lambda line: click.echo(line))
+    sys.exit(stack.run())
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True)
+def panel(host: str, port: int, workers: int) -> None:
+    """Serve the panel under gunicorn."""
+    from app.wsgi import serve_wsgi
+
+    _configure_logging()
+    _make_app()  # fail fast on bad configuration before forking workers
+    serve_wsgi(_make_app, host=host, port=port, workers=workers)
+
+
+@main.command()
+@click.option("--concurrency", type=int, default=2, show_default=True)
+@click.option("--beat/--no-beat", default=False, help="Also run the periodic scheduler.")
+@click.option("--queues", default="modelgate", show_default=True)
+def worker(concurrency: int, beat: bool, queues: str) -> None:
+    """Run a Celery worker for the job queue."""
+    from celery.signals import worker_ready
+
+    from workers.main import celery_app, flask_app
+
+    run_dir = Path(flask_app.config["HOME"]) / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker = run_dir / f"worker.{os.getpid()}.ready"
+
+    @worker_ready.connect(weak=False)
+    def _mark_ready(**_: Any) -> None:
+        marker.touch()
+
+    argv = ["worker", "--loglevel", "INFO", "--concurrency", str(concurrency),
+            "--queues", queues, "--hostname", f"modelgate-{os.getpid()}@%h",
+            "--without-gossip", "--without-mingle"]
+    if beat:
+        argv += ["--beat", "--schedule", str(run_dir / "celerybeat-schedule")]
+    try:
+        celery_app.worker_main(argv)
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+@main.command()
+def beat() -> None:
+    """Run the periodic scheduler alone (when several workers share one Redis)."""
+    from workers.main import celery_app, flask_app
+
+    schedule = Path(flask_app.config["HOME"]) / "run" / "celerybeat-schedule"
+    schedule.parent.mkdir(parents=True, exist_ok=True)
+    celery_app.start(["beat", "--loglevel", "INFO", "--schedule", str(schedule)])
+
+
+# --------------------------------------------------------------------------- database
+
+
+@main.group()
+def db() -> None:
+    """Database schema commands."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply migrations up to a revision."""
+    from app.config import load_config
+    from app.migrate import upgrade
+
+    config = load_config({"HOME": str(_home()), "DEBUG": True})
+    upgrade(config["DATABASE_URL"], revision)
+    click.echo("database is up to date")
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def jobs(ctx: click.Context) -> None:
+    """The job queue from the terminal (reads the instance database directly)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(jobs_list)
+
+
+@jobs.command("list")
+@click.option("--status", default=None)
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def jobs_list(status: str | None, limit: int, as_json: bool) -> None:
+    """List recent jobs."""
+    from app.services import jobs as service
+
+    with _make_app().app_context():
+        found = [service.to_dict(job) for job in service.list_jobs(limit=limit, status=status)]
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    if not found:
+        click.echo("no jobs")
+        return
+    click.echo(f"{'ID':<13} {'KIND':<12} {'STATUS':<10} {'PROG':>4}  {'BY':<14} STEP")
+    for job in found:
+        click.echo(f"{job['id']:<13} {job['kind']:<12} {job['status']:<10} "
+                   f"{job['progress']:>3}%  {job['requested_by'][:14]:<14} {job['step']}")
+
+
+@jobs.command("show")
+@click.argument("job_id")
+def jobs_show(job_id: str) -> None:
+    """Show one job and its log."""
+    from app.errors import AppError
+    from app.services import jobs as service
+
+    with _make_app().app_context():
+        try:
+            job = service.to_dict(service.get(job_id))
+        except AppError as exc:
+            raise click.ClickException(exc.message) from None
+        lines = [service.log_to_dict(line) for line in service.logs(job_id)]
+    for key in ("id", "kind", "status", "progress", "step", "requested_by", "attempts",
+                "created_at", "started_at", "finished_at", "error"):
+        click.echo(f"{key:>13}: {job[key]}")
+    click.echo(f"{'params':>13}: {json.dumps(job['params'])}")
+    if job["result"] is not None:
+        click.echo(f"{'result':>13}: {json.dumps(job['result'])}")
+    click.echo("log:")
+    for line in lines:
+        click.echo(f"  {line['time'][11:19]} {line['level']:<7} {line['message']}")
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+def jobs_cancel(job_id: str) -> None:
+    """Cancel a job."""
+    import getpass
+
+    from app.errors import AppError
+    from app.services import jobs as service
+
+    with _make_app().app_context():
+        try:
+            job = service.cancel(job_id, f"cli:{getpass.getuser()}")
+        except AppError as exc:
+            raise click.ClickException(exc.message) from None
+        click.echo(f"{job.id}: {job.status}"
+                   + (" (cancellation requested)" if job.status == "RUNNING" else ""))
+
+
+if __name__ == "__main__":
+    main()
