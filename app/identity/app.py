@@ -9,7 +9,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import OAuth2Error
@@ -118,9 +118,10 @@ def _throttle() -> SignInThrottle:
 def _security_headers(response: Response) -> Response:
     """Strict headers on every response; HTML is never cached."""
     form_action = " ".join(["'self'", *getattr(g, "form_action_extra", [])])
+    script = "script-src 'self'; " if getattr(g, "allow_script", False) else ""
     response.headers.setdefault(
         "Content-Security-Policy",
-        "default-src 'none'; style-src 'self'; img-src 'self'; "
+        f"default-src 'none'; {script}style-src 'self'; img-src 'self'; "
         f"form-action {form_action}; frame-ancestors 'none'; base-uri 'none'; object-src 'none'",
     )
     response.headers["X-Content-Type-Options"] = "nosniff"
@@ -161,7 +162,7 @@ def discovery() -> Response:
         "jwks_uri": f"{issuer}/jwks",
         "end_session_endpoint": f"{issuer}/logout",
         "response_types_supported": ["code"],
-        "response_modes_supported": ["query"],
+        "response_modes_supported": ["query", "form_post"],
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256"],
@@ -202,6 +203,30 @@ def stylesheet() -> Response:
     return response
 
 
+@bp.get("/assets/form_post.js")
+def form_post_script() -> Response:
+    """The one script: submits the form_post page (external file, so CSP has no inline script)."""
+    response = Response((TEMPLATES / "form_post.js").read_text(encoding="utf-8"),
+                        mimetype="text/javascript")
+    response.headers["Cache-Control"] = "public, max-age=3600"
+    return response
+
+
+def _to_client(response: Response) -> Response:
+    """Deliver a redirect to the client as a form_post page when the client asked for one."""
+    redirect_uri = request.values.get("redirect_uri", "")
+    location = response.headers.get("Location", "")
+    if (request.values.get("response_mode") != "form_post" or response.status_code != 302
+            or not redirect_uri or not location.startswith(redirect_uri)):
+        return response
+    own = {k for k, _ in parse_qsl(urlsplit(redirect_uri).query)}
+    fields = [(k, v) for k, v in parse_qsl(urlsplit(location).query) if k not in own]
+    target = urlsplit(redirect_uri)
+    g.form_action_extra = [f"{target.scheme}://{target.netloc}"]
+    g.allow_script = True
+    return _page("form_post.html", action=redirect_uri, fields=fields)
+
+
 def _session_user() -> SignedIn | None:
     username = flask_session.get("username")
     user = _ctx().directory.users.get(username) if isinstance(username, str) else None
@@ -233,7 +258,7 @@ def authorize() -> Response:
     except OAuth2Error as error:
         if getattr(error, "redirect_uri", None):
             response: Response = server.handle_error_response(None, error)
-            return response
+            return _to_client(response)
         return _page("error.html", 400, title="Invalid sign-in request",
                      message=error.description or error.error)
     if request.method == "GET":
@@ -241,7 +266,7 @@ def authorize() -> Response:
         if current is not None and "login" not in prompts:
             issued: Response = server.create_authorization_response(grant=grant,
                                                                     grant_user=current)
-            return issued
+            return _to_client(issued)
         return _signin_form(200)
     return _sign_in(grant)
 
@@ -274,7 +299,7 @@ def _sign_in(grant: Any) -> Response:
     log.info("signed in: user=%s ip=%s", user.username, ip)
     response: Response = _server().create_authorization_response(
         grant=grant, grant_user=SignedIn(user, auth_time))
-    return response
+    return _to_client(response)
 
 
 def _log_name(username: str) -> str:

@@ -174,6 +174,14 @@ def callback_params(response: requests.Response) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
 
 
+def form_post_params(response: requests.Response) -> dict[str, str]:
+    """The fields of a response_mode=form_post page aimed at the test redirect URI."""
+    assert response.status_code == 200, response.text[:500]
+    assert html.unescape(_ACTION.search(response.text)["action"]) == REDIRECT_URI  # type: ignore[index]
+    assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+    return {m["name"]: html.unescape(m["value"]) for m in _INPUT.finditer(response.text)}
+
+
 def pkce_pair() -> tuple[str, str]:
     """A code verifier and its S256 challenge."""
     verifier = secrets.token_urlsafe(48)

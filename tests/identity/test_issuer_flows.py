@@ -17,6 +17,7 @@ from tests.identity.conftest import (
     Issuer,
     authorize_url,
     callback_params,
+    form_post_params,
     pkce_pair,
     post_form,
     sign_in,
@@ -101,9 +102,10 @@ def test_client_secret_basic_accepted(issuer: Issuer) -> None:
 def _msal_sign_in(issuer: Issuer, user: str) -> tuple[msal.ConfidentialClientApplication,
                                                       dict[str, Any], dict[str, Any]]:
     app = panel_app(issuer)
-    flow = app.initiate_auth_code_flow([f"{API}/Score.Invoke"], redirect_uri=REDIRECT_URI)
+    flow = app.initiate_auth_code_flow([f"{API}/Score.Invoke"], redirect_uri=REDIRECT_URI,
+                                       response_mode="form_post")
     browser = issuer.session()
-    params = callback_params(sign_in(browser, flow["auth_uri"], user, issuer.password(user)))
+    params = form_post_params(sign_in(browser, flow["auth_uri"], user, issuer.password(user)))
     issuer.remember(params["code"], flow["code_verifier"])
     result = app.acquire_token_by_auth_code_flow(flow, params)
     assert "access_token" in result, result
