@@ -100,6 +100,8 @@ def _import_mlflow() -> Any:
                                 category=UserWarning)
         import mlflow
         import mlflow.artifacts
+        import mlflow.models
+        import mlflow.pyfunc  # lazily loaded by the sklearn flavour otherwise: import it here
         import mlflow.sklearn
     return mlflow
 
@@ -368,8 +370,11 @@ class ModelRegistry:
 
         try:
             mv = self.client.get_model_version_by_alias(name, alias)
-        except MlflowException:
-            return None
+        except MlflowException as exc:
+            # An unknown model or unset alias is "no version"; anything else is a failure.
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise RegistryError(f"cannot read alias {alias!r} of {name!r}: {exc}") from exc
         return self._info(mv)
 
     def download_package(
