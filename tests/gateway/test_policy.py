@@ -1,0 +1,173 @@
+"""Policy compilation: the supported subset compiles; anything else is a PolicyError naming it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app.gateway.config import ConfigError, encrypt_named_value, parse_config
+from app.gateway.policy import (
+    CounterKey,
+    HeaderAction,
+    NamedValue,
+    PolicyError,
+    RateLimitByKey,
+    SetHeader,
+    ValidateJwt,
+    compile_policy,
+    resolve_counter_key,
+)
+from app.gateway.template import render_default_policy
+
+NV = {"staging-backend-key": NamedValue("s3cret-key-value", True),
+      "staging-backend-url": NamedValue("http://127.0.0.1:9000", False)}
+JWT = """<validate-jwt header-name="Authorization" output-token-variable-name="jwt">
+  <openid-config url="https://127.0.0.1:8443/local/.well-known/openid-configuration" />
+  <audiences><audience>api://modelgate</audience></audiences></validate-jwt>"""
+
+
+def wrap(inbound: str, rest: str = "") -> str:
+    """A policy document with this inbound content."""
+    return f"<policies><inbound><base />{JWT}{inbound}</inbound>{rest}</policies>"
+
+
+def test_default_policy_compiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default template: two validate-jwt (401, then 403 role), per-caller limit, key."""
+    monkeypatch.setenv("MODELGATE_RATE_LIMIT", "120")
+    xml = render_default_policy(issuer="https://127.0.0.1:8443/local/", environment="staging")
+    policy = compile_policy(xml, NV)
+    jwt_steps = [s for s in policy.inbound if isinstance(s, ValidateJwt)]
+    assert [s.failed_status for s in jwt_steps] == [401, 403]
+    assert jwt_steps[0].issuers == ("https://127.0.0.1:8443/local",)
+    assert jwt_steps[0].openid_config_urls == (
+        "https://127.0.0.1:8443/local/.well-known/openid-configuration",)
+    assert jwt_steps[1].required_claims[0].values == ("Score.Invoke",)
+    limit = next(s for s in policy.inbound if isinstance(s, RateLimitByKey))
+    assert (limit.calls, limit.renewal_period_s) == (120, 60)
+    assert limit.counter_key == CounterKey(variable="jwt", claim="oid", default_is_subject=True)
+    header = next(s for s in policy.inbound if isinstance(s, SetHeader))
+    assert header == SetHeader("Authorization", HeaderAction.OVERRIDE,
+                               ("Bearer s3cret-key-value",))
+    assert policy.secrets == ("s3cret-key-value",)
+
+
+def test_default_rate_limit_is_6000(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without MODELGATE_RATE_LIMIT each caller gets 6000 calls per minute."""
+    monkeypatch.delenv("MODELGATE_RATE_LIMIT", raising=False)
+    policy = compile_policy(render_default_policy(issuer="https://i/x", environment="staging"),
+                            NV)
+    assert next(s for s in policy.inbound if isinstance(s, RateLimitByKey)).calls == 6000
+
+
+@pytest.mark.parametrize(("xml", "named"), [
+    (wrap('<set-variable name="x" value="1" />'), "set-variable"),
+    (wrap('<choose><when condition="@(true)"><return-response /></when></choose>'), "choose"),
+    (wrap('<send-request mode="new" response-variable-name="r" />'), "send-request"),
+    (wrap('<rewrite-uri template="/x" />'), "rewrite-uri"),
+    (wrap("", "<outbound><find-and-replace from='a' to='b' /></outbound>"), "find-and-replace"),
+    (wrap("", "<backend><retry count='2' /></backend>"), "retry"),
+    (wrap("", "<inbonud />"), "inbonud"),
+    (wrap('<set-header name="X" exists-action="override" foo="1"><value>1</value>'
+          "</set-header>"), "foo"),
+    (wrap('<set-header name="X" exists-action="replace"><value>1</value></set-header>'),
+     "exists-action"),
+    (wrap('<set-header name="X"><value>@(context.Request.IpAddress)</value></set-header>'),
+     "policy expressions"),
+    (wrap('<rate-limit-by-key calls="5" renewal-period="60" '
+          'counter-key="@(context.Request.IpAddress)" />'), "counter-key"),
+    (wrap('<rate-limit-by-key calls="5" renewal-period="60" counter-key=\'@(context.Request.'
+          'Headers.GetValueOrDefault("X-Forwarded-For",""))\' />'), "counter-key"),
+    (wrap('<rate-limit-by-key calls="5" renewal-period="60" '
+          'counter-key=\'@(((Jwt)context.Variables["other"]).Subject)\' />'), "other"),
+    (wrap('<rate-limit-by-key calls="5" renewal-period="60" increment-condition="@(true)" '
+          'counter-key="x" />'), "increment-condition"),
+    (wrap('<rate-limit-by-key calls="5" renewal-period="600" counter-key="x" />'),
+     "renewal-period"),
+    (wrap('<set-header name="Authorization"><value>Bearer {{missing-key}}</value></set-header>'),
+     "missing-key"),
+    (wrap('<set-backend-service backend-id="b1" />'), "backend-id"),
+    (wrap('<cors allow-credentials="true"><allowed-origins><origin>*</origin></allowed-origins>'
+          "</cors>"), "allow-credentials"),
+    ("<policies><inbound><validate-jwt header-name='Authorization'><openid-config "
+     "url='https://x/y' /></validate-jwt></inbound></policies>", "audiences"),
+    ("<policies><inbound><validate-jwt header-name='Authorization' "
+     "require-signed-tokens='false'><openid-config url='https://x/y' /><audiences><audience>a"
+     "</audience></audiences></validate-jwt></inbound></policies>", "require-signed-tokens"),
+    ("<policies><inbound><validate-jwt header-name='Authorization'><issuer-signing-keys><key>"
+     "abc</key></issuer-signing-keys></validate-jwt></inbound></policies>",
+     "issuer-signing-keys"),
+    ("<policies><inbound><validate-jwt header-name='Authorization' clock-skew='300'>"
+     "<openid-config url='https://x/y' /><audiences><audience>a</audience></audiences>"
+     "</validate-jwt></inbound></policies>", "clock-skew"),
+    ("<policies><inbound><validate-jwt header-name='Authorization'><openid-config "
+     "url='http://x/y' /></validate-jwt></inbound></policies>", "https"),
+    ('<!DOCTYPE p [<!ENTITY x "y">]><policies />', "DTD"),
+    ("<policy />", "policies"),
+    ("<policies><inbound>", "well-formed"),
+])
+def test_unsupported_is_a_policy_error_naming_it(xml: str, named: str) -> None:
+    """Publishing fails loudly: the error message names the unsupported thing."""
+    with pytest.raises(PolicyError, match=named):
+        compile_policy(xml, NV)
+
+
+def test_supported_elements_compile() -> None:
+    """check-header, cors, return-response, forward-request and response set-header compile."""
+    xml = wrap(
+        '<check-header name="X-Tenant" failed-check-httpcode="403" '
+        'failed-check-error-message="wrong tenant" ignore-case="true"><value>contoso</value>'
+        "</check-header>"
+        '<cors allow-credentials="false"><allowed-origins><origin>https://panel.local</origin>'
+        '</allowed-origins><allowed-methods preflight-result-max-age="300"><method>POST</method>'
+        "</allowed-methods><allowed-headers><header>Authorization</header></allowed-headers>"
+        "</cors>"
+        '<rate-limit-by-key calls="10" renewal-period="1" counter-key=\'@(((Jwt)context.'
+        'Variables["jwt"]).Subject)\' />'
+        '<set-backend-service base-url="{{staging-backend-url}}" />',
+        '<backend><forward-request timeout="20" /></backend><outbound><base /><set-header '
+        'name="X-Powered-By" exists-action="delete" /></outbound><on-error><set-header '
+        'name="X-Err" exists-action="override"><value>1</value></set-header></on-error>')
+    policy = compile_policy(xml, NV)
+    assert policy.forward_timeout_s == 20.0
+    assert policy.cors is not None and policy.cors.max_age_s == 300
+    assert [h.name for h in policy.outbound] == ["X-Powered-By"]
+    ret = compile_policy(wrap('<return-response><set-status code="418" reason="teapot" />'
+                              '<set-header name="X-A" exists-action="override"><value>1</value>'
+                              "</set-header><set-body>short and stout</set-body>"
+                              "</return-response>"))
+    assert ret.inbound[-1].status == 418  # type: ignore[union-attr]
+
+
+def test_counter_key_resolution() -> None:
+    """Claim, default literal and subject fallback resolve from the validated claims only."""
+    claims = {"jwt": {"sub": "s1", "oid": "o1", "roles": ["a", "b"]}}
+    assert resolve_counter_key(CounterKey(variable="jwt", claim="oid"), claims) == "o1"
+    assert resolve_counter_key(CounterKey(variable="jwt"), claims) == "s1"
+    assert resolve_counter_key(CounterKey(variable="jwt", claim="tid", default="d"), claims) == "d"
+    assert resolve_counter_key(CounterKey(variable="jwt", claim="tid", default_is_subject=True),
+                               claims) == "s1"
+    assert resolve_counter_key(CounterKey(literal="all"), claims) == "all"
+
+
+def test_config_validation_names_the_api(tmp_path: Path) -> None:
+    """A config whose policy does not compile is refused with the API and revision named."""
+    cfg = {"apis": [{"name": "credit-risk", "path": "credit-risk", "revision": 7,
+                     "environment": "prod", "backend_url": "http://127.0.0.1:1",
+                     "operations": [{"id": "score", "method": "POST", "url_template": "/score"}],
+                     "policy_xml": wrap("<set-variable name='x' value='1' />")}]}
+    with pytest.raises(ConfigError, match="credit-risk.*revision 7.*set-variable"):
+        parse_config(tmp_path, cfg)
+
+
+def test_secret_named_values_are_encrypted_at_rest(tmp_path: Path) -> None:
+    """encrypt_named_value uses gateway/secret.key (0600); the ciphertext hides the key."""
+    token = encrypt_named_value(tmp_path, "the-backend-key-123")
+    assert "the-backend-key-123" not in token
+    key_file = tmp_path / "gateway" / "secret.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    cfg = {"named_values": {"k": {"secret": True, "value": token}}, "apis": []}
+    parse_config(tmp_path, cfg)
+    key_file.write_bytes(b"A" * 43 + b"=")
+    with pytest.raises(ConfigError, match="cannot be decrypted"):
+        parse_config(tmp_path, cfg)
