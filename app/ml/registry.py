@@ -93,6 +93,9 @@ def code_version() -> str | None:
 
 def _import_mlflow() -> Any:
     """Import mlflow with the sklearn flavour and artifact helpers."""
+    # MLflow 3 sends usage telemetry by default; a local, offline control panel should not
+    # phone home. An operator can still opt in by setting the variable to "false".
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     with warnings.catch_warnings():
         # MLflow 3 warns about its own type hints while importing mlflow.pyfunc; nothing a
         # caller can fix, and it would fail every test run with -W error.
@@ -295,12 +298,14 @@ class ModelRegistry:
                         pkg = write_package(outcome, Path(tmp) / "package", registered.version)
                         mlflow.log_artifacts(str(pkg), artifact_path=PACKAGE_ARTIFACT_PATH)
                     run_id = run.info.run_id
-        except MlflowException as exc:
+        except Exception as exc:
             if registered is not None:
                 # A version whose package never arrived must not be deployable.
                 with contextlib.suppress(MlflowException):
                     self.client.delete_model_version(name, registered.version)
-            raise RegistryError(f"cannot log or register model {name!r}: {exc}") from exc
+            if isinstance(exc, MlflowException | OSError):
+                raise RegistryError(f"cannot log or register model {name!r}: {exc}") from exc
+            raise
         logger.info("registered %s version %s from run %s", name, registered.version, run_id)
         return self.get_version(name, registered.version)
 
