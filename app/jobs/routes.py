@@ -14,7 +14,6 @@ from flask import (
     redirect,
     render_template,
     request,
-    stream_with_context,
     url_for,
 )
 from flask_login import current_user
@@ -101,7 +100,9 @@ def stream() -> Any:
                 continue
             yield f"event: {event['type']}\ndata: {json.dumps(event, default=str)}\n\n"
 
-    return Response(stream_with_context(generate()), mimetype="text/event-stream",
+    # The generator needs no request context (all it uses is captured above), so it can be
+    # consumed by any thread of the server.
+    return Response(generate(), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 

@@ -1,0 +1,93 @@
+"""`modelgate up` on a fresh MODELGATE_HOME: ready, endpoints.json, restarts, clean Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import requests
+
+from tests.support import ROOT, wait_for
+
+
+def _processes_of(home: Path) -> set[int]:
+    """Pids of live processes started for this MODELGATE_HOME (found by their environment)."""
+    marker = f"MODELGATE_HOME={home}".encode()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.add(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _panel_pid(home: Path) -> int | None:
+    for pid in _processes_of(home):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"panel" in cmd and os.getpgid(pid) == pid:
+            return pid
+    return None
+
+
+def test_up_starts_everything_restarts_a_dead_child_and_stops_cleanly(tmp_path: Path) -> None:
+    home = tmp_path / "instance"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELGATE_")}
+    env["MODELGATE_HOME"] = str(home)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "app", "up", "--panel-port", "0", "--issuer-port", "0",
+         "--gateway-port", "0"],
+        cwd=str(ROOT), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        endpoints_file = home / "endpoints.json"
+        wait_for(lambda: endpoints_file.exists() or up.poll() is not None, 90, "endpoints.json")
+        assert up.poll() is None, up.stdout.read().decode() if up.stdout else ""
+        endpoints = json.loads(endpoints_file.read_text())
+        assert set(endpoints) >= {"panel", "issuer", "gateway", "ca_bundle", "redis"}
+        assert endpoints["panel"].startswith("http://127.0.0.1:")
+        assert "@" not in endpoints["redis"], "the Redis password must not be published"
+        assert requests.get(endpoints["panel"] + "/health", timeout=5).status_code == 200
+        assert requests.get(endpoints["panel"] + "/health?deep=1", timeout=5).status_code == 200
+        secret = home / "secret_key"
+        assert secret.stat().st_mode & 0o077 == 0
+
+        # A child that dies is restarted.
+        first = _panel_pid(home)
+        assert first is not None
+        os.killpg(first, signal.SIGKILL)
+        wait_for(lambda: (p := _panel_pid(home)) is not None and p != first, 30,
+                 "the panel to be restarted")
+        wait_for(lambda: _healthy(endpoints["panel"]), 30, "the restarted panel")
+
+        children = _processes_of(home) - {up.pid}
+        assert len(children) >= 3  # redis, panel (+ its workers), worker (+ its pool)
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            code = up.wait(30)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            raise
+    assert code == 0
+    assert not (home / "endpoints.json").exists()
+    wait_for(lambda: not _processes_of(home), 10, "every child process to be gone")
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return requests.get(url + "/health", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
