@@ -122,7 +122,8 @@ def _check_secret_key(config: dict[str, Any]) -> None:
     if key.lower() in WEAK_SECRET_KEYS or len(key) < MIN_SECRET_KEY_LENGTH:
         raise ConfigError(
             "SECRET_KEY is missing or weak: set MODELGATE_SECRET_KEY to at least "
-            f"{MIN_SECRET_KEY_LENGTH} random characters (or run `modelgate up`, which generates one)"
+            f"{MIN_SECRET_KEY_LENGTH} random characters "
+            "(or run `modelgate up`, which generates one)"
         )
 
 

@@ -1,4 +1,4 @@
-"""One error vocabulary with HTTP statuses, and the one place that renders it (HTML or problem+json)."""
+"""One error vocabulary with HTTP statuses, and the one place that renders it (HTML or JSON)."""
 
 from __future__ import annotations
 

@@ -290,7 +290,7 @@ def _owner_alive(job: Job) -> bool:
 
 
 def _process_alive(pid: int) -> bool:
-    """Whether a local process exists and is not a zombie (a killed pool child may linger as one)."""
+    """Whether a local process exists and is not a zombie (a killed pool child may be one)."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             state = fh.read().rsplit(")", 1)[1].split()[0]
