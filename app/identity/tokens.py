@@ -106,7 +106,9 @@ class AccessTokenGenerator(JWTBearerTokenGenerator):  # type: ignore[misc]
         if user is None:
             claims.update(sub=client.oid, oid=client.oid, roles=list(client.roles), idtyp="app")
         else:
-            claims.update(user_claims(_as_user(user)), idtyp="user", scp=" ".join(api))
+            claims.update(user_claims(_as_user(user)), idtyp="user")
+            if api:
+                claims["scp"] = " ".join(api)
         key = self.ctx.keys.signing_key()
         header = {"alg": "RS256", "typ": "at+jwt", "kid": key.kid}
         return jwt.encode(header, claims, key, algorithms=["RS256"])

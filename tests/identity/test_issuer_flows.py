@@ -203,6 +203,14 @@ def test_pkce_required_at_authorize(issuer: Issuer) -> None:
         assert "error=invalid_request" in response.headers["Location"]
 
 
+def test_prompt_none_without_session_returns_login_required(issuer: Issuer) -> None:
+    _, challenge = pkce_pair()
+    url = authorize_url(issuer, code_challenge=challenge, code_challenge_method="S256",
+                        prompt="none")
+    response = issuer.session().get(url, allow_redirects=False, timeout=5)
+    assert response.status_code == 302 and "error=login_required" in response.headers["Location"]
+
+
 def _code(issuer: Issuer, user: str = "alice") -> tuple[str, str]:
     verifier, challenge = pkce_pair()
     url = authorize_url(issuer, code_challenge=challenge, code_challenge_method="S256")
