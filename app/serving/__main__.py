@@ -69,6 +69,13 @@ async def serve(args: argparse.Namespace) -> None:
     log.info("stopping: draining %.1fs, then finishing in-flight requests", args.drain_seconds)
     if args.drain_seconds > 0:
         await asyncio.sleep(args.drain_seconds)
+    await site.stop()  # new connections now go to the other replicas sharing the port
+    # aiohttp's cleanup drops bytes still arriving on open connections, so a request whose
+    # body is still streaming would be lost: wait for in-flight requests first.
+    state = app[STATE]
+    deadline = loop.time() + args.shutdown_timeout
+    while state.in_flight and loop.time() < deadline:
+        await asyncio.sleep(0.01)
     await runner.cleanup()
     log.info("stopped")
 

@@ -50,6 +50,7 @@ class ServiceState:
         self.loaded: LoadedModel | None = None
         self.load_error: str | None = None
         self.draining = False
+        self.in_flight = 0
         self.load_task: asyncio.Future[None] | None = None
 
 
@@ -128,9 +129,14 @@ async def openapi(request: web.Request) -> web.Response:
 
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render routing errors and anything unexpected as problem+json, never a traceback."""
+    """Count in-flight requests; render errors as problem+json, never a traceback."""
+    state = request.app[STATE]
+    state.in_flight += 1
     try:
-        return await handler(request)
+        response = await handler(request)
+        if state.draining:
+            response.force_close()  # clients must not reuse a connection to a stopping replica
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -141,6 +147,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(500, "Internal error.", request_id=request_id_for(request))
+    finally:
+        state.in_flight -= 1
 
 
 def _loaded(model: ScoringModel) -> LoadedModel:

@@ -159,6 +159,8 @@ class RecordValidator:
 
 def _short(key: str) -> str:
     """Bound the length of a client-chosen key before it is reflected in an error."""
+    if not key:
+        return '""'  # an empty key must still yield a visible field path
     return key if len(key) <= 64 else key[:61] + "..."
 
 

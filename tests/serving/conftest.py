@@ -96,12 +96,22 @@ def start_replica(model_dir: Path, keys: Keys, log_path: Path, *extra: str) -> R
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
     env["PYTHONPATH"] = str(ROOT)
-    command = [sys.executable, "-m", "app.serving", "--model-dir", str(model_dir),
-               "--keys-file", str(keys.path), "--host", "127.0.0.1", "--port", str(port),
-               *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "app.serving",
+        "--model-dir",
+        str(model_dir),
+        "--keys-file",
+        str(keys.path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *extra,
+    ]
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     replica = Replica(process, f"http://127.0.0.1:{port}", keys, log_path)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -38,7 +38,9 @@ def model(request: pytest.FixtureRequest) -> ScoringModel:
 
 def frame_for(rows: list[tuple[object, ...]]) -> pd.DataFrame:
     """The DataFrame scikit-learn sees for validated rows (missing → NaN, as in training)."""
-    data = {name: [np.nan if r[i] is None else r[i] for r in rows] for i, name in enumerate(FEATURES)}
+    data = {
+        name: [np.nan if r[i] is None else r[i] for r in rows] for i, name in enumerate(FEATURES)
+    }
     return pd.DataFrame(data, columns=FEATURES)
 
 
@@ -95,8 +97,12 @@ def test_gb_batch_and_row_paths_both_exercised(gb_package: Path) -> None:
     assert isinstance(loaded.compiled, BoostingModel)
     features, _ = load_frame()
     rows = RecordValidator(loaded.signature).validate_body(
-        {"data": [{k: None if v != v else v for k, v in r.items()}
-                  for r in features.head(50).to_dict("records")]}
+        {
+            "data": [
+                {k: None if v != v else v for k, v in r.items()}
+                for r in features.head(50).to_dict("records")
+            ]
+        }
     )
     batch = loaded.compiled._raw_batch(rows)
     one_by_one = [loaded.compiled._raw_one(row) for row in rows]
@@ -124,8 +130,11 @@ def test_labels_follow_threshold_and_classes_by_name(model: ScoringModel) -> Non
     features, _ = load_frame()
     sample = features.head(200)
     rows = RecordValidator(model.signature).validate_body(
-        {"data": [{k: None if v != v else v for k, v in r.items()}
-                  for r in sample.to_dict("records")]}
+        {
+            "data": [
+                {k: None if v != v else v for k, v in r.items()} for r in sample.to_dict("records")
+            ]
+        }
     )
     predictions = model.predictions(rows)
     classes = list(model.pipeline.classes_)

@@ -55,10 +55,22 @@ def test_both_keys_accepted_and_near_misses_rejected(store: tuple[KeyStore, str,
     assert keys.check_header(f"Bearer {primary}")
     assert keys.check_header(f"Bearer {secondary}")
     assert keys.check_header(f"bearer {primary}")  # the auth scheme is case-insensitive
-    for header in (None, "", "Bearer", "Bearer ", f"Basic {primary}", primary,
-                   f"Bearer {primary[:-1]}", f"Bearer {primary}x", f"Bearer {primary[:10]}",
-                   "Bearer wrong", f"Bearer {primary}é", "Bearer ключ", "Bearer \x00",
-                   "Bearer " + "a" * 10_000):
+    for header in (
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        f"Basic {primary}",
+        primary,
+        f"Bearer {primary[:-1]}",
+        f"Bearer {primary}x",
+        f"Bearer {primary[:10]}",
+        "Bearer wrong",
+        f"Bearer {primary}é",
+        "Bearer ключ",
+        "Bearer \x00",
+        "Bearer " + "a" * 10_000,
+    ):
         assert not keys.check_header(header), header
 
 
