@@ -120,7 +120,7 @@ def _parse_candidate(item: Any, where: str) -> CandidateSpec:
     if unknown:
         raise ConfigError(f"{where}.{sorted(unknown)[0]}", "unknown key")
     family = item.get("family")
-    if family not in FAMILIES:
+    if not isinstance(family, str) or family not in FAMILIES:
         raise ConfigError(f"{where}.family",
                           f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
     params = item.get("params") or {}

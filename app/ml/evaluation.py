@@ -160,7 +160,7 @@ def importance_data(pipeline: Any, X: Any, y: Any, columns: Sequence[str], repea
 
     result = permutation_importance(pipeline, X[list(columns)], y, scoring=auc_bad,
                                     n_repeats=repeats, random_state=seed, n_jobs=1)
-    features = [
+    features: list[dict[str, Any]] = [
         {"feature": col, "importance_mean": float(m), "importance_std": float(s)}
         for col, m, s in zip(columns, result.importances_mean, result.importances_std,
                              strict=True)

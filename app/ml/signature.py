@@ -325,6 +325,12 @@ def build_signature(
         lo, hi = limits.get(fname, (col.minimum, col.maximum))
         if lo is not None and hi is not None and lo > hi:
             raise ValueError(f"bounds for {fname!r} are inverted: {lo} > {hi}")
+        observed = (col.minimum, col.maximum)
+        if None not in observed and lo is not None and hi is not None and (
+            observed[1] < lo or observed[0] > hi  # type: ignore[operator]
+        ):
+            raise ValueError(f"bounds {lo}-{hi} for {fname!r} exclude all observed values "
+                             f"{observed[0]}-{observed[1]}")
         specs.append(FieldSpec(fname, FieldType(col.type), col.nullable, minimum=lo, maximum=hi))
     sig = Signature(
         name=name,

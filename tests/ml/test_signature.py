@@ -224,3 +224,11 @@ def test_module_imports_without_pandas_or_sklearn() -> None:
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                           text=True, timeout=60, check=True)
     assert done.stdout.strip() == ""
+
+
+def test_bounds_must_be_usable(csv_path: Path) -> None:
+    schema = infer_schema(csv_path)
+    with pytest.raises(ValueError, match="inverted"):
+        build_signature(schema, FEATURES, name="t", bounds={"Age": (50, 20)})
+    with pytest.raises(ValueError, match="exclude all observed"):
+        build_signature(schema, FEATURES, name="t", bounds={"Age": (80, 120)})

@@ -277,3 +277,14 @@ def test_training_rejects_unusable_data(tmp_path: Path, csv_path: Path) -> None:
         train(relabelled, QUICK)
     with pytest.raises(TrainingError, match="not found"):
         train(tmp_path / "missing.csv", QUICK)
+
+
+@pytest.mark.parametrize("family", ["hist_gradient_boosting", "random_forest"])
+def test_other_families_train(csv_path: Path, family: str) -> None:
+    params = {"n_estimators": 50} if family == "random_forest" else {"max_iter": 50}
+    cfg = TrainingConfig.from_dict({"candidates": [{"family": family, "params": params}],
+                                    "cv_folds": 2, "importance_repeats": 1})
+    out = train(csv_path, cfg)
+    assert out.family == family
+    assert list(out.pipeline.classes_) == ["bad", "good"]
+    assert out.heldout["roc_auc"] > 0.65
