@@ -202,4 +202,15 @@ def serve(home: Path, host: str = "127.0.0.1", port: int = 8000, *,
         raise ValueError("the gateway needs a Redis URL (--redis-url or MODELGATE_REDIS_URL)")
     app = create_gateway_app(Path(home), redis_url=url, settings=settings)
     web.run_app(app, host=host, port=port, ssl_context=server_ssl_context(Path(home)),
-                shutdown_timeout=10.0, access_log=None, print=None, handle_signals=True)
+                shutdown_timeout=10.0, access_log=None, print=None, handle_signals=True,
+                loop=_new_loop())
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed (a large share of a thin proxy's CPU is the loop), else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -64,7 +64,8 @@ class RequestLog:
         if len(self._buffer) >= self._max:
             self.dropped += 1
             return
-        self._buffer.append(json.dumps(asdict(record), separators=(",", ":")))
+        # vars() instead of dataclasses.asdict: asdict deep-copies recursively (~10x slower)
+        self._buffer.append(json.dumps(vars(record), separators=(",", ":")))
 
     def start(self) -> None:
         """Start the periodic flusher (call from the running loop)."""

@@ -1,0 +1,329 @@
+"""Gateway overhead, side by side in one run: direct-to-backend vs through the gateway.
+
+    python -m bench.gateway_bench [--duration 10] [--model-dir DIR] [--json out.json]
+
+Starts, on loopback: a private Redis (random port, password, PID checked), an HTTPS issuer
+(discovery + JWKS) in this process, a backend in its own process (a minimal aiohttp stub, or a
+real scoring replica with ``--model-dir``), and the gateway in its own process exactly as it
+runs in production (``python -m app.gateway``, HTTPS, default policy: JWT + role + Redis rate
+limit + key injection). Then bench/loadgen.py drives both paths, closed loop, at concurrency 1
+and 8, with warm-up, and prints added p50/p99 latency and the throughput ratio against the goals
+(added p50 ≤ 1.5 ms, added p99 ≤ 5 ms, throughput ≥ 0.6× direct). All processes share the
+machine's cores with the load generator, as on the 2-core reference box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import jwt
+import redis
+import requests
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from bench.loadgen import LoadResult, run_load
+
+GOAL_P50_MS, GOAL_P99_MS, GOAL_RATIO = 1.5, 5.0, 0.6
+STUB_BODY = json.dumps(
+    {
+        "predictions": [{"label": "good", "probabilities": {"good": 0.69, "bad": 0.31}}],
+        "model": {"name": "german-credit", "version": "3"},
+    }
+).encode()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serve_stub(port: int) -> None:
+    """A minimal backend: POST /score answers a fixed prediction (for the overhead baseline)."""
+
+    async def score(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=STUB_BODY, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/score", score)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def _wait_http(url: str, verify: str | bool = True, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            requests.get(url, timeout=1, verify=verify)
+            return
+        except requests.RequestException:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not come up") from None
+            time.sleep(0.1)
+
+
+@contextmanager
+def _process(
+    cmd: list[str], env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@contextmanager
+def _redis() -> Iterator[str]:
+    port, password = _free_port(), secrets.token_urlsafe(16)
+    exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+    with _process(
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--requirepass",
+            password,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+    ) as proc:
+        client = redis.Redis(host="127.0.0.1", port=port, password=password)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                info = client.info("server")
+                break
+            except redis.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+        if info["process_id"] != proc.pid:
+            raise RuntimeError("another Redis answered on our port")
+        client.close()
+        yield f"redis://:{password}@127.0.0.1:{port}/0"
+
+
+class _Issuer:
+    """Discovery + JWKS over HTTPS in a daemon thread (only hit when the gateway warms up)."""
+
+    def __init__(self, home: Path) -> None:
+        from app.gateway.app import server_ssl_context
+
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.kid = "bench-" + uuid.uuid4().hex[:8]
+        self.port = _free_port()
+        self.url = f"https://127.0.0.1:{self.port}/local"
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
+        jwk.update({"kid": self.kid, "use": "sig", "alg": "RS256"})
+
+        async def discovery(request: web.Request) -> web.Response:
+            return web.json_response({"issuer": self.url, "jwks_uri": f"{self.url}/jwks"})
+
+        async def jwks(request: web.Request) -> web.Response:
+            return web.json_response({"keys": [jwk]})
+
+        app = web.Application()
+        app.router.add_get("/local/.well-known/openid-configuration", discovery)
+        app.router.add_get("/local/jwks", jwks)
+        self._loop = asyncio.new_event_loop()
+        ctx = server_ssl_context(home)
+
+        async def start() -> None:
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", self.port, ssl_context=ctx).start()
+
+        threading.Thread(target=self._loop.run_forever, daemon=True).start()
+        asyncio.run_coroutine_threadsafe(start(), self._loop).result(10)
+
+    def token(self) -> str:
+        """A valid access token with the scoring role, good for an hour."""
+        now = int(time.time())
+        claims = {
+            "iss": self.url,
+            "aud": "api://modelgate",
+            "sub": "bench",
+            "oid": "bench",
+            "roles": ["Score.Invoke"],
+            "iat": now,
+            "nbf": now,
+            "exp": now + 3600,
+        }
+        return jwt.encode(
+            claims, self.key, algorithm="RS256", headers={"kid": self.kid, "typ": "at+jwt"}
+        )
+
+
+def _run(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    c: int,
+    duration: float,
+    ctx: ssl.SSLContext | None,
+) -> LoadResult:
+    return run_load(
+        url, body, headers, concurrency=c, duration_s=duration, ssl=ctx, warmup_requests=300
+    )
+
+
+def _bench_backend(kind: str, model_dir: Path | None, home: Path, redis_url: str,
+                   issuer: _Issuer, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Start one backend and a gateway in front of it; measure both paths at each c."""
+    from app.gateway.config import encrypt_named_value, write_gateway_config
+    from app.gateway.template import render_default_policy
+    from app.pki import ensure_tls
+
+    tls = ensure_tls(home)
+    backend_key = secrets.token_urlsafe(32)
+    backend_port, gateway_port = _free_port(), _free_port()
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    body = b'{"data": [{"Age": 30}]}'
+    if model_dir is not None:
+        keys = home / f"keys-{backend_port}.json"
+        digest = hashlib.sha256(backend_key.encode()).hexdigest()
+        keys.write_text(json.dumps({"primary_sha256": digest, "secondary_sha256": digest}))
+        sig = json.loads((model_dir / "signature.json").read_text())
+        body = json.dumps({"data": [sig["example"]]}).encode()
+        backend_cmd = [sys.executable, "-m", "app.serving", "--model-dir", str(model_dir),
+                       "--keys-file", str(keys), "--port", str(backend_port)]
+        ready = f"http://127.0.0.1:{backend_port}/health/ready"
+    else:
+        backend_cmd = [sys.executable, "-m", "bench.gateway_bench", "--serve-stub",
+                       str(backend_port)]
+        ready = f"http://127.0.0.1:{backend_port}/"
+    write_gateway_config(home, {
+        "apis": [{"name": "credit-risk", "path": "credit-risk", "revision": 1,
+                  "environment": "prod", "backend_url": f"http://127.0.0.1:{backend_port}",
+                  "operations": [{"id": "score", "method": "POST", "url_template": "/score"}],
+                  "policy_xml": render_default_policy(issuer=issuer.url, environment="prod",
+                                                      rate_limit=10_000_000)}],
+        "named_values": {
+            "prod-backend-key": {"secret": True, "value": encrypt_named_value(home, backend_key)},
+            "prod-backend-url": {"secret": False, "value": f"http://127.0.0.1:{backend_port}"}}})
+    gateway_cmd = [sys.executable, "-m", "app.gateway", "--home", str(home), "--port",
+                   str(gateway_port), "--redis-url", redis_url]
+    results: list[dict[str, Any]] = []
+    with _process(backend_cmd, env), _process(gateway_cmd, env):
+        _wait_http(ready, timeout_s=120)
+        _wait_http(f"https://127.0.0.1:{gateway_port}/health", verify=str(tls.ca_cert))
+        ctx = ssl.create_default_context(cafile=str(tls.ca_cert))
+        direct_headers = {"Authorization": f"Bearer {backend_key}",
+                          "Content-Type": "application/json"}
+        gated_headers = {"Authorization": f"Bearer {issuer.token()}",
+                         "Content-Type": "application/json"}
+        for c in args.concurrency:
+            d = _run(f"http://127.0.0.1:{backend_port}/score", body, direct_headers, c,
+                     args.duration, None)
+            g = _run(f"https://127.0.0.1:{gateway_port}/credit-risk/score", body,
+                     gated_headers, c, args.duration, ctx)
+            results.append({"backend": kind, "concurrency": c, "direct": d.to_dict(),
+                            "gateway": g.to_dict(), "added_p50_ms": g.p50_ms - d.p50_ms,
+                            "added_p99_ms": g.p99_ms - d.p99_ms,
+                            "throughput_ratio": g.ok_rps / d.ok_rps if d.ok_rps else 0.0})
+    return results
+
+
+def _model_dir(home: Path, given: Path | None) -> Path:
+    """The scoring replica's model: the one given, or a LogisticRegression package fitted now."""
+    if given is not None:
+        return given
+    from tests.serving.modelpkg import build_model_package
+
+    return build_model_package(home / "model", "lr")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the side-by-side benchmark and print the table."""
+    parser = argparse.ArgumentParser(prog="python -m bench.gateway_bench")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per point")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--backend", choices=["stub", "scoring", "both"], default="both")
+    parser.add_argument("--model-dir", type=Path, help="model package for the scoring replica")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--serve-stub", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_stub:
+        serve_stub(args.serve_stub)
+        return 0
+    from app.pki import ensure_tls
+
+    home = Path(tempfile.mkdtemp(prefix="mg-gwbench-"))
+    ensure_tls(home)
+    results: list[dict[str, Any]] = []
+    try:
+        with _redis() as redis_url:
+            issuer = _Issuer(home)
+            if args.backend in ("stub", "both"):
+                results += _bench_backend("stub", None, home, redis_url, issuer, args)
+            if args.backend in ("scoring", "both"):
+                model = _model_dir(home, args.model_dir)
+                results += _bench_backend("scoring", model, home, redis_url, issuer, args)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    _print(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0 if all(_meets(r) for r in results) else 1
+
+
+def _meets(r: dict[str, Any]) -> bool:
+    return bool(
+        r["added_p50_ms"] <= GOAL_P50_MS
+        and r["added_p99_ms"] <= GOAL_P99_MS
+        and r["throughput_ratio"] >= GOAL_RATIO
+        and r["gateway"]["failed"] == 0
+        and r["direct"]["failed"] == 0
+    )
+
+
+def _print(results: list[dict[str, Any]]) -> None:
+    print(f"gateway overhead vs direct ({os.cpu_count()} cores shared by load generator, "
+          "backend, gateway and Redis; closed loop; HTTPS at the gateway, HTTP direct)")
+    backend = None
+    for r in results:
+        if r["backend"] != backend:
+            backend = r["backend"]
+            print(f"--- backend: {backend}")
+            print(f"{'c':>3} {'path':<8} {'ok rps':>9} {'p50 ms':>8} {'p99 ms':>8} "
+                  f"{'max ms':>8} {'failed':>6}")
+        for name in ("direct", "gateway"):
+            x = r[name]
+            print(f"{r['concurrency']:>3} {name:<8} {x['ok_rps']:>9.0f} {x['p50_ms']:>8.2f} "
+                  f"{x['p99_ms']:>8.2f} {x['max_ms']:>8.2f} {x['failed']:>6}")
+        verdict = "meets goals" if _meets(r) else "MISSES goals"
+        print(f"{r['concurrency']:>3} added    p50 +{r['added_p50_ms']:.2f} ms "
+              f"(<= {GOAL_P50_MS}), p99 +{r['added_p99_ms']:.2f} ms (<= {GOAL_P99_MS}), "
+              f"throughput {r['throughput_ratio']:.2f}x direct (>= {GOAL_RATIO}): {verdict}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
