@@ -36,11 +36,13 @@ class IssuerSettings:
     max_failed_signins: int = 5
     lockout_base_seconds: int = 30
     lockout_max_seconds: int = 900
+    #: The issuer URL clients use when it differs from the bind address (containers).
+    public_url: str = ""
 
     @property
     def issuer(self) -> str:
-        """The issuer URL for this host and port."""
-        return issuer_url(self.host, self.port)
+        """The issuer URL: the public URL if set, else https://host:port/local."""
+        return self.public_url or issuer_url(self.host, self.port)
 
     @property
     def state_dir(self) -> Path:
@@ -82,4 +84,8 @@ def settings_from_env(home: Path, host: str = "127.0.0.1", port: int = 8443) -> 
         if value <= 0:
             raise ValueError(f"{var} must be positive")
         values[field] = value
-    return IssuerSettings(home=Path(home), host=host, port=port, **values)  # type: ignore[arg-type]
+    public_url = os.environ.get("MODELGATE_IDP_PUBLIC_URL", "").rstrip("/")
+    if public_url and not (public_url.startswith("https://") and public_url.endswith(ISSUER_PATH)):
+        raise ValueError(f"MODELGATE_IDP_PUBLIC_URL must be https://<host>:<port>{ISSUER_PATH}")
+    return IssuerSettings(home=Path(home), host=host, port=port, public_url=public_url,
+                          **values)  # type: ignore[arg-type]

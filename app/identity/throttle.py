@@ -1,7 +1,8 @@
-"""Throttling of failed sign-ins per (username, client IP), with exponential backoff.
+"""Throttling of failed sign-ins per (username, client IP) and per IP, with exponential backoff.
 
 Kept in memory: the issuer runs as one process, and a restart forgetting the counters is an
-acceptable loss for a local development issuer.
+acceptable loss for a local development issuer. The per-IP counter (threshold × 4, across all
+usernames) slows password spraying, which a per-username counter alone would not see.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+
+_ANY_USER = ""
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class SignInThrottle:
     def __init__(self, threshold: int, base_seconds: int, cap_seconds: int) -> None:
         """Configure the policy."""
         self._threshold = threshold
+        self._ip_threshold = threshold * 4
         self._base = base_seconds
         self._cap = cap_seconds
         self._lock = threading.Lock()
@@ -33,28 +37,31 @@ class SignInThrottle:
         """Seconds until this username may try again from this IP (0 = not locked)."""
         now = time.time() if now is None else now
         with self._lock:
-            rec = self._records.get((username.lower(), ip))
-        if rec is None or rec.locked_until <= now:
-            return 0
-        return max(1, int(rec.locked_until - now + 0.999))
+            records = [self._records.get((username.lower(), ip)),
+                       self._records.get((_ANY_USER, ip))]
+        until = max((r.locked_until for r in records if r is not None), default=0.0)
+        return 0 if until <= now else max(1, int(until - now + 0.999))
 
     def record_failure(self, username: str, ip: str, now: float | None = None) -> int:
         """Count a failure; return the lockout now in force (0 if none)."""
         now = time.time() if now is None else now
-        key = (username.lower(), ip)
         with self._lock:
             self._prune(now)
-            rec = self._records.get(key)
-            failures = 1 if rec is None else rec.failures + 1
-            locked_until = 0.0
-            if failures >= self._threshold:
-                delay = min(self._cap, self._base * 2 ** (failures - self._threshold))
-                locked_until = now + delay
-            self._records[key] = _Record(failures, now, locked_until)
-        return int(locked_until - now) if locked_until else 0
+            until = max(self._bump((username.lower(), ip), self._threshold, now),
+                        self._bump((_ANY_USER, ip), self._ip_threshold, now))
+        return int(until - now) if until > now else 0
+
+    def _bump(self, key: tuple[str, str], threshold: int, now: float) -> float:
+        rec = self._records.get(key)
+        failures = 1 if rec is None else rec.failures + 1
+        locked_until = 0.0
+        if failures >= threshold:
+            locked_until = now + min(self._cap, self._base * 2 ** (failures - threshold))
+        self._records[key] = _Record(failures, now, locked_until)
+        return locked_until
 
     def record_success(self, username: str, ip: str) -> None:
-        """Forget the failures of this username and IP."""
+        """Forget this username's failures from this IP (the per-IP count stays)."""
         with self._lock:
             self._records.pop((username.lower(), ip), None)
 

@@ -88,6 +88,15 @@ def test_throttle_backs_off_exponentially() -> None:
     assert throttle.retry_after("bob", "1.2.3.4", t + 41) == 0
 
 
+def test_throttle_slows_password_spraying_from_one_ip() -> None:
+    throttle = SignInThrottle(threshold=3, base_seconds=10, cap_seconds=60)
+    t = 1000.0
+    locks = [throttle.record_failure(f"user{i}", "6.6.6.6", t) for i in range(12)]
+    assert locks[:11] == [0] * 11 and locks[11] == 10  # 12 = 3 × 4 failures from the IP
+    assert throttle.retry_after("someone-else", "6.6.6.6", t + 1) == 9
+    assert throttle.retry_after("someone-else", "7.7.7.7", t + 1) == 0
+
+
 def test_rotation_publishes_first_and_retires_after_grace(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELGATE_IDP_ACCESS_TOKEN_TTL", "600")
