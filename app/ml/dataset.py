@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -271,12 +270,6 @@ def _copy_hashing(src: Path, dst: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    raise TypeError(f"not JSON serialisable: {value!r}")
-
-
 def register_dataset(
     home: str | os.PathLike[str],
     csv_path: str | os.PathLike[str],
@@ -331,7 +324,7 @@ def register_dataset(
                 "source": str(src.resolve()),
             }
             (staging / SCHEMA_FILE).write_text(
-                json.dumps(schema.to_dict(), indent=2, default=_json_default), encoding="utf-8"
+                json.dumps(schema.to_dict(), indent=2, allow_nan=False), encoding="utf-8"
             )
             (staging / META_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
             # The version directory appears complete or not at all.

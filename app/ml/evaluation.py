@@ -58,9 +58,14 @@ def choose_threshold(y_bad: Any, p_bad: Any, cost: CostMatrix) -> float:
     p = np.asarray(p_bad, dtype="float64")
     distinct = np.unique(p)
     cands = np.concatenate(([0.0], (distinct[:-1] + distinct[1:]) / 2, [1.0]))
-    pred = p[None, :] >= cands[:, None]  # candidates x samples
-    fn = (y[None, :] & ~pred).sum(axis=1)
-    fp = (~y[None, :] & pred).sum(axis=1)
+    # Sorted scores + cumulative counts: O(n log n) instead of a candidates x samples matrix.
+    order = np.argsort(p, kind="stable")
+    bad_sorted = y[order]
+    cum_bad = np.concatenate(([0], np.cumsum(bad_sorted)))
+    cum_good = np.concatenate(([0], np.cumsum(~bad_sorted)))
+    below = np.searchsorted(p[order], cands, side="left")  # scores predicted "good"
+    fn = cum_bad[below]
+    fp = cum_good[-1] - cum_good[below]
     costs = cost.bad_as_good * fn + cost.good_as_bad * fp
     best = np.flatnonzero(costs == costs.min())
     pick = best[np.argmin(np.abs(cands[best] - cost.bayes_threshold))]

@@ -20,7 +20,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from app.ml.package import ModelPackage, _swap_in, load_package, write_package
+from app.ml.package import (
+    PACKAGE_FILES,
+    ModelPackage,
+    _swap_in,
+    load_package,
+    write_package,
+)
 from app.ml.signature import FieldType, Signature
 
 if TYPE_CHECKING:
@@ -404,6 +410,11 @@ class ModelRegistry:
                 run_id=info.run_id, artifact_path=PACKAGE_ARTIFACT_PATH, dst_path=str(tmp),
                 tracking_uri=self.tracking_uri,
             )
+            missing = [f for f in PACKAGE_FILES if not (Path(local) / f).is_file()]
+            if missing:
+                # Never replace a working package with an incomplete one.
+                raise RegistryError(
+                    f"package of {name} v{version} lacks {', '.join(missing)}")
             os.chmod(local, 0o755)
             _swap_in(Path(local), target)
         except (MlflowException, OSError) as exc:
