@@ -15,7 +15,7 @@ import logging  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 log = logging.getLogger("app.serving")
@@ -37,6 +37,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.0,
         help="after SIGTERM, keep serving (readiness 503) this long before closing the port",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=["auto", "asyncio", "uvloop"],
+        default="auto",
+        help="event loop; auto uses uvloop when it is installed",
     )
     parser.add_argument("--access-log", action="store_true", help="log every request line")
     parser.add_argument("--log-level", default="INFO")
@@ -109,8 +115,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers > 1:
         without = _strip_workers(raw)
         return supervise(args, without)
-    asyncio.run(serve(args))
+    with asyncio.Runner(loop_factory=_loop_factory(args.loop)) as runner:
+        runner.run(serve(args))
     return 0
+
+
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop factory when chosen (or available under auto), else asyncio's default."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise SystemExit("--loop uvloop: uvloop is not installed") from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def _strip_workers(argv: Sequence[str]) -> list[str]:
