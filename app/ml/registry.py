@@ -224,6 +224,9 @@ class ModelRegistry:
         try:
             found = self.client.get_experiment_by_name(self.experiment)
             if found is not None:
+                if found.lifecycle_stage == "deleted":
+                    # A deleted experiment keeps its name; runs cannot be logged until restored.
+                    self.client.restore_experiment(found.experiment_id)
                 return found.experiment_id, False
             exp_id = self.client.create_experiment(
                 self.experiment, artifact_location=self.artifact_location

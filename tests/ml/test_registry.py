@@ -174,3 +174,12 @@ def test_code_version_can_be_given_by_environment(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setenv("MODELGATE_CODE_VERSION", "v1.2.3-abc")
     assert code_version() == "v1.2.3-abc"
+
+
+def test_deleted_experiment_is_restored(tmp_path: Path) -> None:
+    reg = ModelRegistry.for_home(tmp_path)
+    exp_id, created = reg.ensure_experiment()
+    assert created is True
+    reg.client.delete_experiment(exp_id)
+    assert reg.ensure_experiment() == (exp_id, False)
+    assert reg.client.get_experiment(exp_id).lifecycle_stage == "active"
