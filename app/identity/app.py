@@ -94,6 +94,10 @@ def create_app(settings: IssuerSettings) -> Flask:
     app.extensions["modelgate.identity.throttle"] = SignInThrottle(
         settings.max_failed_signins, settings.lockout_base_seconds, settings.lockout_max_seconds)
     csrf.init_app(app)
+    # Only the sign-in form is a browser form; these take client credentials or bearer tokens,
+    # and logout is a top-level navigation by design (RP-initiated logout).
+    for view in ("token", "userinfo", "logout"):
+        csrf.exempt(f"{__name__}.{view}")
     app.register_blueprint(bp)
     app.after_request(_security_headers)
     app.register_error_handler(CSRFError, _csrf_error)
@@ -308,7 +312,6 @@ def _log_name(username: str) -> str:
 
 
 @bp.post("/token")
-@csrf.exempt
 def token() -> Response:
     """Token endpoint (code + PKCE, refresh token, client credentials)."""
     response: Response = _server().create_token_response()
@@ -336,7 +339,6 @@ def _verify_access_token(raw: str) -> dict[str, Any] | None:
 
 
 @bp.route("/userinfo", methods=["GET", "POST"])
-@csrf.exempt
 def userinfo() -> Response:
     """Claims about the user a bearer access token was issued for."""
     auth = request.headers.get("Authorization", "")
@@ -372,7 +374,6 @@ def _logout_client(id_token_hint: str | None) -> Client | None:
 
 
 @bp.route("/logout", methods=["GET", "POST"])
-@csrf.exempt
 def logout() -> Response:
     """End-session: clear the issuer session, then return to a registered or loopback URI."""
     user = flask_session.get("username")

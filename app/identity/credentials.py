@@ -43,7 +43,7 @@ class CredentialsError(ValueError):
 
 
 def _scrypt(password: str, salt: bytes) -> bytes:
-    return hashlib.scrypt(password.encode("utf-8"), salt=salt, **_SCRYPT)  # type: ignore[arg-type]
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, **_SCRYPT)
 
 
 @dataclass(frozen=True)

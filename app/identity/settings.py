@@ -88,4 +88,4 @@ def settings_from_env(home: Path, host: str = "127.0.0.1", port: int = 8443) -> 
     if public_url and not (public_url.startswith("https://") and public_url.endswith(ISSUER_PATH)):
         raise ValueError(f"MODELGATE_IDP_PUBLIC_URL must be https://<host>:<port>{ISSUER_PATH}")
     return IssuerSettings(home=Path(home), host=host, port=port, public_url=public_url,
-                          **values)  # type: ignore[arg-type]
+                          **values)

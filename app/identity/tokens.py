@@ -256,7 +256,11 @@ class IdTokens(OpenIDCode):  # type: ignore[misc]
             "iss": self.ctx.settings.issuer, "aud": client_id, "azp": client_id,
             "iat": now, "nbf": now, "exp": now + self.ctx.settings.id_token_ttl, "ver": "2.0",
         }
-        claims.update(self.get_authorization_code_claims(request.authorization_code))
+        code = request.authorization_code
+        if code is not None:
+            claims.update(self.get_authorization_code_claims(code))
+        else:  # a refresh: no nonce to echo, but keep the original sign-in time
+            claims["auth_time"] = request.refresh_token.auth_time
         at_hash = create_half_hash(token["access_token"], "RS256")
         if at_hash is not None:
             claims["at_hash"] = at_hash.decode("ascii")
@@ -264,6 +268,14 @@ class IdTokens(OpenIDCode):  # type: ignore[misc]
         key = self.ctx.keys.signing_key()
         header = {"alg": "RS256", "typ": "JWT", "kid": key.kid}
         return jwt.encode(header, claims, key, algorithms=["RS256"])
+
+
+class IdTokensOnRefresh(IdTokens):
+    """A fresh ID token with refreshed tokens when `openid` was granted (as Entra does)."""
+
+    def __call__(self, grant: Any) -> None:
+        """Only the token-response hook: refresh requests have no authorization step."""
+        grant.register_hook("after_create_token_response", self.process_token)
 
 
 def build_authorization_server(ctx: IssuerContext, app: Flask) -> LocalAuthorizationServer:
@@ -274,6 +286,6 @@ def build_authorization_server(ctx: IssuerContext, app: Flask) -> LocalAuthoriza
     server.scopes_supported = [*OIDC_SCOPES, *API_SCOPES]
     server.register_token_generator("default", AccessTokenGenerator(ctx))
     server.register_grant(CodeGrant, [S256Required(required=True), IdTokens(ctx)])
-    server.register_grant(RefreshGrant)
+    server.register_grant(RefreshGrant, [IdTokensOnRefresh(ctx)])
     server.register_grant(AppGrant)
     return server

@@ -143,7 +143,12 @@ def test_refresh_token_is_single_use(issuer: Issuer) -> None:
             "client_id": "modelgate-panel", "client_secret": issuer.secret("modelgate-panel")}
     first = issuer.session().post(f"{issuer.url}/token", data=form, timeout=5)
     assert first.status_code == 200 and first.json()["refresh_token"]
-    issuer.remember(first.json()["access_token"], first.json()["refresh_token"])
+    body = first.json()
+    issuer.remember(body["access_token"], body["refresh_token"], body["id_token"])
+    id_claims = verify_with_jwks(body["id_token"], issuer.jwks(), audience="modelgate-panel",
+                                 issuer=issuer.url, typ="JWT")
+    assert id_claims["preferred_username"] == "bob" and "nonce" not in id_claims
+    assert id_claims["auth_time"] <= time.time()
     second = issuer.session().post(f"{issuer.url}/token", data=form, timeout=5)
     assert second.status_code == 400 and second.json()["error"] == "invalid_grant"
 
