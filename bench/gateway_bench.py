@@ -64,21 +64,27 @@ def serve_stub(port: int) -> None:
         await request.read()
         return web.Response(body=STUB_BODY, content_type="application/json")
 
+    async def ready(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
     app = web.Application()
     app.router.add_post("/score", score)
+    app.router.add_get("/", ready)
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
 def _wait_http(url: str, verify: str | bool = True, timeout_s: float = 30) -> None:
+    """Wait until url answers 200 (a replica answers 503 until its model is loaded)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            requests.get(url, timeout=1, verify=verify)
-            return
+            if requests.get(url, timeout=1, verify=verify).status_code == 200:
+                return
         except requests.RequestException:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not come up") from None
-            time.sleep(0.1)
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not become ready")
+        time.sleep(0.1)
 
 
 @contextmanager
