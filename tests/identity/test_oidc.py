@@ -248,3 +248,38 @@ def test_build_msal_app_for_entra_uses_tenant_authority_and_api_scope() -> None:
     uri = flow["auth_uri"]
     assert uri.startswith("https://login.microsoftonline.com/tenant-guid/oauth2/v2.0/authorize?")
     assert "scope=api%3A%2F%2Fapi-guid%2FScore.Invoke" in uri and "code_challenge=" in uri
+
+
+def test_rotated_signer_accepted_from_cached_jwks_without_refetch(issuer: Issuer) -> None:
+    from app.identity import rotate_keys
+
+    session = issuer.session()
+    fetches: list[str] = []
+    original_get = session.get
+
+    def counting_get(url: str, **kw: Any) -> Any:
+        fetches.append(url)
+        return original_get(url, **kw)
+
+    session.get = counting_get  # type: ignore[method-assign]
+    client = SessionJWKClient(f"{issuer.url}/jwks", session, cooldown=30)
+    old = issuer.session().post(
+        f"{issuer.url}/token", auth=("modelgate-ci", issuer.secret("modelgate-ci")),
+        data={"grant_type": "client_credentials", "scope": f"{API}/.default"},
+        timeout=5).json()["access_token"]
+    issuer.remember(old)
+    _check_at(old, client, issuer, required_roles=["MLOps.Engineer"])
+    rotate_keys(issuer.home, force=True)
+    new = issuer.session().post(
+        f"{issuer.url}/token", auth=("modelgate-ci", issuer.secret("modelgate-ci")),
+        data={"grant_type": "client_credentials", "scope": f"{API}/.default"},
+        timeout=5).json()["access_token"]
+    issuer.remember(new)
+    assert jwt.get_unverified_header(new)["kid"] != jwt.get_unverified_header(old)["kid"]
+    _check_at(new, client, issuer)
+    _check_at(old, client, issuer)
+    assert len(fetches) == 1  # the new signer was already in the cached JWKS
+    for _ in range(20):  # unknown kids: at most one forced refetch per cooldown
+        with pytest.raises(TokenValidationError):
+            _check_at(_mint(issuer, header={"kid": "nope"}, key=ATTACKER), client, issuer)
+    assert len(fetches) <= 2
