@@ -27,159 +27,45 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from enum import Enum
 from urllib.parse import urlsplit
 
+from app.gateway.plan import (
+    CheckHeader,
+    ClaimMatch,
+    Cors,
+    CounterKey,
+    HeaderAction,
+    InboundStep,
+    NamedValue,
+    Policy,
+    PolicyError,
+    RateLimitByKey,
+    RequiredClaim,
+    ReturnResponse,
+    SetBackendService,
+    SetHeader,
+    ValidateJwt,
+)
 
-class PolicyError(ValueError):
-    """The policy document uses something the local gateway does not support, or is invalid."""
-
-
-class ClaimMatch(Enum):
-    """How the values of a required claim must match."""
-
-    ALL = "all"
-    ANY = "any"
-
-
-class HeaderAction(Enum):
-    """set-header exists-action."""
-
-    OVERRIDE = "override"
-    SKIP = "skip"
-    APPEND = "append"
-    DELETE = "delete"
-
-
-@dataclass(frozen=True)
-class NamedValue:
-    """A resolved (decrypted) named value."""
-
-    value: str
-    secret: bool
-
-
-@dataclass(frozen=True)
-class RequiredClaim:
-    """One <claim> of <required-claims>."""
-
-    name: str
-    match: ClaimMatch
-    separator: str | None
-    values: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ValidateJwt:
-    """validate-jwt, strict by construction (signed tokens only, audiences mandatory)."""
-
-    header_name: str
-    failed_status: int
-    failed_message: str | None
-    require_expiration: bool
-    require_scheme: str | None
-    clock_skew_s: int
-    output_variable: str | None
-    openid_config_urls: tuple[str, ...]
-    audiences: tuple[str, ...]
-    issuers: tuple[str, ...]
-    required_claims: tuple[RequiredClaim, ...]
-
-    def validation_key(self) -> tuple[object, ...]:
-        """Everything that decides whether the token itself is valid (not the claim checks)."""
-        return (self.header_name, self.require_scheme, self.require_expiration, self.clock_skew_s,
-                self.openid_config_urls, self.audiences, self.issuers)
-
-
-@dataclass(frozen=True)
-class CheckHeader:
-    """check-header."""
-
-    name: str
-    failed_status: int
-    failed_message: str
-    ignore_case: bool
-    values: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class CounterKey:
-    """A rate-limit counter key: a literal, or the validated JWT's subject or claim."""
-
-    literal: str | None = None
-    variable: str | None = None
-    claim: str | None = None
-    default: str = ""
-    default_is_subject: bool = False
-
-
-@dataclass(frozen=True)
-class RateLimitByKey:
-    """rate-limit-by-key."""
-
-    calls: int
-    renewal_period_s: int
-    counter_key: CounterKey
-
-
-@dataclass(frozen=True)
-class SetHeader:
-    """set-header with named values already substituted."""
-
-    name: str
-    action: HeaderAction
-    values: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class SetBackendService:
-    """set-backend-service base-url."""
-
-    base_url: str
-
-
-@dataclass(frozen=True)
-class Cors:
-    """cors."""
-
-    origins: tuple[str, ...]
-    methods: tuple[str, ...]
-    headers: tuple[str, ...]
-    expose_headers: tuple[str, ...]
-    allow_credentials: bool
-    max_age_s: int | None
-
-
-@dataclass(frozen=True)
-class ReturnResponse:
-    """return-response: stop the pipeline and answer with this."""
-
-    status: int
-    reason: str | None
-    headers: tuple[SetHeader, ...]
-    body: str
-
-
-InboundStep = ValidateJwt | CheckHeader | RateLimitByKey | SetHeader | SetBackendService | Cors | (
-    ReturnResponse)
-
-
-@dataclass(frozen=True)
-class Policy:
-    """A compiled policy document."""
-
-    inbound: tuple[InboundStep, ...]
-    forward_timeout_s: float | None
-    outbound: tuple[SetHeader, ...]
-    on_error: tuple[SetHeader, ...]
-    secrets: tuple[str, ...]
-
-    @property
-    def cors(self) -> Cors | None:
-        """The cors step, if any."""
-        return next((s for s in self.inbound if isinstance(s, Cors)), None)
-
+__all__ = [
+    "CheckHeader",
+    "ClaimMatch",
+    "Cors",
+    "CounterKey",
+    "HeaderAction",
+    "InboundStep",
+    "NamedValue",
+    "Policy",
+    "PolicyError",
+    "RateLimitByKey",
+    "RequiredClaim",
+    "ReturnResponse",
+    "SetBackendService",
+    "SetHeader",
+    "ValidateJwt",
+    "compile_policy",
+    "resolve_counter_key",
+]
 
 _NAMED = re.compile(r"\{\{([^{}]*)\}\}")
 _NAME_OK = re.compile(r"^[A-Za-z0-9._-]{1,256}$")

@@ -269,6 +269,40 @@ def api_entry(env: str, path: str, issuer: Issuer, *, template: str = "/score",
                                                 rate_limit=rate, clock_skew_s=skew)}
 
 
+def feature_apis(issuer: Issuer) -> list[dict[str, Any]]:
+    """APIs exercising cors, check-header, set-header, outbound/on-error, return-response."""
+    jwt_step = (f'<validate-jwt header-name="Authorization" require-scheme="Bearer">'
+                f'<openid-config url="{issuer.url}/.well-known/openid-configuration" />'
+                f"<audiences><audience>{AUD}</audience></audiences></validate-jwt>")
+    features = (
+        "<policies><inbound><base />"
+        "<cors><allowed-origins><origin>https://panel.local</origin></allowed-origins>"
+        '<allowed-methods preflight-result-max-age="300"><method>POST</method></allowed-methods>'
+        "<allowed-headers><header>Authorization</header><header>Content-Type</header>"
+        "</allowed-headers><expose-headers><header>X-Request-ID</header></expose-headers></cors>"
+        '<check-header name="X-Tenant" failed-check-httpcode="403" '
+        'failed-check-error-message="Wrong tenant." ignore-case="true"><value>contoso</value>'
+        f"</check-header>{jwt_step}"
+        '<set-backend-service base-url="{{prod-backend-url}}" />'
+        '<set-header name="Authorization" exists-action="override">'
+        "<value>Bearer {{prod-backend-key}}</value></set-header>"
+        '<set-header name="X-Added" exists-action="append"><value>policy</value></set-header>'
+        '<set-header name="X-Strip" exists-action="delete" />'
+        '</inbound><outbound><set-header name="X-Backend" exists-action="delete" />'
+        '<set-header name="X-Outbound" exists-action="override"><value>1</value></set-header>'
+        '</outbound><on-error><set-header name="X-Error" exists-action="override">'
+        "<value>yes</value></set-header></on-error></policies>")
+    teapot = ('<policies><inbound><return-response><set-status code="418" reason="teapot" />'
+              '<set-header name="Content-Type" exists-action="override"><value>text/plain'
+              "</value></set-header><set-body>short and stout</set-body></return-response>"
+              "</inbound></policies>")
+    base = {"name": "features", "revision": 2, "environment": "prod",
+            "backend_url": "http://127.0.0.1:9",
+            "operations": [{"id": "score", "method": "POST", "url_template": "/score"}]}
+    return [dict(base, path="features", policy_xml=features),
+            dict(base, name="teapot", path="teapot", policy_xml=teapot)]
+
+
 def named(home: Path, env: str, backend_url: str) -> dict[str, Any]:
     """The two named values the default template needs for env."""
     return {f"{env}-backend-key": {"secret": True, "value": encrypt_named_value(home, BACKEND_KEY)},
@@ -294,6 +328,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
         api_entry("isdown", "isdown/credit-risk", down),
         api_entry("kid", "kid/credit-risk", kid),
     ], "named_values": {}}
+    config["apis"] += feature_apis(issuer)
     for env in ("prod", "limited", "slow", "leak", "rot", "isdown", "kid"):
         config["named_values"].update(named(home, env, backend.url))
     config["named_values"].update(named(home, "down", f"http://127.0.0.1:{closed}"))

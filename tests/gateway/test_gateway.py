@@ -270,3 +270,60 @@ def test_redis_unreachable_fails_closed_503(stack: Stack) -> None:
                              verify=stack.ca, timeout=10).status_code == 401
     finally:
         stack.loop.run(runner.cleanup())
+
+
+def test_cors_preflight_and_simple_response(stack: Stack) -> None:
+    """cors: an allowed origin gets its preflight and response headers; others get none."""
+    s = stack.session()
+    pre = s.options(f"{stack.url}/features/score", timeout=5, headers={
+        "Origin": "https://panel.local", "Access-Control-Request-Method": "POST"})
+    assert pre.status_code == 200
+    assert pre.headers["Access-Control-Allow-Origin"] == "https://panel.local"
+    assert pre.headers["Access-Control-Allow-Methods"] == "POST"
+    assert pre.headers["Access-Control-Max-Age"] == "300"
+    other = s.options(f"{stack.url}/features/score", timeout=5, headers={
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+    resp = stack.score(stack.issuer.mint(), "features/score",
+                       headers={"Origin": "https://panel.local", "X-Tenant": "CONTOSO",
+                                "X-Added": "client", "X-Strip": "x"})
+    assert resp.status_code == 200
+    assert resp.headers["Access-Control-Allow-Origin"] == "https://panel.local"
+    assert resp.headers["Access-Control-Expose-Headers"] == "X-Request-ID"
+
+
+def test_check_header_set_header_actions_outbound_and_on_error(stack: Stack) -> None:
+    """check-header refuses with its code/message; set-header append/delete; outbound/on-error."""
+    resp = stack.score(stack.issuer.mint(), "features/score", headers={"X-Tenant": "fabrikam"})
+    assert resp.status_code == 403
+    assert resp.json()["detail"] == "Wrong tenant."
+    assert resp.headers["X-Error"] == "yes"
+    resp = stack.score(stack.issuer.mint(), "features/score",
+                       headers={"X-Tenant": "contoso", "X-Added": "client", "X-Strip": "x"})
+    assert resp.status_code == 200
+    seen = stack.backend.seen[-1]
+    assert seen["X-Added"] == "client, policy" or seen["X-Added"] in ("client", "policy")
+    assert "X-Strip" not in seen
+    assert seen["Authorization"] == f"Bearer {BACKEND_KEY}"
+    assert "X-Backend" not in resp.headers and resp.headers["X-Outbound"] == "1"
+    assert "X-Error" not in resp.headers
+
+
+def test_return_response(stack: Stack) -> None:
+    """return-response answers from the gateway without calling the backend."""
+    before = len(stack.backend.seen)
+    resp = stack.score(None, "teapot/score")
+    assert resp.status_code == 418
+    assert resp.text == "short and stout"
+    assert len(stack.backend.seen) == before
+
+
+def test_secrets_never_logged(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    """Across successes and failures, logs never contain the token or the backend key."""
+    caplog.set_level("DEBUG")
+    token = stack.issuer.mint()
+    for path in ("credit-risk/score", "down/credit-risk/score", "leak/credit-risk/leak"):
+        stack.score(token, path)
+    stack.score(auth="Bearer " + token[:-4] + "AAAA")
+    text = caplog.text
+    assert token not in text and token[:-4] not in text and BACKEND_KEY not in text
