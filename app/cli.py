@@ -101,6 +101,36 @@ def beat() -> None:
     celery_app.start(["beat", "--loglevel", "INFO", "--schedule", str(schedule)])
 
 
+# --------------------------------------------------------------------------- identity
+
+
+@main.group(invoke_without_command=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8443, show_default=True, help="0 = a free port")
+@click.pass_context
+def idp(ctx: click.Context, host: str, port: int) -> None:
+    """Run the local OpenID Connect issuer (HTTPS) at https://HOST:PORT/local."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from app.identity.server import serve
+
+    serve(_home(), host, port)
+
+
+@idp.command("rotate-keys")
+@click.option("--force", is_flag=True, help="Activate the next key even if it is brand new.")
+def idp_rotate_keys(force: bool) -> None:
+    """One signing-key rotation step: the published next key starts signing."""
+    from app.identity.keys import KeyRotationError, rotate_keys
+
+    try:
+        result = rotate_keys(_home(), force=force)
+    except KeyRotationError as exc:
+        raise click.ClickException(f"rotate-keys refused: {exc}") from None
+    click.echo(f"signing key: {result.signing_kid}\nnext key:    {result.next_kid}\n"
+               f"retired:     {', '.join(result.retired_kids) or '-'}")
+
+
 # --------------------------------------------------------------------------- database
 
 

@@ -28,8 +28,15 @@ class BaseConfig:
     DATABASE_URL = ""  # default: sqlite:///<HOME>/modelgate.db
     REDIS_URL = "redis://127.0.0.1:6379/0"
     BACKEND = "local"
-    IDENTITY = "local"
+    IDENTITY = "local"  # or "entra"
     ISSUER_URL = "https://127.0.0.1:8443/local"
+    PANEL_URL = "http://127.0.0.1:5000"
+    # The panel's own app registration; for the local issuer the secret is read from
+    # MODELGATE_HOME/dev-credentials.json when not given.
+    CLIENT_ID = "modelgate-panel"
+    CLIENT_SECRET = ""
+    TENANT_ID = ""  # Entra ID tenant (MODELGATE_IDENTITY=entra)
+    API_CLIENT_ID = ""  # Entra ID app id of the scoring API (scope api://<id>/Score.Invoke)
     GATEWAY_URL = "https://127.0.0.1:8000"
     CA_BUNDLE = ""  # default: <HOME>/tls/ca.pem when it exists
     RATE_LIMIT = 6000

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import requests
 
+from app.pki import ensure_tls
 from app.redis_server import RedisSpec, free_port, make_spec, wait_until_ours
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class Stack:
         self.run_dir.mkdir(exist_ok=True)
         (self.home / "endpoints.json").unlink(missing_ok=True)
         ensure_instance_secret_key(self.home)
+        self.tls = ensure_tls(self.home)
         config = load_config({"HOME": str(self.home)})
         self.out(f"migrating the database ({_redact(config['DATABASE_URL'])})")
         upgrade(config["DATABASE_URL"])
@@ -131,6 +133,9 @@ class Stack:
         if self.redis is not None:
             spec = self.redis
             services.append(Service("redis", spec.command(), self._redis_ready))
+        issuer = f"https://127.0.0.1:{self.ports['issuer']}/local"
+        services.append(Service("issuer", py + ["idp", "--port", str(self.ports["issuer"])],
+                                _http_ready(issuer + "/health", verify=str(self.tls.ca_cert))))
         panel_url = f"http://127.0.0.1:{self.ports['panel']}/health"
         services.append(Service("panel", py + ["panel", "--port", str(self.ports["panel"])],
                                 _http_ready(panel_url)))
@@ -261,10 +266,10 @@ class StackError(Exception):
     """The stack could not start; the message says which part and where its log is."""
 
 
-def _http_ready(url: str) -> Callable[[subprocess.Popen[bytes]], bool]:
+def _http_ready(url: str, verify: str | bool = True) -> Callable[[subprocess.Popen[bytes]], bool]:
     def ready(process: subprocess.Popen[bytes]) -> bool:
         try:
-            return requests.get(url, timeout=1).status_code == 200
+            return requests.get(url, timeout=1, verify=verify).status_code == 200
         except requests.RequestException:
             return False
     return ready

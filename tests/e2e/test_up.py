@@ -61,6 +61,10 @@ def test_up_starts_everything_restarts_a_dead_child_and_stops_cleanly(tmp_path: 
         assert "@" not in endpoints["redis"], "the Redis password must not be published"
         assert requests.get(endpoints["panel"] + "/health", timeout=5).status_code == 200
         assert requests.get(endpoints["panel"] + "/health?deep=1", timeout=5).status_code == 200
+        discovery = requests.get(endpoints["issuer"] + "/.well-known/openid-configuration",
+                                 verify=endpoints["ca_bundle"], timeout=5).json()
+        assert discovery["issuer"] == endpoints["issuer"]
+        assert (home / "dev-credentials.json").stat().st_mode & 0o077 == 0
         secret = home / "secret_key"
         assert secret.stat().st_mode & 0o077 == 0
 
