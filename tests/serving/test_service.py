@@ -230,3 +230,57 @@ def test_sigterm_finishes_in_flight_request(
     assert replica.process.wait(timeout=20) == 0
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{replica.url}/health/live", timeout=2)
+
+
+def test_json_with_charset_is_accepted(replica: Replica, example_body: dict[str, object]) -> None:
+    headers = {**replica.headers(), "Content-Type": "application/json; charset=utf-8"}
+    assert post(replica, json.dumps(example_body), headers).status_code == 200
+
+
+def test_workers_share_one_port_and_stop_on_sigterm(
+    lr_package: Path, tmp_path: Path, example_body: dict[str, object]
+) -> None:
+    replica = start_replica(
+        lr_package, make_keys(tmp_path), tmp_path / "replica.log", "--workers", "2"
+    )
+    try:
+        for _ in range(20):  # fresh connections, spread by the kernel over both listeners
+            with requests.Session() as session:
+                response = session.post(
+                    f"{replica.url}/score",
+                    data=json.dumps(example_body),
+                    headers=replica.headers(),
+                    timeout=10,
+                )
+                assert response.status_code == 200
+        time.sleep(0.5)  # let the second worker finish loading before we stop everything
+    finally:
+        assert replica.stop() == 0
+    log = replica.log_text()
+    # Both workers bound the same port (only possible with SO_REUSEPORT) and exited cleanly.
+    assert log.count("listening on") == 2 and log.count("stopped") == 2
+    assert "Traceback" not in log and replica.keys.primary not in log
+
+
+def test_fallback_is_reported_in_readiness(
+    lr_package: Path, tmp_path: Path, example_body: dict[str, object]
+) -> None:
+    from sklearn.ensemble import RandomForestClassifier
+
+    from tests.serving.modelpkg import build_model_package, load_frame
+
+    package = build_model_package(tmp_path / "rf", "lr")
+    pipeline = joblib.load(package / "model.joblib")
+    pipeline.set_params(classifier=RandomForestClassifier(n_estimators=5, random_state=0))
+    joblib.dump(pipeline.fit(*load_frame()), package / "model.joblib")
+    replica = start_replica(package, make_keys(tmp_path), tmp_path / "replica.log")
+    try:
+        ready = requests.get(f"{replica.url}/health/ready", timeout=5).json()
+        assert ready["compute_path"] == "sklearn"
+        assert "RandomForestClassifier" in ready["fallback_reason"]
+        response = post(replica, json.dumps(example_body))
+        assert response.status_code == 200
+        assert set(response.json()["predictions"][0]["probabilities"]) == {"bad", "good"}
+    finally:
+        replica.stop()
+    assert "fast path unavailable" in replica.log_text()
