@@ -112,6 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if not 1 <= args.workers <= 64:
         raise SystemExit("--workers must be in 1..64")
+    # Fail fast on a misconfigured start; later disappearance of the keys file denies all keys.
+    if not args.keys_file.is_file():
+        raise SystemExit(f"keys file {args.keys_file} not found")
+    if not args.model_dir.is_dir():
+        raise SystemExit(f"model directory {args.model_dir} not found")
     if args.workers > 1:
         without = _strip_workers(raw)
         return supervise(args, without)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ import pytest
 import requests
 
 from tests.serving.conftest import Replica, make_keys, start_replica
-from tests.serving.modelpkg import EXAMPLE, FEATURES
+from tests.serving.modelpkg import EXAMPLE, FEATURES, ROOT
 
 PROBLEM = "application/problem+json"
 
@@ -284,3 +287,23 @@ def test_fallback_is_reported_in_readiness(
     finally:
         replica.stop()
     assert "fast path unavailable" in replica.log_text()
+
+
+def test_replica_entry_pins_one_numeric_thread() -> None:
+    script = (
+        "import sys, app.serving.__main__\n"
+        "assert 'numpy' not in sys.modules\n"
+        "import numpy, threadpoolctl\n"
+        "print(sorted({p['num_threads'] for p in threadpoolctl.threadpool_info()}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.stdout.strip() == "[1]"
