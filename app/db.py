@@ -128,3 +128,14 @@ class JobLog(Base):
     elapsed: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     job: Mapped[Job] = relationship(back_populates="logs")
+
+
+class Environment(Base):
+    """A scoring environment (staging, prod) recorded by the provision job."""
+
+    __tablename__ = "environments"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    workspace: Mapped[str] = mapped_column(String(128), index=True)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
