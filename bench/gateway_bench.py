@@ -188,6 +188,12 @@ class _Issuer:
         )
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _run(
     url: str,
     body: bytes,
@@ -238,7 +244,7 @@ def _bench_backend(kind: str, model_dir: Path | None, home: Path, redis_url: str
     gateway_cmd = [sys.executable, "-m", "app.gateway", "--home", str(home), "--port",
                    str(gateway_port), "--redis-url", redis_url]
     results: list[dict[str, Any]] = []
-    with _process(backend_cmd, env), _process(gateway_cmd, env):
+    with _process(backend_cmd, env) as backend_proc, _process(gateway_cmd, env) as gw_proc:
         _wait_http(ready, timeout_s=120)
         _wait_http(f"https://127.0.0.1:{gateway_port}/health", verify=str(tls.ca_cert))
         ctx = ssl.create_default_context(cafile=str(tls.ca_cert))
@@ -249,10 +255,16 @@ def _bench_backend(kind: str, model_dir: Path | None, home: Path, redis_url: str
         for c in args.concurrency:
             d = _run(f"http://127.0.0.1:{backend_port}/score", body, direct_headers, c,
                      args.duration, None)
+            cpu0 = _cpu_s(gw_proc.pid), _cpu_s(backend_proc.pid)
             g = _run(f"https://127.0.0.1:{gateway_port}/credit-risk/score", body,
                      gated_headers, c, args.duration, ctx)
+            cpu1 = _cpu_s(gw_proc.pid), _cpu_s(backend_proc.pid)
+            n = max(g.sent, 1)
             results.append({"backend": kind, "concurrency": c, "direct": d.to_dict(),
-                            "gateway": g.to_dict(), "added_p50_ms": g.p50_ms - d.p50_ms,
+                            "gateway": g.to_dict(),
+                            "gateway_cpu_ms_per_request": (cpu1[0] - cpu0[0]) * 1000 / n,
+                            "backend_cpu_ms_per_request": (cpu1[1] - cpu0[1]) * 1000 / n,
+                            "added_p50_ms": g.p50_ms - d.p50_ms,
                             "added_p99_ms": g.p99_ms - d.p99_ms,
                             "throughput_ratio": g.ok_rps / d.ok_rps if d.ok_rps else 0.0})
     return results
@@ -325,6 +337,8 @@ def _print(results: list[dict[str, Any]]) -> None:
             x = r[name]
             print(f"{r['concurrency']:>3} {name:<8} {x['ok_rps']:>9.0f} {x['p50_ms']:>8.2f} "
                   f"{x['p99_ms']:>8.2f} {x['max_ms']:>8.2f} {x['failed']:>6}")
+        print(f"{r['concurrency']:>3} cpu      gateway {r['gateway_cpu_ms_per_request']:.2f} ms"
+              f"/request, backend {r['backend_cpu_ms_per_request']:.2f} ms/request")
         verdict = "meets goals" if _meets(r) else "MISSES goals"
         print(f"{r['concurrency']:>3} added    p50 +{r['added_p50_ms']:.2f} ms "
               f"(<= {GOAL_P50_MS}), p99 +{r['added_p99_ms']:.2f} ms (<= {GOAL_P99_MS}), "

@@ -10,8 +10,11 @@ audience come from allow-lists. Keys are bound to the issuer whose discovery doc
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import logging
+import re
 import ssl
 import time
 from collections.abc import Mapping, Sequence
@@ -29,6 +32,7 @@ _MAX_KID = 256
 _MAX_TOKEN = 16 * 1024
 _MAX_DOC = 1024 * 1024
 _TYPES = {"at+jwt", "application/at+jwt"}
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 class TokenRejected(Exception):
@@ -188,12 +192,27 @@ def extract_token(header_value: str | None, scheme: str | None) -> str:
     return token
 
 
+def _unverified_header(token: str) -> dict[str, Any]:
+    """Decode the JOSE header only to pick the key (PyJWT re-parses and checks it on decode).
+
+    A regex check + C base64 is ~10x cheaper than jwt.get_unverified_header's per-character
+    validation, and this runs on every request.
+    """
+    segment = token.split(".", 1)[0]
+    if len(segment) > 4 * _MAX_KID or not _B64URL.fullmatch(segment):
+        raise TokenRejected("header")
+    try:
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, binascii.Error):
+        raise TokenRejected("header") from None
+    if not isinstance(header, dict):
+        raise TokenRejected("header")
+    return header
+
+
 async def validate_token(token: str, step: ValidateJwt, registry: JwksRegistry) -> dict[str, Any]:
     """Verify signature and registered claims; return the claims or raise TokenRejected."""
-    try:
-        header = pyjwt.get_unverified_header(token)
-    except pyjwt.PyJWTError:
-        raise TokenRejected("header") from None
+    header = _unverified_header(token)
     alg, kid, typ = header.get("alg"), header.get("kid"), header.get("typ")
     if alg not in registry.settings.algorithms:
         raise TokenRejected("alg")
