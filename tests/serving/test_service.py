@@ -247,6 +247,9 @@ def test_workers_share_one_port_and_stop_on_sigterm(
         lr_package, make_keys(tmp_path), tmp_path / "replica.log", "--workers", "2"
     )
     try:
+        deadline = time.monotonic() + 30
+        while replica.log_text().count("ready on the") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # a worker answers 503 until its own model is loaded
         for _ in range(20):  # fresh connections, spread by the kernel over both listeners
             with requests.Session() as session:
                 response = session.post(
@@ -256,7 +259,6 @@ def test_workers_share_one_port_and_stop_on_sigterm(
                     timeout=10,
                 )
                 assert response.status_code == 200
-        time.sleep(0.5)  # let the second worker finish loading before we stop everything
     finally:
         assert replica.stop() == 0
     log = replica.log_text()
