@@ -14,10 +14,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.ml.config import ConfigError as TrainingConfigError
 from app.ml.config import TrainingConfig
+
+if TYPE_CHECKING:
+    from app.ml.registry import ModelRegistry
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PATH = Path(__file__).resolve().parent / "backends" / "local" / "pipeline.yml"
@@ -162,6 +165,18 @@ class PipelineConfig:
             "keys": vars(self.keys).copy(),
             "azure": vars(self.azure).copy(),
         }
+
+
+def model_registry(settings: MlflowSettings, home: str | os.PathLike[str]) -> ModelRegistry:
+    """Return the registry the settings name: their tracking URI, else home's sqlite store."""
+    from app.ml.registry import ModelRegistry
+
+    if settings.tracking_uri:
+        # A tracking server decides where artifacts go.
+        return ModelRegistry(settings.tracking_uri, None, experiment=settings.experiment)
+    local = ModelRegistry.for_home(home)
+    return ModelRegistry(local.tracking_uri, local.artifact_location,
+                         experiment=settings.experiment)
 
 
 def config_path() -> Path:
