@@ -98,7 +98,7 @@ async def _health(request: web.Request) -> web.Response:
 
 async def _metrics(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    state.metrics.jwks_fetches._value.set(state.jwks.total_fetches())  # gauge-like mirror
+    state.metrics.jwks_fetches.set(state.jwks.total_fetches())
     body = generate_latest(state.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -104,7 +104,7 @@ class JwksCache:
             try:
                 self._set = await self._fetch()
                 self._fetched_at = time.monotonic()
-            except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+            except (aiohttp.ClientError, OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("JWKS fetch from %s failed (%s); keeping %d cached keys",
                             self._url, type(exc).__name__, len(self._set.keys))
 

@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +28,9 @@ class GatewayMetrics:
         self.backend_latency = Histogram("modelgate_gateway_backend_seconds",
                                          "Time waiting for the backend", ["api"],
                                          buckets=_BUCKETS, registry=self.registry)
-        self.jwks_fetches = Counter("modelgate_gateway_jwks_fetches",
-                                    "JWKS fetch attempts", registry=self.registry)
+        # a gauge mirroring the JWKS caches' own counter, read at scrape time
+        self.jwks_fetches = Gauge("modelgate_gateway_jwks_fetch_attempts",
+                                  "JWKS fetch attempts since start", registry=self.registry)
 
 
 @dataclass(frozen=True)

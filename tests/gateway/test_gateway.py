@@ -33,6 +33,7 @@ def test_health_and_metrics(stack: Stack) -> None:
     assert 'modelgate_gateway_requests_total{api="credit-risk",status="200"}' in text
     assert "modelgate_gateway_request_seconds_bucket" in text
     assert "modelgate_gateway_backend_seconds_bucket" in text
+    assert "modelgate_gateway_jwks_fetch_attempts" in text
 
 
 def test_unknown_path_404_wrong_method_405(stack: Stack) -> None:
