@@ -44,6 +44,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="auto",
         help="event loop; auto uses uvloop when it is installed",
     )
+    parser.add_argument(
+        "--bind-early",
+        action="store_true",
+        help="listen while the model loads (health answers 503); default: load, then listen",
+    )
     parser.add_argument("--access-log", action="store_true", help="log every request line")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
@@ -54,8 +59,20 @@ async def serve(args: argparse.Namespace) -> None:
     from aiohttp import web
 
     from app.serving.app import STATE, create_scoring_app
+    from app.serving.model import ModelLoadError, ScoringModel, load_model
 
-    app = create_scoring_app(args.model_dir, args.keys_file)
+    model: ScoringModel | None = None
+    if not args.bind_early:
+        # Replicas of a slot share the port: binding before the model is ready would let the
+        # kernel hand new connections to a replica that can only answer 503.
+        try:
+            model = await asyncio.get_running_loop().run_in_executor(
+                None, load_model, args.model_dir
+            )
+        except ModelLoadError as exc:
+            log.error("model load failed, not binding the port: %s", exc)
+            raise SystemExit(3) from None
+    app = create_scoring_app(args.model_dir, args.keys_file, model=model)
     # The default access log line holds no Authorization header; off unless asked, for speed.
     runner = web.AppRunner(
         app,

@@ -175,6 +175,11 @@ async def _load_in_background(state: ServiceState, loader: Loader) -> None:
         state.load_error = type(exc).__name__
         log.exception("model load failed")
         return
+    _install(state, model)
+
+
+def _install(state: ServiceState, model: ScoringModel) -> None:
+    """Make a self-tested model live and say which compute path it uses."""
     state.loaded = _loaded(model)
     signature = model.signature
     log.info(
@@ -192,20 +197,26 @@ def create_scoring_app(
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
     loader: Loader = load_model,
+    model: ScoringModel | None = None,
 ) -> web.Application:
-    """Build the scoring service; the model loads in the background once the app starts.
+    """Build the scoring service; ready at once with a preloaded model, else loads in background.
 
     Args:
         model_dir: model package directory (model.joblib + signature.json).
         keys_file: JSON file with primary_sha256 / secondary_sha256 digests.
         max_body_bytes: request body limit; larger bodies get 413.
         loader: how to load the package (tests inject slow or failing loaders).
+        model: an already loaded and self-tested model (from load_model); no loading then.
     """
     app = web.Application(client_max_size=max_body_bytes, middlewares=[problem_middleware])
     state = ServiceState(Path(model_dir), KeyStore(keys_file), max_body_bytes)
     app[STATE] = state
+    if model is not None:
+        _install(state, model)
 
     async def start_loading(app: web.Application) -> None:
+        if state.loaded is not None:
+            return
         state.load_task = asyncio.ensure_future(_load_in_background(state, loader))
 
     async def stop_loading(app: web.Application) -> None:

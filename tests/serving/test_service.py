@@ -309,3 +309,29 @@ def test_replica_entry_pins_one_numeric_thread() -> None:
         timeout=60,
     )
     assert out.stdout.strip() == "[1]"
+
+
+def test_bad_package_exits_without_binding(lr_package: Path, tmp_path: Path) -> None:
+    package = tmp_path / "broken"
+    package.mkdir()
+    (package / "signature.json").write_text((lr_package / "signature.json").read_text())
+    (package / "model.joblib").write_bytes(b"not a pickle")
+    keys = make_keys(tmp_path)
+    with pytest.raises(RuntimeError, match="exited early"):
+        start_replica(package, keys, tmp_path / "replica.log")
+    log = (tmp_path / "replica.log").read_text()
+    assert "not binding the port" in log and "listening on" not in log
+
+
+def test_bind_early_serves_health_while_loading(
+    lr_package: Path, tmp_path: Path, example_body: dict[str, object]
+) -> None:
+    replica = start_replica(
+        lr_package, make_keys(tmp_path), tmp_path / "replica.log", "--bind-early"
+    )
+    try:
+        assert post(replica, json.dumps(example_body)).status_code == 200
+    finally:
+        assert replica.stop() == 0
+    log = replica.log_text()
+    assert log.index("listening on") < log.index("ready on the")
