@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,7 +89,8 @@ def sign_in(client: Any, username: str) -> None:
     """Put a signed-in user in the client's session, as the sign-in callback does."""
     with client.session_transaction() as session:
         session["user"] = {"id": f"oid-{username}", "name": username.title(),
-                           "username": username, "roles": USERS[username]}
+                           "username": username, "roles": USERS[username],
+                           "signed_in_at": int(time.time())}
         session["_user_id"] = f"oid-{username}"
         session["_fresh"] = True
 

@@ -1,17 +1,60 @@
-"""Sign-in and sign-out."""
+"""Sign-in and sign-out: thin views over app.auth.session_tokens."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from flask import Blueprint, render_template, request
+from flask import Blueprint, flash, redirect, render_template, request, session, url_for
+from flask_login import current_user, login_user, logout_user
 
+from app.auth import session_tokens
 from app.security import safe_next
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
+log = logging.getLogger(__name__)
 
 
 @bp.get("/login")
 def login() -> Any:
-    """Show the sign-in page."""
-    return render_template("auth/login.html", next=safe_next(request.args.get("next")))
+    """Show the sign-in page (or go on to `next` when already signed in)."""
+    target = safe_next(request.args.get("next"))
+    if current_user.is_authenticated:
+        return redirect(target)
+    return render_template("auth/login.html", next=target)
+
+
+@bp.post("/login")
+def start() -> Any:
+    """Start the auth code + PKCE flow and send the browser to the identity provider."""
+    return redirect(session_tokens.start_sign_in(safe_next(request.form.get("next"))))
+
+
+@bp.get("/callback")
+def callback() -> Any:
+    """Finish the sign-in: check state, redeem the code, validate the ID token, log in."""
+    try:
+        user, target = session_tokens.finish_sign_in(request.args.to_dict())
+    except session_tokens.SignInError as exc:
+        log.warning("sign-in refused: %s", exc.reason)
+        return render_template("auth/error.html", message=exc.message), 400
+    # A fresh session: nothing from before the sign-in (including the CSRF token) survives.
+    session.clear()
+    session.permanent = True
+    session["user"] = user.to_session()
+    login_user(user)
+    log.info("signed in: user=%s roles=%s", user.username, ",".join(user.role_names) or "-")
+    return redirect(safe_next(target))
+
+
+@bp.post("/logout")
+def logout() -> Any:
+    """End the panel session, forget the user's tokens, then end the provider's session."""
+    user = current_user._get_current_object() if current_user.is_authenticated else None
+    end_session_url = session_tokens.sign_out(user)
+    if user is not None:
+        log.info("signed out: user=%s", user.username)
+    logout_user()
+    session.clear()
+    flash("You have signed out.", "info")
+    return redirect(end_session_url or url_for("auth.login"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -47,17 +48,23 @@ class User:
         roles = claims.get("roles") or []
         return cls(
             id=str(claims.get("oid") or claims.get("sub")),
+            # Client-credentials tokens name the client in azp (v2) or appid (Entra v1).
             name=str(claims.get("name") or claims.get("preferred_username")
-                     or claims.get("azp") or claims.get("sub")),
+                     or claims.get("azp") or claims.get("appid") or claims.get("sub")),
             username=str(claims.get("preferred_username") or claims.get("azp")
-                         or claims.get("sub")),
+                         or claims.get("appid") or claims.get("sub")),
             roles=frozenset(str(r) for r in roles if isinstance(r, str)),
             via=via,
         )
 
     def to_session(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "username": self.username,
-                "roles": sorted(self.roles)}
+                "roles": sorted(self.roles), "signed_in_at": int(time.time())}
+
+
+def _bearer_request(req: Any) -> bool:
+    """API requests with an Authorization header are judged by the token alone, not the cookie."""
+    return bool(req.path.startswith("/api/") and req.headers.get("Authorization"))
 
 
 def init_login(app: Any) -> None:
@@ -70,19 +77,22 @@ def init_login(app: Any) -> None:
     @login_manager.user_loader
     def load_user(user_id: str) -> User | None:
         data = session.get("user")
-        if not data or data.get("id") != user_id:
+        if not data or data.get("id") != user_id or _bearer_request(request):
+            return None
+        # Absolute lifetime: a permanent Flask session slides with every request, this does not.
+        age = time.time() - float(data.get("signed_in_at", 0))
+        if age > app.permanent_session_lifetime.total_seconds():
             return None
         return User(id=data["id"], name=data["name"], username=data["username"],
                     roles=frozenset(data.get("roles", [])))
 
     @login_manager.request_loader
     def load_from_bearer(req: Any) -> User | None:
-        header = req.headers.get("Authorization", "")
-        if not header:
-            return None
+        if not _bearer_request(req):
+            return None  # pages never take bearer tokens
         from app.auth.bearer import user_from_bearer
 
-        return user_from_bearer(header)
+        return user_from_bearer(req.headers["Authorization"])
 
     @login_manager.unauthorized_handler
     def unauthorized() -> Any:

@@ -1,0 +1,178 @@
+"""Sign-in through MSAL against the real issuer: callback checks, session, token cache, logout."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import jwt
+import msal
+import pytest
+
+from app.auth import session_tokens
+from app.auth.oidc import SessionJWKClient
+from app.auth.users import User
+from tests.auth.conftest import (
+    PANEL_URL,
+    full_sign_in,
+    issuer_redirect,
+    page_csrf,
+    start_login,
+)
+from tests.identity_support import Issuer
+
+
+def _session_data(app: Any, client: Any) -> dict[str, Any]:
+    """Decode the (signed, not encrypted) session cookie the way anyone holding it could."""
+    cookie = client.get_cookie(app.config["SESSION_COOKIE_NAME"])
+    assert cookie is not None
+    data: dict[str, Any] = app.session_interface.get_signing_serializer(app).loads(cookie.value)
+    return data
+
+
+def test_alice_signs_in_and_sees_her_name_and_roles(oidc_app: Any, issuer: Issuer) -> None:
+    client = oidc_app.test_client()
+    before = page_csrf(client.get("/auth/login").get_data(as_text=True))
+    response = full_sign_in(client, issuer, "alice", next_url="/jobs/")
+    assert response.status_code == 302 and response.headers["Location"] == "/jobs/"
+    page = client.get("/").get_data(as_text=True)
+    assert "Alice" in page and "MLOps.Engineer, Score.Invoke" in page
+    assert 'data-run="selfcheck"' in page
+    data = _session_data(oidc_app, client)
+    # The session was rotated: no flow left, a new CSRF token, only the user's public facts.
+    assert "auth_flow" not in data and data["csrf_token"] != before
+    assert set(data["user"]) == {"id", "name", "username", "roles", "signed_in_at"}
+    assert data["user"]["username"] == "alice"
+
+
+def test_access_token_comes_from_the_server_side_cache(oidc_app: Any, issuer: Issuer) -> None:
+    client = oidc_app.test_client()
+    full_sign_in(client, issuer, "carol")
+    user_id = _session_data(oidc_app, client)["user"]["id"]
+    with oidc_app.app_context():
+        user = User(id=user_id, name="Carol", username="carol", roles=frozenset())
+        token = session_tokens.user_access_token(user)
+        issuer.remember(token)
+        claims = jwt.decode(token, options={"verify_signature": False})
+        assert claims["aud"] == "api://modelgate" and claims["roles"] == ["Score.Invoke"]
+        # The test issuer's tokens live 120 s, inside MSAL's 5-minute renewal margin, so each
+        # call renews with the (rotated) refresh token: this proves the rotated one was saved.
+        second = session_tokens.user_access_token(user)
+        issuer.remember(second)
+        assert jwt.decode(second, options={"verify_signature": False})["sub"] == claims["sub"]
+        store = session_tokens.identity_client().store
+        raw = oidc_app.extensions["redis"].get(store.key(user_id))
+        assert raw and b"access_token" not in raw and token.encode() not in raw  # encrypted
+        assert 0 < oidc_app.extensions["redis"].ttl(store.key(user_id)) <= 10 * 3600
+
+        # Drop the access token: MSAL renews it with the refresh token, silently.
+        cache = store.load(user_id)
+        for entry in list(cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)):
+            cache.remove_at(entry)
+        store.save(user_id, cache)
+        renewed = session_tokens.user_access_token(user)
+        issuer.remember(renewed)
+        assert renewed != token
+
+        store.delete(user_id)
+        with pytest.raises(session_tokens.SignInRequired, match="sign in again"):
+            session_tokens.user_access_token(user)
+        with pytest.raises(session_tokens.SignInRequired):
+            session_tokens.user_access_token(User(id=user_id, name="x", username="x",
+                                                  roles=frozenset(), via="bearer"))
+
+
+def test_logout_ends_panel_and_issuer_sessions(oidc_app: Any, issuer: Issuer) -> None:
+    client = oidc_app.test_client()
+    browser = issuer.session()
+    full_sign_in(client, issuer, "bob", browser=browser)
+    page = client.get("/").get_data(as_text=True)
+    assert client.post("/auth/logout").status_code == 400  # no CSRF token: still signed in
+    assert client.get("/").status_code == 200
+    response = client.post("/auth/logout", data={"csrf_token": page_csrf(page)})
+    assert response.status_code == 302
+    target = urlsplit(response.headers["Location"])
+    assert f"{target.scheme}://{target.netloc}{target.path}" == f"{issuer.url}/logout"
+    query = parse_qs(target.query)
+    assert query["post_logout_redirect_uri"] == [f"{PANEL_URL}/auth/login"]
+    assert query["client_id"] == ["modelgate-panel"] and query["id_token_hint"][0]
+    assert client.get("/").status_code == 302  # the panel session is gone
+    back = browser.get(response.headers["Location"], allow_redirects=False, timeout=10)
+    assert back.status_code == 302 and back.headers["Location"] == f"{PANEL_URL}/auth/login"
+    assert "You have signed out" in client.get("/auth/login").get_data(as_text=True)
+    # The issuer forgot bob too: the next sign-in shows its form instead of a code.
+    again = browser.get(start_login(client), allow_redirects=False, timeout=10)
+    assert again.status_code == 200 and 'name="password"' in again.text
+
+
+def _refused(client: Any, query: str, caplog: pytest.LogCaptureFixture, reason: str) -> str:
+    with caplog.at_level(logging.WARNING, logger="app.auth.routes"):
+        response = client.get(f"/auth/callback?{query}")
+    assert response.status_code == 400
+    assert any(reason in r.getMessage() for r in caplog.records), caplog.text
+    assert client.get("/").status_code == 302  # nobody signed in
+    return str(response.get_data(as_text=True))
+
+
+def test_callback_without_a_flow_is_refused(oidc_app: Any, caplog: Any) -> None:
+    page = _refused(oidc_app.test_client(), "code=abc&state=xyz", caplog, "without a pending")
+    assert "Sign-in failed" in page and "Start again" in page
+
+
+def test_callback_with_another_state_is_refused(oidc_app: Any, issuer: Issuer,
+                                                caplog: Any) -> None:
+    client = oidc_app.test_client()
+    callback = issuer_redirect(issuer.session(), start_login(client), issuer, "alice")
+    forged = callback.replace("state=", "state=x")
+    _refused(client, forged.split("?", 1)[1], caplog, "state mismatch")
+    # The flow was consumed: the genuine answer cannot be replayed afterwards either.
+    _refused(client, callback.split("?", 1)[1], caplog, "without a pending")
+
+
+def test_provider_error_is_shown_not_ignored(oidc_app: Any, issuer: Issuer,
+                                             caplog: Any) -> None:
+    client = oidc_app.test_client()
+    state = parse_qs(urlsplit(start_login(client)).query)["state"][0]
+    page = _refused(client, f"error=access_denied&error_description=no&state={state}",
+                    caplog, "provider error access_denied")
+    assert "access_denied" in page
+    state = parse_qs(urlsplit(start_login(client)).query)["state"][0]
+    page = _refused(client, f"error=%3Cscript%3E&state={state}", caplog, "unexpected_error")
+    assert "<script>" not in page
+
+
+def test_tampered_nonce_is_refused(oidc_app: Any, issuer: Issuer, caplog: Any) -> None:
+    client = oidc_app.test_client()
+    callback = issuer_redirect(issuer.session(), start_login(client), issuer, "alice")
+    with client.session_transaction() as sess:
+        flow = dict(sess["auth_flow"])
+        flow["nonce"] = "another-nonce"
+        sess["auth_flow"] = flow
+    _refused(client, callback.split("?", 1)[1], caplog, "MSAL refused")
+
+
+class _AttackerJWKS(SessionJWKClient):
+    """Serves a JWKS where the issuer's kid maps to a key the attacker controls."""
+
+    def __init__(self, real: SessionJWKClient, kid: str) -> None:
+        super().__init__(real.uri, real._session)
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+        self._doc = {"keys": [{**jwt.algorithms.RSAAlgorithm.to_jwk(key, as_dict=True),
+                               "kid": kid, "use": "sig", "alg": "RS256"}]}
+
+    def fetch_data(self) -> Any:
+        return self._doc
+
+
+def test_id_token_with_a_bad_signature_is_refused(oidc_app: Any, issuer: Issuer,
+                                                  caplog: Any) -> None:
+    client = oidc_app.test_client()
+    callback = issuer_redirect(issuer.session(), start_login(client), issuer, "alice")
+    with oidc_app.app_context():
+        identity = session_tokens.identity_client()
+        kid = issuer.jwks()["keys"][0]["kid"]
+        identity.jwks = _AttackerJWKS(identity.jwks, kid)
+    _refused(client, callback.split("?", 1)[1], caplog, "ID token rejected")
