@@ -328,3 +328,14 @@ def test_secrets_never_logged(stack: Stack, caplog: pytest.LogCaptureFixture) ->
     stack.score(auth="Bearer " + token[:-4] + "AAAA")
     text = caplog.text
     assert token not in text and token[:-4] not in text and BACKEND_KEY not in text
+
+
+def test_verified_token_cache_rechecks_expiry(stack: Stack) -> None:
+    """A token accepted (and cached) just inside the skew is refused once it expires."""
+    token = stack.issuer.mint(exp=int(time.time()) - 29)  # main API: clock-skew 30 s
+    assert stack.score(token).status_code == 200
+    assert stack.score(token).status_code == 200
+    time.sleep(2.0)
+    resp = stack.score(token)
+    assert resp.status_code == 401
+    assert resp.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
