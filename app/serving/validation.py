@@ -142,11 +142,8 @@ class RecordValidator:
             value = record.get(check.name)
             if value is None:
                 if not check.nullable:
-                    message = (
-                        "required field missing"
-                        if check.name not in record
-                        else ("must not be null")
-                    )
+                    missing = check.name not in record
+                    message = "required field missing" if missing else "must not be null"
                     errors.append(FieldError(f"data[{index}].{check.name}", message))
                 append(None)
                 continue
