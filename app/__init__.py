@@ -56,11 +56,13 @@ def register_blueprints(app: Flask) -> None:
     from app.auth.routes import bp as auth_bp
     from app.dashboard.routes import bp as dashboard_bp
     from app.jobs.routes import bp as jobs_bp
+    from app.registry.routes import bp as registry_bp
 
     app.register_blueprint(dashboard_bp)
     app.register_blueprint(auth_bp)
     app.register_blueprint(jobs_bp)
     app.register_blueprint(api_bp)
+    app.register_blueprint(registry_bp)
 
 
 def register_error_handlers(app: Flask) -> None:

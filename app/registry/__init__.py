@@ -1,0 +1,1 @@
+"""The registry pages: model versions, version detail with charts, comparison."""

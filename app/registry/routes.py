@@ -1,0 +1,66 @@
+"""Registry pages: model versions with metrics, one version's charts and lineage, comparison."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, redirect, render_template, request, url_for
+
+from app.auth.users import signed_in
+from app.errors import NotFound, ValidationError
+from app.registry import charts
+from app.services import models
+
+bp = Blueprint("registry", __name__, url_prefix="/models")
+
+
+@bp.get("/")
+@signed_in
+def index() -> Any:
+    """Go to the versions of the model the pipeline trains."""
+    return redirect(url_for("registry.list", name=models.default_model_name()))
+
+
+@bp.get("/<name>")
+@signed_in
+def list(name: str) -> Any:  # noqa: A001  (view names follow the list/detail convention)
+    """Show every version of a model with its metrics and aliases."""
+    versions = models.list_versions(name)
+    return render_template("registry/list.html", name=name, versions=versions,
+                           lineage={v.version: models.lineage(v) for v in versions})
+
+
+@bp.get("/<name>/versions/<version>")
+@signed_in
+def detail(name: str, version: str) -> Any:
+    """Show one version: metrics, ROC, confusion matrix, importance, calibration, lineage."""
+    info = models.get_version(name, version)
+    return render_template("registry/detail.html", name=name, info=info,
+                           lineage=models.lineage(info), charts_data=models.chart_data(info))
+
+
+@bp.get("/<name>/compare")
+@signed_in
+def compare(name: str) -> Any:
+    """Show two versions side by side (?a=1&b=2; default: the latest two)."""
+    a, b = request.args.get("a", ""), request.args.get("b", "")
+    if not a or not b:
+        latest = [v.version for v in models.list_versions(name)[:2]]
+        if len(latest) < 2:
+            raise NotFound(f"model {name!r} needs two versions to compare")
+        return redirect(url_for("registry.compare", name=name, a=latest[1], b=latest[0]))
+    if a == b:
+        raise ValidationError("choose two different versions to compare")
+    pair = [models.get_version(name, v) for v in (a, b)]
+    data = [models.chart_data(v) for v in pair]
+    series = [charts.roc_series(f"v{v.version}", d) for v, d in zip(pair, data, strict=True)
+              if not d.error]
+    return render_template("registry/compare.html", name=name, pair=pair,
+                           lineages=[models.lineage(v) for v in pair], charts_data=data,
+                           roc_series=series)
+
+
+@bp.context_processor
+def chart_helpers() -> dict[str, Any]:
+    """Expose the SVG chart helpers and metric labels to the registry templates."""
+    return {"charts": charts, "summary_metrics": models.SUMMARY_METRICS}

@@ -1,0 +1,200 @@
+"""The model registry as the panel reads it: versions, lineage and chart data, cached per app.
+
+MLflow is imported only when a registry is first used, and one ModelRegistry (with its
+MlflowClient) is kept per app, so pages do not pay for an import or a client per request.
+Chart data of a version never changes once registered, so it is cached in memory too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flask import current_app
+
+from app.errors import ConfigError, NotFound
+
+if TYPE_CHECKING:
+    from app.ml.registry import ModelRegistry, ModelVersionInfo
+    from app.pipeline_config import PipelineConfig
+
+logger = logging.getLogger(__name__)
+
+_EXTENSION = "modelgate.models"
+_CHART_CACHE_SIZE = 64
+# Metrics shown in tables, in order: key, label, whether higher is better (None: neither).
+SUMMARY_METRICS: tuple[tuple[str, str, bool | None], ...] = (
+    ("roc_auc", "ROC AUC (held-out)", True),
+    ("cv_roc_auc", "ROC AUC (5-fold CV)", True),
+    ("accuracy", "Accuracy", True),
+    ("precision_bad", "Precision (bad)", True),
+    ("recall_bad", "Recall (bad)", True),
+    ("f1_bad", "F1 (bad)", True),
+    ("brier", "Brier score", False),
+    ("expected_cost", "Expected cost", False),
+    ("expected_cost_at_0_5", "Expected cost at 0.5", False),
+    ("threshold", "Threshold on P(bad)", None),
+)
+
+
+@dataclass(frozen=True)
+class ChartData:
+    """A version's package JSON files, for the charts (each may be empty if unavailable)."""
+
+    metrics: Mapping[str, Any]
+    roc: Mapping[str, Any]
+    importance: Mapping[str, Any]
+    calibration: Mapping[str, Any]
+    error: str = ""
+
+
+class _State:
+    """Per-app cache: the pipeline config (by file and mtime), the registry, chart data."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.config_key: tuple[str, float] | None = None
+        self.config: PipelineConfig | None = None
+        self.registry: ModelRegistry | None = None
+        self.registry_key: tuple[str, str] | None = None
+        self.charts: OrderedDict[tuple[str, str, str], ChartData] = OrderedDict()
+
+
+def _state() -> _State:
+    return current_app.extensions.setdefault(_EXTENSION, _State())  # type: ignore[no-any-return]
+
+
+def pipeline() -> PipelineConfig:
+    """Return the pipeline configuration, re-read when its file changes."""
+    from app.pipeline_config import PipelineConfigError, config_path, load_pipeline_config
+
+    state = _state()
+    path = config_path()
+    try:
+        key = (str(path), path.stat().st_mtime)
+    except OSError:
+        key = (str(path), -1.0)
+    with state.lock:
+        if state.config is None or state.config_key != key:
+            try:
+                state.config = load_pipeline_config(path)
+            except PipelineConfigError as exc:
+                raise ConfigError(f"pipeline configuration: {exc}") from None
+            state.config_key = key
+        return state.config
+
+
+def default_model_name() -> str:
+    """The model the pipeline trains (``model.name``)."""
+    return pipeline().model.name
+
+
+def registry() -> ModelRegistry:
+    """Return this app's ModelRegistry (created once per tracking URI and experiment)."""
+    from app.pipeline_config import model_registry
+
+    config = pipeline()
+    state = _state()
+    key = (config.mlflow.tracking_uri, config.mlflow.experiment)
+    with state.lock:
+        if state.registry is None or state.registry_key != key:
+            state.registry = model_registry(config.mlflow, current_app.config["HOME"])
+            state.registry_key = key
+        return state.registry
+
+
+def _store_is_empty() -> bool:
+    """True when the local sqlite store does not exist yet (nothing was ever trained)."""
+    if pipeline().mlflow.tracking_uri:
+        return False
+    return not (Path(current_app.config["HOME"]) / "mlflow" / "mlflow.db").exists()
+
+
+def list_versions(name: str) -> list[ModelVersionInfo]:
+    """Return every version of ``name``, newest first (empty before the first training)."""
+    from app.ml.registry import RegistryError
+
+    if _store_is_empty():
+        return []  # and do not create an MLflow database from a page view
+    try:
+        return registry().list_versions(name)
+    except RegistryError as exc:
+        raise _unavailable(exc) from None
+
+
+def get_version(name: str, version: str) -> ModelVersionInfo:
+    """Return one version, or raise NotFound."""
+    from app.ml.registry import RegistryError
+
+    if not version.isdigit() or _store_is_empty():
+        raise NotFound(f"model {name!r} has no version {version!r}")
+    try:
+        return registry().get_version(name, version)
+    except RegistryError:
+        raise NotFound(f"model {name!r} has no version {version!r}") from None
+
+
+def _unavailable(exc: Exception) -> Exception:
+    from app.errors import ServiceUnavailable
+
+    logger.warning("model registry unavailable: %s", exc)
+    return ServiceUnavailable("the model registry (MLflow) cannot be read right now")
+
+
+def lineage(info: ModelVersionInfo) -> dict[str, Any]:
+    """Return dataset version → run → model version → deployments for one version."""
+    tags = info.tags
+    dataset_version = tags.get("dataset_version", "")
+    return {
+        "dataset": {"name": tags.get("dataset_name") or None,
+                    "version": int(dataset_version) if dataset_version.isdigit() else None,
+                    "sha256": tags.get("dataset_sha256") or None},
+        "run_id": info.run_id,
+        "code_version": tags.get("code_version") or None,
+        "job_id": tags.get("job_id") or None,
+        "model": {"name": info.name, "version": info.version},
+        "aliases": list(info.aliases),
+        # Filled once deployments are recorded (the deploy job); until then: not deployed.
+        "deployments": [],
+    }
+
+
+def version_dict(info: ModelVersionInfo) -> dict[str, Any]:
+    """Serialise a version for the REST API: metrics, aliases, tags and lineage."""
+    return {**info.to_dict(), "lineage": lineage(info)}
+
+
+def chart_data(info: ModelVersionInfo) -> ChartData:
+    """Return the version's ROC, importance, calibration and metrics JSON (cached)."""
+    from app.ml.package import CALIBRATION_FILE, IMPORTANCE_FILE, METRICS_FILE, ROC_FILE
+    from app.ml.registry import RegistryError
+
+    state = _state()
+    key = (registry().tracking_uri, info.name, info.version)
+    with state.lock:
+        if key in state.charts:
+            state.charts.move_to_end(key)
+            return state.charts[key]
+    package = Path(current_app.config["HOME"]) / "models" / info.name / info.version
+    files = (METRICS_FILE, ROC_FILE, IMPORTANCE_FILE, CALIBRATION_FILE)
+    try:
+        if not all((package / f).is_file() for f in files):
+            # Trained elsewhere (or the folder was cleaned): materialise it as the runtime would.
+            registry().download_package(info.name, info.version, package)
+        parts = [json.loads((package / f).read_text(encoding="utf-8")) for f in files]
+    except (RegistryError, OSError, ValueError) as exc:
+        logger.warning("charts of %s v%s unavailable: %s", info.name, info.version, exc)
+        return ChartData({}, {}, {}, {}, error="the model package of this version is "
+                                              "unavailable, so its charts cannot be drawn")
+    data = ChartData(*parts)
+    with state.lock:
+        state.charts[key] = data
+        while len(state.charts) > _CHART_CACHE_SIZE:
+            state.charts.popitem(last=False)
+    return data
