@@ -54,6 +54,18 @@ def document() -> dict[str, Any]:
                 "responses": {"200": {"description": "Cancelled or cancelling", "content": {
                     "application/json": {"schema": job_ref}}},
                     "403": _error("Missing role"), "409": _error("Already ended")}}},
+            "/models/{name}/versions": {"get": {
+                "summary": "A model's versions, newest first, with metrics, aliases, tags and "
+                           "lineage",
+                "parameters": [{"name": "name", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "Versions", "content": {
+                    "application/json": {"schema": {"type": "object", "properties": {
+                        "name": {"type": "string"}, "versions": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/ModelVersion"}}}}}}},
+                    "401": _error("Not signed in"),
+                    "404": _error("No registered version of this model")}}},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
@@ -73,6 +85,26 @@ def document() -> dict[str, Any]:
                     "created_at": {"type": "string", "format": "date-time"},
                     "started_at": {"type": ["string", "null"], "format": "date-time"},
                     "finished_at": {"type": ["string", "null"], "format": "date-time"}}},
+                "ModelVersion": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "version": {"type": "string"},
+                    "run_id": {"type": ["string", "null"]}, "status": {"type": "string"},
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "source": {"type": "string"},
+                    "aliases": {"type": "array", "items": {"type": "string"}},
+                    "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
+                    "params": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "lineage": {"type": "object", "properties": {
+                        "dataset": {"type": "object", "properties": {
+                            "name": {"type": ["string", "null"]},
+                            "version": {"type": ["integer", "null"]},
+                            "sha256": {"type": ["string", "null"]}}},
+                        "run_id": {"type": ["string", "null"]},
+                        "code_version": {"type": ["string", "null"]},
+                        "job_id": {"type": ["string", "null"]},
+                        "model": {"type": "object"},
+                        "aliases": {"type": "array", "items": {"type": "string"}},
+                        "deployments": {"type": "array", "items": {"type": "object"}}}}}},
                 "Problem": {"type": "object", "properties": {
                     "type": {"type": "string"}, "title": {"type": "string"},
                     "status": {"type": "integer"}, "detail": {"type": "string"},

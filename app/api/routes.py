@@ -84,3 +84,16 @@ def openapi() -> Any:
     from app.api.openapi import document
 
     return document()
+
+
+@bp.get("/models/<name>/versions")
+@signed_in
+def list_model_versions(name: str) -> Any:
+    """List a model's versions, newest first, with metrics, aliases, tags and lineage."""
+    from app.errors import NotFound
+    from app.services import models
+
+    versions = models.list_versions(name)
+    if not versions:
+        raise NotFound(f"model {name!r} has no registered versions")
+    return {"name": name, "versions": [models.version_dict(v) for v in versions]}
