@@ -238,8 +238,10 @@ def one_row_compute(package: Path) -> dict[str, float]:
 
 def report(kind: str, workers: int, results: dict[str, Any], compute: dict[str, float]) -> str:
     """Markdown tables of the run."""
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     lines = [
-        f"model: {kind}; server workers: {workers}; load generator: bench/loadgen.py",
+        f"model: {kind}; server workers: {workers}; load generator: bench/loadgen.py; "
+        f"load average after the run: {load}",
         "",
         "| server | concurrency | requests/s | p50 ms | p99 ms | max ms | errors |",
         "|---|---|---|---|---|---|---|",
