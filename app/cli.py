@@ -226,5 +226,40 @@ def jobs_cancel(job_id: str) -> None:
                    + (" (cancellation requested)" if job.status == "RUNNING" else ""))
 
 
+# --------------------------------------------------------------------------- audit
+
+
+@main.group()
+def audit() -> None:
+    """The tamper-evident audit trail."""
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Check the hash chain; exit 1 and name the first broken row on tampering."""
+    from app.services import audit as service
+
+    with _make_app().app_context():
+        report = service.verify()
+    if report.ok:
+        click.echo(f"audit trail intact: {report.checked} events verified")
+        return
+    click.echo(f"audit trail BROKEN at event {report.broken_id}: {report.reason} "
+               f"({report.checked} events before it verified)", err=True)
+    sys.exit(1)
+
+
+@audit.command("export")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl",
+              show_default=True)
+def audit_export(fmt: str) -> None:
+    """Write the whole trail to standard output, oldest first."""
+    from app.services import audit as service
+
+    with _make_app().app_context():
+        for chunk in (service.export_jsonl() if fmt == "jsonl" else service.export_csv()):
+            click.echo(chunk, nl=False)
+
+
 if __name__ == "__main__":
     main()

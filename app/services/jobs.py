@@ -25,7 +25,8 @@ from sqlalchemy import func, select, update
 from app.db import Job, JobLog, JobStatus, utcnow
 from app.errors import Conflict, Forbidden, NotFound, ServiceUnavailable, ValidationError
 from app.extensions import db
-from app.services import events
+from app.services import audit, events
+from app.services.audit import AuditAction
 from app.services.kinds import AVAILABLE_KINDS, KIND_SPECS, JobKind
 
 logger = logging.getLogger(__name__)
@@ -173,6 +174,8 @@ def submit(kind: JobKind, params: dict[str, Any] | None, requested_by: str, *,
     db.session.execute(update(Job).where(Job.id == job.id).values(celery_task_id=result.id))
     db.session.commit()
     append_log(job.id, f"queued by {requested_by}")
+    audit.record(requested_by, AuditAction.JOB_QUEUED, f"job:{job.id}",
+                 {"kind": kind.value, "params": params, "parent_id": parent_id})
     _emit(job.id)
     return job
 
@@ -212,6 +215,7 @@ def cancel(job_id: str, actor: str, *, roles: frozenset[str] | None = None) -> J
                            step="cancelled", finished_at=utcnow(), cancel_requested=True)
         if done:
             append_log(job_id, f"cancelled by {actor} before it started")
+            audit.record(actor, AuditAction.JOB_CANCELLED, f"job:{job_id}", {"kind": job.kind})
             _revoke(job)
             _emit(job_id)
             return get(job_id)
@@ -219,6 +223,8 @@ def cancel(job_id: str, actor: str, *, roles: frozenset[str] | None = None) -> J
                        .values(cancel_requested=True, updated_at=utcnow()))
     db.session.commit()
     append_log(job_id, f"cancellation requested by {actor}")
+    audit.record(actor, AuditAction.JOB_CANCELLED, f"job:{job_id}",
+                 {"kind": job.kind, "while": "running"})
     _emit(job_id)
     db.session.expire_all()
     return get(job_id)
@@ -344,6 +350,7 @@ def succeed(job_id: str, worker: str, result: dict[str, Any]) -> None:
     if _transition(job_id, JobStatus.RUNNING, owner=worker, status=JobStatus.SUCCEEDED,
                    progress=100, step="done", result=result, finished_at=utcnow()):
         append_log(job_id, "succeeded")
+        _audit_end(job_id, AuditAction.JOB_SUCCEEDED)
     _emit(job_id)
 
 
@@ -352,6 +359,7 @@ def fail(job_id: str, worker: str, error: str) -> None:
     if _transition(job_id, JobStatus.RUNNING, owner=worker, status=JobStatus.FAILED,
                    error=error[:4000], step="failed", finished_at=utcnow()):
         append_log(job_id, f"failed: {error}", level="ERROR")
+        _audit_end(job_id, AuditAction.JOB_FAILED, error=error[:500])
     _emit(job_id)
 
 
@@ -360,6 +368,7 @@ def fail_final(job_id: str, from_status: JobStatus, error: str) -> None:
     if _transition(job_id, from_status, status=JobStatus.FAILED, error=error[:4000],
                    step="failed", finished_at=utcnow()):
         append_log(job_id, f"failed: {error}", level="ERROR")
+        _audit_end(job_id, AuditAction.JOB_FAILED, error=error[:500])
     _emit(job_id)
 
 
@@ -368,6 +377,7 @@ def mark_cancelled(job_id: str, worker: str) -> None:
     if _transition(job_id, JobStatus.RUNNING, owner=worker, status=JobStatus.CANCELLED,
                    step="cancelled", finished_at=utcnow()):
         append_log(job_id, "cancelled")
+        _audit_end(job_id, AuditAction.JOB_CANCELLED)
     _emit(job_id)
 
 
@@ -461,6 +471,15 @@ def _transition(job_id: str, from_status: JobStatus, *, owner: str | None = None
     db.session.commit()
     db.session.expire_all()
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _audit_end(job_id: str, action: AuditAction, **details: Any) -> None:
+    """Audit how a job ended; the actor is the system acting for whoever queued it."""
+    job = db.session.get(Job, job_id)
+    if job is not None:
+        audit.record("modelgate", action, f"job:{job_id}",
+                     {"kind": job.kind, "requested_by": job.requested_by,
+                      "attempts": job.attempts, **details})
 
 
 def _emit(job_id: str) -> None:
