@@ -7,9 +7,10 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import signal
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -194,16 +195,48 @@ def server_ssl_context(home: Path) -> ssl.SSLContext:
     return ctx
 
 
-def serve(home: Path, host: str = "127.0.0.1", port: int = 8000, *,
-          redis_url: str | None = None, settings: GatewaySettings | None = None) -> None:
-    """Serve the gateway over HTTPS until SIGINT/SIGTERM, then drain and stop gracefully."""
+def serve(home: Path, host: str = "127.0.0.1", port: int = 8000,
+          redis_url: str | None = None, *, settings: GatewaySettings | None = None,
+          on_ready: Callable[[int], None] | None = None) -> None:
+    """Serve over HTTPS until SIGINT/SIGTERM, then finish in-flight requests (≤ 10 s) and stop.
+
+    Args:
+        home: MODELGATE_HOME (TLS material, gateway/config.json, logs).
+        host, port: where to listen; port 0 picks a free port.
+        redis_url: counter store (default MODELGATE_REDIS_URL).
+        settings: timeouts and limits.
+        on_ready: called with the bound port once the gateway accepts connections.
+    """
     url = redis_url or os.environ.get("MODELGATE_REDIS_URL")
     if not url:
         raise ValueError("the gateway needs a Redis URL (--redis-url or MODELGATE_REDIS_URL)")
     app = create_gateway_app(Path(home), redis_url=url, settings=settings)
-    web.run_app(app, host=host, port=port, ssl_context=server_ssl_context(Path(home)),
-                shutdown_timeout=10.0, access_log=None, print=None, handle_signals=True,
-                loop=_new_loop())
+    loop = _new_loop()
+    try:
+        loop.run_until_complete(_serve(app, host, port, server_ssl_context(Path(home)),
+                                       on_ready))
+    finally:
+        loop.close()
+
+
+async def _serve(app: web.Application, host: str, port: int, ssl_ctx: ssl.SSLContext,
+                 on_ready: Callable[[int], None] | None) -> None:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10.0, handle_signals=False)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await web.TCPSite(runner, host, port, ssl_context=ssl_ctx, backlog=1024).start()
+        bound = int(runner.addresses[0][1])
+        log.info("gateway listening on https://%s:%d", host, bound)
+        if on_ready is not None:
+            on_ready(bound)
+        await stop.wait()
+        log.info("gateway stopping: finishing in-flight requests")
+    finally:
+        await runner.cleanup()
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
