@@ -229,6 +229,9 @@ def identity_client() -> IdentityClient:
     with _build_lock:
         client = app.extensions.get(_EXTENSION)
         if client is None:
+            # MSAL's DEBUG records dump token-cache events with the auth code and PKCE verifier
+            # in them: keep that logger at INFO even when the panel runs with DEBUG logging.
+            logging.getLogger("msal").setLevel(logging.INFO)
             config = app.config
             settings = load_settings(config)
             http = OutboundSession(config.get("CA_BUNDLE") or True)
