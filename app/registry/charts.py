@@ -190,7 +190,9 @@ def feature_importance(importance: Mapping[str, Any],
                     f'{mean:.4f} ± {std:.4f}</title></rect>')
         body.append(f'<line x1="{_num(sx(mean - std))}" y1="{y + row / 2}" '
                     f'x2="{_num(sx(mean + std))}" y2="{y + row / 2}" stroke="{INK}"/>')
-    for tick in (lo, 0.0, hi):
+    # The lower tick is drawn only when it is far enough from zero not to overlap it.
+    ticks = [0.0, hi] + ([lo] if (0.0 - lo) / (hi - lo) > 0.15 else [])
+    for tick in ticks:
         body.append(_text(sx(tick), height - 16, f"{tick:.3f}", size=10))
     return _svg("importance", title, body, height=height)
 

@@ -131,6 +131,9 @@ def provision(home: Path, spec: ProvisionSpec, progress: Progress) -> ProvisionR
     unknown = [e for e in spec.environments if e not in config.environment_names]
     if unknown:
         raise BackendError(f"environments.{unknown[0]}: not in the pipeline configuration")
+    # Inputs are checked before anything is created, so a bad one leaves no half workspace.
+    if not config.data.path.is_file():
+        raise BackendError(f"data.path: dataset file not found: {config.data.path}")
     tally = _Tally()
     progress(5, f"workspace {spec.workspace}")
     record = _read_workspace(home)
@@ -155,8 +158,6 @@ def provision(home: Path, spec: ProvisionSpec, progress: Progress) -> ProvisionR
               "existing" if before == "active" else "created")
 
     progress(45, f"dataset {config.data.dataset}")
-    if not config.data.path.is_file():
-        raise BackendError(f"data.path: dataset file not found: {config.data.path}")
     try:
         reg = register_dataset(home, config.data.path, config.data.dataset)
     except DatasetError as exc:
