@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -66,10 +67,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def trained(stack: Stack) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Two train jobs with identical inputs (the comparison's two versions)."""
+    """Two train jobs with identical inputs: one from the API, one from the Train button."""
     first = stack.run("train")
     assert first["status"] == "SUCCEEDED", first
-    second = stack.run("train")
+    # The registry page's Train button posts this form (with the page's CSRF token).
+    page = stack.client.get("/models/german-credit").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert token and 'name="kind" value="train"' in page
+    r = stack.client.post("/jobs/", data={"kind": "train", "csrf_token": token.group(1)})
+    assert r.status_code == 302
+    second = stack.finish(r.headers["Location"].rstrip("/").rsplit("/", 1)[1])
     assert second["status"] == "SUCCEEDED", second
     return first, second
 
