@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import jwt
 import pytest
+import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -160,10 +161,20 @@ def test_jwt_case(stack: Stack, case: Case, expected: int) -> None:
 
 
 def test_25_oversized_authorization_header(stack: Stack) -> None:
-    """A 64 KB Authorization header is refused with 431/400, never a 500."""
-    resp = stack.score(auth="Bearer " + "a" * 65536)
-    assert resp.status_code in (400, 431)
-    assert "Traceback" not in resp.text
+    """A 64 KB Authorization header is refused with 431/400, never a 500.
+
+    The server answers 400 and closes while the client may still be sending; the kernel can
+    then reset the connection before the client reads the answer, so a reset is accepted too,
+    as long as the gateway stays up.
+    """
+    try:
+        resp = stack.score(auth="Bearer " + "a" * 65536)
+    except requests.ConnectionError:
+        pass
+    else:
+        assert resp.status_code in (400, 431)
+        assert "Traceback" not in resp.text
+    assert stack.score(stack.issuer.mint()).status_code == 200
 
 
 def test_11_jku_x5u_never_fetched(stack: Stack) -> None:
