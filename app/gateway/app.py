@@ -129,10 +129,8 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     response.headers["Server"] = SERVER_NAME
     elapsed = time.perf_counter() - started
     label = api_name or "-"
-    state.metrics.requests.labels(label, str(response.status)).inc()
-    state.metrics.latency.labels(label).observe(elapsed)
-    if outcome.backend_ms is not None:
-        state.metrics.backend_latency.labels(label).observe(outcome.backend_ms / 1000)
+    state.metrics.observe(label, response.status, elapsed,
+                          outcome.backend_ms / 1000 if outcome.backend_ms is not None else None)
     state.request_log.add(RequestRecord(
         time=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
         caller=outcome.caller, api=api_name,

@@ -7,6 +7,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -28,9 +29,24 @@ class GatewayMetrics:
         self.backend_latency = Histogram("modelgate_gateway_backend_seconds",
                                          "Time waiting for the backend", ["api"],
                                          buckets=_BUCKETS, registry=self.registry)
+        self._children: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
         # a gauge mirroring the JWKS caches' own counter, read at scrape time
         self.jwks_fetches = Gauge("modelgate_gateway_jwks_fetch_attempts",
                                   "JWKS fetch attempts since start", registry=self.registry)
+
+
+    def observe(self, api: str, status: int, seconds: float, backend_s: float | None) -> None:
+        """Record one request (label children cached: labels() is the costly part)."""
+        children = self._children.get((api, status))
+        if children is None:
+            children = (self.requests.labels(api, str(status)), self.latency.labels(api),
+                        self.backend_latency.labels(api))
+            if len(self._children) < 10_000:
+                self._children[(api, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+        if backend_s is not None:
+            children[2].observe(backend_s)
 
 
 @dataclass(frozen=True)

@@ -339,3 +339,33 @@ def test_verified_token_cache_rechecks_expiry(stack: Stack) -> None:
     resp = stack.score(token)
     assert resp.status_code == 401
     assert resp.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+
+
+def test_revision_switch_under_load_drops_nothing(stack: Stack) -> None:
+    """Replacing config.json (new revision, same path) while calls run: every call succeeds."""
+    stop = time.monotonic() + 2.0
+    token = stack.issuer.mint()
+
+    def caller(_: int) -> list[int]:
+        session = stack.session()
+        codes = []
+        while time.monotonic() < stop:
+            codes.append(session.post(f"{stack.url}/credit-risk/score", json={}, timeout=5,
+                                      headers={"Authorization": f"Bearer {token}"}).status_code)
+        return codes
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(caller, i) for i in range(3)]
+            revision = 1
+            while time.monotonic() < stop:
+                revision += 1
+                new = copy.deepcopy(stack.config)
+                new["apis"][0]["revision"] = revision
+                write_gateway_config(stack.home, new)
+                time.sleep(0.2)
+            codes = [c for f in futures for c in f.result()]
+    finally:
+        write_gateway_config(stack.home, stack.config)
+    assert len(codes) > 20
+    assert set(codes) == {200}
