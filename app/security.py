@@ -10,6 +10,9 @@ def init_security(app: Any) -> None:
     """Add CSP, frame, sniffing, referrer and (on HTTPS) HSTS headers to every response."""
     issuer = urlsplit(app.config.get("ISSUER_URL", ""))
     issuer_origin = f"{issuer.scheme}://{issuer.netloc}" if issuer.netloc else ""
+    if app.config.get("IDENTITY") == "entra":
+        # Chrome applies form-action to the redirect after the sign-in/sign-out POST.
+        issuer_origin = "https://login.microsoftonline.com"
     csp = "; ".join([
         "default-src 'self'",
         "script-src 'self'",

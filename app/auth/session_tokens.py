@@ -87,12 +87,12 @@ class OutboundSession(requests.Session):
         self._discovery: dict[str, tuple[float, requests.Response]] = {}
         self._lock = threading.Lock()
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any,
+    def request(self, method: str, url: str | bytes, *args: Any,
                 **kwargs: Any) -> requests.Response:
         """Send with the default timeout; serve discovery GETs from a one-hour cache."""
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout
-        is_discovery = (str(method).upper() == "GET"
+        is_discovery = (method.upper() == "GET"
                         and str(url).endswith("/.well-known/openid-configuration"))
         if not is_discovery:
             return super().request(method, url, *args, **kwargs)

@@ -224,3 +224,8 @@ def test_foreign_entra_tokens_are_refused(entra_app: Any, signer: Any, defect: s
         identity_client().jwks = StaticJWKS(signer.public_key(), "entra-1")
         with pytest.raises(Unauthorized):
             user_from_bearer(f"Bearer {token}")
+
+
+def test_csp_lets_the_sign_in_form_go_to_entra(entra_app: Any) -> None:
+    csp = entra_app.test_client().get("/auth/login").headers["Content-Security-Policy"]
+    assert "form-action 'self' https://login.microsoftonline.com" in csp
