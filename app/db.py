@@ -165,3 +165,23 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     last_id: Mapped[int] = mapped_column(Integer)
     last_hash: Mapped[str] = mapped_column(String(64))
+
+
+class ApiRevision(Base):
+    """One published revision of a gateway API; exactly one per API is current."""
+
+    __tablename__ = "api_revisions"
+    __table_args__ = (Index("ix_api_revisions_api_revision", "api_name", "revision",
+                            unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    api_name: Mapped[str] = mapped_column(String(100), index=True)
+    path: Mapped[str] = mapped_column(String(200))
+    environment: Mapped[str] = mapped_column(String(64), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    policy_xml: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
+    is_current: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The publish job that made it; unique so a redelivered job reuses its revision.
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True, unique=True)
