@@ -185,3 +185,52 @@ class ApiRevision(Base):
     is_current: Mapped[bool] = mapped_column(Boolean, default=False)
     # The publish job that made it; unique so a redelivered job reuses its revision.
     job_id: Mapped[str | None] = mapped_column(String(32), nullable=True, unique=True)
+
+
+class DeploymentState(enum.StrEnum):
+    """Desired state of a deployment slot; the runtime keeps STARTING/ACTIVE/DRAINING running."""
+
+    STARTING = "STARTING"
+    ACTIVE = "ACTIVE"
+    DRAINING = "DRAINING"
+    STOPPED = "STOPPED"
+    FAILED = "FAILED"
+
+    @property
+    def should_run(self) -> bool:
+        return self in (DeploymentState.STARTING, DeploymentState.ACTIVE,
+                        DeploymentState.DRAINING)
+
+
+class Deployment(Base):
+    """One slot (blue/green) of an environment running one model version; rows change only
+    in app.services.deployments (the runtime records the port it chose)."""
+
+    __tablename__ = "deployments"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    environment: Mapped[str] = mapped_column(String(64), index=True)
+    slot: Mapped[str] = mapped_column(String(8))
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(32))
+    replicas: Mapped[int] = mapped_column(Integer, default=1)
+    resources: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16), default=DeploymentState.STARTING, index=True)
+    port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    traffic: Mapped[int] = mapped_column(Integer, default=0)
+    # The deploy job that created it; unique so a redelivered job resumes its own slot.
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True, unique=True)
+    # Fernet tokens (key in MODELGATE_HOME/secrets, 0600); the runtime sees only digests.
+    primary_key_enc: Mapped[str] = mapped_column(Text)
+    secondary_key_enc: Mapped[str] = mapped_column(Text)
+    keys_rotated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
+    rotation_job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
+    activated_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    stopped_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+    @property
+    def deployment_state(self) -> DeploymentState:
+        return DeploymentState(self.state)
