@@ -192,3 +192,18 @@ def test_bad_train_params_fail_naming_the_parameter(stack: Stack, params: dict[s
     job = stack.run("train", params)
     assert job["status"] == "FAILED"
     assert field in job["error"]
+
+
+def test_cancelled_train_job_registers_nothing(
+        stack: Stack, trained: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    before = stack.client.get("/api/v1/models/german-credit/versions").get_json()["versions"]
+    job_id = stack.submit("train")
+    wait_for(lambda: stack.client.get(f"/api/v1/jobs/{job_id}").get_json()["progress"] > 0,
+             60, "the train job to start")
+    r = stack.client.post(f"/api/v1/jobs/{job_id}/cancel", headers=stack.headers)
+    assert r.status_code == 200
+    job = stack.finish(job_id)
+    assert job["status"] == "CANCELLED", job
+    after = stack.client.get("/api/v1/models/german-credit/versions").get_json()["versions"]
+    assert [v["version"] for v in after] == [v["version"] for v in before]
+    assert all(v["tags"]["job_id"] != job_id for v in after)

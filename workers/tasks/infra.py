@@ -74,9 +74,8 @@ def _teardown(ctx: JobContext, backend: Any, workspace: str) -> dict[str, Any]:
     steps: list[str] = []
 
     def progress(percent: int, step: str) -> None:
-        ctx.progress(percent, step)
-        ctx.log(step)
         steps.append(step)
+        ctx.progress(percent, step)  # also the job's log line
 
     backend.teardown(workspace, progress)
     removed = environments.remove(workspace)

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from app.ml.registry import ModelRegistry, ModelVersionInfo
     from app.pipeline_config import PipelineConfig
 
+# train_and_register reports this percentage just before it logs and registers the version.
+REGISTRATION_PERCENT = 86
 # Summary metrics of a train job's result, as logged on the MLflow run.
 RESULT_METRICS: tuple[str, ...] = ("cv_roc_auc", "roc_auc", "accuracy", "f1_bad", "brier",
                                    "expected_cost")
@@ -35,6 +37,7 @@ def _train(ctx: JobContext) -> dict[str, Any]:
     from app.ml.training import TrainingError
     from app.ml.workflow import train_and_register
     from app.pipeline_config import model_registry
+    from app.services.jobs import JobCancelled
 
     check_params(ctx.params, ("dataset_version", "model"))
     config = pipeline_config()
@@ -47,14 +50,16 @@ def _train(ctx: JobContext) -> dict[str, Any]:
             ctx.log(f"version {done.version} was registered by an earlier attempt; reusing it")
             return _summary(done)
     dataset = _dataset(ctx.home, config, ctx.params.get("dataset_version"))
-    last_step = ""
 
     def progress(percent: int, step: str) -> None:
-        nonlocal last_step
-        ctx.progress(percent, step)  # raises JobCancelled when someone asked to stop
-        if step != last_step:
-            ctx.log(step)
-            last_step = step
+        try:
+            ctx.progress(percent, step)  # logs the step; raises JobCancelled on request
+        except JobCancelled:
+            if percent <= REGISTRATION_PERCENT:
+                raise
+            # The version is registered by now: a cancelled job must not leave one behind, so
+            # finishing is the honest outcome.
+            ctx.log("cancellation came after the version was registered; finishing")
 
     try:
         result = train_and_register(ctx.home, dataset, job_id=ctx.job_id, config=model_config,
