@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import csrf_headers, sign_in
 
 from .conftest import CSV
@@ -164,3 +166,22 @@ def test_empty_home_lists_no_versions_without_creating_a_store(tmp_path: Path,
     assert page.status_code == 200 and b"No version" in page.data
     assert client.get("/api/v1/models/german-credit/versions").status_code == 404
     assert not (tmp_path / "mlflow" / "mlflow.db").exists()
+
+
+def test_redelivered_train_job_result_is_rebuilt_from_its_version(
+        panel: Any, registry_home: tuple[Path, list[Any]]) -> None:
+    from app.ml.registry import ModelRegistry
+    from workers.tasks.training import _summary, _version_of_job
+
+    home, results = registry_home
+    reg = ModelRegistry.for_home(home)
+    assert _version_of_job(reg, "german-credit", "job-unknown") is None
+    found = _version_of_job(reg, "german-credit", "job-2")
+    assert found is not None and found.version == "2"
+    summary, original = _summary(found), results[1].to_dict()
+    assert summary["reused"] is True
+    assert summary["model"] == original["model"]
+    assert summary["dataset"] == {**original["dataset"], "created": False}
+    assert summary["family"] == original["family"]
+    assert summary["threshold"] == pytest.approx(original["threshold"], abs=1e-6)
+    assert summary["metrics"] == pytest.approx(original["metrics"])
