@@ -35,8 +35,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--drain-seconds",
         type=float,
-        default=0.0,
-        help="after SIGTERM, keep serving (readiness 503) this long before closing the port",
+        default=2.0,
+        help="after SIGTERM, the port closes at once; open connections get this long to finish",
     )
     parser.add_argument(
         "--loop",
@@ -88,14 +88,18 @@ async def serve(args: argparse.Namespace) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    app[STATE].draining = True
-    log.info("stopping: draining %.1fs, then finishing in-flight requests", args.drain_seconds)
-    if args.drain_seconds > 0:
-        await asyncio.sleep(args.drain_seconds)
-    await site.stop()  # new connections now go to the other replicas sharing the port
-    # aiohttp's cleanup drops bytes still arriving on open connections, so a request whose
-    # body is still streaming would be lost: wait for in-flight requests first.
     state = app[STATE]
+    state.draining = True
+    await site.stop()  # new connections now go to the other replicas sharing the port
+    log.info("stopping: draining open connections for up to %.1fs", args.drain_seconds)
+    # Open keep-alive connections get "Connection: close" on their next response; closing
+    # them while idle could race a request the client is sending, so give clients time to
+    # finish with them. aiohttp's cleanup also drops bytes still arriving on a connection, so
+    # a request whose body is still streaming must complete before it runs.
+    server = runner.server
+    drain_until = loop.time() + args.drain_seconds
+    while loop.time() < drain_until and (state.in_flight or (server and server.connections)):
+        await asyncio.sleep(0.01)
     deadline = loop.time() + args.shutdown_timeout
     while state.in_flight and loop.time() < deadline:
         await asyncio.sleep(0.01)
