@@ -101,6 +101,21 @@ def beat() -> None:
     celery_app.start(["beat", "--loglevel", "INFO", "--schedule", str(schedule)])
 
 
+@main.command()
+@click.option("--poll", type=float, default=0.5, show_default=True,
+              help="Seconds between desired-state checks.")
+def runtime(poll: float) -> None:
+    """Run the local runtime: keep the desired deployments' scoring replicas running."""
+    from app.config import load_config
+    from app.extensions import make_engine
+    from app.runtime.supervisor import Runtime
+
+    _configure_logging()
+    config = load_config({"HOME": str(_home()), "DEBUG": True})
+    engine = make_engine(config["DATABASE_URL"])
+    sys.exit(Runtime(Path(config["HOME"]), engine, poll_interval=poll).run())
+
+
 # --------------------------------------------------------------------------- identity
 
 

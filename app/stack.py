@@ -140,6 +140,7 @@ class Stack:
         services.append(Service("panel", py + ["panel", "--port", str(self.ports["panel"])],
                                 _http_ready(panel_url)))
         services.append(Service("worker", py + ["worker", "--beat"], self._worker_ready))
+        services.append(Service("runtime", py + ["runtime"], self._runtime_ready))
         return services
 
     def _start_all(self) -> None:
@@ -233,6 +234,13 @@ class Stack:
 
     def _worker_ready(self, process: subprocess.Popen[bytes]) -> bool:
         return (self.run_dir / f"worker.{process.pid}.ready").exists()
+
+    def _runtime_ready(self, process: subprocess.Popen[bytes]) -> bool:
+        # The runtime writes its pid once every recorded deployment has been restored.
+        try:
+            return (self.run_dir / "runtime.ready").read_text().strip() == str(process.pid)
+        except OSError:
+            return False
 
     # ------------------------------------------------------------------ endpoints
 
