@@ -13,7 +13,9 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from flask import current_app
@@ -28,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 _EXTENSION = "modelgate.models"
 _CHART_CACHE_SIZE = 64
+_RUN_CACHE_SIZE = 2048
 # Metrics shown in tables, in order: key, label, whether higher is better (None: neither).
 SUMMARY_METRICS: tuple[tuple[str, str, bool | None], ...] = (
     ("roc_auc", "ROC AUC (held-out)", True),
@@ -64,6 +67,8 @@ class _State:
         self.registry: ModelRegistry | None = None
         self.registry_key: tuple[str, str] | None = None
         self.charts: OrderedDict[tuple[str, str, str], ChartData] = OrderedDict()
+        self.runs: OrderedDict[str, tuple[Mapping[str, float], Mapping[str, str]]] = \
+            OrderedDict()
 
 
 def _state() -> _State:
@@ -117,15 +122,67 @@ def _store_is_empty() -> bool:
 
 
 def list_versions(name: str) -> list[ModelVersionInfo]:
-    """Return every version of ``name``, newest first (empty before the first training)."""
-    from app.ml.registry import RegistryError
+    """Return every version of ``name``, newest first (empty before the first training).
+
+    Two registry queries whatever the number of versions (one search, one for the aliases);
+    the runs' metrics and params come from a cache, since a finished run never changes.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from app.ml.registry import ModelVersionInfo
 
     if _store_is_empty():
         return []  # and do not create an MLflow database from a page view
+    client = registry().client
     try:
-        return registry().list_versions(name)
-    except RegistryError as exc:
+        quoted = name.replace("'", "\\'")
+        found = client.search_model_versions(f"name = '{quoted}'")
+        if not found:
+            return []
+        aliases = _aliases(client.get_registered_model(name))
+        infos = []
+        for mv in found:
+            metrics, params = _run_data(client, mv.run_id)
+            infos.append(ModelVersionInfo(
+                name=mv.name, version=str(mv.version), run_id=mv.run_id, status=str(mv.status),
+                created_at=datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC),
+                source=str(mv.source), aliases=tuple(sorted(aliases.get(str(mv.version), []))),
+                tags=MappingProxyType(dict(mv.tags or {})), metrics=metrics, params=params))
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":  # deleted between the two queries
+            return []
         raise _unavailable(exc) from None
+    return sorted(infos, key=lambda i: int(i.version), reverse=True)
+
+
+def _aliases(model: Any) -> dict[str, list[str]]:
+    """Map version → aliases from a RegisteredModel (a dict, or alias objects in old MLflow)."""
+    raw = model.aliases or {}
+    pairs = raw.items() if isinstance(raw, Mapping) else ((a.alias, a.version) for a in raw)
+    out: dict[str, list[str]] = {}
+    for alias, version in pairs:
+        out.setdefault(str(version), []).append(str(alias))
+    return out
+
+
+def _run_data(client: Any, run_id: str | None
+              ) -> tuple[Mapping[str, float], Mapping[str, str]]:
+    """Return a run's metrics and params, cached once the run has finished."""
+    if not run_id:
+        return MappingProxyType({}), MappingProxyType({})
+    state = _state()
+    with state.lock:
+        if run_id in state.runs:
+            state.runs.move_to_end(run_id)
+            return state.runs[run_id]
+    run = client.get_run(run_id)
+    data = (MappingProxyType(dict(run.data.metrics)), MappingProxyType(dict(run.data.params)))
+    if run.info.status == "FINISHED":
+        with state.lock:
+            state.runs[run_id] = data
+            while len(state.runs) > _RUN_CACHE_SIZE:
+                state.runs.popitem(last=False)
+    return data
 
 
 def get_version(name: str, version: str) -> ModelVersionInfo:
