@@ -34,7 +34,7 @@ _RUN_CACHE_SIZE = 2048
 # Metrics shown in tables, in order: key, label, whether higher is better (None: neither).
 SUMMARY_METRICS: tuple[tuple[str, str, bool | None], ...] = (
     ("roc_auc", "ROC AUC (held-out)", True),
-    ("cv_roc_auc", "ROC AUC (5-fold CV)", True),
+    ("cv_roc_auc", "ROC AUC (cross-validated)", True),
     ("accuracy", "Accuracy", True),
     ("precision_bad", "Precision (bad)", True),
     ("recall_bad", "Recall (bad)", True),
