@@ -53,6 +53,7 @@ def register_security(app: Flask) -> None:
 def register_blueprints(app: Flask) -> None:
     """Register one blueprint per feature."""
     from app.api.routes import bp as api_bp
+    from app.apis.routes import bp as apis_bp
     from app.auth.routes import bp as auth_bp
     from app.dashboard.routes import bp as dashboard_bp
     from app.jobs.routes import bp as jobs_bp
@@ -63,6 +64,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(jobs_bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(registry_bp)
+    app.register_blueprint(apis_bp)
 
 
 def register_error_handlers(app: Flask) -> None:

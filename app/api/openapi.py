@@ -30,6 +30,7 @@ def document() -> dict[str, Any]:
                         "parameters": [
                             {"name": "status", "in": "query", "schema": {"type": "string"}},
                             {"name": "kind", "in": "query", "schema": {"type": "string"}},
+                            {"name": "parent_id", "in": "query", "schema": {"type": "string"}},
                             {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
                         "responses": {"200": {"description": "Jobs", "content": {
                             "application/json": {"schema": {
@@ -54,6 +55,14 @@ def document() -> dict[str, Any]:
                 "responses": {"200": {"description": "Cancelled or cancelling", "content": {
                     "application/json": {"schema": job_ref}}},
                     "403": _error("Missing role"), "409": _error("Already ended")}}},
+            "/apis": {"get": {
+                "summary": "Published APIs with their current revision and gateway URL",
+                "responses": {"200": {"description": "APIs", "content": {
+                    "application/json": {"schema": {"type": "object", "properties": {
+                        "gateway": {"type": "string"},
+                        "apis": {"type": "array",
+                                 "items": {"$ref": "#/components/schemas/Api"}}}}}}},
+                    "401": _error("Not signed in")}}},
             "/models/{name}/versions": {"get": {
                 "summary": "A model's versions, newest first, with metrics, aliases, tags and "
                            "lineage",
@@ -105,6 +114,14 @@ def document() -> dict[str, Any]:
                         "model": {"type": "object"},
                         "aliases": {"type": "array", "items": {"type": "string"}},
                         "deployments": {"type": "array", "items": {"type": "object"}}}}}},
+                "Api": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "path": {"type": "string"},
+                    "environment": {"type": "string"}, "revision": {"type": "integer"},
+                    "is_current": {"type": "boolean"}, "created_by": {"type": "string"},
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "job_id": {"type": ["string", "null"]},
+                    "url": {"type": "string", "description": "gateway base URL of the API"},
+                    "operations": {"type": "array", "items": {"type": "object"}}}},
                 "Problem": {"type": "object", "properties": {
                     "type": {"type": "string"}, "title": {"type": "string"},
                     "status": {"type": "integer"}, "detail": {"type": "string"},

@@ -41,10 +41,11 @@ def _json_body() -> dict[str, Any]:
 @bp.get("/jobs")
 @signed_in
 def list_jobs() -> Any:
-    """List jobs, newest first (?status=, ?kind=, ?limit=)."""
+    """List jobs, newest first (?status=, ?kind=, ?parent_id=, ?limit=)."""
     limit = request.args.get("limit", default=50, type=int)
     found = jobs.list_jobs(limit=limit, status=request.args.get("status"),
-                           kind=request.args.get("kind"))
+                           kind=request.args.get("kind"),
+                           parent_id=request.args.get("parent_id"))
     return {"jobs": [jobs.to_dict(job) for job in found]}
 
 
@@ -97,3 +98,16 @@ def list_model_versions(name: str) -> Any:
     if not versions:
         raise NotFound(f"model {name!r} has no registered versions")
     return {"name": name, "versions": [models.version_dict(v) for v in versions]}
+
+
+@bp.get("/apis")
+@signed_in
+def list_apis() -> Any:
+    """Published APIs with their current revision and gateway URL."""
+    from flask import current_app
+
+    from app.services import apis
+
+    gateway = str(current_app.config["GATEWAY_URL"])
+    return {"gateway": gateway,
+            "apis": [apis.to_dict(row, gateway) for row in apis.list_current()]}

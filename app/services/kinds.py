@@ -46,4 +46,4 @@ KIND_SPECS: dict[JobKind, KindSpec] = {
 
 # Kinds whose tasks exist in this version; the others are refused with a clear message.
 AVAILABLE_KINDS: frozenset[JobKind] = frozenset(
-    {JobKind.SELFCHECK, JobKind.PROVISION, JobKind.TRAIN})
+    {JobKind.SELFCHECK, JobKind.PROVISION, JobKind.TRAIN, JobKind.PUBLISH, JobKind.PIPELINE})

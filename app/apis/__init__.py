@@ -1,0 +1,1 @@
+"""The APIs page: published gateway APIs, their revisions, rollback and traffic."""

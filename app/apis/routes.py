@@ -1,0 +1,43 @@
+"""APIs page: revisions per API with rollback buttons, and traffic from the gateway's log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, current_app, flash, redirect, render_template, url_for
+from flask_login import current_user
+
+from app.auth.roles import Role
+from app.auth.users import role_required, signed_in
+from app.services import api_metrics, apis
+
+bp = Blueprint("apis", __name__, url_prefix="/apis")
+
+
+@bp.get("/")
+@signed_in
+def list() -> Any:  # noqa: A001  (view names follow the list/detail/create convention)
+    """Show every API's revisions (current first) and its recent traffic."""
+    from pathlib import Path
+
+    revisions = apis.list_revisions()
+    grouped: dict[str, list[Any]] = {}
+    for row in revisions:
+        grouped.setdefault(row.api_name, []).append(row)
+    home = Path(current_app.config["HOME"])
+    return render_template("apis/list.html", grouped=grouped,
+                           traffic=api_metrics.traffic(home),
+                           window_minutes=api_metrics.WINDOW_SECONDS // 60,
+                           gateway=str(current_app.config["GATEWAY_URL"]).rstrip("/"),
+                           can_publish=current_user.can(Role.ENGINEER))
+
+
+@bp.post("/revisions/<int:revision_id>/rollback")
+@role_required(Role.ENGINEER)
+def rollback(revision_id: int) -> Any:
+    """Make an earlier revision current again (audited)."""
+    from pathlib import Path
+
+    row = apis.rollback(Path(current_app.config["HOME"]), revision_id, current_user.username)
+    flash(f"{row.api_name} is back on revision {row.revision}.", "success")
+    return redirect(url_for("apis.list"))

@@ -1,0 +1,164 @@
+"""Publish jobs on a real worker: refusal without a deployment, revisions, compile errors,
+rollback from the APIs page, and GET /api/v1/apis."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import build_app, csrf_headers, sign_in
+from tests.support import RedisServer, WorkerProcess, child_env, wait_for
+
+GATEWAY_URL = "https://gateway.test:8000"
+
+
+class Panel:
+    """The panel app with alice signed in and one worker."""
+
+    def __init__(self, home: Path, app: Any) -> None:
+        self.home, self.app = home, app
+        self.client = app.test_client()
+        sign_in(self.client, "alice")
+        self.headers = csrf_headers(self.client)
+
+    def run(self, kind: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        r = self.client.post("/api/v1/jobs", json={"kind": kind, "params": params or {}},
+                             headers=self.headers)
+        assert r.status_code == 202, r.get_json()
+        job_id = r.get_json()["id"]
+
+        def done() -> dict[str, Any] | None:
+            job = self.client.get(f"/api/v1/jobs/{job_id}?log=1").get_json()
+            return job if job["status"] in ("SUCCEEDED", "FAILED", "CANCELLED") else None
+
+        return dict(wait_for(done, 60, f"job {job_id} to end", interval=0.2))
+
+    def gateway_apis(self) -> dict[str, dict[str, Any]]:
+        config = json.loads((self.home / "gateway" / "config.json").read_text())
+        return {api["name"]: api for api in config["apis"]}
+
+
+@pytest.fixture(scope="module")
+def panel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Panel]:
+    home = tmp_path_factory.mktemp("home")
+    redis = RedisServer(home / "redis").start()
+    db_url = f"sqlite:///{home / 'modelgate.db'}"
+    app = build_app(home, db_url, redis.url, GATEWAY_URL=GATEWAY_URL)
+    worker = WorkerProcess(home, child_env(home, db_url, redis.url, GATEWAY_URL=GATEWAY_URL),
+                           concurrency=1).start()
+    try:
+        yield Panel(home, app)
+    finally:
+        worker.stop()
+        redis.stop()
+
+
+def _deploy(panel: Panel, environment: str) -> None:
+    """What a deploy job leaves behind: an ACTIVE slot and the gateway's backend values."""
+    from app.db import Deployment, DeploymentState
+    from app.extensions import db
+    from app.services import gateway_config
+
+    with panel.app.app_context():
+        db.session.add(Deployment(environment=environment, slot="blue", model_name="german-credit",
+                                  model_version="1", state=DeploymentState.ACTIVE, port=9,
+                                  primary_key_enc="x", secondary_key_enc="y"))
+        db.session.commit()
+    gateway_config.set_backend(panel.home, environment, "http://127.0.0.1:9", "backend-key-1")
+
+
+def _audit_actions(panel: Panel) -> list[str]:
+    from app.services import audit
+
+    with panel.app.app_context():
+        return [e.action for e in audit.events(limit=500)]
+
+
+def test_publish_is_refused_without_a_deployment(panel: Panel) -> None:
+    job = panel.run("publish", {"environment": "prod"})
+    assert job["status"] == "FAILED"
+    assert "prod has no active deployment" in job["error"]
+    assert not (panel.home / "gateway" / "config.json").exists() or not panel.gateway_apis()
+
+
+def test_bad_params_fail_naming_the_field(panel: Panel) -> None:
+    assert "params.environment" in panel.run("publish", {"environment": "qa"})["error"]
+    assert "params.rate_limit" in panel.run("publish", {"rate_limit": 0})["error"]
+    assert "params.colour" in panel.run("publish", {"colour": "blue"})["error"]
+
+
+def test_each_publish_is_a_new_current_revision(panel: Panel) -> None:
+    _deploy(panel, "staging")
+    first = panel.run("publish")
+    assert first["status"] == "SUCCEEDED", first
+    assert first["result"]["revision"] == 1
+    assert first["result"]["url"] == f"{GATEWAY_URL}/staging/credit-risk"
+    second = panel.run("publish", {"environment": "staging", "rate_limit": 42})
+    assert second["status"] == "SUCCEEDED", second
+    assert second["result"]["revision"] == 2
+
+    api = panel.gateway_apis()["credit-risk-staging"]
+    assert (api["path"], api["revision"], api["environment"]) == ("staging/credit-risk", 2,
+                                                                  "staging")
+    assert 'calls="42"' in api["policy_xml"]
+    assert "<audience>api://modelgate</audience>" in api["policy_xml"]
+    assert "Score.Invoke" in api["policy_xml"]
+    assert "{{staging-backend-key}}" in api["policy_xml"]
+    assert "backend-key-1" not in (panel.home / "gateway" / "config.json").read_text()
+
+    listed = panel.client.get("/api/v1/apis").get_json()
+    assert [(a["name"], a["revision"], a["url"]) for a in listed["apis"]] == [
+        ("credit-risk-staging", 2, f"{GATEWAY_URL}/staging/credit-risk")]
+    assert _audit_actions(panel).count("api.published") == 2
+
+
+def test_a_policy_that_does_not_compile_fails_naming_the_element(panel: Panel) -> None:
+    bad = ("<policies><inbound><base /><xsl-transform /></inbound><backend><base /></backend>"
+           "<outbound><base /></outbound><on-error><base /></on-error></policies>")
+    job = panel.run("publish", {"policy_xml": bad})
+    assert job["status"] == "FAILED"
+    assert "<xsl-transform>" in job["error"], job["error"]
+    # Nothing changed: the gateway and the database still serve revision 2.
+    assert panel.gateway_apis()["credit-risk-staging"]["revision"] == 2
+    listed = panel.client.get("/api/v1/apis").get_json()["apis"]
+    assert listed[0]["revision"] == 2
+
+
+def test_rollback_from_the_apis_page(panel: Panel) -> None:
+    page = panel.client.get("/apis/").get_data(as_text=True)
+    assert "credit-risk-staging" in page and "Roll back to 1" in page
+    assert 'data-rollback="2"' not in page  # the current revision has no button
+    form = re.search(r'action="(/apis/revisions/(\d+)/rollback)"', page)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert form and token
+
+    carol = panel.app.test_client()
+    sign_in(carol, "carol")
+    refused = carol.post(form.group(1), headers=csrf_headers(carol))
+    assert refused.status_code == 403
+    assert panel.gateway_apis()["credit-risk-staging"]["revision"] == 2
+
+    r = panel.client.post(form.group(1), data={"csrf_token": token.group(1)})
+    assert r.status_code == 302, r.get_data(as_text=True)
+    assert panel.gateway_apis()["credit-risk-staging"]["revision"] == 1
+    listed = panel.client.get("/api/v1/apis").get_json()["apis"]
+    assert [(a["revision"], a["is_current"]) for a in listed] == [(1, True)]
+    assert "api.rolled-back" in _audit_actions(panel)
+    again = panel.client.post(form.group(1), data={"csrf_token": token.group(1)})
+    assert again.status_code == 409
+
+    # The next publish is revision 3, whatever was rolled back to.
+    third = panel.run("publish")
+    assert third["result"]["revision"] == 3
+    assert panel.gateway_apis()["credit-risk-staging"]["revision"] == 3
+
+
+def test_publish_is_in_the_openapi_document(panel: Panel) -> None:
+    doc = panel.client.get("/api/v1/openapi.json").get_json()
+    assert "/apis" in doc["paths"]
+    assert "parent_id" in json.dumps(doc["paths"]["/jobs"]["get"])
