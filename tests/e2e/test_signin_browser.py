@@ -7,6 +7,7 @@ the panel with its production cookie settings.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -88,6 +89,8 @@ def _up(panel: str) -> bool:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: apt-get install -y chromium")
         pytest.skip("apt-get install -y chromium")
     with playwright.sync_playwright() as p:
         launched = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
