@@ -51,6 +51,12 @@ class BaseConfig:
     BROKER_VISIBILITY_TIMEOUT = 2 * 3600
     BROKER_RESTORE_INTERVAL = 10
     SSE_MAX_SECONDS = 60.0
+    # Deployments: how long a replaced slot keeps serving after the switch (in-flight requests
+    # and the gateway's reload, which takes up to a second), how long a key change is given to
+    # reach the gateway before the next step, and how often beat looks for keys due rotation.
+    DEPLOY_DRAIN_SECONDS = 30.0
+    KEY_SWITCH_GRACE_SECONDS = 2.0
+    KEY_ROTATION_CHECK_SECONDS = 3600.0
 
     # Flask/session hardening (see reliability-security.md 3.4).
     SESSION_COOKIE_NAME = "__Host-session"
@@ -168,6 +174,10 @@ def celery_settings(config: dict[str, Any]) -> dict[str, Any]:
             "reconcile-jobs": {
                 "task": "modelgate.jobs.reconcile",
                 "schedule": float(config["RECONCILE_EVERY_SECONDS"]),
+            },
+            "rotate-due-keys": {
+                "task": "modelgate.deployments.rotate_due",
+                "schedule": float(config["KEY_ROTATION_CHECK_SECONDS"]),
             },
         },
     }

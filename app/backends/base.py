@@ -97,3 +97,30 @@ class Backend(Protocol):
     def health(self) -> BackendHealth:
         """Return whether the backend is reachable and usable."""
         ...
+
+
+class SlotNotReady(BackendError):
+    """A new deployment slot did not become ready in time (the old slot keeps serving)."""
+
+
+class SmokeTestFailed(BackendError):
+    """A new slot answered its smoke test wrongly (the old slot keeps serving)."""
+
+
+@dataclass(frozen=True)
+class SlotEndpoint:
+    """Where a deployment slot listens and how many replicas it should have ready."""
+
+    deployment_id: str
+    url: str
+    replicas: int
+
+
+@dataclass(frozen=True)
+class SmokeResult:
+    """What a slot answered to the signature's example, scored with the slot's own key."""
+
+    label: str
+    probabilities: Mapping[str, float]
+    model_version: str
+

@@ -46,4 +46,5 @@ KIND_SPECS: dict[JobKind, KindSpec] = {
 
 # Kinds whose tasks exist in this version; the others are refused with a clear message.
 AVAILABLE_KINDS: frozenset[JobKind] = frozenset(
-    {JobKind.SELFCHECK, JobKind.PROVISION, JobKind.TRAIN, JobKind.PUBLISH, JobKind.PIPELINE})
+    {JobKind.SELFCHECK, JobKind.PROVISION, JobKind.TRAIN, JobKind.DEPLOY, JobKind.ROTATE_KEYS,
+     JobKind.PUBLISH, JobKind.PIPELINE})
