@@ -31,6 +31,32 @@ def oidc_app(issuer: Issuer, tmp_path: Path, redis_server: Any) -> Any:
                      ISSUER_URL=issuer.url, PANEL_URL=PANEL_URL, CA_BUNDLE=str(issuer.ca))
 
 
+def placeholder(converter: Any) -> Any:
+    """A value every URL converter accepts (the view then answers 404 for unknown ids)."""
+    from werkzeug.routing import AnyConverter, FloatConverter, IntegerConverter, UUIDConverter
+
+    if isinstance(converter, AnyConverter):
+        return next(iter(converter.items))
+    if isinstance(converter, FloatConverter):
+        return 1.0
+    if isinstance(converter, IntegerConverter):
+        return 1
+    if isinstance(converter, UUIDConverter):
+        return "00000000-0000-4000-8000-000000000000"
+    return "x"
+
+
+def route_urls(app: Any, methods: tuple[str, ...]) -> list[tuple[Any, str, str]]:
+    """(rule, method, url) for every registered rule and each of `methods` it allows."""
+    found = []
+    adapter = app.url_map.bind("localhost")
+    for rule in app.url_map.iter_rules():
+        values = {name: placeholder(conv) for name, conv in rule._converters.items()}
+        for method in sorted(set(rule.methods or ()) & set(methods)):
+            found.append((rule, method, adapter.build(rule.endpoint, values, method=method)))
+    return found
+
+
 def page_csrf(page: str) -> str:
     """The CSRF token of a rendered panel page."""
     match = re.search(r'name="csrf-token" content="([^"]+)"', page)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from app.security import safe_next
-from tests.auth.conftest import PANEL_URL, full_sign_in
+from tests.auth.conftest import PANEL_URL, full_sign_in, route_urls
 from tests.conftest import build_app, csrf_headers, sign_in
 from tests.identity_support import Issuer
 from tests.support import RedisServer
@@ -95,15 +95,10 @@ def shared_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         server.stop()
 
 
-def _state_changing(app: Any) -> list[str]:
-    urls = []
-    for rule in app.url_map.iter_rules():
-        if rule.endpoint == "auth.logout" or not (
-                set(rule.methods or ()) & {"POST", "PUT", "PATCH", "DELETE"}):
-            continue
-        values = {name: "x" for name in rule.arguments}
-        urls.append(app.url_map.bind("localhost").build(rule.endpoint, values))
-    return urls
+def _state_changing(app: Any) -> list[tuple[str, str]]:
+    return [(method, url) for rule, method, url in route_urls(app, ("POST", "PUT", "PATCH",
+                                                                      "DELETE"))
+            if rule.endpoint != "auth.logout"]
 
 
 @pytest.mark.parametrize("token", ["none", "other-session"])
@@ -115,12 +110,13 @@ def test_every_state_changing_route_needs_a_csrf_token(app: Any, token: str) -> 
         other = app.test_client()
         sign_in(other, "dave")
         headers = csrf_headers(other)
-    urls = _state_changing(app)
-    assert "/jobs/" in urls and "/api/v1/jobs" in urls
-    for url in urls:
+    calls = _state_changing(app)
+    assert ("POST", "/jobs/") in calls and ("POST", "/api/v1/jobs") in calls
+    for method, url in calls:
         for body in ({"data": {"kind": "selfcheck"}}, {"json": {"kind": "selfcheck"}}):
-            response = client.post(url, headers=headers, **body)  # type: ignore[arg-type]
-            assert response.status_code == 400, (url, response.status_code)
+            response = client.open(url, method=method, headers=headers,
+                                   **body)  # type: ignore[arg-type]
+            assert response.status_code == 400, (method, url, response.status_code)
     assert client.get("/api/v1/jobs").get_json()["jobs"] == []  # nothing was queued
 
 

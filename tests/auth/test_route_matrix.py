@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 from werkzeug.exceptions import MethodNotAllowed, NotFound
-from werkzeug.routing import IntegerConverter, Rule
+from werkzeug.routing import Rule
 
 from app.auth.roles import has_role
+from tests.auth.conftest import route_urls
 from tests.conftest import USERS, build_app, csrf_headers, sign_in
 
 #: Endpoints anyone may call, each with the reason.
@@ -40,14 +41,7 @@ def app(tmp_path: Path, redis_server: Any, sqlite_url: str) -> Any:
 
 def _routes(app: Any) -> list[tuple[Rule, str, str]]:
     """(rule, method, url) for every registered rule and method, with placeholder arguments."""
-    found = []
-    for rule in app.url_map.iter_rules():
-        values = {name: (1 if isinstance(conv, IntegerConverter) else "x")
-                  for name, conv in rule._converters.items()}
-        for method in sorted(set(rule.methods or ()) & set(METHODS)):
-            url = app.url_map.bind("localhost").build(rule.endpoint, values, method=method)
-            found.append((rule, method, url))
-    return found
+    return route_urls(app, METHODS)
 
 
 def _call(client: Any, method: str, url: str, headers: dict[str, str]) -> Any:
