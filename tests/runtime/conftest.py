@@ -1,7 +1,8 @@
 """A whole deployment stack of real processes: Redis, a worker, the runtime, the gateway.
 
-Module-scoped: the registry holds three versions trained on the real CSV (logistic regression
-only, to keep it quick); the first one's model file is broken on purpose for the failure test.
+Package-scoped (every module here shares one stack, in file order): the registry holds three
+versions trained on the real CSV (logistic regression only, to keep it quick); the first one's
+model file is broken on purpose for the failure test.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,7 @@ class Stack:
     versions: list[str]
     runtime: Process
     processes: list[Process]
+    seen_keys: set[str] = field(default_factory=set)
 
     def client(self, user: str = "alice") -> Any:
         client = self.app.test_client()
@@ -116,6 +118,7 @@ class Stack:
             row = deployments.active_row(environment)
             assert row is not None
             primary, secondary = deployments.keys_of(self.home, row)
+            self.seen_keys.update((primary, secondary))
             return deployments.url_of(row.port), primary, secondary
 
     def start_runtime(self) -> Process:
@@ -145,7 +148,7 @@ def publish_staging(stack: Stack) -> None:
                                             clock_skew_s=30)})
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     from app.ml.workflow import train_and_register
     from app.pki import ensure_tls
@@ -196,3 +199,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         issuer.stop()
         loop.stop()
         redis.stop()
+
+
+@pytest.fixture()
+def deployed(stack: Stack) -> Stack:
+    """Staging has an active slot and its API is published (deploys it when not)."""
+    from app.services import deployments
+
+    with stack.app.app_context():
+        current = deployments.active("staging")
+    if current is None:
+        job = stack.run("deploy")
+        assert job["status"] == "SUCCEEDED", job
+    publish_staging(stack)
+    wait_for(lambda: stack.score().status_code == 200, 10, "scoring through the gateway")
+    return stack
