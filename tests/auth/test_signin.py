@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import msal
 import pytest
+import requests
 
 from app.auth import session_tokens
 from app.auth.oidc import SessionJWKClient
@@ -175,4 +178,50 @@ def test_id_token_with_a_bad_signature_is_refused(oidc_app: Any, issuer: Issuer,
         identity = session_tokens.identity_client()
         kid = issuer.jwks()["keys"][0]["kid"]
         identity.jwks = _AttackerJWKS(identity.jwks, kid)
+    _refused(client, callback.split("?", 1)[1], caplog, "ID token rejected")
+
+
+class _IdTokenRewriter(requests.adapters.HTTPAdapter):
+    """Stands between the panel and the real token endpoint and spoils the ID token it returns.
+
+    The spoiled token is re-signed with the issuer's own key (or an attacker's key), so only
+    the panel's own checks of iss, aud, exp and the signature can catch it; MSAL does not.
+    """
+
+    def __init__(self, issuer: Issuer, defect: str) -> None:
+        super().__init__()
+        self.issuer, self.defect = issuer, defect
+
+    def send(self, request: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        response = super().send(request, **kwargs)
+        body = json.loads(response.content)
+        claims = jwt.decode(body["id_token"], options={"verify_signature": False})
+        now = int(time.time())
+        claims.update({
+            "wrong_iss": {"iss": self.issuer.url + "/"},
+            "wrong_aud": {"aud": "modelgate-ci"},
+            "expired": {"iat": now - 7200, "nbf": now - 7200, "exp": now - 3600},
+            "bad_signature": {},
+        }[self.defect])
+        doc = json.loads((self.issuer.home / "identity" / "keys.json").read_text())
+        jwk = next(e["jwk"] for e in doc["keys"] if e["state"] == "active")
+        key = jwt.PyJWK.from_dict(jwk, algorithm="RS256").key
+        if self.defect == "bad_signature":
+            from cryptography.hazmat.primitives.asymmetric import rsa
+
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        body["id_token"] = jwt.encode(claims, key, algorithm="RS256",
+                                      headers={"kid": jwk["kid"], "typ": "JWT"})
+        response._content = json.dumps(body).encode()
+        return response
+
+
+@pytest.mark.parametrize("defect", ["wrong_iss", "wrong_aud", "expired", "bad_signature"])
+def test_id_token_defects_are_refused_at_the_callback(oidc_app: Any, issuer: Issuer,
+                                                      defect: str, caplog: Any) -> None:
+    client = oidc_app.test_client()
+    callback = issuer_redirect(issuer.session(), start_login(client), issuer, "alice")
+    with oidc_app.app_context():
+        identity = session_tokens.identity_client()
+        identity.http.mount(f"{issuer.url}/token", _IdTokenRewriter(issuer, defect))
     _refused(client, callback.split("?", 1)[1], caplog, "ID token rejected")
