@@ -146,6 +146,24 @@ def idp_rotate_keys(force: bool) -> None:
                f"retired:     {', '.join(result.retired_kids) or '-'}")
 
 
+# --------------------------------------------------------------------------- gateway
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True, help="0 = a free port")
+def gateway(host: str, port: int) -> None:
+    """Run the API gateway (HTTPS) for the APIs published in MODELGATE_HOME."""
+    from app.gateway.app import serve
+
+    _configure_logging()
+    redis_url = os.environ.get("MODELGATE_REDIS_URL")
+    if not redis_url:
+        raise click.ClickException("the gateway needs MODELGATE_REDIS_URL (its rate-limit "
+                                   "counters live in Redis)")
+    serve(_home(), host, port, redis_url=redis_url)
+
+
 # --------------------------------------------------------------------------- database
 
 
@@ -274,6 +292,82 @@ def audit_export(fmt: str) -> None:
     with _make_app().app_context():
         for chunk in (service.export_jsonl() if fmt == "jsonl" else service.export_csv()):
             click.echo(chunk, nl=False)
+
+
+# --------------------------------------------------------------------------- CI client
+
+
+@main.command()
+def token() -> None:
+    """Print an access token for the CI client (like `az account get-access-token`)."""
+    from app.client import ClientError, TokenSource
+
+    try:
+        click.echo(TokenSource(_home()).token())
+    except ClientError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.argument("file", type=click.File("r"), required=False)
+@click.option("--environment", type=click.Choice(["staging", "prod"]), default="staging",
+              show_default=True)
+def score(file: Any, environment: str) -> None:
+    """Score FILE (or - for standard input; default: the seed's example record) via the gateway."""
+    from app.client import EXAMPLE_REQUEST, ClientError
+    from app.client import score as post_score
+
+    if file is None:
+        body: Any = EXAMPLE_REQUEST
+    else:
+        try:
+            body = json.load(file)
+        except ValueError as exc:
+            raise click.ClickException(f"{file.name} is not JSON: {exc}") from None
+    try:
+        answer = post_score(_home(), body, environment)
+    except ClientError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps(answer, indent=2))
+
+
+@main.group()
+def pipeline() -> None:
+    """The whole chain: provision → train → deploy → publish."""
+
+
+@pipeline.command("run")
+@click.option("--until", type=click.Choice(["provision", "train", "deploy", "publish"]),
+              default="publish", show_default=True, help="Last stage to run.")
+@click.option("--environment", type=click.Choice(["staging", "prod"]), default="staging",
+              show_default=True)
+@click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds.")
+def pipeline_run(until: str, environment: str, timeout: float) -> None:
+    """Queue the pipeline on the running stack as the CI client and follow it."""
+    from app.client import STAGES, ClientError, PanelClient, failing_child, follow_pipeline
+
+    stages = STAGES[: STAGES.index(until) + 1]
+    try:
+        panel = PanelClient(_home())
+        job = panel.call("POST", "/jobs", {"kind": "pipeline",
+                                           "params": {"until": until,
+                                                      "environment": environment}})
+        click.echo(f"pipeline job {job['id']} queued: {' → '.join(stages)} on {environment}")
+        try:
+            final = follow_pipeline(panel, job["id"], stages, click.echo, timeout=timeout)
+        except KeyboardInterrupt:
+            panel.call("POST", f"/jobs/{job['id']}/cancel")
+            click.echo(f"pipeline job {job['id']}: cancellation requested", err=True)
+            sys.exit(130)
+        if final["status"] != "SUCCEEDED":
+            child = failing_child(panel, job["id"])
+            where = f" ({child['kind']} job {child['id']})" if child else ""
+            click.echo(f"pipeline {final['status'].lower()}{where}: "
+                       f"{final.get('error') or 'cancelled'}", err=True)
+            sys.exit(1)
+    except ClientError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"pipeline job {job['id']} succeeded")
 
 
 if __name__ == "__main__":

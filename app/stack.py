@@ -136,6 +136,11 @@ class Stack:
         issuer = f"https://127.0.0.1:{self.ports['issuer']}/local"
         services.append(Service("issuer", py + ["idp", "--port", str(self.ports["issuer"])],
                                 _http_ready(issuer + "/health", verify=str(self.tls.ca_cert))))
+        # The gateway needs only Redis (counters) and TLS; it fetches JWKS when called.
+        gateway = f"https://127.0.0.1:{self.ports['gateway']}"
+        services.append(Service("gateway",
+                                py + ["gateway", "--port", str(self.ports["gateway"])],
+                                _http_ready(gateway + "/health", verify=str(self.tls.ca_cert))))
         panel_url = f"http://127.0.0.1:{self.ports['panel']}/health"
         services.append(Service("panel", py + ["panel", "--port", str(self.ports["panel"])],
                                 _http_ready(panel_url)))
