@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import groupby
 from typing import Any
 
 from flask import Blueprint, current_app, flash, redirect, render_template, url_for
@@ -20,10 +21,9 @@ def list() -> Any:  # noqa: A001  (view names follow the list/detail/create conv
     """Show every API's revisions (current first) and its recent traffic."""
     from pathlib import Path
 
-    revisions = apis.list_revisions()
-    grouped: dict[str, list[Any]] = {}
-    for row in revisions:
-        grouped.setdefault(row.api_name, []).append(row)
+    # Revisions come ordered by API name, newest first within each API.
+    grouped = {name: [*rows] for name, rows in groupby(apis.list_revisions(),
+                                                       key=lambda row: row.api_name)}
     home = Path(current_app.config["HOME"])
     return render_template("apis/list.html", grouped=grouped,
                            traffic=api_metrics.traffic(home),

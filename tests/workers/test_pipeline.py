@@ -123,3 +123,22 @@ def test_bad_parameters_fail_naming_them(stack: Stack) -> None:
     parent = stack.finish(stack.submit({"environment": "qa"}))
     assert parent["status"] == "FAILED" and "params.environment" in parent["error"]
     assert stack.children(parent["id"]) == []
+
+
+def test_cancelling_a_stage_stops_the_pipeline(stack: Stack) -> None:
+    parent_id = stack.submit({"until": "train"})
+
+    def train_running() -> dict[str, Any] | None:
+        for child in stack.children(parent_id):
+            if child["kind"] == "train" and child["status"] == "RUNNING":
+                return child
+        return None
+
+    train = wait_for(train_running, 120, "the train child to run", interval=0.1)
+    r = stack.client.post(f"/api/v1/jobs/{train['id']}/cancel", headers=stack.headers)
+    assert r.status_code == 200
+    assert stack.finish(train["id"])["status"] == "CANCELLED"
+    parent = stack.finish(parent_id)
+    assert parent["status"] == "CANCELLED", parent
+    assert any("was cancelled; stopping the pipeline" in line["message"]
+               for line in parent["log"])

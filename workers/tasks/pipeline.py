@@ -61,6 +61,11 @@ def _pipeline(ctx: JobContext) -> dict[str, Any]:
             ctx.log(f"{stage}: following existing job {child.id} ({child.status})")
         child_id = child.id
         final = _follow(ctx, child_id, stage, index, len(stages))
+        if final.status == "CANCELLED":
+            # Someone cancelled the stage itself: the pipeline stops the same way.
+            ctx.log(f"{stage}: job {child_id} was cancelled; stopping the pipeline",
+                    level="WARNING")
+            raise jobs.JobCancelled(ctx.job_id)
         if final.status != "SUCCEEDED":
             raise AppError(f"{stage} job {child_id} {final.status.lower()}: "
                            f"{final.error or 'no reason given'}")
