@@ -56,6 +56,7 @@ def register_blueprints(app: Flask) -> None:
     from app.apis.routes import bp as apis_bp
     from app.auth.routes import bp as auth_bp
     from app.dashboard.routes import bp as dashboard_bp
+    from app.deployments.routes import bp as deployments_bp
     from app.jobs.routes import bp as jobs_bp
     from app.registry.routes import bp as registry_bp
 
@@ -65,6 +66,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(api_bp)
     app.register_blueprint(registry_bp)
     app.register_blueprint(apis_bp)
+    app.register_blueprint(deployments_bp)
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -63,6 +63,20 @@ def document() -> dict[str, Any]:
                         "apis": {"type": "array",
                                  "items": {"$ref": "#/components/schemas/Api"}}}}}}},
                     "401": _error("Not signed in")}}},
+            "/deployments": {"get": {
+                "summary": "Environments with slot, model version, replica health, traffic and "
+                           "key age (never the keys)",
+                "responses": {"200": {"description": "Environments", "content": {
+                    "application/json": {"schema": {"type": "object", "properties": {
+                        "environments": {"type": "array", "items": {"type": "object",
+                                         "properties": {
+                                             "environment": {"type": "string"},
+                                             "active": {"type": ["object", "null"]},
+                                             "slots": {"type": "array"},
+                                             "history": {"type": "array"},
+                                             "previous_version": {"type": ["string", "null"]},
+                                             "runtime_reporting": {"type": "boolean"}}}}}}}}},
+                    "401": _error("Not signed in")}}},
             "/models/{name}/versions": {"get": {
                 "summary": "A model's versions, newest first, with metrics, aliases, tags and "
                            "lineage",

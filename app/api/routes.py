@@ -111,3 +111,16 @@ def list_apis() -> Any:
     gateway = str(current_app.config["GATEWAY_URL"])
     return {"gateway": gateway,
             "apis": [apis.to_dict(row, gateway) for row in apis.list_current()]}
+
+
+@bp.get("/deployments")
+@signed_in
+def list_deployments() -> Any:
+    """Environments with their active slot, model version, replica health, traffic, key age."""
+    from pathlib import Path
+
+    from flask import current_app
+
+    from app.services import deployments
+
+    return {"environments": deployments.overview(Path(current_app.config["HOME"]))}

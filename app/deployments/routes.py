@@ -1,0 +1,88 @@
+"""Deployments page: environments with slot, version, replica health, traffic and key age;
+deploy, rotate keys and roll back as jobs; an admin's audited key reveal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, current_app, make_response, redirect, render_template, request, url_for
+from flask_login import current_user
+
+from app.auth.roles import Role
+from app.auth.users import role_required, signed_in
+from app.errors import NotFound, ValidationError
+from app.services import audit, deployments, jobs
+from app.services.audit import AuditAction
+from app.services.kinds import JobKind
+
+bp = Blueprint("deployments", __name__, url_prefix="/deployments")
+
+
+def _home() -> Path:
+    return Path(current_app.config["HOME"])
+
+
+def _environment(name: str) -> str:
+    if name not in deployments.environments():
+        raise NotFound(f"environment {name!r} is not known")
+    return name
+
+
+@bp.get("/")
+@signed_in
+def list() -> Any:  # noqa: A001  (view names follow the list/detail/create convention)
+    """Show every environment's slots, health, traffic and key age."""
+    return render_template("deployments/list.html", environments=deployments.overview(_home()),
+                           can_deploy=current_user.can(Role.ENGINEER),
+                           can_reveal=current_user.can(Role.ADMIN))
+
+
+@bp.post("/<environment>/deploy")
+@role_required(Role.ENGINEER)
+def deploy(environment: str) -> Any:
+    """Queue a deploy of a version (blank: the latest) to an environment."""
+    params: dict[str, Any] = {"environment": _environment(environment)}
+    version = request.form.get("version", "").strip()
+    if version:
+        if not version.isdigit():
+            raise ValidationError("version must be a version number",
+                                  errors=[{"field": "version", "message": "not a number"}])
+        params["version"] = version
+    return _queue(JobKind.DEPLOY, params)
+
+
+@bp.post("/<environment>/rollback")
+@role_required(Role.ENGINEER)
+def rollback(environment: str) -> Any:
+    """Queue a deploy of the previous slot's version."""
+    return _queue(JobKind.DEPLOY, {"environment": _environment(environment), "rollback": True})
+
+
+@bp.post("/<environment>/rotate-keys")
+@role_required(Role.ENGINEER)
+def rotate_keys(environment: str) -> Any:
+    """Queue a key rotation of the environment's active slot."""
+    return _queue(JobKind.ROTATE_KEYS, {"environment": _environment(environment)})
+
+
+@bp.post("/<environment>/reveal")
+@role_required(Role.ADMIN)
+def reveal(environment: str) -> Any:
+    """Show an admin the active slot's keys once (audited; never cached)."""
+    row = deployments.active_row(_environment(environment))
+    if row is None:
+        raise NotFound(f"{environment} has no active deployment")
+    primary, secondary = deployments.keys_of(_home(), row)
+    audit.record(current_user.username, AuditAction.KEY_REVEALED, f"environment:{environment}",
+                 {"deployment": row.id, "slot": row.slot})
+    response = make_response(render_template(
+        "deployments/reveal.html", environment=environment, row=row,
+        url=deployments.url_of(row.port), primary=primary, secondary=secondary))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _queue(kind: JobKind, params: dict[str, Any]) -> Any:
+    job = jobs.submit(kind, params, current_user.username, roles=current_user.roles)
+    return redirect(url_for("jobs.detail", job_id=job.id))
