@@ -57,6 +57,13 @@ class BaseConfig:
     DEPLOY_DRAIN_SECONDS = 30.0
     KEY_SWITCH_GRACE_SECONDS = 2.0
     KEY_ROTATION_CHECK_SECONDS = 3600.0
+    # Promotions: how long a request waits for a decision; webhooks per event type (JSON object
+    # {"promotion.requested": "https://…"}), the HMAC secret that signs them, retry backoff base.
+    PROMOTION_TTL_HOURS = 72.0
+    PROMOTION_EXPIRE_CHECK_SECONDS = 300.0
+    WEBHOOKS: dict[str, str] = {}
+    WEBHOOK_SECRET = ""
+    WEBHOOK_RETRY_BASE_SECONDS = 1.0
 
     # Flask/session hardening (see reliability-security.md 3.4).
     SESSION_COOKIE_NAME = "__Host-session"
@@ -174,6 +181,10 @@ def celery_settings(config: dict[str, Any]) -> dict[str, Any]:
             "reconcile-jobs": {
                 "task": "modelgate.jobs.reconcile",
                 "schedule": float(config["RECONCILE_EVERY_SECONDS"]),
+            },
+            "expire-promotions": {
+                "task": "modelgate.promotions.expire",
+                "schedule": float(config["PROMOTION_EXPIRE_CHECK_SECONDS"]),
             },
             "rotate-due-keys": {
                 "task": "modelgate.deployments.rotate_due",

@@ -234,3 +234,28 @@ class Deployment(Base):
     @property
     def deployment_state(self) -> DeploymentState:
         return DeploymentState(self.state)
+
+
+class Promotion(Base):
+    """A request to promote a model version to an environment (four-eyes); its state changes
+    only in app.services.promotions."""
+
+    __tablename__ = "promotions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    environment: Mapped[str] = mapped_column(String(64), index=True)
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    requested_by: Mapped[str] = mapped_column(String(200), index=True)
+    requested_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    # What the approver decides on, frozen at request time: metrics vs prod, staging smoke.
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    decided_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    decided_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    deploy_job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    superseded_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)

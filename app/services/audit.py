@@ -50,6 +50,7 @@ class AuditAction(enum.StrEnum):
     PROMOTION_APPROVED = "promotion.approved"
     PROMOTION_REJECTED = "promotion.rejected"
     PROMOTION_EXPIRED = "promotion.expired"
+    PROMOTION_SUPERSEDED = "promotion.superseded"
     SETTINGS_CHANGED = "settings.changed"
 
 
@@ -109,8 +110,8 @@ def record(actor: str, action: AuditAction | str, target: str,
 
 
 def events(*, limit: int = 200, action: str | None = None, target: str | None = None,
-           before_id: int | None = None) -> list[AuditEvent]:
-    """Return events newest first, optionally filtered by action prefix or target."""
+           before_id: int | None = None, actor: str | None = None) -> list[AuditEvent]:
+    """Return events newest first, optionally filtered by action prefix, target or actor."""
     query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(max(1, min(limit, 5000)))
     if action:
         query = query.where(AuditEvent.action.startswith(action))
@@ -118,6 +119,8 @@ def events(*, limit: int = 200, action: str | None = None, target: str | None = 
         query = query.where(AuditEvent.target == target)
     if before_id:
         query = query.where(AuditEvent.id < before_id)
+    if actor:
+        query = query.where(AuditEvent.actor == actor)
     return list(db.session.scalars(query))
 
 

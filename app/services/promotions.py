@@ -1,0 +1,368 @@
+"""Promotion requests with four-eyes approval: the only module that changes their state.
+
+State machine (every state but PENDING is final):
+    PENDING ──approve──► APPROVED   (the prod deploy job is queued; its id is recorded)
+       ├─────reject────► REJECTED
+       ├─────expire────► EXPIRED    (lazily on read/decision, and by the beat task)
+       └───supersede───► SUPERSEDED (a newer request for the same environment)
+Guards: only MLOps.Engineer/Admin may request; only MLOps.Approver/Admin may decide, and never
+on their own request, admins included. Each transition is a conditional UPDATE on the current
+state, so two approvers clicking at once cannot both approve (the loser gets 409).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import logging
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import func, select, update
+
+from app.auth.roles import Role, has_role
+from app.db import Job, JobStatus, Promotion, utcnow
+from app.errors import Conflict, Forbidden, NotFound, ValidationError
+from app.extensions import db
+from app.services import audit, notifications
+from app.services.audit import AuditAction
+
+logger = logging.getLogger(__name__)
+
+MAX_REASON = 2000
+MAX_COMMENT = 2000
+# Promotion targets: staging is deployed directly by engineers; only prod needs four eyes.
+PROMOTABLE_ENVIRONMENTS: tuple[str, ...] = ("prod",)
+
+
+class PromotionState(enum.StrEnum):
+    """Life cycle of a promotion request; everything but PENDING is final."""
+
+    PENDING = "PENDING"
+    APPROVED = "APPROVED"
+    REJECTED = "REJECTED"
+    EXPIRED = "EXPIRED"
+    SUPERSEDED = "SUPERSEDED"
+
+    @property
+    def is_final(self) -> bool:
+        return self is not PromotionState.PENDING
+
+
+# The allowed transitions, in one table (tests walk it).
+TRANSITIONS: dict[PromotionState, frozenset[PromotionState]] = {
+    PromotionState.PENDING: frozenset({PromotionState.APPROVED, PromotionState.REJECTED,
+                                       PromotionState.EXPIRED, PromotionState.SUPERSEDED}),
+    **{s: frozenset() for s in PromotionState if s is not PromotionState.PENDING},
+}
+
+_AUDIT = {
+    PromotionState.APPROVED: AuditAction.PROMOTION_APPROVED,
+    PromotionState.REJECTED: AuditAction.PROMOTION_REJECTED,
+    PromotionState.EXPIRED: AuditAction.PROMOTION_EXPIRED,
+    PromotionState.SUPERSEDED: AuditAction.PROMOTION_SUPERSEDED,
+}
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def ttl() -> dt.timedelta:
+    """How long a request waits for a decision (MODELGATE_PROMOTION_TTL_HOURS)."""
+    return dt.timedelta(hours=float(current_app.config.get("PROMOTION_TTL_HOURS", 72)))
+
+
+def get(promotion_id: str) -> Promotion:
+    """Return a request (expired first if its time is up), or raise NotFound."""
+    row = db.session.get(Promotion, promotion_id)
+    if row is None:
+        raise NotFound(f"promotion request {promotion_id!r} does not exist")
+    _expire_if_due(row)
+    return row
+
+
+def list_promotions(*, state: str | None = None, requested_by: str | None = None,
+                    environment: str | None = None, limit: int = 100) -> list[Promotion]:
+    """Return requests, pending first, then newest first (expiring overdue ones first)."""
+    expire_due()
+    query = select(Promotion)
+    if state:
+        query = query.where(Promotion.state == state.upper())
+    if requested_by:
+        query = query.where(Promotion.requested_by == requested_by)
+    if environment:
+        query = query.where(Promotion.environment == environment)
+    pending_first = (Promotion.state != PromotionState.PENDING.value)
+    query = query.order_by(pending_first, Promotion.requested_at.desc(), Promotion.id)
+    return list(db.session.scalars(query.limit(max(1, min(limit, 500)))))
+
+
+def pending_count() -> int:
+    """How many requests wait for a decision (the inbox badge); cheap, no expiry pass."""
+    return int(db.session.scalar(
+        select(func.count()).select_from(Promotion)
+        .where(Promotion.state == PromotionState.PENDING.value,
+               Promotion.expires_at > utcnow())) or 0)
+
+
+def to_dict(row: Promotion) -> dict[str, Any]:
+    """Serialise a request for the REST API and webhooks."""
+    return {
+        "id": row.id, "environment": row.environment,
+        "model": {"name": row.model_name, "version": row.model_version},
+        "reason": row.reason, "state": row.state, "requested_by": row.requested_by,
+        "requested_at": row.requested_at.isoformat(), "expires_at": row.expires_at.isoformat(),
+        "evidence": row.evidence or {}, "decided_by": row.decided_by,
+        "decided_at": row.decided_at.isoformat() if row.decided_at else None,
+        "comment": row.comment, "deploy_job_id": row.deploy_job_id,
+        "superseded_by": row.superseded_by,
+    }
+
+
+def metric_rows(evidence: dict[str, Any]) -> list[dict[str, Any]]:
+    """Metrics of the candidate next to the current version's, with the difference."""
+    candidate = (evidence.get("candidate") or {}).get("metrics") or {}
+    current = (evidence.get("current") or {}).get("metrics") or {}
+    rows = []
+    for name in sorted(set(candidate) | set(current)):
+        new, old = candidate.get(name), current.get(name)
+        delta = new - old if isinstance(new, int | float) and isinstance(old, int | float) \
+            else None
+        rows.append({"name": name, "candidate": new, "current": old, "delta": delta})
+    return rows
+
+
+# --------------------------------------------------------------------------- transitions
+
+
+def request(version: Any, environment: Any, reason: Any, actor: str, *,
+            roles: frozenset[str]) -> Promotion:
+    """Record a PENDING request (superseding older pending ones for the environment).
+
+    Raises:
+        Forbidden: the caller is neither MLOps.Engineer nor MLOps.Admin.
+        ValidationError: unknown version or environment, or a missing reason.
+    """
+    if not has_role(roles, Role.ENGINEER):
+        raise Forbidden(f"requesting a promotion needs the {Role.ENGINEER.value} role")
+    environment = environment or "prod"
+    if environment not in PROMOTABLE_ENVIRONMENTS:
+        raise ValidationError(f"environment: promotions go to {', '.join(PROMOTABLE_ENVIRONMENTS)}",
+                              errors=[{"field": "environment", "message": "not promotable"}])
+    if not isinstance(version, str | int) or not str(version).strip().isdigit():
+        raise ValidationError("version: give a registered model version number",
+                              errors=[{"field": "version", "message": "required, a number"}])
+    if not isinstance(reason, str) or not reason.strip():
+        raise ValidationError("reason: say why this version should go to production",
+                              errors=[{"field": "reason", "message": "required"}])
+    if len(reason) > MAX_REASON:
+        raise ValidationError(f"reason: at most {MAX_REASON} characters",
+                              errors=[{"field": "reason", "message": "too long"}])
+    version = str(version).strip()
+    name, evidence = _evidence(environment, version)
+    now = utcnow()
+    row = Promotion(environment=environment, model_name=name, model_version=version,
+                    reason=reason.strip(), state=PromotionState.PENDING.value,
+                    requested_by=actor, requested_at=now, expires_at=now + ttl(),
+                    evidence=evidence, updated_at=now)
+    db.session.add(row)
+    db.session.commit()
+    audit.record(actor, AuditAction.PROMOTION_REQUESTED, f"promotion:{row.id}",
+                 {"environment": environment, "model": name, "model_version": version,
+                  "reason": row.reason, "expires_at": row.expires_at.isoformat(),
+                  "current_version": (evidence.get("current") or {}).get("version")})
+    older = db.session.scalars(select(Promotion.id).where(
+        Promotion.environment == environment, Promotion.state == PromotionState.PENDING.value,
+        Promotion.id != row.id)).all()
+    for old_id in older:
+        _move(old_id, PromotionState.SUPERSEDED, "modelgate", superseded_by=row.id)
+    notifications.notify("promotion.requested", to_dict(row))
+    return get(row.id)
+
+
+def approve(promotion_id: str, actor: str, *, roles: frozenset[str],
+            comment: Any = "") -> Promotion:
+    """Approve a pending request and queue the deploy job for its environment and version.
+
+    Raises:
+        Forbidden: missing role, or the approver is the requester.
+        Conflict: the request is no longer pending (decided, expired or superseded).
+        ServiceUnavailable: the job queue is down (the request stays pending).
+    """
+    from app.services import jobs
+    from app.services.kinds import JobKind
+
+    row = _decidable(promotion_id, actor, roles, comment)
+    text = _comment(comment)
+    if not _move(row.id, PromotionState.APPROVED, actor, audit_it=False, comment=text):
+        raise Conflict(f"promotion request {row.id} was decided by someone else just now")
+    try:
+        # roles=None: the approver need not be an engineer; four eyes were checked above.
+        job = jobs.submit(JobKind.DEPLOY, {"environment": row.environment,
+                                           "version": row.model_version},
+                          actor, roles=None)
+    except Exception:
+        # Not queued: put the request back so it can be approved again once the queue is up.
+        _set(row.id, PromotionState.APPROVED, state=PromotionState.PENDING.value,
+             decided_by=None, decided_at=None, comment=None)
+        raise
+    _set(row.id, PromotionState.APPROVED, deploy_job_id=job.id)
+    audit.record(actor, AuditAction.PROMOTION_APPROVED, f"promotion:{row.id}",
+                 {"environment": row.environment, "model_version": row.model_version,
+                  "requested_by": row.requested_by, "comment": text, "deploy_job_id": job.id})
+    done = get(row.id)
+    notifications.notify("promotion.approved", to_dict(done))
+    return done
+
+
+def reject(promotion_id: str, actor: str, *, roles: frozenset[str],
+           comment: Any = "") -> Promotion:
+    """Reject a pending request; it is closed for good.
+
+    Raises:
+        Forbidden: missing role, or the approver is the requester.
+        Conflict: the request is no longer pending.
+    """
+    row = _decidable(promotion_id, actor, roles, comment)
+    if not _move(row.id, PromotionState.REJECTED, actor, comment=_comment(comment)):
+        raise Conflict(f"promotion request {row.id} was decided by someone else just now")
+    done = get(row.id)
+    notifications.notify("promotion.rejected", to_dict(done))
+    return done
+
+
+def expire_due(now: dt.datetime | None = None) -> list[str]:
+    """Move every PENDING request past its expiry to EXPIRED; return their ids."""
+    now = now or utcnow()
+    due = db.session.scalars(select(Promotion.id).where(
+        Promotion.state == PromotionState.PENDING.value, Promotion.expires_at <= now)).all()
+    return [pid for pid in due if _move(pid, PromotionState.EXPIRED, "modelgate")]
+
+
+# --------------------------------------------------------------------------- internals
+
+
+def _decidable(promotion_id: str, actor: str, roles: frozenset[str], comment: Any) -> Promotion:
+    """Check role, four eyes and state before a decision; return the pending request."""
+    if not has_role(roles, Role.APPROVER):
+        raise Forbidden(f"deciding on a promotion needs the {Role.APPROVER.value} role")
+    if comment is not None and not isinstance(comment, str):
+        raise ValidationError("comment must be text",
+                              errors=[{"field": "comment", "message": "not a string"}])
+    row = get(promotion_id)
+    if row.requested_by == actor:
+        # Four eyes: enforced for admins too, since an admin requesting and approving is one
+        # person deciding alone.
+        raise Forbidden("you requested this promotion; someone else has to decide on it")
+    if row.state != PromotionState.PENDING:
+        reason = {PromotionState.EXPIRED: "it expired",
+                  PromotionState.SUPERSEDED: f"a newer request ({row.superseded_by}) replaced it"
+                  }.get(PromotionState(row.state), f"it is already {row.state}")
+        raise Conflict(f"promotion request {row.id} cannot be decided: {reason}")
+    return row
+
+
+def _comment(comment: Any) -> str:
+    text = (comment or "").strip() if isinstance(comment, str) else ""
+    if len(text) > MAX_COMMENT:
+        raise ValidationError(f"comment: at most {MAX_COMMENT} characters",
+                              errors=[{"field": "comment", "message": "too long"}])
+    return text
+
+
+def _expire_if_due(row: Promotion) -> None:
+    if row.state == PromotionState.PENDING and row.expires_at <= utcnow():
+        _move(row.id, PromotionState.EXPIRED, "modelgate")
+        db.session.refresh(row)
+
+
+def _move(promotion_id: str, to: PromotionState, actor: str, *, audit_it: bool = True,
+          comment: str | None = None, superseded_by: str | None = None) -> bool:
+    """Apply one transition out of PENDING if the row is still PENDING; audit it."""
+    assert to in TRANSITIONS[PromotionState.PENDING]
+    values: dict[str, Any] = {"state": to.value}
+    if to in (PromotionState.APPROVED, PromotionState.REJECTED):
+        values.update(decided_by=actor, decided_at=utcnow(), comment=comment)
+    if superseded_by:
+        values["superseded_by"] = superseded_by
+    if not _set(promotion_id, PromotionState.PENDING, **values):
+        return False
+    row = db.session.get(Promotion, promotion_id)
+    if audit_it and row is not None:
+        details: dict[str, Any] = {"environment": row.environment,
+                                   "model_version": row.model_version,
+                                   "requested_by": row.requested_by}
+        if comment is not None:
+            details["comment"] = comment
+        if superseded_by:
+            details["superseded_by"] = superseded_by
+        audit.record(actor, _AUDIT[to], f"promotion:{promotion_id}", details)
+        if to in (PromotionState.EXPIRED, PromotionState.SUPERSEDED):
+            notifications.notify(_AUDIT[to].value, to_dict(row))
+    return True
+
+
+def _set(promotion_id: str, from_state: PromotionState, **values: Any) -> bool:
+    """Conditional UPDATE: apply `values` only while the row is in `from_state`."""
+    values.setdefault("updated_at", utcnow())
+    result = db.session.execute(update(Promotion).where(
+        Promotion.id == promotion_id, Promotion.state == from_state.value).values(**values))
+    db.session.commit()
+    db.session.expire_all()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _evidence(environment: str, version: str) -> tuple[str, dict[str, Any]]:
+    """What the approver needs: the candidate's and the current version's metrics, and the
+    staging smoke results of the candidate (frozen at request time)."""
+    from app.services import deployments, models
+
+    name = models.default_model_name()
+    try:
+        candidate = models.get_version(name, version)
+    except NotFound:
+        raise ValidationError(f"version: {name} has no version {version}",
+                              errors=[{"field": "version", "message": "no such version"}]
+                              ) from None
+    evidence: dict[str, Any] = {
+        "candidate": {"version": version, "metrics": dict(candidate.metrics),
+                      "created_at": candidate.created_at.isoformat()},
+        "current": None, "staging": _staging_evidence(version)}
+    active = deployments.active(environment)
+    if active is not None:
+        current: dict[str, Any] = {"version": active.model_version, "metrics": {}}
+        try:
+            current["metrics"] = dict(models.get_version(active.model_name,
+                                                         active.model_version).metrics)
+        except NotFound:
+            logger.info("current %s version %s is not in the registry", environment,
+                        active.model_version)
+        evidence["current"] = current
+    return name, evidence
+
+
+def _staging_evidence(version: str) -> dict[str, Any]:
+    """Whether staging serves the version, and the smoke test of its last staging deploy."""
+    from app.services import deployments, jobs
+    from app.services.kinds import JobKind
+
+    active = deployments.active("staging")
+    out: dict[str, Any] = {"serving": bool(active and active.model_version == version),
+                           "serving_version": active.model_version if active else None,
+                           "deploy_job_id": None, "deploy_status": None, "smoke": None}
+    recent = db.session.scalars(select(Job).where(Job.kind == JobKind.DEPLOY.value)
+                                .order_by(Job.created_at.desc()).limit(100))
+    for job in recent:
+        result = job.result or {}
+        params = job.params or {}
+        env = result.get("environment") or params.get("environment") or "staging"
+        ran = str((result.get("model") or {}).get("version") or params.get("version") or "")
+        if env != "staging" or ran != version:
+            continue
+        out.update(deploy_job_id=job.id, deploy_status=job.status,
+                   finished_at=job.finished_at.isoformat() if job.finished_at else None)
+        smoke = [line.message for line in jobs.logs(job.id) if "smoke test" in line.message]
+        out["smoke"] = smoke[-1] if smoke else None
+        if job.status == JobStatus.SUCCEEDED:
+            break
+    return out
