@@ -50,6 +50,9 @@ HTTP_TIMEOUT_SECONDS = 5.0
 DISCOVERY_TTL_SECONDS = 3600.0
 FLOW_KEY = "auth_flow"
 NEXT_KEY = "auth_next"
+STARTED_KEY = "auth_started"
+#: A sign-in must come back within this time; a stale pending flow is refused.
+FLOW_MAX_AGE_SECONDS = 600
 CACHE_PREFIX = "modelgate:token-cache:"
 _EXTENSION = "modelgate.identity"
 _build_lock = threading.Lock()
@@ -255,6 +258,7 @@ def start_sign_in(next_url: str) -> str:
         # form_post makes the https issuer POST cross-site to the panel, and a SameSite=Lax
         # session cookie is not sent on a cross-site POST, so the flow could not be found.
         # The code is still bound to this browser by state, PKCE and the nonce.
+        # (catch_warnings is process-wide: at worst another thread misses this one warning.)
         warnings.filterwarnings("ignore", message="response_mode='form_post' is recommended",
                                 category=UserWarning)
         flow = msal_app.initiate_auth_code_flow(client.settings.scopes,
@@ -262,6 +266,7 @@ def start_sign_in(next_url: str) -> str:
     auth_uri = str(flow.pop("auth_uri"))  # not needed again; keeps the cookie small
     session[FLOW_KEY] = flow
     session[NEXT_KEY] = next_url
+    session[STARTED_KEY] = int(time.time())
     session.permanent = True
     return auth_uri
 
@@ -279,9 +284,13 @@ def finish_sign_in(params: Mapping[str, str]) -> tuple[User, str]:
     """
     flow = session.pop(FLOW_KEY, None)
     next_url = str(session.pop(NEXT_KEY, "/"))
+    started = float(session.pop(STARTED_KEY, 0))
     if not isinstance(flow, dict) or "state" not in flow:
         raise SignInError("No sign-in was in progress in this browser (it may have expired). "
                           "Start again.", "callback without a pending flow")
+    if time.time() - started > FLOW_MAX_AGE_SECONDS:
+        raise SignInError("This sign-in took too long and has expired. Start again.",
+                          "pending flow expired")
     state = str(params.get("state", ""))
     if not hmac.compare_digest(state.encode(), str(flow["state"]).encode()):
         raise SignInError("This sign-in answer does not belong to the sign-in started in this "

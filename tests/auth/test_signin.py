@@ -41,7 +41,7 @@ def test_alice_signs_in_and_sees_her_name_and_roles(oidc_app: Any, issuer: Issue
     assert response.status_code == 302 and response.headers["Location"] == "/jobs/"
     page = client.get("/").get_data(as_text=True)
     assert "Alice" in page and "MLOps.Engineer, Score.Invoke" in page
-    assert 'data-run="selfcheck"' in page
+    assert 'action="/jobs/"' in page  # her engineer actions are offered
     data = _session_data(oidc_app, client)
     # The session was rotated: no flow left, a new CSRF token, only the user's public facts.
     assert "auth_flow" not in data and data["csrf_token"] != before
@@ -143,6 +143,14 @@ def test_provider_error_is_shown_not_ignored(oidc_app: Any, issuer: Issuer,
     state = parse_qs(urlsplit(start_login(client)).query)["state"][0]
     page = _refused(client, f"error=%3Cscript%3E&state={state}", caplog, "unexpected_error")
     assert "<script>" not in page
+
+
+def test_a_stale_flow_is_refused(oidc_app: Any, issuer: Issuer, caplog: Any) -> None:
+    client = oidc_app.test_client()
+    callback = issuer_redirect(issuer.session(), start_login(client), issuer, "alice")
+    with client.session_transaction() as sess:
+        sess["auth_started"] -= session_tokens.FLOW_MAX_AGE_SECONDS + 1
+    _refused(client, callback.split("?", 1)[1], caplog, "pending flow expired")
 
 
 def test_tampered_nonce_is_refused(oidc_app: Any, issuer: Issuer, caplog: Any) -> None:

@@ -30,6 +30,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 SCREENSHOT = ROOT / "docs" / "screenshots" / "dashboard.png"
+#: Engineer actions on the dashboard: the forms that queue jobs.
+ACTIONS = "form[method=post][action='/jobs/']"
 
 
 @dataclass
@@ -152,7 +154,7 @@ def test_alice_signs_in_sees_her_dashboard_and_signs_out(page: Any, stack: Stack
     _sign_in(page, stack, "alice")
     assert page.text_content(".who .name") == "Alice"
     assert page.text_content(".who .roles") == "MLOps.Engineer, Score.Invoke"
-    assert page.locator("button[data-run]").count() >= 1  # engineer actions are offered
+    assert page.locator(ACTIONS).count() >= 1  # engineer actions are offered
     cookie = next(c for c in page.context.cookies() if c["name"] == "__Host-session")
     assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Lax"
     assert cookie["path"] == "/" and cookie["domain"] == "127.0.0.1"
@@ -170,7 +172,7 @@ def test_alice_signs_in_sees_her_dashboard_and_signs_out(page: Any, stack: Stack
 def test_carol_cannot_reach_engineer_actions(page: Any, stack: Stack) -> None:
     _sign_in(page, stack, "carol")
     assert page.text_content(".who .roles") == "Score.Invoke"
-    assert page.locator("button[data-run]").count() == 0
+    assert page.locator(ACTIONS).count() == 0
     assert _post(page, "/jobs/", form=True) == 403
     assert _post(page, "/api/v1/jobs", form=False) == 403
     jobs = page.evaluate("async () => (await (await fetch('/api/v1/jobs')).json()).jobs")
