@@ -1,0 +1,61 @@
+"""API revisions in the database on SQLite and PostgreSQL: numbering, one current revision,
+idempotent redelivery, refusal leaves nothing behind, rollback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.errors import Conflict
+from tests.conftest import build_app
+
+BAD = "<policies><inbound><base /><send-request /></inbound></policies>"
+
+
+def _gateway_revision(home: Path) -> int:
+    config = json.loads((home / "gateway" / "config.json").read_text())
+    return int(next(a for a in config["apis"] if a["name"] == "credit-risk")["revision"])
+
+
+def test_revisions_on_both_databases(tmp_path: Path, redis_server: Any,
+                                     database_url: str) -> None:
+    from app.db import ApiRevision, Deployment, DeploymentState
+    from app.extensions import db
+    from app.services import apis, gateway_config
+
+    app = build_app(tmp_path, database_url, redis_server.url)
+    with app.app_context():
+        with pytest.raises(apis.PublishRefused, match="prod has no active deployment"):
+            apis.publish(tmp_path, environment="prod", policy_xml="<policies/>", actor="alice")
+        db.session.add(Deployment(environment="prod", slot="blue", model_name="german-credit",
+                                  model_version="1", state=DeploymentState.ACTIVE, port=9,
+                                  primary_key_enc="x", secondary_key_enc="y"))
+        db.session.commit()
+        gateway_config.set_backend(tmp_path, "prod", "http://127.0.0.1:9", "k")
+        policy = apis.render_policy(app.config, "prod", rate_limit=10)
+
+        first = apis.publish(tmp_path, environment="prod", policy_xml=policy, actor="alice",
+                             job_id="job1")
+        again = apis.publish(tmp_path, environment="prod", policy_xml=policy, actor="alice",
+                             job_id="job1")  # a redelivered job reuses its revision
+        assert (first.id, first.revision) == (again.id, 1)
+        second = apis.publish(tmp_path, environment="prod", policy_xml=policy, actor="bob",
+                              job_id="job2")
+        assert second.revision == 2 and _gateway_revision(tmp_path) == 2
+        assert (second.path, second.api_name) == ("credit-risk", "credit-risk")
+
+        with pytest.raises(apis.PublishRefused, match="<send-request>"):
+            apis.publish(tmp_path, environment="prod", policy_xml=BAD, actor="alice",
+                         job_id="job3")
+        rows = db.session.query(ApiRevision).order_by(ApiRevision.revision).all()
+        assert [(r.revision, r.is_current) for r in rows] == [(1, False), (2, True)]
+
+        back = apis.rollback(tmp_path, first.id, "carol")
+        assert back.revision == 1 and _gateway_revision(tmp_path) == 1
+        assert [r.revision for r in apis.list_current()] == [1]
+        with pytest.raises(Conflict):
+            apis.rollback(tmp_path, first.id, "carol")
+        assert apis.to_dict(back, "https://gw:1")["url"] == "https://gw:1/credit-risk"
