@@ -54,6 +54,8 @@ def register_blueprints(app: Flask) -> None:
     """Register one blueprint per feature."""
     from app.api.routes import bp as api_bp
     from app.apis.routes import bp as apis_bp
+    from app.approvals.routes import bp as approvals_bp
+    from app.audit.routes import bp as audit_bp
     from app.auth.routes import bp as auth_bp
     from app.dashboard.routes import bp as dashboard_bp
     from app.deployments.routes import bp as deployments_bp
@@ -67,6 +69,8 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(registry_bp)
     app.register_blueprint(apis_bp)
     app.register_blueprint(deployments_bp)
+    app.register_blueprint(approvals_bp)
+    app.register_blueprint(audit_bp)
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.api import openapi_promotions as promotion_openapi
 from app.db import JobStatus
 from app.services.kinds import JobKind
 
@@ -89,6 +90,7 @@ def document() -> dict[str, Any]:
                             "items": {"$ref": "#/components/schemas/ModelVersion"}}}}}}},
                     "401": _error("Not signed in"),
                     "404": _error("No registered version of this model")}}},
+            **promotion_openapi.paths(),
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
@@ -141,6 +143,7 @@ def document() -> dict[str, Any]:
                     "status": {"type": "integer"}, "detail": {"type": "string"},
                     "errors": {"type": "array", "items": {"type": "object", "properties": {
                         "field": {"type": "string"}, "message": {"type": "string"}}}}}},
+                **promotion_openapi.schemas(),
             },
         },
     }

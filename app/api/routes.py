@@ -124,3 +124,50 @@ def list_deployments() -> Any:
     from app.services import deployments
 
     return {"environments": deployments.overview(Path(current_app.config["HOME"]))}
+
+
+@bp.get("/promotions")
+@signed_in
+def list_promotions() -> Any:
+    """Promotion requests, pending first (?state=, ?requested_by=, ?environment=, ?limit=)."""
+    from app.services import promotions
+
+    found = promotions.list_promotions(
+        state=request.args.get("state"), requested_by=request.args.get("requested_by"),
+        environment=request.args.get("environment"),
+        limit=request.args.get("limit", default=100, type=int))
+    return {"promotions": [promotions.to_dict(row) for row in found]}
+
+
+@bp.post("/promotions")
+@signed_in
+def create_promotion() -> Any:
+    """Request a promotion: 201; 403 without MLOps.Engineer; 422 bad version or no reason."""
+    from app.services import promotions
+
+    body = _json_body()
+    row = promotions.request(body.get("version"), body.get("environment", "prod"),
+                             body.get("reason"), current_user.username, roles=current_user.roles)
+    return promotions.to_dict(row), 201, {"Location": f"/api/v1/promotions/{row.id}"}
+
+
+@bp.get("/promotions/<promotion_id>")
+@signed_in
+def get_promotion(promotion_id: str) -> Any:
+    """One promotion request."""
+    from app.services import promotions
+
+    return promotions.to_dict(promotions.get(promotion_id))
+
+
+@bp.post("/promotions/<promotion_id>/<any(approve, reject):decision>")
+@signed_in
+def decide_promotion(promotion_id: str, decision: str) -> Any:
+    """Approve or reject: 403 without the role or on your own request; 409 not pending."""
+    from app.services import promotions
+
+    body = _json_body() if request.content_length else {}
+    decide = promotions.approve if decision == "approve" else promotions.reject
+    row = decide(promotion_id, current_user.username, roles=current_user.roles,
+                 comment=body.get("comment", ""))
+    return promotions.to_dict(row)

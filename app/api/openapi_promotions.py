@@ -1,0 +1,90 @@
+"""The OpenAPI paths and schemas of the promotion endpoints (merged into openapi.document)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_PROBLEM = {"$ref": "#/components/schemas/Problem"}
+_PROMOTION = {"$ref": "#/components/schemas/Promotion"}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/problem+json": {"schema": _PROBLEM}}}
+
+
+def _decision(summary: str, done: str) -> dict[str, Any]:
+    return {"post": {
+        "summary": summary,
+        "parameters": [{"name": "promotion_id", "in": "path", "required": True,
+                        "schema": {"type": "string"}}],
+        "requestBody": {"required": False, "content": {"application/json": {"schema": {
+            "type": "object", "properties": {"comment": {"type": "string", "maxLength": 2000}}}}}},
+        "responses": {"200": {"description": done, "content": {
+            "application/json": {"schema": _PROMOTION}}},
+            "401": _error("Not signed in"),
+            "403": _error("Missing MLOps.Approver role, or you requested it yourself"),
+            "404": _error("No such request"),
+            "409": _error("Not pending: already decided, expired or superseded"),
+            "422": _error("Invalid comment"),
+            "503": _error("Queue unreachable; the request stays pending")}}}
+
+
+def paths() -> dict[str, Any]:
+    """Paths of /promotions."""
+    return {
+        "/promotions": {
+            "get": {"summary": "Promotion requests, pending first",
+                    "parameters": [
+                        {"name": "state", "in": "query", "schema": {"type": "string"}},
+                        {"name": "requested_by", "in": "query", "schema": {"type": "string"}},
+                        {"name": "environment", "in": "query", "schema": {"type": "string"}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+                    "responses": {"200": {"description": "Requests", "content": {
+                        "application/json": {"schema": {"type": "object", "properties": {
+                            "promotions": {"type": "array", "items": _PROMOTION}}}}}},
+                        "401": _error("Not signed in")}},
+            "post": {"summary": "Request promotion of a model version (four-eyes)",
+                     "requestBody": {"required": True, "content": {"application/json": {
+                         "schema": {"type": "object", "required": ["version", "reason"],
+                                    "properties": {
+                                        "version": {"type": ["string", "integer"]},
+                                        "environment": {"enum": ["prod"], "default": "prod"},
+                                        "reason": {"type": "string", "maxLength": 2000}}}}}},
+                     "responses": {"201": {"description": "Pending request", "content": {
+                         "application/json": {"schema": _PROMOTION}}},
+                         "400": _error("Malformed body"), "401": _error("Not signed in"),
+                         "403": _error("Missing MLOps.Engineer role"),
+                         "422": _error("Unknown version or environment, or no reason")}},
+        },
+        "/promotions/{promotion_id}": {"get": {
+            "summary": "One promotion request",
+            "parameters": [{"name": "promotion_id", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "The request", "content": {
+                "application/json": {"schema": _PROMOTION}}}, "404": _error("No such request")}}},
+        "/promotions/{promotion_id}/approve": _decision(
+            "Approve (never your own request); queues the deploy job", "Approved"),
+        "/promotions/{promotion_id}/reject": _decision(
+            "Reject (never your own request); closes it", "Rejected"),
+    }
+
+
+def schemas() -> dict[str, Any]:
+    """Component schemas of the promotion endpoints."""
+    return {"Promotion": {"type": "object", "properties": {
+        "id": {"type": "string"}, "environment": {"type": "string"},
+        "model": {"type": "object", "properties": {"name": {"type": "string"},
+                                                   "version": {"type": "string"}}},
+        "reason": {"type": "string"},
+        "state": {"enum": ["PENDING", "APPROVED", "REJECTED", "EXPIRED", "SUPERSEDED"]},
+        "requested_by": {"type": "string"},
+        "requested_at": {"type": "string", "format": "date-time"},
+        "expires_at": {"type": "string", "format": "date-time"},
+        "evidence": {"type": "object", "description": "candidate and current metrics, staging "
+                                                      "smoke results, frozen at request time"},
+        "decided_by": {"type": ["string", "null"]},
+        "decided_at": {"type": ["string", "null"], "format": "date-time"},
+        "comment": {"type": ["string", "null"]},
+        "deploy_job_id": {"type": ["string", "null"]},
+        "superseded_by": {"type": ["string", "null"]}}}}

@@ -1,0 +1,1 @@
+"""Approvals pages: promotion requests, decisions, rollback."""

@@ -1,0 +1,1 @@
+"""Audit pages: the trail, chain verification, exports, the timeline."""

@@ -1,0 +1,84 @@
+"""Audit pages: recent events with filters, chain verification, exports, and the timeline.
+
+Who sees what: the trail, its verification and its exports are for MLOps.Approver and
+MLOps.Admin (the people who answer for production changes); the timeline is for everyone
+signed in, read-only, since it is what engineers look at after a deploy or a rollback.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, current_app, render_template, request, stream_with_context
+
+from app.auth.roles import Role
+from app.auth.users import role_required, signed_in
+from app.db import utcnow
+from app.services import audit, timeline
+
+bp = Blueprint("audit", __name__, url_prefix="/audit")
+
+
+@bp.get("/")
+@role_required(Role.APPROVER)
+def index() -> Any:
+    """Recent events, newest first, filtered by action prefix, actor or target."""
+    filters = {k: (request.args.get(k) or "").strip() or None
+               for k in ("action", "actor", "target")}
+    rows = audit.events(limit=request.args.get("limit", default=200, type=int), **filters)
+    return render_template("audit/index.html", rows=rows, filters=filters, report=None)
+
+
+@bp.post("/verify")
+@role_required(Role.APPROVER)
+def verify() -> Any:
+    """Check the whole hash chain and show the result (the first broken row, if any)."""
+    report = audit.verify()
+    return render_template("audit/index.html", rows=audit.events(limit=50), filters={},
+                           report=report)
+
+
+@bp.get("/export.<any(jsonl, csv):fmt>")
+@role_required(Role.APPROVER)
+def export(fmt: str) -> Any:
+    """Download the whole trail, oldest first, as JSON Lines or CSV."""
+    lines = audit.export_jsonl() if fmt == "jsonl" else audit.export_csv()
+    mimetype = "application/x-ndjson" if fmt == "jsonl" else "text/csv"
+    stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
+    return Response(stream_with_context(lines), mimetype=mimetype, headers={
+        "Content-Disposition": f'attachment; filename="modelgate-audit-{stamp}.{fmt}"'})
+
+
+@bp.get("/timeline", endpoint="timeline")
+@signed_in
+def timeline_view() -> Any:
+    """Approval → deployment → keys → API revision → calls, by environment or version."""
+    environment = (request.args.get("environment") or "").strip() or None
+    version = (request.args.get("model_version") or "").strip() or None
+    at_raw = (request.args.get("at") or "").strip()
+    served = None
+    at_error = None
+    if at_raw:
+        at = _parse_time(at_raw)
+        if at is None:
+            at_error = "give a time like 2026-11-25T14:30:00 (UTC)"
+        else:
+            served = timeline.served_version_at(environment or "prod", at)
+    home = Path(current_app.config["HOME"])
+    return render_template(
+        "audit/timeline.html", entries=timeline.entries(environment=environment,
+                                                        model_version=version),
+        calls=timeline.calls(home, environment=environment, model_version=version),
+        environment=environment, model_version=version, at=at_raw, served=served,
+        at_error=at_error)
+
+
+def _parse_time(raw: str) -> dt.datetime | None:
+    """A datetime-local or ISO 8601 value; without a zone it means UTC."""
+    try:
+        value = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)

@@ -1,0 +1,85 @@
+"""One-click rollback: return an environment to an earlier deployed version (a deploy job)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from app.auth.roles import Role, has_role
+from app.db import Job
+from app.errors import Forbidden, ValidationError
+from app.services import audit, notifications
+from app.services.audit import AuditAction
+
+MAX_REASON = 2000
+
+
+@dataclass(frozen=True)
+class RollbackTarget:
+    """A version that once served the environment, and when it last started serving."""
+
+    model_version: str
+    deployment_id: str
+    activated_at: str | None
+    is_current: bool
+
+
+def targets(environment: str, limit: int = 20) -> list[RollbackTarget]:
+    """Versions that served the environment, newest first, one entry per version."""
+    from app.services import deployments
+
+    current = deployments.active_row(environment)
+    seen: set[str] = set()
+    out: list[RollbackTarget] = []
+    for row in deployments.history(environment, limit=100):
+        if row.activated_at is None or row.model_version in seen:
+            continue
+        seen.add(row.model_version)
+        out.append(RollbackTarget(row.model_version, row.id, row.activated_at.isoformat(),
+                                  current is not None and row.id == current.id))
+        if len(out) >= limit:
+            break
+    return out
+
+
+def rollback(environment: str, version: Any, reason: Any, actor: str, *,
+             roles: frozenset[str]) -> Job:
+    """Queue a deploy job that returns `environment` to `version` (default: the previous one).
+
+    Raises:
+        Forbidden: the caller is neither MLOps.Engineer nor MLOps.Admin.
+        ValidationError: no reason, or a version that never served the environment.
+        ServiceUnavailable: the job queue is down.
+    """
+    from app.services import deployments, jobs
+    from app.services.kinds import JobKind
+
+    if not has_role(roles, Role.ENGINEER):
+        raise Forbidden(f"rolling back needs the {Role.ENGINEER.value} role")
+    if not isinstance(reason, str) or not reason.strip():
+        raise ValidationError("reason: say why you roll back",
+                              errors=[{"field": "reason", "message": "required"}])
+    if len(reason) > MAX_REASON:
+        raise ValidationError(f"reason: at most {MAX_REASON} characters",
+                              errors=[{"field": "reason", "message": "too long"}])
+    current = deployments.active_row(environment)
+    earlier = [t for t in targets(environment, limit=100) if not t.is_current]
+    if version in (None, ""):
+        if not earlier:
+            raise ValidationError(f"{environment} has no earlier deployed version to return to")
+        version = earlier[0].model_version
+    version = str(version)
+    if version not in {t.model_version for t in earlier}:
+        raise ValidationError(f"version: v{version} never served {environment} before "
+                              "(or serves it now)",
+                              errors=[{"field": "version", "message": "not an earlier version"}])
+    # An explicit version, not the deploy job's `rollback` flag: the person chose this version,
+    # and the job must deploy it even if another deploy changes "previous" meanwhile.
+    job = jobs.submit(JobKind.DEPLOY, {"environment": environment, "version": version}, actor,
+                      roles=None)
+    details = {"environment": environment, "model_version": version,
+               "from_version": current.model_version if current else None,
+               "reason": reason.strip(), "deploy_job_id": job.id, "phase": "queued"}
+    audit.record(actor, AuditAction.ROLLED_BACK, f"environment:{environment}", details)
+    notifications.notify(AuditAction.ROLLED_BACK.value, details)
+    return job
