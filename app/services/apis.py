@@ -8,7 +8,6 @@ refused. Rolling back re-applies an earlier revision's stored policy and makes i
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,14 +82,11 @@ def render_policy(config: Mapping[str, Any], environment: str,
                                  audience=idp.audience, role=DEFAULT_ROLE, rate_limit=limit)
 
 
-def _active_deployment(environment: str) -> Any:
-    """The active deployment of an environment, when the deployments service exists."""
-    try:
-        deployments = importlib.import_module("app.services.deployments")
-    except ModuleNotFoundError:
-        return True  # no deployments service in this version: the named values decide
-    active = getattr(deployments, "active", None)
-    return active(environment) if callable(active) else True
+def _has_active_deployment(environment: str) -> bool:
+    """Whether a deploy job left an ACTIVE slot serving the environment."""
+    from app.services import deployments
+
+    return deployments.active(environment) is not None
 
 
 def backend_url(home: Path, environment: str) -> str:
@@ -98,7 +94,7 @@ def backend_url(home: Path, environment: str) -> str:
     named = gateway_config.read(home)["named_values"]
     url_name = gateway_config.backend_url_name(environment)
     key_name = gateway_config.backend_key_name(environment)
-    if not _active_deployment(environment) or url_name not in named or key_name not in named:
+    if not _has_active_deployment(environment) or url_name not in named or key_name not in named:
         raise PublishRefused(
             f"{environment} has no active deployment, so there is nothing to publish; "
             f"run a deploy job for {environment} first")
