@@ -176,3 +176,18 @@ def test_pending_first_and_badge_count(app: Any) -> None:
     assert [r.id for r in listed] == [second.id, first.id]
     assert promotions.pending_count() == 1
     assert [r.id for r in promotions.list_promotions(requested_by="dave")] == []
+
+
+def test_approval_with_the_queue_down_stays_pending(tmp_path: Any, sqlite_url: str,
+                                                    fake_registry: Any) -> None:
+    from app.errors import ServiceUnavailable
+    from tests.conftest import build_app
+
+    panel = build_app(tmp_path, sqlite_url, "redis://127.0.0.1:1/0")
+    with panel.app_context():
+        row = _request()
+        with pytest.raises(ServiceUnavailable):
+            promotions.approve(row.id, "bob", roles=ROLES["bob"])
+        again = promotions.get(row.id)
+        assert again.state == PromotionState.PENDING and again.decided_by is None
+        assert _actions(f"promotion:{row.id}") == ["promotion.requested"]
