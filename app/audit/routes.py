@@ -27,7 +27,9 @@ def index() -> Any:
     """Recent events, newest first, filtered by action prefix, actor or target."""
     filters = {k: (request.args.get(k) or "").strip() or None
                for k in ("action", "actor", "target")}
-    rows = audit.events(limit=request.args.get("limit", default=200, type=int), **filters)
+    rows = audit.events(limit=request.args.get("limit", default=200, type=int),
+                        action=filters["action"], actor=filters["actor"],
+                        target=filters["target"])
     return render_template("audit/index.html", rows=rows, filters=filters, report=None)
 
 
@@ -44,7 +46,7 @@ def verify() -> Any:
 @role_required(Role.APPROVER)
 def export(fmt: str) -> Any:
     """Download the whole trail, oldest first, as JSON Lines or CSV."""
-    lines = audit.export_jsonl() if fmt == "jsonl" else audit.export_csv()
+    lines = iter(audit.export_jsonl() if fmt == "jsonl" else audit.export_csv())
     mimetype = "application/x-ndjson" if fmt == "jsonl" else "text/csv"
     stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
     return Response(stream_with_context(lines), mimetype=mimetype, headers={
