@@ -44,7 +44,12 @@ def callback() -> Any:
     session["user"] = user.to_session()
     login_user(user)
     log.info("signed in: user=%s roles=%s", user.username, ",".join(user.role_names) or "-")
-    return redirect(safe_next(target))
+    target = safe_next(target)
+    if target == "/":  # no page was asked for: each role lands where its work is
+        from app.dashboard.landing import landing_page
+
+        target = landing_page(user)
+    return redirect(target)
 
 
 @bp.post("/logout")

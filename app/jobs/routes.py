@@ -18,9 +18,11 @@ from flask import (
 )
 from flask_login import current_user
 
-from app.auth.users import signed_in
-from app.errors import ServiceUnavailable
-from app.services import events, jobs
+from app.auth.roles import Role
+from app.auth.users import role_required, signed_in
+from app.errors import Conflict, ServiceUnavailable
+from app.security import safe_next
+from app.services import events, jobs, overview
 from app.services.kinds import AVAILABLE_KINDS, KIND_SPECS
 
 bp = Blueprint("jobs", __name__, url_prefix="/jobs")
@@ -40,8 +42,22 @@ def list() -> Any:  # noqa: A001  (view names follow the list/detail/create conv
 def detail(job_id: str) -> Any:
     """Show one job with its progress and live log."""
     job = jobs.get(job_id)
+    children = jobs.list_jobs(parent_id=job_id, limit=20)[::-1]  # oldest first
     return render_template("jobs/detail.html", job=job, log=jobs.logs(job_id),
-                           children=jobs.list_jobs(parent_id=job_id, limit=20))
+                           children=children, steps=_steps(job, children),
+                           produced=overview.produced(job, children))
+
+
+def _steps(job: Any, children: list[Any]) -> list[dict[str, Any]]:
+    """A pipeline's stages in order, each with its child job once queued."""
+    if job.kind != "pipeline":
+        return []
+    until = (job.params or {}).get("until", "publish")
+    kinds = [s.kind for s in overview.STAGES]
+    wanted = kinds[: kinds.index(until) + 1] if until in kinds else kinds
+    by_kind = {c.kind: c for c in children}  # oldest first, so the newest child wins
+    return [{"stage": s, "job": by_kind.get(s.kind)} for s in overview.STAGES
+            if s.kind in wanted]
 
 
 @bp.post("/")
@@ -56,6 +72,23 @@ def create() -> Any:
         flash("Parameters must be a JSON object.", "error")
         return redirect(request.referrer or url_for("dashboard.index"))
     job = jobs.submit(kind, params, current_user.username, roles=current_user.roles)
+    if request.form.get("next"):
+        # The dashboard's run buttons stay on the dashboard, which follows the job live.
+        flash(f"Queued {kind.value} job {job.id}.", "info")
+        return redirect(safe_next(request.form["next"]))
+    return redirect(url_for("jobs.detail", job_id=job.id))
+
+
+@bp.post("/<job_id>/retry")
+@role_required(Role.ENGINEER)
+def retry(job_id: str) -> Any:
+    """Queue a new job of the same kind with the same parameters as a finished one."""
+    old = jobs.get(job_id)
+    if not old.job_status.is_final:
+        raise Conflict(f"job {job_id} is still {old.status}; cancel it or wait for it to end")
+    job = jobs.submit(jobs.parse_kind(old.kind), dict(old.params or {}), current_user.username,
+                      roles=current_user.roles)
+    flash(f"Retrying job {old.id} as job {job.id}.", "info")
     return redirect(url_for("jobs.detail", job_id=job.id))
 
 
@@ -73,8 +106,12 @@ def status(job_id: str) -> Any:
     """Return the job and its log lines after ?after=N (the polling fallback of the live view)."""
     after = request.args.get("after", default=0, type=int)
     job = jobs.get(job_id)
-    return {"job": jobs.to_dict(job),
-            "log": [jobs.log_to_dict(line) for line in jobs.logs(job_id, after=after)]}
+    body: dict[str, Any] = {
+        "job": jobs.to_dict(job),
+        "log": [jobs.log_to_dict(line) for line in jobs.logs(job_id, after=after)]}
+    if job.kind == "pipeline":
+        body["children"] = [jobs.to_dict(c) for c in jobs.list_jobs(parent_id=job_id, limit=20)]
+    return body
 
 
 @bp.get("/events")

@@ -34,9 +34,13 @@
     if (error) { error.hidden = !job.error; error.textContent = job.error || ""; }
     var result = root.querySelector('[data-field="result"]');
     if (result && job.result) { result.hidden = false; result.textContent = JSON.stringify(job.result, null, 2); }
+    var resultBox = root.querySelector('[data-field="result-box"]');
+    if (resultBox && job.result) resultBox.hidden = false;
     var final = ["SUCCEEDED", "FAILED", "CANCELLED"].indexOf(job.status) >= 0;
     var cancel = root.querySelector("[data-cancel-form]");
-    if (cancel && final) cancel.hidden = true;
+    if (cancel) cancel.hidden = final;
+    var retry = root.querySelector("[data-retry-form]");
+    if (retry) retry.hidden = !final;
     return final;
   }
 
@@ -54,11 +58,56 @@
     list.setAttribute("data-last-seq", String(line.seq));
   }
 
+  function applyChildren(doc, children) {
+    var steps = doc.querySelector("[data-steps]");
+    if (!steps || !children) return;
+    // Newest child of each kind wins (the list comes newest first).
+    var seen = {};
+    children.forEach(function (child) {
+      if (seen[child.kind]) return;
+      seen[child.kind] = true;
+      var item = steps.querySelector('[data-step="' + child.kind + '"]');
+      if (!item) return;
+      item.setAttribute("data-status", child.status);
+      item.className = "step stage-" + child.status.toLowerCase();
+      setStatus(item.querySelector('[data-field="status"]'), child.status);
+      var step = item.querySelector('[data-field="step"]');
+      if (step) {
+        step.textContent = "";
+        var link = doc.createElement("a");
+        link.href = "/jobs/" + child.id;
+        var code = doc.createElement("code");
+        code.textContent = child.id;
+        link.appendChild(code);
+        step.appendChild(link);
+        step.appendChild(doc.createTextNode(" " + child.step));
+      }
+    });
+  }
+
+  function refreshProduced(doc) {
+    // What a job produced is derived on the server from its result: take it from the page.
+    fetch(window.location.href, {credentials: "same-origin"})
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (html) {
+        if (!html) return;
+        var fresh = new DOMParser().parseFromString(html, "text/html");
+        var now = fresh.querySelector('[data-field="produced"]');
+        var old = doc.querySelector('[data-field="produced"]');
+        if (now && old) old.replaceWith(now);
+      })
+      .catch(function () { /* the links appear on the next visit */ });
+  }
+
   function followDetail(root) {
-    var list = root.ownerDocument.querySelector("[data-log]");
+    var doc = root.ownerDocument;
+    var list = doc.querySelector("[data-log]");
     var statusUrl = root.getAttribute("data-status-url");
     var eventsUrl = root.getAttribute("data-events-url");
     var polling = null;
+    var childPolling = null;
+    var wasFinal = ["SUCCEEDED", "FAILED", "CANCELLED"].indexOf(
+      (root.querySelector('[data-field="status"] .badge') || {}).textContent) >= 0;
 
     function poll() {
       var after = list ? list.getAttribute("data-last-seq") : "0";
@@ -67,10 +116,17 @@
         .then(function (data) {
           if (!data) return;
           data.log.forEach(function (line) { if (list) appendLog(list, line); });
-          if (applyJob(root, data.job) && polling) { clearInterval(polling); polling = null; }
+          applyChildren(doc, data.children);
+          var final = applyJob(root, data.job);
+          if (final && !wasFinal) { wasFinal = true; refreshProduced(doc); }
+          if (final && polling) { clearInterval(polling); polling = null; }
+          if (final && childPolling) { clearInterval(childPolling); childPolling = null; }
         })
         .catch(function () { /* keep polling; the network may come back */ });
     }
+
+    // A pipeline's stages are separate jobs: follow them with a slow poll next to the stream.
+    if (doc.querySelector("[data-steps]") && !wasFinal) childPolling = setInterval(poll, 2000);
 
     function startPolling() {
       if (!polling) { poll(); polling = setInterval(poll, 1500); }

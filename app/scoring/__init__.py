@@ -1,0 +1,1 @@
+"""modelgate.scoring: the score tester."""

@@ -1,0 +1,271 @@
+"""The dashboard's read model: pipeline stages, environment cards and API traffic over time.
+
+Everything here only reads. Services that other features own (deployments, APIs, traffic) are
+looked up when called, so the dashboard still renders, with "not available yet", in a version
+that lacks one of them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from sqlalchemy import select
+
+from app.db import Job
+from app.extensions import db
+
+logger = logging.getLogger(__name__)
+
+ENVIRONMENTS: tuple[str, ...] = ("staging", "prod")
+# Chart buckets: the last BUCKETS minutes of the gateway's request log.
+BUCKETS = 15
+BUCKET_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One pipeline stage as the dashboard shows it."""
+
+    key: str
+    kind: str
+    title: str
+    what: str
+    action: str
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("infrastructure", "provision", "Infrastructure", "workspace, dataset, environments",
+          "Provision"),
+    Stage("model", "train", "Model", "train, evaluate and register", "Train"),
+    Stage("deployment", "deploy", "Deployment", "blue/green slot behind keys",
+          "Deploy to staging"),
+    Stage("api", "publish", "API", "gateway revision with JWT policy", "Publish staging"),
+)
+STAGE_KINDS: frozenset[str] = frozenset(s.kind for s in STAGES)
+
+
+@dataclass(frozen=True)
+class StageState:
+    """A stage and the last job that ran it (None: never run)."""
+
+    stage: Stage
+    job: Job | None
+    summary: str
+
+    @property
+    def status(self) -> str:
+        """The last job's status, or NOT_RUN."""
+        return self.job.status if self.job is not None else "NOT_RUN"
+
+
+@dataclass(frozen=True)
+class SeriesPoint:
+    """One minute of one API's traffic."""
+
+    start: dt.datetime
+    calls: int
+    p95_ms: float | None
+
+
+@dataclass(frozen=True)
+class EnvironmentCard:
+    """What the dashboard shows for one environment; None fields are not known (yet)."""
+
+    name: str
+    deployments_available: bool
+    apis_available: bool
+    metrics_available: bool
+    deployment: Mapping[str, Any] | None = None
+    model_metrics: Mapping[str, Any] = field(default_factory=dict)
+    api: Mapping[str, Any] | None = None
+    traffic: Any = None
+    series: tuple[SeriesPoint, ...] = ()
+
+
+def optional_service(name: str) -> ModuleType | None:
+    """Import app.services.<name> if this version has it (features land at different times)."""
+    try:
+        return importlib.import_module(f"app.services.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"app.services.{name}":
+            raise  # a broken import inside the module is a bug, not a missing feature
+        return None
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def last_job(kind: str) -> Job | None:
+    """The newest job of a kind, whether queued alone or by a pipeline."""
+    return db.session.scalar(select(Job).where(Job.kind == kind)
+                             .order_by(Job.created_at.desc(), Job.id).limit(1))
+
+
+def job_summary(job: Job | None) -> str:
+    """One line on what a finished job produced (from its result), or where it stands."""
+    if job is None:
+        return "not run yet"
+    result = job.result or {}
+    if job.status == "FAILED":
+        return (job.error or "failed").splitlines()[0][:160]
+    if job.status != "SUCCEEDED":
+        return job.step
+    model = result.get("model") if isinstance(result.get("model"), dict) else {}
+    if job.kind == "provision":
+        return f"workspace {result.get('workspace', '?')} on {result.get('backend', '?')}"
+    if job.kind == "train":
+        return f"{model.get('name', '?')} version {model.get('version', '?')}"
+    if job.kind == "deploy":
+        return (f"{model.get('name', '?')} v{model.get('version', '?')} on the "
+                f"{result.get('slot', '?')} slot of {result.get('environment', '?')}")
+    if job.kind == "publish":
+        return f"{result.get('api', '?')} revision {result.get('revision', '?')}"
+    if job.kind == "pipeline":
+        return f"{result.get('until', 'publish')} on {result.get('environment', '?')}"
+    return job.step
+
+
+def stages() -> list[StageState]:
+    """The four stages with their last jobs."""
+    out = []
+    for stage in STAGES:
+        job = last_job(stage.kind)
+        out.append(StageState(stage, job, job_summary(job)))
+    return out
+
+
+def stage_dict(state: StageState) -> dict[str, Any]:
+    """Serialise a stage for the dashboard's polling fallback."""
+    from app.services import jobs
+
+    return {"key": state.stage.key, "kind": state.stage.kind, "status": state.status,
+            "summary": state.summary,
+            "job": None if state.job is None else jobs.to_dict(state.job)}
+
+
+# --------------------------------------------------------------------------- environments
+
+
+def package_metrics(home: Path, name: str, version: str) -> dict[str, Any]:
+    """Headline metrics of a model package (metrics.json), empty when it is not on disk."""
+    path = Path(home) / "models" / name / str(version) / "metrics.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    heldout = data.get("heldout") or {}
+    cv = data.get("cv") or {}
+    return {"family": data.get("family"), "roc_auc": heldout.get("roc_auc"),
+            "cv_roc_auc": cv.get("roc_auc_mean"), "accuracy": heldout.get("accuracy"),
+            "recall_bad": heldout.get("recall_bad"), "threshold": data.get("threshold")}
+
+
+def environment_cards(home: Path) -> list[EnvironmentCard]:
+    """Staging and prod: deployment, model metrics, API revision and traffic."""
+    deployments = optional_service("deployments")
+    apis = optional_service("apis")
+    metrics = optional_service("api_metrics")
+    status = deployments.read_status(home) if deployments is not None else {}
+    traffic = metrics.traffic(home) if metrics is not None else {}
+    series = traffic_series(home) if metrics is not None else {}
+    cards = []
+    for env in ENVIRONMENTS:
+        deployment = None
+        model: dict[str, Any] = {}
+        if deployments is not None:
+            row = deployments.active_row(env)
+            if row is not None:
+                deployment = deployments.to_dict(row, status)
+                model = package_metrics(home, row.model_name, row.model_version)
+        api = None
+        api_name = None
+        if apis is not None:
+            api_name = apis.api_name(env)
+            current = apis.current(api_name)
+            if current is not None:
+                api = {"name": current.api_name, "revision": current.revision,
+                       "path": current.path, "published_by": current.created_by,
+                       "published_at": current.created_at, "job_id": current.job_id}
+        cards.append(EnvironmentCard(
+            name=env, deployments_available=deployments is not None,
+            apis_available=apis is not None, metrics_available=metrics is not None,
+            deployment=deployment, model_metrics=model, api=api,
+            traffic=traffic.get(api_name) if api_name else None,
+            series=series.get(api_name, ()) if api_name else ()))
+    return cards
+
+
+def traffic_series(home: Path, *, now: dt.datetime | None = None,
+                   buckets: int = BUCKETS) -> dict[str, tuple[SeriesPoint, ...]]:
+    """Calls and p95 latency per minute and API over the last `buckets` minutes."""
+    metrics = optional_service("api_metrics")
+    if metrics is None:
+        return {}
+    now = now or dt.datetime.now(dt.UTC)
+    end = now.replace(second=0, microsecond=0) + dt.timedelta(seconds=BUCKET_SECONDS)
+    start = end - dt.timedelta(seconds=BUCKET_SECONDS * buckets)
+    grouped: dict[str, list[list[float]]] = {}
+    for record in metrics.tail_records(metrics.request_log_path(home)):
+        try:
+            when = dt.datetime.fromisoformat(str(record["time"]))
+            latency = float(record["latency_ms"])
+            api = str(record["api"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if when < start or when >= end:
+            continue
+        index = int((when - start).total_seconds() // BUCKET_SECONDS)
+        grouped.setdefault(api, [[] for _ in range(buckets)])[index].append(latency)
+    out = {}
+    for api, rows in grouped.items():
+        out[api] = tuple(
+            SeriesPoint(start + dt.timedelta(seconds=BUCKET_SECONDS * i), len(values),
+                        metrics.percentile(sorted(values), 95))
+            for i, values in enumerate(rows))
+    return out
+
+
+# --------------------------------------------------------------------------- job results
+
+
+@dataclass(frozen=True)
+class Link:
+    """Something a job produced, with where to see it."""
+
+    label: str
+    endpoint: str
+    values: Mapping[str, Any]
+    anchor: str | None = None
+
+
+def produced(job: Job, children: list[Job] | None = None) -> list[Link]:
+    """Links to what a job produced (model version, deployment, API revision), from results."""
+    links: list[Link] = []
+    result = job.result if job.status == "SUCCEEDED" and isinstance(job.result, dict) else {}
+    model = result.get("model") if isinstance(result.get("model"), dict) else None
+    if job.kind in ("train", "deploy") and model and model.get("name") and model.get("version"):
+        links.append(Link(f"Model {model['name']} version {model['version']}",
+                          "registry.detail",
+                          {"name": model["name"], "version": str(model["version"])}))
+    if job.kind == "deploy" and result.get("environment"):
+        from flask import current_app
+
+        # The deployments page where there is one; the dashboard's environment card otherwise.
+        page = ("deployments.list" if "deployments.list" in current_app.view_functions
+                else "dashboard.index")
+        links.append(Link(f"Deployment: {result.get('slot', '?')} slot of "
+                          f"{result['environment']}", page, {}, f"env-{result['environment']}"))
+    if job.kind == "publish" and result.get("api"):
+        links.append(Link(f"API {result['api']} revision {result.get('revision', '?')}",
+                          "apis.list", {}, f"api-{result['api']}"))
+    for child in children or []:
+        links.extend(produced(child))
+    return links
