@@ -61,6 +61,7 @@ def register_blueprints(app: Flask) -> None:
     from app.deployments.routes import bp as deployments_bp
     from app.jobs.routes import bp as jobs_bp
     from app.registry.routes import bp as registry_bp
+    from app.scoring.routes import bp as scoring_bp
 
     app.register_blueprint(dashboard_bp)
     app.register_blueprint(auth_bp)
@@ -68,6 +69,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(api_bp)
     app.register_blueprint(registry_bp)
     app.register_blueprint(apis_bp)
+    app.register_blueprint(scoring_bp)
     app.register_blueprint(deployments_bp)
     app.register_blueprint(approvals_bp)
     app.register_blueprint(audit_bp)
