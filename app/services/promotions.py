@@ -160,6 +160,9 @@ def request(version: Any, environment: Any, reason: Any, actor: str, *,
                               errors=[{"field": "reason", "message": "too long"}])
     version = str(version).strip()
     name, evidence = _evidence(environment, version)
+    if (evidence.get("current") or {}).get("version") == version:
+        raise ValidationError(f"version: {environment} already serves v{version}",
+                              errors=[{"field": "version", "message": "already serving"}])
     now = utcnow()
     row = Promotion(environment=environment, model_name=name, model_version=version,
                     reason=reason.strip(), state=PromotionState.PENDING.value,

@@ -41,6 +41,8 @@ def test_request_records_evidence_against_prod(app: Any, tmp_path: Any) -> None:
     assert row.evidence["candidate"]["metrics"] == {"roc_auc": 0.74, "f1": 0.55}
     assert row.evidence["current"] == {"version": "1", "metrics": {"roc_auc": 0.70, "f1": 0.50}}
     assert row.evidence["staging"]["serving"] is False
+    with pytest.raises(ValidationError, match="already serves v1"):
+        _request("1")
     rows = {r["name"]: r for r in promotions.metric_rows(row.evidence)}
     assert rows["roc_auc"]["delta"] == pytest.approx(0.04)
     expected_ttl = dt.timedelta(hours=72)
