@@ -7,7 +7,8 @@ from typing import Any
 from flask import Blueprint, request
 from flask_login import current_user
 
-from app.auth.users import signed_in
+from app.auth.roles import Role
+from app.auth.users import role_required, signed_in
 from app.errors import BadRequest, ValidationError
 from app.extensions import csrf
 from app.services import jobs
@@ -140,7 +141,7 @@ def list_promotions() -> Any:
 
 
 @bp.post("/promotions")
-@signed_in
+@role_required(Role.ENGINEER)
 def create_promotion() -> Any:
     """Request a promotion: 201; 403 without MLOps.Engineer; 422 bad version or no reason."""
     from app.services import promotions
@@ -161,7 +162,7 @@ def get_promotion(promotion_id: str) -> Any:
 
 
 @bp.post("/promotions/<promotion_id>/<any(approve, reject):decision>")
-@signed_in
+@role_required(Role.APPROVER)
 def decide_promotion(promotion_id: str, decision: str) -> Any:
     """Approve or reject: 403 without the role or on your own request; 409 not pending."""
     from app.services import promotions
