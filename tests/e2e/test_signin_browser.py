@@ -133,7 +133,7 @@ def _submit(page: Any, username: str, password: str) -> None:
 def _sign_in(page: Any, stack: Stack, username: str) -> None:
     _to_issuer_form(page, stack)
     _submit(page, username, stack.issuer.password(username))
-    page.wait_for_url(f"{stack.panel}/")
+    page.wait_for_url(f"{stack.panel}/**")  # each role lands on its own page
 
 
 def _post(page: Any, url: str, form: bool) -> int:
