@@ -64,6 +64,27 @@ def document() -> dict[str, Any]:
                         "apis": {"type": "array",
                                  "items": {"$ref": "#/components/schemas/Api"}}}}}}},
                     "401": _error("Not signed in")}}},
+            "/apis/{name}/revisions": {"get": {
+                "summary": "One API's revisions, newest first",
+                "parameters": [{"name": "name", "in": "path", "required": True,
+                                "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "Revisions", "content": {
+                    "application/json": {"schema": {"type": "object", "properties": {
+                        "name": {"type": "string"},
+                        "revisions": {"type": "array",
+                                      "items": {"$ref": "#/components/schemas/Api"}}}}}}},
+                    "401": _error("Not signed in"), "404": _error("Never published")}}},
+            "/apis/{name}/revisions/{revision}/rollback": {"post": {
+                "summary": "Make an earlier revision current again (audited)",
+                "parameters": [{"name": "name", "in": "path", "required": True,
+                                "schema": {"type": "string"}},
+                               {"name": "revision", "in": "path", "required": True,
+                                "schema": {"type": "integer"}}],
+                "responses": {"200": {"description": "The revision, now current", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Api"}}}},
+                    "403": _error("Missing role"), "404": _error("No such revision"),
+                    "409": _error("Already current"),
+                    "422": _error("The gateway refused it (no deployment, policy error)")}}},
             "/deployments": {"get": {
                 "summary": "Environments with slot, model version, replica health, traffic and "
                            "key age (never the keys)",

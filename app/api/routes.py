@@ -114,6 +114,37 @@ def list_apis() -> Any:
             "apis": [apis.to_dict(row, gateway) for row in apis.list_current()]}
 
 
+@bp.get("/apis/<name>/revisions")
+@signed_in
+def list_api_revisions(name: str) -> Any:
+    """One API's revisions, newest first (the current one has is_current)."""
+    from flask import current_app
+
+    from app.errors import NotFound
+    from app.services import apis
+
+    rows = apis.revisions_of(name)
+    if not rows:
+        raise NotFound(f"API {name!r} has never been published")
+    gateway = str(current_app.config["GATEWAY_URL"])
+    return {"name": name, "revisions": [apis.to_dict(row, gateway) for row in rows]}
+
+
+@bp.post("/apis/<name>/revisions/<int:revision>/rollback")
+@role_required(Role.ENGINEER)
+def rollback_api(name: str, revision: int) -> Any:
+    """Make an earlier revision current again: 200 with it, 409 if it already is."""
+    from pathlib import Path
+
+    from flask import current_app
+
+    from app.services import apis
+
+    row = apis.rollback_to(Path(current_app.config["HOME"]), name, revision,
+                           current_user.username)
+    return apis.to_dict(row, str(current_app.config["GATEWAY_URL"]))
+
+
 @bp.get("/deployments")
 @signed_in
 def list_deployments() -> Any:

@@ -145,6 +145,15 @@ def rollback(home: Path, revision_id: int, actor: str) -> ApiRevision:
     return row
 
 
+def rollback_to(home: Path, name: str, revision: int, actor: str) -> ApiRevision:
+    """Roll an API (by name) back to one of its revision numbers."""
+    row = db.session.scalar(select(ApiRevision).where(ApiRevision.api_name == name,
+                                                      ApiRevision.revision == revision))
+    if row is None:
+        raise NotFound(f"API {name!r} has no revision {revision}")
+    return rollback(home, row.id, actor)
+
+
 def _make_current(home: Path, row: ApiRevision, url: str) -> None:
     """Write the revision to the gateway, then mark it current; undo the row on refusal."""
     from app.gateway.config import ConfigError
@@ -176,6 +185,12 @@ def list_current() -> list[ApiRevision]:
     """The current revision of every published API, by name."""
     return list(db.session.scalars(select(ApiRevision).where(ApiRevision.is_current.is_(True))
                                    .order_by(ApiRevision.api_name)))
+
+
+def revisions_of(name: str) -> list[ApiRevision]:
+    """One API's revisions, newest first."""
+    return list(db.session.scalars(select(ApiRevision).where(ApiRevision.api_name == name)
+                                   .order_by(ApiRevision.revision.desc())))
 
 
 def list_revisions(limit: int = 200) -> list[ApiRevision]:

@@ -158,7 +158,26 @@ def test_rollback_from_the_apis_page(panel: Panel) -> None:
     assert panel.gateway_apis()["credit-risk-staging"]["revision"] == 3
 
 
+def test_revisions_and_rollback_over_the_rest_api(panel: Panel) -> None:
+    base = "/api/v1/apis/credit-risk-staging/revisions"
+    revisions = panel.client.get(base).get_json()["revisions"]
+    assert [(r["revision"], r["is_current"]) for r in revisions] == [
+        (3, True), (2, False), (1, False)]
+    carol = panel.app.test_client()
+    sign_in(carol, "carol")
+    refused = carol.post(f"{base}/2/rollback", headers=csrf_headers(carol))
+    assert refused.status_code == 403 and "MLOps.Engineer" in refused.get_json()["detail"]
+    r = panel.client.post(f"{base}/2/rollback", headers=panel.headers)
+    assert r.status_code == 200, r.get_json()
+    assert (r.get_json()["revision"], r.get_json()["is_current"]) == (2, True)
+    assert panel.gateway_apis()["credit-risk-staging"]["revision"] == 2
+    assert panel.client.post(f"{base}/2/rollback", headers=panel.headers).status_code == 409
+    assert panel.client.post(f"{base}/9/rollback", headers=panel.headers).status_code == 404
+    assert panel.client.get("/api/v1/apis/nope/revisions").status_code == 404
+
+
 def test_publish_is_in_the_openapi_document(panel: Panel) -> None:
     doc = panel.client.get("/api/v1/openapi.json").get_json()
-    assert "/apis" in doc["paths"]
+    assert {"/apis", "/apis/{name}/revisions",
+            "/apis/{name}/revisions/{revision}/rollback"} <= set(doc["paths"])
     assert "parent_id" in json.dumps(doc["paths"]["/jobs"]["get"])

@@ -85,6 +85,22 @@ def test_up_pipeline_run_score_and_stop(tmp_path: Path) -> None:
                             headers={"Authorization": f"Bearer {token}"}).json()["apis"]
         assert [(a["name"], a["revision"], a["url"]) for a in apis] == [
             ("credit-risk-staging", 1, endpoints["gateway"] + "/staging/credit-risk")]
+
+        # A second publish and a rollback, over the REST API as CI: the gateway follows.
+        pipeline_file.write_text("model:\n  importance_repeats: 3\n")
+        auth = {"Authorization": f"Bearer {token}"}
+        api = endpoints["panel"] + "/api/v1"
+        job = requests.post(f"{api}/jobs", json={"kind": "publish", "params": {}},
+                            headers=auth, timeout=10).json()
+        done = wait_for(lambda: (j := requests.get(f"{api}/jobs/{job['id']}", headers=auth,
+                                                   timeout=10).json())["status"] in
+                        ("SUCCEEDED", "FAILED") and j, 60, "the publish job")
+        assert done["status"] == "SUCCEEDED" and done["result"]["revision"] == 2, done
+        wait_for(lambda: _served_revision(endpoints, token, home) == 2, 15, "revision 2")
+        back = requests.post(f"{api}/apis/credit-risk-staging/revisions/1/rollback",
+                             headers=auth, timeout=10)
+        assert back.status_code == 200 and back.json()["is_current"]
+        wait_for(lambda: _served_revision(endpoints, token, home) == 1, 15, "revision 1")
     finally:
         up.send_signal(signal.SIGINT)
         try:
@@ -100,3 +116,24 @@ def test_up_pipeline_run_score_and_stop(tmp_path: Path) -> None:
         text = log.read_text(errors="replace")
         assert secret["secret"] not in text, f"the CI secret is in {log.name}"
         assert token not in text, f"a token is in {log.name}"
+
+
+def _served_revision(endpoints: dict[str, str], token: str, home: Path) -> int | None:
+    """Score once through the gateway and read which API revision served it from its log."""
+    r = requests.post(endpoints["gateway"] + "/staging/credit-risk/score", json=EXAMPLE_REQUEST,
+                      headers={"Authorization": f"Bearer {token}"},
+                      verify=endpoints["ca_bundle"], timeout=10)
+    assert r.status_code == 200, r.text
+    request_id = r.json()["request_id"]
+    log = home / "logs" / "gateway-requests.jsonl"
+
+    def record() -> dict[str, object] | None:
+        for line in reversed(log.read_text().splitlines()):
+            entry = json.loads(line)
+            if entry["request_id"] == request_id:
+                return dict(entry)
+        return None
+
+    found = wait_for(record, 10, "the request in the gateway log", interval=0.1)
+    revision = found["revision"]
+    return int(revision) if isinstance(revision, int) else None
