@@ -229,3 +229,27 @@ def test_a_tester_sees_no_engineer_actions_and_a_forged_post_is_refused(context:
         jobs.click()
         page.wait_for_selector("[data-job-detail]")
         assert page.locator("[data-retry-form], [data-cancel-form]").count() == 0
+
+
+def test_carol_scores_a_csv_in_chunks_and_downloads_the_predictions(context: Any,
+                                                                    stack: Stack) -> None:
+    ensure_deployed(stack)
+    page = sign_in(context, stack, "carol", "/score/")
+    header = "Age,Sex,Job,Housing,Saving accounts,Checking account,Credit amount,Duration,Purpose"
+    rows = [f"{20 + i % 50},male,{i % 4},own,,little,{100 + i},48,radio/TV" for i in range(150)]
+    rows[120] = "12,male,0,own,little,little,100,48,radio/TV"  # Age below the minimum
+    csv_bytes = ("\r\n".join([header, *rows]) + "\r\n").encode()
+    page.set_input_files("#batch-file", files=[{"name": "applicants.csv",
+                                                 "mimeType": "text/csv", "buffer": csv_bytes}])
+    page.click("#batch-submit")
+    page.wait_for_selector("#batch-done:not([hidden])", timeout=60_000)
+    assert page.evaluate("document.getElementById('batch-progress').value") == 100
+    assert "1 refused" in page.text_content("#batch-progress-text")
+    with page.expect_download() as download:
+        page.click("#batch-download")
+    lines = Path(download.value.path()).read_text().splitlines()
+    assert len(lines) == 151
+    assert lines[0].endswith(",label,p_bad,p_good,model,error")
+    scored = [line for i, line in enumerate(lines[1:]) if i != 120]
+    assert all(",good," in line or ",bad," in line for line in scored)
+    assert "Age: must be" in lines[121]
