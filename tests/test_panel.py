@@ -80,7 +80,6 @@ def test_post_without_csrf_changes_nothing(app: Any) -> None:
     ({"kind": "bogus"}, 422, "kind"),
     ({}, 422, "kind"),
     ({"kind": "selfcheck", "params": [1]}, 422, "params"),
-    ({"kind": "deploy"}, 422, None),  # not available in this version yet
 ])
 def test_bad_job_requests_get_clear_errors(app: Any, body: dict[str, Any], status: int,
                                            field: str | None) -> None:
