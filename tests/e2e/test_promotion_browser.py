@@ -1,0 +1,199 @@
+"""The promotion flow in a real browser on the whole stack (`modelgate up`): alice requests
+promotion of v2, bob approves, prod serves v2 through the gateway, alice rolls back, prod serves
+v1 again, and the timeline shows all of it in order."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from app.client import EXAMPLE_REQUEST
+from tests.support import ROOT, wait_for
+
+pytestmark = pytest.mark.e2e
+playwright = pytest.importorskip("playwright.sync_api")
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+# One quick candidate; short drains so each deploy takes seconds, not half a minute.
+PIPELINE_YAML = """\
+model:
+  cv_folds: 3
+  importance_repeats: 2
+  candidates:
+    - family: logistic_regression
+      params: {max_iter: 1000}
+environments:
+  prod: {replicas: 1, cpu: 0.25, memory_mb: 256}
+"""
+
+
+class Stack:
+    """A running `modelgate up` and the CI client's view of it."""
+
+    def __init__(self, home: Path, env: dict[str, str]) -> None:
+        self.home = home
+        self.env = env
+        self.endpoints = json.loads((home / "endpoints.json").read_text())
+        self.credentials = json.loads((home / "dev-credentials.json").read_text())
+        self.token = self.modelgate("token").stdout.strip()
+        self.http = requests.Session()
+        self.http.trust_env = False
+        self.http.verify = self.endpoints["ca_bundle"]
+
+    def modelgate(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([sys.executable, "-m", "app", *args], cwd=str(ROOT), env=self.env,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done
+
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        response = self.http.request(method, self.endpoints["panel"] + "/api/v1" + path,
+                                     json=body, timeout=30,
+                                     headers={"Authorization": f"Bearer {self.token}"})
+        assert response.status_code < 300, response.text
+        return response.json()
+
+    def job(self, kind: str, params: dict[str, Any], timeout: float = 300) -> dict[str, Any]:
+        job_id = self.api("POST", "/jobs", {"kind": kind, "params": params})["id"]
+        return self.wait_job(job_id, timeout)
+
+    def wait_job(self, job_id: str, timeout: float = 300) -> dict[str, Any]:
+        job = wait_for(lambda: (j := self.api("GET", f"/jobs/{job_id}"))["status"]
+                       in ("SUCCEEDED", "FAILED", "CANCELLED") and j, timeout, f"job {job_id}")
+        assert job["status"] == "SUCCEEDED", job
+        return job
+
+    def score(self) -> requests.Response:
+        return self.http.post(self.endpoints["gateway"] + "/credit-risk/score",
+                              json=EXAMPLE_REQUEST, timeout=10,
+                              headers={"Authorization": f"Bearer {self.token}"})
+
+    def prod_version(self) -> str:
+        """The version prod serves through the gateway (which re-reads its config within 1 s)."""
+        response = wait_for(lambda: (r := self.score()).status_code != 404 and r, 10,
+                            "the gateway to pick up the prod API")
+        assert response.status_code == 200, response.text
+        return str(response.json()["model"]["version"])
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("promotion")
+    home = root / "instance"
+    pipeline = root / "pipeline.yml"
+    pipeline.write_text(PIPELINE_YAML)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELGATE_")}
+    env.update({"MODELGATE_HOME": str(home), "MODELGATE_PIPELINE_CONFIG": str(pipeline),
+                "MODELGATE_DEPLOY_DRAIN_SECONDS": "1"})
+    up = subprocess.Popen([sys.executable, "-m", "app", "up", "--panel-port", "0",
+                           "--issuer-port", "0", "--gateway-port", "0"],
+                          cwd=str(ROOT), env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: (home / "endpoints.json").exists() or up.poll() is not None, 120,
+                 "endpoints.json")
+        assert up.poll() is None, "modelgate up exited"
+        yield Stack(home, env)
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip("apt-get install -y chromium")
+    with playwright.sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+def _signed_in(browser: Any, stack: Stack, user: str) -> Any:
+    """A fresh browser profile signed in through the issuer's form."""
+    context = browser.new_context(ignore_https_errors=True)
+    context.set_default_timeout(20_000)
+    page = context.new_page()
+    panel = stack.endpoints["panel"]
+    page.goto(f"{panel}/")
+    page.click("#sign-in")
+    page.wait_for_url(f"{stack.endpoints['issuer']}/authorize*")
+    page.fill("#username", user)
+    page.fill("#password", stack.credentials["users"][user]["password"])
+    page.click("button[type=submit]")
+    try:
+        # Each role lands on its own start page (approvers on the inbox).
+        page.wait_for_url(lambda url: url.startswith(f"{panel}/") and "/auth/" not in url)
+    except Exception:
+        raise AssertionError(f"{user} did not land on the panel: {page.url}\n"
+                             f"{page.content()[:3000]}") from None
+    return page
+
+
+def test_request_approve_serve_rollback_timeline(stack: Stack, browser: Any) -> None:
+    panel = stack.endpoints["panel"]
+    # v1 on staging (pipeline), then on prod with its API; v2 trained and on staging.
+    stack.modelgate("pipeline", "run", timeout=900)
+    stack.job("deploy", {"environment": "prod", "version": "1"})
+    stack.job("publish", {"environment": "prod"})
+    assert stack.prod_version() == "1"
+    stack.job("train", {}, timeout=600)
+    stack.job("deploy", {"environment": "staging", "version": "2"})
+
+    alice = _signed_in(browser, stack, "alice")
+    alice.goto(f"{panel}/approvals/new")
+    alice.select_option("#promotion-version", "2")
+    alice.fill("#promotion-reason", "v2 is better on staging")
+    alice.click("#promotion-submit")
+    alice.wait_for_url(f"{panel}/approvals/*")
+    assert alice.locator("[data-state=PENDING]").count() == 1
+    promotion_id = alice.url.rstrip("/").rsplit("/", 1)[1]
+
+    bob = _signed_in(browser, stack, "bob")
+    assert bob.locator("#approvals-badge").inner_text().strip() == "1"
+    bob.goto(f"{panel}/approvals/")
+    card = bob.locator(f"[data-pending='{promotion_id}']")
+    assert "v2 is better on staging" in card.inner_text()
+    assert card.locator("[data-staging] .badge-succeeded").count() == 1  # v2 serves staging
+    bob.fill(f"[data-comment='{promotion_id}']", "metrics and smoke test fine")
+    bob.click(f"[data-approve='{promotion_id}']")
+    bob.wait_for_url(f"{panel}/jobs/*")
+    deploy_job = bob.url.rstrip("/").rsplit("/", 1)[1]
+    stack.wait_job(deploy_job)
+    assert stack.prod_version() == "2"
+
+    alice.goto(f"{panel}/approvals/new")
+    assert alice.locator("#prod-version").inner_text().strip() == "v2"
+    alice.select_option("#rollback-version", "1")
+    alice.fill("#rollback-reason", "rolling back to check a complaint")
+    alice.click("#rollback-submit")
+    alice.wait_for_url(f"{panel}/jobs/*")
+    stack.wait_job(alice.url.rstrip("/").rsplit("/", 1)[1])
+    assert stack.prod_version() == "1"
+
+    alice.goto(f"{panel}/audit/timeline?environment=prod")
+    steps = alice.locator("#timeline li").evaluate_all(
+        "items => items.map(i => [i.dataset.action, i.dataset.version || ''])")
+    wanted = [["promotion.requested", "2"], ["promotion.approved", "2"],
+              ["deployment.traffic-switched", "2"], ["deployment.deployed", "2"],
+              ["deployment.rolled-back", "1"], ["deployment.traffic-switched", "1"],
+              ["deployment.deployed", "1"]]
+    positions = [steps.index(step, steps.index(wanted[0])) for step in wanted]
+    assert positions == sorted(positions), steps
+    served = alice.locator("#calls tr[data-version]").evaluate_all(
+        "rows => rows.map(r => r.dataset.version)")
+    assert {"1", "2"} <= set(served)
