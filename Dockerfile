@@ -12,4 +12,4 @@ COPY data ./data
 RUN pip install --no-cache-dir -e .
 USER modelgate
 EXPOSE 5000 8000 8443
-CMD ["modelgate", "panel", "--host", "0.0.0.0", "--port", "5000"]
+CMD ["modelgate", "up"]
