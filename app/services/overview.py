@@ -11,6 +11,8 @@ import datetime as dt
 import importlib
 import json
 import logging
+import threading
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,8 +176,7 @@ def environment_cards(home: Path) -> list[EnvironmentCard]:
     apis = optional_service("apis")
     metrics = optional_service("api_metrics")
     status = deployments.read_status(home) if deployments is not None else {}
-    traffic = metrics.traffic(home) if metrics is not None else {}
-    series = traffic_series(home) if metrics is not None else {}
+    traffic, series = traffic_figures(home) if metrics is not None else ({}, {})
     cards = []
     for env in ENVIRONMENTS:
         deployment = None
@@ -203,34 +204,118 @@ def environment_cards(home: Path) -> list[EnvironmentCard]:
     return cards
 
 
-def traffic_series(home: Path, *, now: dt.datetime | None = None,
-                   buckets: int = BUCKETS) -> dict[str, tuple[SeriesPoint, ...]]:
-    """Calls and p95 latency per minute and API over the last `buckets` minutes."""
+# --------------------------------------------------------------------------- traffic
+
+
+@dataclass
+class _LogTail:
+    """The request log's recent calls, parsed once: each page view reads only new lines."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    identity: tuple[int, int] | None = None  # (device, inode) of the file read so far
+    offset: int = 0
+    aligned: bool = True  # whether offset is at the start of a line
+    calls: deque[tuple[dt.datetime, str, int, float]] = field(default_factory=deque)
+
+
+def _tail(home: Path) -> _LogTail:
+    from flask import current_app
+
+    tails = current_app.extensions.setdefault("modelgate.overview.tails", {})
+    return tails.setdefault(str(home), _LogTail())  # type: ignore[no-any-return]
+
+
+def _recent_calls(home: Path, metrics: ModuleType, since: dt.datetime
+                  ) -> list[tuple[dt.datetime, str, int, float]]:
+    """Calls logged since `since`: new bytes are parsed, the rest comes from memory.
+
+    The dashboard is viewed often and the log grows with every call; re-parsing megabytes
+    per view would cost more than the rest of the page (bench/page_bench.py).
+    """
+    path = metrics.request_log_path(home)
+    tail = _tail(home)
+    with tail.lock:
+        try:
+            stat = path.stat()
+        except OSError:
+            tail.identity, tail.offset = None, 0
+            tail.calls.clear()
+            return []
+        identity = (stat.st_dev, stat.st_ino)
+        if identity != tail.identity or stat.st_size < tail.offset:  # rotated or truncated
+            tail.identity, tail.offset, tail.aligned = identity, 0, True
+            tail.calls.clear()
+        if stat.st_size > tail.offset:
+            start = max(tail.offset, stat.st_size - metrics.TAIL_BYTES)
+            aligned = tail.aligned and start == tail.offset
+            with open(path, "rb") as fh:
+                fh.seek(start)
+                data = fh.read(stat.st_size - start)
+            complete = data.rfind(b"\n") + 1  # a line being appended waits for the next view
+            lines = data[:complete].split(b"\n")
+            if not aligned:
+                lines = lines[1:]  # began mid-line
+            if complete:
+                tail.offset, tail.aligned = start + complete, True
+            for line in lines:
+                parsed = _parse_call(line)
+                if parsed is not None:
+                    tail.calls.append(parsed)
+        while tail.calls and tail.calls[0][0] < since:
+            tail.calls.popleft()
+        return [c for c in tail.calls if c[0] >= since]
+
+
+def _parse_call(line: bytes) -> tuple[dt.datetime, str, int, float] | None:
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+        return (dt.datetime.fromisoformat(str(record["time"])), str(record["api"]),
+                int(record["status"]), float(record["latency_ms"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def traffic_figures(home: Path, *, now: dt.datetime | None = None, buckets: int = BUCKETS
+                    ) -> tuple[dict[str, Any], dict[str, tuple[SeriesPoint, ...]]]:
+    """Per API: api_metrics.ApiTraffic over its window, and calls and p95 per minute."""
     metrics = optional_service("api_metrics")
     if metrics is None:
-        return {}
+        return {}, {}
     now = now or dt.datetime.now(dt.UTC)
+    window_start = now - dt.timedelta(seconds=metrics.WINDOW_SECONDS)
     end = now.replace(second=0, microsecond=0) + dt.timedelta(seconds=BUCKET_SECONDS)
     start = end - dt.timedelta(seconds=BUCKET_SECONDS * buckets)
-    grouped: dict[str, list[list[float]]] = {}
-    for record in metrics.tail_records(metrics.request_log_path(home)):
-        try:
-            when = dt.datetime.fromisoformat(str(record["time"]))
-            latency = float(record["latency_ms"])
-            api = str(record["api"])
-        except (KeyError, TypeError, ValueError):
-            continue
-        if when < start or when >= end:
-            continue
-        index = int((when - start).total_seconds() // BUCKET_SECONDS)
-        grouped.setdefault(api, [[] for _ in range(buckets)])[index].append(latency)
-    out = {}
-    for api, rows in grouped.items():
-        out[api] = tuple(
+    by_api: dict[str, list[tuple[dt.datetime, str, int, float]]] = {}
+    for call in _recent_calls(home, metrics, min(window_start, start)):
+        by_api.setdefault(call[1], []).append(call)
+    traffic: dict[str, Any] = {}
+    series: dict[str, tuple[SeriesPoint, ...]] = {}
+    for api, calls in by_api.items():
+        windowed = [c for c in calls if c[0] >= window_start]
+        if windowed:
+            # The same figures as api_metrics.traffic (the APIs page), from the parsed tail.
+            latencies = sorted(c[3] for c in windowed)
+            errors = sum(1 for c in windowed if c[2] >= 500)
+            minutes = max(1.0, (now - min(c[0] for c in windowed)).total_seconds() / 60)
+            traffic[api] = metrics.ApiTraffic(
+                api=api, calls=len(windowed),
+                calls_per_minute=round(len(windowed) / minutes, 2), errors=errors,
+                rejected=sum(1 for c in windowed if 400 <= c[2] < 500),
+                error_rate=round(errors / len(windowed), 4),
+                p50_ms=metrics.percentile(latencies, 50), p95_ms=metrics.percentile(latencies, 95),
+                p99_ms=metrics.percentile(latencies, 99),
+                last_call=max(c[0] for c in windowed).isoformat())
+        minute: list[list[float]] = [[] for _ in range(buckets)]
+        for when, _, _, latency in calls:
+            if start <= when < end:
+                minute[int((when - start).total_seconds() // BUCKET_SECONDS)].append(latency)
+        series[api] = tuple(
             SeriesPoint(start + dt.timedelta(seconds=BUCKET_SECONDS * i), len(values),
                         metrics.percentile(sorted(values), 95))
-            for i, values in enumerate(rows))
-    return out
+            for i, values in enumerate(minute))
+    return traffic, series
 
 
 # --------------------------------------------------------------------------- job results

@@ -186,3 +186,34 @@ def test_each_role_lands_where_its_work_is(app: Any, user: str, landing: str) ->
     with app.test_request_context():
         person = User(id=user, name=user, username=user, roles=frozenset(USERS[user]))
         assert landing_page(person) == landing
+
+
+def test_traffic_reads_only_new_log_lines_and_survives_rotation(app: Any,
+                                                                tmp_path: Path) -> None:
+    from app.services import overview
+
+    log = tmp_path / "logs" / "gateway-requests.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+
+    def call(seconds_ago: int, status: int = 200, api: str = "credit-risk") -> str:
+        return json.dumps({"time": (now - dt.timedelta(seconds=seconds_ago)).isoformat(),
+                           "api": api, "status": status, "latency_ms": 4.0}) + "\n"
+
+    with app.app_context():
+        log.write_text(call(3600) + call(60) + call(50))  # one call outside the window
+        traffic, series = overview.traffic_figures(tmp_path, now=now)
+        assert traffic["credit-risk"].calls == 2
+        with log.open("a") as out:
+            out.write(call(10, 502) + '{"time": "half a li')  # a line still being written
+        traffic, _ = overview.traffic_figures(tmp_path, now=now)
+        assert (traffic["credit-risk"].calls, traffic["credit-risk"].errors) == (3, 1)
+        with log.open("a") as out:
+            out.write('ne"}\n' + call(5, api="credit-risk-staging"))
+        traffic, series = overview.traffic_figures(tmp_path, now=now)
+        assert traffic["credit-risk"].calls == 3 and traffic["credit-risk-staging"].calls == 1
+        assert sum(p.calls for p in series["credit-risk"]) == 3
+        log.unlink()
+        log.write_text(call(1))  # rotated: a new file
+        traffic, _ = overview.traffic_figures(tmp_path, now=now)
+        assert list(traffic) == ["credit-risk"] and traffic["credit-risk"].calls == 1
