@@ -156,11 +156,12 @@ def _finish(home: Path, job: Reporter, deployment_id: str, request: DeployReques
     row = deployments.get(deployment_id)
     old = deployments.draining(row.environment)
     if old:
-        job.progress(80, f"draining the old slot for {settings.drain_seconds:g} s")
+        _progress_after_switch(job, 80, f"draining the old slot for {settings.drain_seconds:g} s")
         time.sleep(settings.drain_seconds)
         deployments.stop([r.id for r in old])
         job.log(f"stopped {', '.join(f'{r.slot} slot {r.id} (v{r.model_version})' for r in old)}")
-    job.progress(95, f"setting MLflow alias {row.environment} → v{row.model_version}")
+    _progress_after_switch(job, 95, f"setting MLflow alias {row.environment} → "
+                                    f"v{row.model_version}")
     try:
         registry.set_alias(row.model_name, row.environment, row.model_version)
     except Exception as exc:  # the deploy itself stands; the alias can be set again
@@ -174,6 +175,15 @@ def _finish(home: Path, job: Reporter, deployment_id: str, request: DeployReques
             "url": deployments.url_of(row.port), "replicas": row.replicas,
             "replaced": [{"deployment_id": r.id, "slot": r.slot, "version": r.model_version}
                          for r in old], "rollback": request.rollback}
+
+
+def _progress_after_switch(job: Reporter, percent: int, step: str) -> None:
+    """Report progress once traffic has switched: too late to cancel, so finish the cleanup."""
+    try:
+        job.progress(percent, step)
+    except JobCancelled:
+        job.log("cancellation ignored: traffic already switched; finishing the cleanup",
+                level="WARNING")
 
 
 # --------------------------------------------------------------------------- keys

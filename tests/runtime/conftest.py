@@ -77,6 +77,7 @@ class Stack:
     runtime: Process
     processes: list[Process]
     seen_keys: set[str] = field(default_factory=set)
+    worker: WorkerProcess | None = None
 
     def client(self, user: str = "alice") -> Any:
         client = self.app.test_client()
@@ -179,6 +180,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         processes.append(gateway)
         stack = Stack(home, app, env, pipeline, issuer, f"https://127.0.0.1:{gw_port}",
                       str(tls.ca_cert), versions, None, processes)  # type: ignore[arg-type]
+        stack.worker = worker
         stack.start_runtime()
 
         def gateway_up() -> bool:
