@@ -353,4 +353,7 @@ def produced(job: Job, children: list[Job] | None = None) -> list[Link]:
                           "apis.list", {}, f"api-{result['api']}"))
     for child in children or []:
         links.extend(produced(child))
-    return links
+    unique: dict[tuple[str, str, str | None], Link] = {}
+    for link in links:  # train and deploy both name the model version: show it once
+        unique.setdefault((link.endpoint, repr(sorted(link.values.items())), link.anchor), link)
+    return list(unique.values())

@@ -179,6 +179,8 @@ def test_alice_runs_the_pipeline_and_watches_the_stages_turn_green(context: Any,
     assert "API credit-risk-staging revision" in produced
     assert page.is_visible("[data-retry-form]")
     page.screenshot(path=str(SHOTS / "job-detail.png"), full_page=True)
+    page.set_viewport_size({"width": 820, "height": 1100})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 820
 
 
 def test_carol_scores_the_example_record_through_the_gateway(context: Any,
@@ -215,6 +217,9 @@ def test_carol_scores_the_example_record_through_the_gateway(context: Any,
     assert page.get_attribute("#field-age", "aria-invalid") == "true"
     assert page.text_content("#score-error").strip().startswith("422")
     page.screenshot(path=str(SHOTS / "score-tester-error.png"), full_page=True)
+    page.set_viewport_size({"width": 820, "height": 1100})
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 820, f"the score tester scrolls sideways at tablet width ({width} px)"
 
 
 def test_a_tester_sees_no_engineer_actions_and_a_forged_post_is_refused(context: Any,
