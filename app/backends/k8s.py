@@ -162,4 +162,4 @@ def to_yaml(documents: list[dict[str, Any]]) -> str:
     """A multi-document YAML stream for kubectl apply -f."""
     import yaml
 
-    return yaml.safe_dump_all(documents, sort_keys=False)
+    return str(yaml.safe_dump_all(documents, sort_keys=False))

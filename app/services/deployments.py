@@ -254,7 +254,7 @@ def record_rotation(deployment_id: str, job_id: str | None) -> None:
 def read_status(home: Path) -> dict[str, Any]:
     """The runtime's status report, with `fresh` false when it is missing or stale."""
     try:
-        data = json.loads(status_file(home).read_text(encoding="utf-8"))
+        data: dict[str, Any] = json.loads(status_file(home).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {"fresh": False, "deployments": {}}
     try:
