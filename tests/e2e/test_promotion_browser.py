@@ -24,6 +24,7 @@ playwright = pytest.importorskip("playwright.sync_api")
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENSHOTS = ROOT / "docs" / "screenshots"
 # One quick candidate; short drains so each deploy takes seconds, not half a minute.
 PIPELINE_YAML = """\
 model:
@@ -169,6 +170,7 @@ def test_request_approve_serve_rollback_timeline(stack: Stack, browser: Any) -> 
     card = bob.locator(f"[data-pending='{promotion_id}']")
     assert "v2 is better on staging" in card.inner_text()
     assert card.locator("[data-staging] .badge-succeeded").count() == 1  # v2 serves staging
+    bob.screenshot(path=str(SCREENSHOTS / "approvals-inbox.png"), full_page=True)
     bob.fill(f"[data-comment='{promotion_id}']", "metrics and smoke test fine")
     bob.click(f"[data-approve='{promotion_id}']")
     bob.wait_for_url(f"{panel}/jobs/*")
@@ -194,6 +196,7 @@ def test_request_approve_serve_rollback_timeline(stack: Stack, browser: Any) -> 
               ["deployment.deployed", "1"]]
     positions = [steps.index(step, steps.index(wanted[0])) for step in wanted]
     assert positions == sorted(positions), steps
+    alice.screenshot(path=str(SCREENSHOTS / "timeline.png"), full_page=True)
     served = alice.locator("#calls tr[data-version]").evaluate_all(
         "rows => rows.map(r => r.dataset.version)")
     assert {"1", "2"} <= set(served)
