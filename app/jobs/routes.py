@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from flask import (
@@ -48,7 +48,7 @@ def detail(job_id: str) -> Any:
                            produced=overview.produced(job, children))
 
 
-def _steps(job: Any, children: list[Any]) -> list[dict[str, Any]]:
+def _steps(job: Any, children: Sequence[Any]) -> Sequence[dict[str, Any]]:
     """A pipeline's stages in order, each with its child job once queued."""
     if job.kind != "pipeline":
         return []

@@ -120,7 +120,8 @@ def job_summary(job: Job | None) -> str:
         return (job.error or "failed").splitlines()[0][:160]
     if job.status != "SUCCEEDED":
         return job.step
-    model = result.get("model") if isinstance(result.get("model"), dict) else {}
+    found = result.get("model")
+    model: dict[str, Any] = found if isinstance(found, dict) else {}
     if job.kind == "provision":
         return f"workspace {result.get('workspace', '?')} on {result.get('backend', '?')}"
     if job.kind == "train":
