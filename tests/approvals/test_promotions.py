@@ -193,3 +193,16 @@ def test_approval_with_the_queue_down_stays_pending(tmp_path: Any, sqlite_url: s
         again = promotions.get(row.id)
         assert again.state == PromotionState.PENDING and again.decided_by is None
         assert _actions(f"promotion:{row.id}") == ["promotion.requested"]
+
+
+def test_beat_task_expires_overdue_requests(app: Any) -> None:
+    from app.config import celery_settings
+    from workers.tasks.promotions import expire
+
+    schedule = celery_settings(app.config)["beat_schedule"]["expire-promotions"]
+    assert schedule["task"] == expire.name == "modelgate.promotions.expire"
+    row = _request()
+    assert expire() == []
+    _age(row, 80)
+    assert expire() == [row.id]
+    assert promotions.get(row.id).state == PromotionState.EXPIRED

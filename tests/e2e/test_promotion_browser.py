@@ -4,6 +4,7 @@ v1 again, and the timeline shows all of it in order."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
@@ -177,6 +178,7 @@ def test_request_approve_serve_rollback_timeline(stack: Stack, browser: Any) -> 
     deploy_job = bob.url.rstrip("/").rsplit("/", 1)[1]
     stack.wait_job(deploy_job)
     assert stack.prod_version() == "2"
+    while_v2 = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
 
     alice.goto(f"{panel}/approvals/new")
     assert alice.locator("#prod-version").inner_text().strip() == "v2"
@@ -197,6 +199,8 @@ def test_request_approve_serve_rollback_timeline(stack: Stack, browser: Any) -> 
     positions = [steps.index(step, steps.index(wanted[0])) for step in wanted]
     assert positions == sorted(positions), steps
     alice.screenshot(path=str(SCREENSHOTS / "timeline.png"), full_page=True)
+    alice.goto(f"{panel}/audit/timeline?environment=prod&at={while_v2}")
+    assert alice.locator("#served-answer").get_attribute("data-version") == "2"
     served = alice.locator("#calls tr[data-version]").evaluate_all(
         "rows => rows.map(r => r.dataset.version)")
     assert {"1", "2"} <= set(served)
