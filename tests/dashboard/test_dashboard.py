@@ -232,4 +232,3 @@ def test_missing_services_show_not_available_yet(app: Any,
     assert html.count("API revisions: not available yet in this version.") == 2
     page = client.get("/score/").get_data(as_text=True)
     assert "Deployments are not available in this version yet." in page
-    assert overview.optional_service.__name__ == "<lambda>"
