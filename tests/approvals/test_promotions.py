@@ -206,3 +206,29 @@ def test_beat_task_expires_overdue_requests(app: Any) -> None:
     _age(row, 80)
     assert expire() == [row.id]
     assert promotions.get(row.id).state == PromotionState.EXPIRED
+
+
+def test_two_approvers_at_once_approve_once(app: Any) -> None:
+    import threading
+
+    row = _request()
+    outcomes: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def decide(who: str) -> None:
+        with app.app_context():
+            barrier.wait()
+            try:
+                promotions.approve(row.id, who, roles=ROLES[who])
+                outcomes.append("approved")
+            except Conflict:
+                outcomes.append("conflict")
+
+    threads = [threading.Thread(target=decide, args=(who,)) for who in ("bob", "dave")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(outcomes) == ["approved", "conflict"]
+    assert db.session.query(Job).count() == 1
+    assert _actions(f"promotion:{row.id}") == ["promotion.requested", "promotion.approved"]
