@@ -1,12 +1,12 @@
-"""Fixtures for promotions: a panel on SQLite and PostgreSQL with a real Redis, registry
-versions at the MLflow boundary, and deploys recorded as the deploy job records them."""
+"""Fixtures for promotions: a panel on SQLite and PostgreSQL with a real Redis, a real MLflow
+registry holding three trained versions, and deploys recorded as the deploy job records them."""
 
 from __future__ import annotations
 
-import datetime as dt
+import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -14,37 +14,62 @@ import pytest
 from tests.conftest import build_app, sign_in
 from tests.support import RedisServer
 
-# Metrics per registered version (what MLflow would answer for each version's run).
-VERSIONS: dict[str, dict[str, float]] = {
-    "1": {"roc_auc": 0.70, "f1": 0.50},
-    "2": {"roc_auc": 0.74, "f1": 0.55},
-    "3": {"roc_auc": 0.78, "f1": 0.58},
-}
+CSV = Path(__file__).resolve().parents[2] / "data" / "german_credit_data.csv"
+MODEL_NAME = "german-credit"
+# Version → the C of its logistic regression: three real trainings with different
+# regularisation, so each version has metrics of its own (2 CV folds and one importance
+# repeat keep the three trainings to a few seconds).
+VERSION_C: dict[str, float] = {"1": 0.01, "2": 0.1, "3": 1.0}
+
+
+def _training_config(c: float) -> dict[str, Any]:
+    return {"cv_folds": 2, "importance_repeats": 1,
+            "candidates": [{"family": "logistic_regression", "params": {"C": c}}]}
+
+
+@pytest.fixture(scope="session")
+def registry_store(tmp_path_factory: pytest.TempPathFactory
+                   ) -> tuple[Path, dict[str, dict[str, float]]]:
+    """Train and register v1-v3 of german-credit once per session, as train jobs would.
+
+    Returns the store's MLflow database and each version's metrics read back from MLflow.
+    """
+    from app.ml.registry import ModelRegistry
+    from app.ml.workflow import train_and_register
+
+    home = tmp_path_factory.mktemp("approvals-registry")
+    for version, c in VERSION_C.items():
+        done = train_and_register(home, CSV, job_id=f"train-{version}",
+                                  config=_training_config(c), materialise=False)
+        assert (done.model.name, done.model.version) == (MODEL_NAME, version)
+    registry = ModelRegistry.for_home(home)
+    metrics = {v: dict(registry.get_version(MODEL_NAME, v).metrics) for v in VERSION_C}
+    # The tests compare versions, so they must differ (to the 4 decimals the pages show).
+    shown = {f"{m['roc_auc']:.4f}" for m in metrics.values()}
+    assert len(shown) == len(VERSION_C), metrics
+    return home / "mlflow" / "mlflow.db", metrics
 
 
 @pytest.fixture
-def fake_registry(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, float]]:
-    """Registry reads answered from VERSIONS (the MLflow boundary; no training in these tests)."""
-    from app.errors import NotFound
-    from app.ml.registry import ModelVersionInfo
-    from app.services import models
+def registered_versions(tmp_path: Path, registry_store: tuple[Path, dict[str, dict[str, float]]]
+                        ) -> dict[str, dict[str, float]]:
+    """This test's MODELGATE_HOME gets its own copy of the session's MLflow store (v1-v3).
 
-    def info(name: str, version: str) -> ModelVersionInfo:
-        if version not in VERSIONS:
-            raise NotFound(f"model {name!r} has no version {version!r}")
-        return ModelVersionInfo(name=name, version=version, run_id=f"run-{version}",
-                                status="READY", created_at=dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
-                                source="", metrics=MappingProxyType(VERSIONS[version]))
-
-    monkeypatch.setattr(models, "get_version", info)
-    monkeypatch.setattr(models, "list_versions",
-                        lambda name: [info(name, v) for v in sorted(VERSIONS, reverse=True)])
-    return VERSIONS
+    The copy is the SQLite tracking/registry database; the runs' artifacts stay in the
+    session store, where the runs point (nothing in these tests writes artifacts). Returns
+    each version's metrics as MLflow reported them for the session store.
+    """
+    source, metrics = registry_store
+    target = tmp_path / "mlflow" / "mlflow.db"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(target)) as dst:
+        src.backup(dst)  # a consistent snapshot, whatever MLflow still holds open
+    return {version: dict(m) for version, m in metrics.items()}
 
 
 @pytest.fixture
 def app(tmp_path: Path, database_url: str, redis_server: RedisServer,
-        fake_registry: dict[str, Any]) -> Iterator[Any]:
+        registered_versions: dict[str, Any]) -> Iterator[Any]:
     panel = build_app(tmp_path, database_url, redis_server.url)
     with panel.app_context():
         yield panel

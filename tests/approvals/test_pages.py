@@ -20,7 +20,7 @@ from tests.support import RedisServer
 
 @pytest.fixture
 def panel(tmp_path: Path, sqlite_url: str, redis_server: RedisServer,
-          fake_registry: dict[str, Any]) -> Iterator[Any]:
+          registered_versions: dict[str, Any]) -> Iterator[Any]:
     # No app context held here: requests must each get their own (g caches the CSRF token).
     yield build_app(tmp_path, sqlite_url, redis_server.url, WTF_CSRF_ENABLED=True)
 
@@ -86,7 +86,9 @@ def test_self_approval_through_the_api_is_403(panel: Any) -> None:
     assert refused.status_code == 403 and "someone else" in refused.get_json()["detail"]
 
 
-def test_inbox_shows_everything_to_decide_and_forms_work(panel: Any, tmp_path: Path) -> None:
+def test_inbox_shows_everything_to_decide_and_forms_work(
+        panel: Any, tmp_path: Path, registered_versions: dict[str, Any]) -> None:
+    v3, v1 = registered_versions["3"]["roc_auc"], registered_versions["1"]["roc_auc"]
     with panel.app_context():
         record_deploy(tmp_path, "prod", "1", "job-prod-1")
     alice, headers = _api(panel, "alice")
@@ -98,7 +100,11 @@ def test_inbox_shows_everything_to_decide_and_forms_work(panel: Any, tmp_path: P
     assert 'id="approvals-badge"' in page and ">1</span>" in page
     assert "better recall" in page and "alice" in page
     assert "v3 (prod)" not in page and "v1 (prod)" in page  # metrics side by side vs prod v1
-    assert "0.7800" in page and "0.7000" in page and "+0.0800" in page
+    # The ROC AUC row: v3's and prod v1's values as MLflow has them, and the difference.
+    cells = [re.escape(f'<td class="num">{value}</td>')
+             for value in (f"{v3:.4f}", f"{v1:.4f}", f"{v3 - v1:+.4f}")]
+    roc_row = r"<tr><td>roc_auc</td>{}{}\s*{}</tr>".format(*cells)
+    assert re.search(roc_row, page), roc_row
     assert "style=" not in page and "<script>" not in page
     # The requester sees the request without decision buttons.
     own = alice.get("/approvals/").get_data(as_text=True)

@@ -34,17 +34,21 @@ def test_transition_table_has_one_way_out_of_pending() -> None:
     assert all(not TRANSITIONS[s] for s in PromotionState if s.is_final)
 
 
-def test_request_records_evidence_against_prod(app: Any, tmp_path: Any) -> None:
+def test_request_records_evidence_against_prod(app: Any, tmp_path: Any,
+                                               registered_versions: dict[str, Any]) -> None:
+    v1, v2 = registered_versions["1"], registered_versions["2"]
     record_deploy(tmp_path, "prod", "1", "job-prod-1")
     row = _request("2")
     assert row.state == PromotionState.PENDING
-    assert row.evidence["candidate"]["metrics"] == {"roc_auc": 0.74, "f1": 0.55}
-    assert row.evidence["current"] == {"version": "1", "metrics": {"roc_auc": 0.70, "f1": 0.50}}
+    assert row.evidence["candidate"]["metrics"] == v2 and "roc_auc" in v2
+    assert row.evidence["current"] == {"version": "1", "metrics": v1}
     assert row.evidence["staging"]["serving"] is False
     with pytest.raises(ValidationError, match="already serves v1"):
         _request("1")
     rows = {r["name"]: r for r in promotions.metric_rows(row.evidence)}
-    assert rows["roc_auc"]["delta"] == pytest.approx(0.04)
+    assert (rows["roc_auc"]["candidate"], rows["roc_auc"]["current"]) \
+        == (v2["roc_auc"], v1["roc_auc"])
+    assert rows["roc_auc"]["delta"] == pytest.approx(v2["roc_auc"] - v1["roc_auc"])
     expected_ttl = dt.timedelta(hours=72)
     assert abs((row.expires_at - row.requested_at) - expected_ttl) < dt.timedelta(seconds=1)
     assert _actions(f"promotion:{row.id}") == ["promotion.requested"]
@@ -181,7 +185,7 @@ def test_pending_first_and_badge_count(app: Any) -> None:
 
 
 def test_approval_with_the_queue_down_stays_pending(tmp_path: Any, sqlite_url: str,
-                                                    fake_registry: Any) -> None:
+                                                    registered_versions: Any) -> None:
     from app.errors import ServiceUnavailable
     from tests.conftest import build_app
 

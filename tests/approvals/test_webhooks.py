@@ -64,7 +64,7 @@ def hook() -> Iterator[Hook]:
 
 def test_signed_delivery_retried_after_500(tmp_path: Path, sqlite_url: str,
                                            redis_server: RedisServer, hook: Hook,
-                                           fake_registry: dict[str, Any]) -> None:
+                                           registered_versions: dict[str, Any]) -> None:
     hooks = {"promotion.requested": hook.url}
     settings = {"WEBHOOKS": json.dumps(hooks), "WEBHOOK_SECRET": SECRET,
                 "WEBHOOK_RETRY_BASE_SECONDS": "0.5"}
