@@ -13,7 +13,10 @@ import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from app.db import Deployment
 
 SCORING_PORT = 8080
 APP_LABEL = "modelgate-scoring"
@@ -39,6 +42,18 @@ class K8sSlotSpec:
     model_dir: str = "/opt/modelgate/model"
     gateway_labels: Mapping[str, str] = field(
         default_factory=lambda: {"app.kubernetes.io/name": "modelgate-gateway"})
+
+    @classmethod
+    def from_deployment(cls, row: Deployment, *, image: str, primary_sha256: str,
+                        secondary_sha256: str, namespace: str = "modelgate") -> K8sSlotSpec:
+        """The manifests' view of a recorded deployment (its replicas become the HPA minimum)."""
+        resources = row.resources or {}
+        return cls(environment=row.environment, slot=row.slot, model_name=row.model_name,
+                   model_version=row.model_version, image=image, namespace=namespace,
+                   primary_sha256=primary_sha256, secondary_sha256=secondary_sha256,
+                   min_replicas=row.replicas, max_replicas=max(2, row.replicas),
+                   cpu=float(resources.get("cpu", 0.25)),
+                   memory_mb=int(resources.get("memory_mb", 256)))
 
     @property
     def name(self) -> str:

@@ -67,3 +67,22 @@ def test_secret_holds_digests_never_keys(docs: list[dict], keys: tuple[str, str]
     for key in keys:
         assert key not in text
         assert base64.b64encode(key.encode()).decode() not in text
+
+
+def test_a_recorded_prod_deployment_renders_valid_manifests(keys: tuple[str, str]) -> None:
+    from app.db import Deployment
+
+    row = Deployment(id="abc", environment="prod", slot="blue", model_name="german-credit",
+                     model_version="7", replicas=2, resources={"cpu": 0.5, "memory_mb": 512},
+                     state="ACTIVE", traffic=100, primary_key_enc="x", secondary_key_enc="y")
+    spec = K8sSlotSpec.from_deployment(row, image="modelgate-scoring:7",
+                                       primary_sha256=key_digest(keys[0]),
+                                       secondary_sha256=key_digest(keys[1]))
+    docs = render_manifests(spec)
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.30", strict=True)
+    deployment, hpa = docs[1], docs[4]
+    assert deployment["metadata"]["name"] == "scoring-prod-blue"
+    resources = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources["requests"] == {"cpu": "500m", "memory": "512Mi"}
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 2)
