@@ -15,6 +15,7 @@ import ctypes
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -37,6 +38,7 @@ MAX_BACKOFF = 30.0
 BASE_BACKOFF = 0.25
 STABLE_AFTER = 30.0  # a replica up this long has its backoff reset
 STOP_TIMEOUT = 40.0  # serving's own shutdown timeout (30 s) plus its drain, then SIGKILL
+PORT_FLOOR = 20000  # slot ports are chosen in [PORT_FLOOR, start of the ephemeral range)
 
 
 def _die_with_parent() -> None:
@@ -75,7 +77,26 @@ class Slot:
 
 
 def free_port(host: str) -> int:
-    """A currently free TCP port on host."""
+    """A free TCP port on host, outside the kernel's ephemeral range when possible.
+
+    Replicas bind only after loading the model; a port from the ephemeral range could be taken
+    meanwhile by an outgoing connection's local end, so prefer ports below that range.
+    """
+    low = 32768
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    for _ in range(50):
+        if low <= PORT_FLOOR + 100:
+            break
+        candidate = random.randrange(PORT_FLOOR, low)
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, candidate))
+            except OSError:
+                continue
+            return candidate
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
