@@ -258,3 +258,12 @@ def test_carol_scores_a_csv_in_chunks_and_downloads_the_predictions(context: Any
     scored = [line for i, line in enumerate(lines[1:]) if i != 120]
     assert all(",good," in line or ",bad," in line for line in scored)
     assert "Age: must be" in lines[121]
+    # The calls just made show on the dashboard's staging card and its charts.
+    def calls_shown() -> bool:
+        # The gateway writes its request log in batches: reload until the calls are there.
+        page.goto(f"{stack.panel}/")
+        return float(page.text_content("#env-staging [data-field=calls-per-minute]") or 0) > 0
+
+    wait_for(calls_shown, 30, "the staging card to show calls per minute", interval=1)
+    assert page.locator("#env-staging svg.spark rect").count() >= 1
+    page.screenshot(path=str(SHOTS / "dashboard-traffic.png"), full_page=True)
