@@ -23,7 +23,7 @@ from app.auth.users import role_required, signed_in
 from app.errors import Conflict, ServiceUnavailable
 from app.security import safe_next
 from app.services import events, jobs, overview
-from app.services.kinds import AVAILABLE_KINDS, KIND_SPECS
+from app.services.kinds import KIND_SPECS
 
 bp = Blueprint("jobs", __name__, url_prefix="/jobs")
 
@@ -146,4 +146,4 @@ def stream() -> Any:
 @bp.app_context_processor
 def job_helpers() -> dict[str, Any]:
     """Expose job kinds to templates."""
-    return {"available_kinds": sorted(AVAILABLE_KINDS), "kind_specs": KIND_SPECS}
+    return {"kind_specs": KIND_SPECS}

@@ -27,7 +27,7 @@ from app.errors import Conflict, Forbidden, NotFound, ServiceUnavailable, Valida
 from app.extensions import db
 from app.services import audit, events
 from app.services.audit import AuditAction
-from app.services.kinds import AVAILABLE_KINDS, KIND_SPECS, JobKind
+from app.services.kinds import KIND_SPECS, JobKind
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def submit(kind: JobKind, params: dict[str, Any] | None, requested_by: str, *,
 
     Raises:
         Forbidden: the caller lacks the kind's role.
-        ValidationError: bad params or a kind not available in this version.
+        ValidationError: bad params.
         ServiceUnavailable: the queue (Redis) cannot be reached.
     """
     from app.auth.roles import has_role
@@ -151,8 +151,6 @@ def submit(kind: JobKind, params: dict[str, Any] | None, requested_by: str, *,
     spec = KIND_SPECS[kind]
     if roles is not None and not has_role(roles, spec.role):
         raise Forbidden(f"queuing a {kind.value} job needs the {spec.role.value} role")
-    if kind not in AVAILABLE_KINDS:
-        raise ValidationError(f"job kind {kind.value!r} is not available in this version yet")
     params = _check_params(params)
 
     job = Job(kind=kind.value, status=JobStatus.QUEUED, params=params, requested_by=requested_by,

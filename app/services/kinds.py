@@ -43,8 +43,3 @@ KIND_SPECS: dict[JobKind, KindSpec] = {
         KindSpec(JobKind.SELFCHECK, "modelgate.jobs.selfcheck", Role.ENGINEER, "Self-check"),
     )
 }
-
-# Kinds whose tasks exist in this version; the others are refused with a clear message.
-AVAILABLE_KINDS: frozenset[JobKind] = frozenset(
-    {JobKind.SELFCHECK, JobKind.PROVISION, JobKind.TRAIN, JobKind.DEPLOY, JobKind.ROTATE_KEYS,
-     JobKind.PUBLISH, JobKind.PIPELINE})

@@ -10,17 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import requests
 
 from app.client import EXAMPLE_REQUEST
-from app.services.kinds import AVAILABLE_KINDS, JobKind
 from tests.e2e.test_up import _processes_of
 from tests.support import ROOT, wait_for
-
-pytestmark = pytest.mark.skipif(
-    JobKind.DEPLOY not in AVAILABLE_KINDS,
-    reason="the deploy job (issue 5) is not available yet, so the pipeline cannot reach publish")
 
 
 def _modelgate(env: dict[str, str], *args: str, timeout: float = 60,
