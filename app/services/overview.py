@@ -1,14 +1,11 @@
 """The dashboard's read model: pipeline stages, environment cards and API traffic over time.
 
-Everything here only reads. Services that other features own (deployments, APIs, traffic) are
-looked up when called, so the dashboard still renders, with "not available yet", in a version
-that lacks one of them.
+Everything here only reads.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import json
 import logging
 import threading
@@ -82,24 +79,11 @@ class EnvironmentCard:
     """What the dashboard shows for one environment; None fields are not known (yet)."""
 
     name: str
-    deployments_available: bool
-    apis_available: bool
-    metrics_available: bool
     deployment: Mapping[str, Any] | None = None
     model_metrics: Mapping[str, Any] = field(default_factory=dict)
     api: Mapping[str, Any] | None = None
     traffic: Any = None
     series: tuple[SeriesPoint, ...] = ()
-
-
-def optional_service(name: str) -> ModuleType | None:
-    """Import app.services.<name> if this version has it (features land at different times)."""
-    try:
-        return importlib.import_module(f"app.services.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"app.services.{name}":
-            raise  # a broken import inside the module is a bug, not a missing feature
-        return None
 
 
 # --------------------------------------------------------------------------- stages
@@ -173,35 +157,28 @@ def package_metrics(home: Path, name: str, version: str) -> dict[str, Any]:
 
 def environment_cards(home: Path) -> list[EnvironmentCard]:
     """Staging and prod: deployment, model metrics, API revision and traffic."""
-    deployments = optional_service("deployments")
-    apis = optional_service("apis")
-    metrics = optional_service("api_metrics")
-    status = deployments.read_status(home) if deployments is not None else {}
-    traffic, series = traffic_figures(home) if metrics is not None else ({}, {})
+    from app.services import apis, deployments
+
+    status = deployments.read_status(home)
+    traffic, series = traffic_figures(home)
     cards = []
     for env in ENVIRONMENTS:
         deployment = None
         model: dict[str, Any] = {}
-        if deployments is not None:
-            row = deployments.active_row(env)
-            if row is not None:
-                deployment = deployments.to_dict(row, status)
-                model = package_metrics(home, row.model_name, row.model_version)
+        row = deployments.active_row(env)
+        if row is not None:
+            deployment = deployments.to_dict(row, status)
+            model = package_metrics(home, row.model_name, row.model_version)
         api = None
-        api_name = None
-        if apis is not None:
-            api_name = apis.api_name(env)
-            current = apis.current(api_name)
-            if current is not None:
-                api = {"name": current.api_name, "revision": current.revision,
-                       "path": current.path, "published_by": current.created_by,
-                       "published_at": current.created_at, "job_id": current.job_id}
+        api_name = apis.api_name(env)
+        current = apis.current(api_name)
+        if current is not None:
+            api = {"name": current.api_name, "revision": current.revision,
+                   "path": current.path, "published_by": current.created_by,
+                   "published_at": current.created_at, "job_id": current.job_id}
         cards.append(EnvironmentCard(
-            name=env, deployments_available=deployments is not None,
-            apis_available=apis is not None, metrics_available=metrics is not None,
-            deployment=deployment, model_metrics=model, api=api,
-            traffic=traffic.get(api_name) if api_name else None,
-            series=series.get(api_name, ()) if api_name else ()))
+            name=env, deployment=deployment, model_metrics=model, api=api,
+            traffic=traffic.get(api_name), series=series.get(api_name, ())))
     return cards
 
 
@@ -281,9 +258,8 @@ def _parse_call(line: bytes) -> tuple[dt.datetime, str, int, float] | None:
 def traffic_figures(home: Path, *, now: dt.datetime | None = None, buckets: int = BUCKETS
                     ) -> tuple[dict[str, Any], dict[str, tuple[SeriesPoint, ...]]]:
     """Per API: api_metrics.ApiTraffic over its window, and calls and p95 per minute."""
-    metrics = optional_service("api_metrics")
-    if metrics is None:
-        return {}, {}
+    from app.services import api_metrics as metrics
+
     now = now or dt.datetime.now(dt.UTC)
     window_start = now - dt.timedelta(seconds=metrics.WINDOW_SECONDS)
     end = now.replace(second=0, microsecond=0) + dt.timedelta(seconds=BUCKET_SECONDS)

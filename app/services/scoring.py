@@ -86,13 +86,10 @@ def deployed_model(home: Path, environment: str) -> DeployedModel:
     Raises ScoringUnavailable when the environment is unknown, nothing is deployed there, or
     the package is missing.
     """
-    from app.services.overview import optional_service
+    from app.services import deployments
 
     if environment not in ENVIRONMENTS:
         raise ScoringUnavailable(f"unknown environment {environment!r}")
-    deployments = optional_service("deployments")
-    if deployments is None:
-        raise ScoringUnavailable("Deployments are not available in this version yet.")
     active = deployments.active(environment)
     if active is None:
         raise ScoringUnavailable(f"No model is deployed to {environment} yet: an engineer runs "

@@ -217,18 +217,3 @@ def test_traffic_reads_only_new_log_lines_and_survives_rotation(app: Any,
         log.write_text(call(1))  # rotated: a new file
         traffic, _ = overview.traffic_figures(tmp_path, now=now)
         assert list(traffic) == ["credit-risk"] and traffic["credit-risk"].calls == 1
-
-
-def test_missing_services_show_not_available_yet(app: Any,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.services import overview
-
-    # A version of the panel without the deployments, APIs and traffic services.
-    monkeypatch.setattr(overview, "optional_service", lambda name: None)
-    client = app.test_client()
-    sign_in(client, "carol")
-    html = client.get("/").get_data(as_text=True)
-    assert html.count("Deployments: not available yet in this version.") == 2
-    assert html.count("API revisions: not available yet in this version.") == 2
-    page = client.get("/score/").get_data(as_text=True)
-    assert "Deployments are not available in this version yet." in page
