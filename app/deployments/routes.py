@@ -55,8 +55,13 @@ def deploy(environment: str) -> Any:
 @bp.post("/<environment>/rollback")
 @role_required(Role.ENGINEER)
 def rollback(environment: str) -> Any:
-    """Queue a deploy of the previous slot's version."""
-    return _queue(JobKind.DEPLOY, {"environment": _environment(environment), "rollback": True})
+    """Return the environment to its previous version, with a reason (the one rollback path)."""
+    from app.services import rollbacks
+
+    job = rollbacks.rollback(_environment(environment), request.form.get("version") or None,
+                             request.form.get("reason"), current_user.username,
+                             roles=current_user.roles)
+    return redirect(url_for("jobs.detail", job_id=job.id))
 
 
 @bp.post("/<environment>/rotate-keys")

@@ -196,3 +196,30 @@ def test_rollback_by_engineer_queues_a_deploy_of_an_earlier_version(panel: Any,
     assert event.actor == "alice" and event.target == "environment:prod"
     assert event.details["from_version"] == "2" and event.details["model_version"] == "1"
     assert event.details["reason"] == "v2 misclassifies"
+
+
+def test_deployments_page_rollback_is_the_same_audited_path(panel: Any, tmp_path: Path) -> None:
+    """The Deployments page's button asks for a reason and queues the same explicit deploy."""
+    with panel.app_context():
+        record_deploy(tmp_path, "prod", "1", "job-1")
+        record_deploy(tmp_path, "prod", "2", "job-2")
+    alice = client_for(panel, "alice")
+    page = alice.get("/deployments/").get_data(as_text=True)
+    assert 'name="reason"' in page and "Roll back to v1" in page
+    token = _form_token(page)
+    refused = alice.post("/deployments/prod/rollback",
+                         data={"csrf_token": token, "version": "1", "reason": " "})
+    assert refused.status_code == 422
+    done = alice.post("/deployments/prod/rollback",
+                      data={"csrf_token": token, "version": "1", "reason": "latency regression"})
+    assert done.status_code == 302
+    job_id = done.headers["Location"].rstrip("/").rsplit("/", 1)[1]
+    assert alice.get(f"/api/v1/jobs/{job_id}").get_json()["params"] == {
+        "environment": "prod", "version": "1"}
+    with panel.app_context():
+        event = audit.events(action="deployment.rolled-back")[0]
+    assert event.details["reason"] == "latency regression" and event.actor == "alice"
+    carol = client_for(panel, "carol")
+    assert carol.post("/deployments/prod/rollback",
+                      data={"csrf_token": _form_token(carol.get("/").get_data(as_text=True)),
+                            "reason": "x"}).status_code == 403
