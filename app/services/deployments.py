@@ -144,6 +144,14 @@ def active(environment: str) -> ActiveDeployment | None:
                             row.keys_rotated_at)
 
 
+def of_version(model_name: str, model_version: str) -> list[Deployment]:
+    """Every slot that ran or runs this model version, newest first (lineage)."""
+    query = (select(Deployment).where(Deployment.model_name == model_name,
+                                      Deployment.model_version == str(model_version))
+             .order_by(Deployment.created_at.desc()))
+    return list(db.session.scalars(query))
+
+
 def history(environment: str, limit: int = 20) -> list[Deployment]:
     """An environment's deployments, newest first."""
     return list(db.session.scalars(

@@ -217,9 +217,18 @@ def lineage(info: ModelVersionInfo) -> dict[str, Any]:
         "job_id": tags.get("job_id") or None,
         "model": {"name": info.name, "version": info.version},
         "aliases": list(info.aliases),
-        # Filled once deployments are recorded (the deploy job); until then: not deployed.
-        "deployments": [],
+        "deployments": _deployments_of(info),
     }
+
+
+def _deployments_of(info: ModelVersionInfo) -> list[dict[str, Any]]:
+    """The slots that ran this version: environment, slot, state, job, when it went live."""
+    from app.services import deployments
+
+    return [{"id": row.id, "environment": row.environment, "slot": row.slot,
+             "state": row.state, "job_id": row.job_id,
+             "activated_at": row.activated_at.isoformat() if row.activated_at else None}
+            for row in deployments.of_version(info.name, info.version)]
 
 
 def version_dict(info: ModelVersionInfo) -> dict[str, Any]:

@@ -223,3 +223,17 @@ def test_deployments_page_rollback_is_the_same_audited_path(panel: Any, tmp_path
     assert carol.post("/deployments/prod/rollback",
                       data={"csrf_token": _form_token(carol.get("/").get_data(as_text=True)),
                             "reason": "x"}).status_code == 403
+
+
+def test_lineage_reaches_the_deployments_of_a_version(panel: Any, tmp_path: Path) -> None:
+    """dataset → run → model version → deployments: the last link comes from the deploy records."""
+    with panel.app_context():
+        slot = record_deploy(tmp_path, "prod", "2", "job-2")
+    alice = client_for(panel, "alice")
+    versions = alice.get("/api/v1/models/german-credit/versions").get_json()["versions"]
+    by_version = {v["version"]: v["lineage"]["deployments"] for v in versions}
+    assert [(d["id"], d["environment"], d["job_id"]) for d in by_version["2"]] == [
+        (slot, "prod", "job-2")]
+    assert by_version["1"] == [] and by_version["3"] == []
+    page = alice.get("/models/german-credit/versions/2").get_data(as_text=True)
+    assert f'data-deployment="{slot}"' in page and "not deployed yet" not in page
