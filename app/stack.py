@@ -8,7 +8,6 @@ removed on stop.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 import requests
 
 from app.pki import ensure_tls
+from app.processes import die_with_parent
 from app.redis_server import RedisSpec, free_port, make_spec, wait_until_ours
 
 logger = logging.getLogger(__name__)
@@ -30,15 +30,6 @@ logger = logging.getLogger(__name__)
 READY_TIMEOUT = 60.0
 STOP_GRACE = 10.0
 MAX_BACKOFF = 30.0
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the supervisor dies, so nothing is left orphaned."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 @dataclass
@@ -160,7 +151,7 @@ class Stack:
         env = {**self.child_env, **service.env}
         service.process = subprocess.Popen(
             service.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, cwd=str(self.home), start_new_session=True, preexec_fn=_die_with_parent,
+            env=env, cwd=str(self.home), start_new_session=True, preexec_fn=die_with_parent,
         )
         log.close()
         service.started_at = time.monotonic()

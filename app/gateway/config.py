@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from cryptography.fernet import Fernet, InvalidToken
 
 from app.gateway.policy import NamedValue, Policy, PolicyError, compile_policy
+from app.keyfiles import load_or_create_fernet
 
 _PATH = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}(/[a-z0-9][a-z0-9-]{0,62}){0,3}$")
 _TEMPLATE = re.compile(r"^/[A-Za-z0-9._~/-]{0,200}$")
@@ -86,16 +87,8 @@ def default_config_path(home: Path) -> Path:
 
 
 def _fernet(home: Path) -> Fernet:
-    """The instance's Fernet key (gateway/secret.key, 0600), created on first use."""
-    path = gateway_dir(home) / "secret.key"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return Fernet(path.read_bytes().strip())
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(Fernet.generate_key())
-    return Fernet(path.read_bytes().strip())
+    """The instance's Fernet key for secret named values (gateway/secret.key, 0600)."""
+    return load_or_create_fernet(gateway_dir(home) / "secret.key")
 
 
 def encrypt_named_value(home: Path, plaintext: str) -> str:

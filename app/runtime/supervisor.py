@@ -11,7 +11,6 @@ It never sees a plaintext key: replicas get the digest-only keys file.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from app.db import Deployment, DeploymentState, utcnow
+from app.processes import die_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -39,15 +39,6 @@ BASE_BACKOFF = 0.25
 STABLE_AFTER = 30.0  # a replica up this long has its backoff reset
 STOP_TIMEOUT = 40.0  # serving's own shutdown timeout (30 s) plus its drain, then SIGKILL
 PORT_FLOOR = 20000  # slot ports are chosen in [PORT_FLOOR, start of the ephemeral range)
-
-
-def _die_with_parent() -> None:
-    """In a replica: SIGTERM when the runtime dies, so no replica outlives it unsupervised."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 @dataclass
@@ -289,7 +280,7 @@ class Runtime:
         replica.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                            stdin=subprocess.DEVNULL, env=env,
                                            start_new_session=True,
-                                           preexec_fn=_die_with_parent)
+                                           preexec_fn=die_with_parent)
         log.close()
         replica.started_at = time.monotonic()
         logger.info("started replica %s/%d (pid %d) on port %d", slot.deployment_id,

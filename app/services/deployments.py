@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from sqlalchemy import select, update
 from app.db import Deployment, DeploymentState, new_id, utcnow
 from app.errors import NotFound
 from app.extensions import db
+from app.keyfiles import load_or_create_fernet
 from app.serving.keys import generate_keys, write_keys_file
 
 RUNTIME_HOST = "127.0.0.1"
@@ -73,16 +73,8 @@ def url_of(port: int | None) -> str:
 
 
 def _fernet(home: Path) -> Fernet:
-    """The instance's key-encryption key, created 0600 on first use."""
-    path = Path(home) / "secrets" / "deployment-keys.key"
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return Fernet(path.read_bytes().strip())
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(Fernet.generate_key())
-    return Fernet(path.read_bytes().strip())
+    """The instance's key-encryption key for deployment keys (secrets/, 0600)."""
+    return load_or_create_fernet(Path(home) / "secrets" / "deployment-keys.key")
 
 
 def keys_of(home: Path, deployment: Deployment) -> tuple[str, str]:
