@@ -22,7 +22,30 @@ class GunicornServer(BaseApplication):  # type: ignore[misc]
                 self.cfg.set(key, value)
 
     def load(self) -> Any:
-        return self._factory()
+        app = self._factory()
+        warm_up(app)
+        return app
+
+
+def warm_up(app: Any) -> None:
+    """Pay one-time costs before the first request, then freeze the start-up heap.
+
+    The registry pages import MLflow (about a second) on first use; doing it here keeps that
+    off a user's request. gc.freeze() then moves everything loaded so far out of the
+    collector's view: without it, periodic full collections walk MLflow's and scikit-learn's
+    object graph and stall a request for 200-300 ms (bench/page_bench.py, p99).
+    """
+    import gc
+
+    with app.app_context():
+        try:
+            from app.services import models
+
+            models.registry()
+        except Exception as exc:  # a broken pipeline config shows on the pages, not here
+            app.logger.warning("registry warm-up skipped: %s", exc.__class__.__name__)
+    gc.collect()
+    gc.freeze()
 
 
 def serve_wsgi(factory: Callable[[], Any], *, host: str, port: int, workers: int = 2,

@@ -194,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         version_count = len(models.list_versions(MODEL))
         train_job = db.session.scalar(select(Job.id).where(Job.kind == "train").limit(1))
 
+    # What each panel worker does under gunicorn before serving (app/wsgi.py).
+    from app.wsgi import warm_up
+
+    warm_up(app)
     client = app.test_client()
     with client.session_transaction() as session:
         session["user"] = {"id": "oid-alice", "name": "Alice", "username": "alice",

@@ -98,7 +98,7 @@ def list_model_versions(name: str) -> Any:
     versions = models.list_versions(name)
     if not versions:
         raise NotFound(f"model {name!r} has no registered versions")
-    return {"name": name, "versions": [models.version_dict(v) for v in versions]}
+    return {"name": name, "versions": models.versions_dicts(versions)}
 
 
 @bp.get("/apis")

@@ -27,7 +27,7 @@ def list(name: str) -> Any:  # noqa: A001  (view names follow the list/detail co
     """Show every version of a model with its metrics and aliases."""
     versions = models.list_versions(name)
     return render_template("registry/list.html", name=name, versions=versions,
-                           lineage={v.version: models.lineage(v) for v in versions})
+                           lineage=models.lineages(versions))
 
 
 @bp.get("/<name>/versions/<version>")
@@ -55,8 +55,9 @@ def compare(name: str) -> Any:
     data = [models.chart_data(v) for v in pair]
     series = [charts.roc_series(f"v{v.version}", d) for v, d in zip(pair, data, strict=True)
               if not d.error]
+    by_version = models.lineages(pair)
     return render_template("registry/compare.html", name=name, pair=pair,
-                           lineages=[models.lineage(v) for v in pair], charts_data=data,
+                           lineages=[by_version[v.version] for v in pair], charts_data=data,
                            roc_series=series)
 
 

@@ -136,12 +136,17 @@ def active(environment: str) -> ActiveDeployment | None:
                             row.keys_rotated_at)
 
 
-def of_version(model_name: str, model_version: str) -> list[Deployment]:
-    """Every slot that ran or runs this model version, newest first (lineage)."""
-    query = (select(Deployment).where(Deployment.model_name == model_name,
-                                      Deployment.model_version == str(model_version))
+def of_model(model_name: str) -> dict[str, list[Deployment]]:
+    """Every slot that ran or runs a version of the model, by version, newest first (lineage).
+
+    One query for all versions, so a page listing fifty versions does not make fifty.
+    """
+    query = (select(Deployment).where(Deployment.model_name == model_name)
              .order_by(Deployment.created_at.desc()))
-    return list(db.session.scalars(query))
+    by_version: dict[str, list[Deployment]] = {}
+    for row in db.session.scalars(query):
+        by_version.setdefault(row.model_version, []).append(row)
+    return by_version
 
 
 def history(environment: str, limit: int = 20) -> list[Deployment]:

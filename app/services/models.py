@@ -204,8 +204,22 @@ def _unavailable(exc: Exception) -> Exception:
     return ServiceUnavailable("the model registry (MLflow) cannot be read right now")
 
 
-def lineage(info: ModelVersionInfo) -> dict[str, Any]:
+def lineages(infos: list[ModelVersionInfo]) -> dict[str, dict[str, Any]]:
+    """Lineage of several versions of one model, by version (one deployments query)."""
+    from app.services import deployments
+
+    if not infos:
+        return {}
+    deployed = deployments.of_model(infos[0].name)
+    return {info.version: lineage(info, deployed.get(info.version, [])) for info in infos}
+
+
+def lineage(info: ModelVersionInfo, deployed: list[Any] | None = None) -> dict[str, Any]:
     """Return dataset version → run → model version → deployments for one version."""
+    if deployed is None:
+        from app.services import deployments
+
+        deployed = deployments.of_model(info.name).get(info.version, [])
     tags = info.tags
     dataset_version = tags.get("dataset_version", "")
     return {
@@ -217,23 +231,18 @@ def lineage(info: ModelVersionInfo) -> dict[str, Any]:
         "job_id": tags.get("job_id") or None,
         "model": {"name": info.name, "version": info.version},
         "aliases": list(info.aliases),
-        "deployments": _deployments_of(info),
+        "deployments": [
+            {"id": row.id, "environment": row.environment, "slot": row.slot,
+             "state": row.state, "job_id": row.job_id,
+             "activated_at": row.activated_at.isoformat() if row.activated_at else None}
+            for row in deployed],
     }
 
 
-def _deployments_of(info: ModelVersionInfo) -> list[dict[str, Any]]:
-    """The slots that ran this version: environment, slot, state, job, when it went live."""
-    from app.services import deployments
-
-    return [{"id": row.id, "environment": row.environment, "slot": row.slot,
-             "state": row.state, "job_id": row.job_id,
-             "activated_at": row.activated_at.isoformat() if row.activated_at else None}
-            for row in deployments.of_version(info.name, info.version)]
-
-
-def version_dict(info: ModelVersionInfo) -> dict[str, Any]:
-    """Serialise a version for the REST API: metrics, aliases, tags and lineage."""
-    return {**info.to_dict(), "lineage": lineage(info)}
+def versions_dicts(infos: list[ModelVersionInfo]) -> list[dict[str, Any]]:
+    """Serialise versions for the REST API: metrics, aliases, tags and lineage."""
+    by_version = lineages(infos)
+    return [{**info.to_dict(), "lineage": by_version[info.version]} for info in infos]
 
 
 def chart_data(info: ModelVersionInfo) -> ChartData:
