@@ -223,7 +223,9 @@ def one_row_compute(package: Path) -> dict[str, float]:
     if model.compiled is None:
         raise RuntimeError(f"fast path not compiled: {model.fallback_reason}")
     row = RecordValidator(model.signature).validate_body({"data": [dict(model.signature.example)]})
-    frame = pd.DataFrame([dict(model.signature.example)], columns=list(model.signature.field_names))
+    frame = pd.DataFrame(
+        [dict(model.signature.example)], columns=list(model.signature.feature_names)
+    )
     compiled = model.compiled
     fast = time_per_call(lambda: compiled.predict_proba(row), rounds=15, inner=2000)
     sklearn_frame = time_per_call(lambda: model.pipeline.predict_proba(frame), rounds=15, inner=40)

@@ -158,7 +158,7 @@ def _loaded(model: ScoringModel) -> LoadedModel:
         model=model,
         validator=RecordValidator(signature),
         openapi=json.dumps(build_openapi(signature)).encode(),
-        model_info={"name": signature.name, "version": signature.version},
+        model_info={"name": signature.name, "version": signature.version or ""},
     )
 
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.ml.signature import FieldType, Signature
 from app.serving.fastpath import CompiledModel, NotCompilableError, compile_pipeline
-from app.serving.signature import FieldType, Signature, load_signature
 from app.serving.validation import RecordValidator, Row
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class ScoringModel:
         import numpy as np
         import pandas as pd
 
-        names = list(self.signature.field_names)
+        names = list(self.signature.feature_names)
         columns = {
             name: [np.nan if row[i] is None else row[i] for row in rows]
             for i, name in enumerate(names)
@@ -65,11 +65,11 @@ class ScoringModel:
     def predictions(self, rows: Sequence[Row]) -> list[dict[str, object]]:
         """The response's predictions: label by name and probabilities keyed by class name."""
         classes = self.classes
-        label_for = self.signature.label_for
+        label_from = self.signature.label_from
         out: list[dict[str, object]] = []
         for proba in self.predict_proba(rows):
             by_name = dict(zip(classes, proba, strict=True))
-            out.append({"label": label_for(by_name), "probabilities": by_name})
+            out.append({"label": label_from(by_name), "probabilities": by_name})
         return out
 
 
@@ -147,17 +147,19 @@ def load_model(model_dir: Path) -> ScoringModel:
     import joblib
 
     try:
-        signature = load_signature(model_dir / SIGNATURE_FILE)
+        signature = Signature.load(model_dir / SIGNATURE_FILE)
         pipeline = joblib.load(model_dir / MODEL_FILE)
     except Exception as exc:
         raise ModelLoadError(f"cannot load the model package: {exc}") from exc
+    if signature.version is None:  # answers, health and OpenAPI name the served version
+        raise ModelLoadError("signature.json has no version (the package is not registered)")
     classes = tuple(str(c) for c in getattr(pipeline, "classes_", ()))
     if sorted(classes) != sorted(signature.classes):
         raise ModelLoadError("the pipeline's classes_ do not match signature.json's classes")
     compiled: CompiledModel | None = None
     reason: str | None = None
     try:
-        compiled = compile_pipeline(pipeline, signature.field_names)
+        compiled = compile_pipeline(pipeline, signature.feature_names)
     except NotCompilableError as exc:
         reason = f"not compilable: {exc}"
     except Exception as exc:  # an unexpected fitted layout must not stop serving via sklearn

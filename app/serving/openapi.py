@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.serving.signature import FieldSpec, FieldType, Signature
+from app.ml.signature import FieldSpec, FieldType, Signature
 
 
 def _field_schema(spec: FieldSpec) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from app.ml.signature import (
     FieldType,
     Signature,
     SignatureError,
+    SignatureFormatError,
     build_signature,
     validate_records,
 )
@@ -108,7 +109,7 @@ def test_integral_float_counts_as_integer(signature: Signature) -> None:
 @pytest.mark.parametrize(
     ("record", "field", "message"),
     [
-        pytest.param(_record(Age=_DROP), "data[0].Age", "missing required field", id="missing"),
+        pytest.param(_record(Age=_DROP), "data[0].Age", "required field missing", id="missing"),
         pytest.param(_record(Age=None), "data[0].Age", "must not be null", id="null"),
         pytest.param(_record(Sex=None), "data[0].Sex", "must not be null", id="null-category"),
         pytest.param(_record(Income=5), "data[0].Income", "unknown field", id="unknown-field"),
@@ -122,16 +123,17 @@ def test_integral_float_counts_as_integer(signature: Signature) -> None:
         pytest.param(_record(Duration=math.inf), "data[0].Duration", "finite", id="infinity"),
         pytest.param(_record(Duration=-math.inf), "data[0].Duration", "finite",
                      id="minus-infinity"),
-        pytest.param(_record(Age=17), "data[0].Age", "between 18 and 120", id="too-young"),
-        pytest.param(_record(Age=121), "data[0].Age", "between 18 and 120", id="too-old"),
-        pytest.param(_record(Job=4), "data[0].Job", "between 0 and 3", id="job"),
+        pytest.param(_record(Age=17), "data[0].Age", "must be ≥ 18", id="too-young"),
+        pytest.param(_record(Age=121), "data[0].Age", "must be ≤ 120", id="too-old"),
+        pytest.param(_record(Job=4), "data[0].Job", "must be ≤ 3", id="job"),
         pytest.param(_record(Credit_amount=0), "data[0].Credit amount",
-                     "between 1 and 1000000", id="amount-zero"),
+                     "must be ≥ 1", id="amount-zero"),
         pytest.param(_record(Credit_amount=10**9), "data[0].Credit amount",
-                     "between 1 and 1000000", id="amount-huge"),
-        pytest.param(_record(Duration=0), "data[0].Duration", "between 1 and 120",
+                     "must be ≤ 1e+06", id="amount-huge"),
+        pytest.param(_record(Duration=0), "data[0].Duration", "must be ≥ 1",
                      id="duration"),
-        pytest.param(_record(Sex="robot"), "data[0].Sex", "unknown category 'robot'",
+        pytest.param(_record(Sex="robot"), "data[0].Sex",
+                     "unknown category; allowed: 'female', 'male'",
                      id="unknown-category"),
         pytest.param(_record(Purpose="radio/tv"), "data[0].Purpose", "unknown category",
                      id="category-case"),
@@ -158,9 +160,10 @@ def test_out_of_domain_record_is_rejected_naming_the_field(
     ("payload", "message"),
     [
         pytest.param([], "at least one record", id="empty"),
-        pytest.param([dict(DESIGN_EXAMPLE)] * 1001, "too many rows: 1001 > 1000", id="too-many"),
-        pytest.param({"Age": 20}, "must be a list", id="not-a-list"),
-        pytest.param(None, "must be a list", id="null"),
+        pytest.param([dict(DESIGN_EXAMPLE)] * 1001, "too many records; at most 1000",
+                     id="too-many"),
+        pytest.param({"Age": 20}, "must be an array of records", id="not-a-list"),
+        pytest.param(None, "must be an array of records", id="null"),
     ],
 )
 def test_bad_data_list_is_rejected(signature: Signature, payload: Any, message: str) -> None:
@@ -194,7 +197,7 @@ def test_number_fields_accept_ints_and_reject_bools() -> None:
     assert isinstance(validate_records(sig, [{"x": 0}])[0]["x"], float)
     with pytest.raises(SignatureError, match="must be a number"):
         validate_records(sig, [{"x": False}])
-    with pytest.raises(SignatureError, match="between 0 and 1"):
+    with pytest.raises(SignatureError, match="must be ≤ 1"):
         validate_records(sig, [{"x": 1.5}])
 
 
@@ -209,6 +212,57 @@ def test_unknown_numeric_columns_fall_back_to_observed_range(csv_path: Path) -> 
     # DESIGN's example (Age 20, Credit amount 100) no longer fits, so another one is built.
     validate_records(sig, [dict(sig.example)])
     assert sig.example != {**DESIGN_EXAMPLE, "Sno": sig.example["Sno"]}
+
+
+def _contract(**changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "name": "m", "version": "1", "classes": ["bad", "good"], "positive_class": "bad",
+        "threshold": 0.5, "max_rows": 10,
+        "fields": [{"name": "Age", "type": "integer", "minimum": 18, "maximum": 120},
+                   {"name": "Sex", "type": "category", "categories": ["female", "male"]}],
+    }
+    data.update(changes)
+    return data
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        pytest.param({"fields": []}, id="no-fields"),
+        pytest.param({"fields": [{"name": "Age", "type": "integer"}] * 2}, id="duplicate-name"),
+        pytest.param({"fields": [{"type": "integer"}]}, id="unnamed-field"),
+        pytest.param({"fields": [{"name": "Age", "type": "text"}]}, id="unknown-type"),
+        pytest.param({"fields": [{"name": "Sex", "type": "category", "categories": []}]},
+                     id="no-categories"),
+        pytest.param({"fields": [{"name": "Sex", "type": "category", "categories": [1]}]},
+                     id="non-string-category"),
+        pytest.param({"fields": [{"name": "Age", "type": "integer", "maximum": math.inf}]},
+                     id="infinite-bound"),
+        pytest.param({"fields": [{"name": "Age", "type": "integer", "minimum": "18"}]},
+                     id="string-bound"),
+        pytest.param({"classes": ["bad"]}, id="one-class"),
+        pytest.param({"positive_class": "risky"}, id="positive-not-a-class"),
+        pytest.param({"threshold": 1.5}, id="threshold-above-1"),
+        pytest.param({"threshold": math.nan}, id="threshold-nan"),
+        pytest.param({"max_rows": 0}, id="max-rows-0"),
+        pytest.param({"name": None, "classes": None}, id="classes-null"),
+    ],
+)
+def test_inconsistent_signature_json_is_a_format_error(changes: dict[str, Any]) -> None:
+    Signature.from_dict(_contract())  # the base document is valid
+    with pytest.raises(SignatureFormatError):
+        Signature.from_dict(_contract(**changes))
+
+
+def test_load_reports_unreadable_files_as_format_errors(tmp_path: Path) -> None:
+    path = tmp_path / "signature.json"
+    with pytest.raises(SignatureFormatError, match="cannot read"):
+        Signature.load(path)
+    path.write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(SignatureFormatError, match="must hold an object"):
+        Signature.load(path)
+    path.write_text(json.dumps(_contract()), encoding="utf-8")
+    assert Signature.load(path).feature_names == ("Age", "Sex")
 
 
 def test_label_uses_threshold_on_positive_class(signature: Signature) -> None:

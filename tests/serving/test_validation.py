@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.ml.signature import Signature
 from app.serving.errors import ProblemError
-from app.serving.signature import parse_signature
 from app.serving.validation import RecordValidator, parse_body
 from tests.serving.modelpkg import EXAMPLE, signature_dict
 
-VALIDATOR = RecordValidator(parse_signature(signature_dict()))
+VALIDATOR = RecordValidator(Signature.from_dict(signature_dict()))
 
 
 def validate(raw: bytes) -> list[tuple[object, ...]]:
