@@ -9,11 +9,22 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from app.ml.signature import (
+    DEFAULT_BOUNDS,
+    DEFAULT_MAX_ROWS,
+    DESIGN_EXAMPLE,
+    FieldSpec,
+    FieldType,
+    Record,
+    Signature,
+)
+from app.ml.validation import SignatureError, validate_records
 
 logger = logging.getLogger(__name__)
 
@@ -334,3 +345,81 @@ def register_dataset(
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- signature
+
+
+def build_signature(
+    schema: DatasetSchema,
+    features: Sequence[str],
+    *,
+    name: str,
+    target: str = "Risk",
+    classes: Sequence[str] = ("bad", "good"),
+    positive_class: str = "bad",
+    threshold: float = 0.5,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    example: Mapping[str, Any] | None = None,
+) -> Signature:
+    """Build a signature from a dataset schema.
+
+    Categories are the observed ones; numeric ranges come from ``bounds`` (default
+    DEFAULT_BOUNDS) and fall back to the observed range for columns without a bound. A column
+    with gaps in the data is nullable. The example is DESIGN.md's record when it fits,
+    else one built from the schema.
+
+    Raises:
+        KeyError: a feature is not a column of the schema.
+        ValueError: a bound is inverted or excludes every observed value.
+    """
+    limits = dict(DEFAULT_BOUNDS if bounds is None else bounds)
+    specs = []
+    for fname in features:
+        col = schema.column(fname)
+        if col.type == "category":
+            specs.append(
+                FieldSpec(fname, FieldType.CATEGORY, col.nullable, categories=col.categories or ())
+            )
+            continue
+        lo, hi = limits.get(fname, (col.minimum, col.maximum))
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"bounds for {fname!r} are inverted: {lo} > {hi}")
+        observed = (col.minimum, col.maximum)
+        if None not in observed and lo is not None and hi is not None and (
+            observed[1] < lo or observed[0] > hi  # type: ignore[operator]
+        ):
+            raise ValueError(f"bounds {lo}-{hi} for {fname!r} exclude all observed values "
+                             f"{observed[0]}-{observed[1]}")
+        specs.append(FieldSpec(fname, FieldType(col.type), col.nullable, minimum=lo, maximum=hi))
+    sig = Signature(
+        name=name,
+        fields=tuple(specs),
+        classes=tuple(classes),
+        positive_class=positive_class,
+        threshold=float(threshold),
+        target=target,
+        max_rows=max_rows,
+    )
+    candidates = [example] if example is not None else [DESIGN_EXAMPLE, _synthetic_example(sig)]
+    for candidate in candidates:
+        try:
+            validate_records(sig, [dict(candidate)])
+        except SignatureError:
+            continue
+        return replace(sig, example={k: candidate.get(k) for k in sig.feature_names})
+    raise ValueError("example record does not fit the signature")
+
+
+def _synthetic_example(sig: Signature) -> Record:
+    out: Record = {}
+    for spec in sig.fields:
+        if spec.type is FieldType.CATEGORY:
+            out[spec.name] = spec.categories[0] if spec.categories else None
+        else:
+            lo = spec.minimum if spec.minimum is not None else 0
+            hi = spec.maximum if spec.maximum is not None else lo
+            mid = (lo + hi) / 2
+            out[spec.name] = int(mid) if spec.type is FieldType.INTEGER else float(mid)
+    return out

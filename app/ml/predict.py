@@ -87,7 +87,7 @@ def predict_records(
     Args:
         pipeline: the fitted scikit-learn pipeline of a model package.
         signature: the package's signature.
-        records: records returned by :func:`app.ml.signature.validate_records`.
+        records: records returned by :func:`app.ml.validation.validate_records`.
 
     Returns:
         One Prediction per record, probabilities keyed by class name.

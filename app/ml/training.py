@@ -19,7 +19,7 @@ from app.ml.config import (
     ConfigError,
     TrainingConfig,
 )
-from app.ml.dataset import META_FILE, DatasetSchema, infer_schema, read_csv
+from app.ml.dataset import META_FILE, DatasetSchema, build_signature, infer_schema, read_csv
 from app.ml.evaluation import (
     CostMatrix,
     calibration_data,
@@ -30,7 +30,7 @@ from app.ml.evaluation import (
     roc_data,
 )
 from app.ml.predict import frame_from_dataframe
-from app.ml.signature import Signature, build_signature
+from app.ml.signature import Signature
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Parse a score request body and validate it against the model signature (the hot path).
 
-The rules live in :class:`app.ml.signature.RecordValidator` (shared with training and the
+The rules live in :class:`app.ml.validation.RecordValidator` (shared with training and the
 panel, stdlib only); this module adds the HTTP side: malformed JSON is a 400, a body that
 does not match the signature a 422 problem carrying the field errors.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from app.ml import signature as _signature
-from app.ml.signature import MAX_ERRORS, Row, object_pairs_hook
-from app.ml.signature import FieldError as SignatureFieldError
+from app.ml import validation as _validation
+from app.ml.validation import MAX_ERRORS, Row, object_pairs_hook
+from app.ml.validation import FieldError as SignatureFieldError
 from app.serving.errors import FieldError, ProblemError
 
 __all__ = ["MAX_REPORTED_ERRORS", "RecordValidator", "Row", "parse_body"]
@@ -36,7 +36,7 @@ def parse_body(body: bytes) -> Any:
         raise ProblemError(400, "The request body is not valid JSON.") from None
 
 
-class RecordValidator(_signature.RecordValidator):
+class RecordValidator(_validation.RecordValidator):
     """The shared validator, raising a 422 ProblemError instead of SignatureError."""
 
     def reject(self, errors: list[SignatureFieldError]) -> Exception:

@@ -17,8 +17,9 @@ from app.ml.package import (
     write_package_parts,
 )
 from app.ml.predict import features_frame, predict_records
-from app.ml.signature import DESIGN_EXAMPLE, Signature, validate_records
+from app.ml.signature import DESIGN_EXAMPLE, Signature
 from app.ml.training import CATEGORICAL, NUMERIC, TrainingOutcome
+from app.ml.validation import validate_records
 
 
 def test_write_and_load_round_trip(tmp_path: Path, outcome: TrainingOutcome) -> None:

@@ -13,8 +13,9 @@ import yaml
 from app.ml.dataset import register_dataset
 from app.ml.predict import features_frame, predict_records
 from app.ml.registry import ModelRegistry, ModelVersionInfo, RegistryError
-from app.ml.signature import DESIGN_EXAMPLE, validate_records
+from app.ml.signature import DESIGN_EXAMPLE
 from app.ml.training import CATEGORICAL, NUMERIC, TrainingConfig, TrainingOutcome, train
+from app.ml.validation import validate_records
 
 from .conftest import CSV_SHA256
 

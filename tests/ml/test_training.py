@@ -19,7 +19,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from app.ml.dataset import register_dataset
 from app.ml.evaluation import CostMatrix, choose_threshold, expected_cost
 from app.ml.predict import predict_records
-from app.ml.signature import DESIGN_EXAMPLE, validate_records
+from app.ml.signature import DESIGN_EXAMPLE
 from app.ml.training import (
     CATEGORICAL,
     NUMERIC,
@@ -29,6 +29,7 @@ from app.ml.training import (
     TrainingOutcome,
     train,
 )
+from app.ml.validation import validate_records
 
 from .conftest import CSV_SHA256
 
