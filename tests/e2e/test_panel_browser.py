@@ -23,10 +23,7 @@ import pytest
 from tests.support import ROOT, wait_for
 
 pytestmark = pytest.mark.e2e
-playwright = pytest.importorskip("playwright.sync_api")
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+pytest.importorskip("playwright.sync_api")
 SHOTS = ROOT / "docs" / "screenshots"
 STAGES = ("infrastructure", "model", "deployment", "api")
 PIPELINE_TIMEOUT_MS = 240_000
@@ -76,18 +73,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         except subprocess.TimeoutExpired:
             os.killpg(up.pid, signal.SIGKILL)
             up.wait(10)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing: apt-get install -y chromium")
-        pytest.skip("apt-get install -y chromium")
-    with playwright.sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

@@ -21,10 +21,7 @@ from app.client import EXAMPLE_REQUEST
 from tests.support import ROOT, wait_for
 
 pytestmark = pytest.mark.e2e
-playwright = pytest.importorskip("playwright.sync_api")
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+pytest.importorskip("playwright.sync_api")
 SCREENSHOTS = ROOT / "docs" / "screenshots"
 # One quick candidate; short drains so each deploy takes seconds, not half a minute.
 PIPELINE_YAML = """\
@@ -113,16 +110,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         except subprocess.TimeoutExpired:
             os.killpg(up.pid, signal.SIGKILL)
             up.wait(10)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("apt-get install -y chromium")
-    with playwright.sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 def _signed_in(browser: Any, stack: Stack, user: str) -> Any:

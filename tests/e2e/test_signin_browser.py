@@ -7,7 +7,6 @@ the panel with its production cookie settings.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,10 +24,7 @@ from tests.identity_support import Issuer, free_port, start_issuer
 from tests.support import ROOT, RedisServer, child_env, wait_for
 
 pytestmark = pytest.mark.e2e
-playwright = pytest.importorskip("playwright.sync_api")
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+pytest.importorskip("playwright.sync_api")
 SCREENSHOT = ROOT / "docs" / "screenshots" / "dashboard.png"
 #: Engineer actions on the dashboard: the forms that queue jobs.
 ACTIONS = "form[method=post][action='/jobs/']"
@@ -86,18 +82,6 @@ def _up(panel: str) -> bool:
         return session.get(f"{panel}/health", timeout=1).status_code == 200
     except requests.RequestException:
         return False
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail("chromium is missing: apt-get install -y chromium")
-        pytest.skip("apt-get install -y chromium")
-    with playwright.sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture
