@@ -208,10 +208,11 @@ def _range_problem(check: _Check, value: float) -> str | None:
     return None
 
 
-def _check_integer(check: _Check, value: object) -> str | None:
-    """An int (not bool) or an integral finite float, within range."""
+def _check_numeric(check: _Check, value: object) -> str | None:
+    """An int or finite float (not bool) within range; INTEGER fields need integral values."""
+    expected = "must be an integer" if check.kind is FieldType.INTEGER else "must be a number"
     if isinstance(value, bool):
-        return "must be an integer"
+        return expected
     if isinstance(value, int):
         if not -_INT_LIMIT <= value <= _INT_LIMIT:
             return "out of range"
@@ -219,25 +220,10 @@ def _check_integer(check: _Check, value: object) -> str | None:
     if isinstance(value, float):
         if not math.isfinite(value):
             return _NOT_FINITE
-        if not value.is_integer():
-            return "must be an integer"
+        if check.kind is FieldType.INTEGER and not value.is_integer():
+            return expected
         return _range_problem(check, value)
-    return "must be an integer"
-
-
-def _check_number(check: _Check, value: object) -> str | None:
-    """An int or finite float (not bool), within range."""
-    if isinstance(value, bool):
-        return "must be a number"
-    if isinstance(value, int):
-        if not -_INT_LIMIT <= value <= _INT_LIMIT:
-            return "out of range"
-        return _range_problem(check, value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return _NOT_FINITE
-        return _range_problem(check, value)
-    return "must be a number"
+    return expected
 
 
 def _check_category(check: _Check, value: object) -> str | None:
@@ -250,8 +236,8 @@ def _check_category(check: _Check, value: object) -> str | None:
 
 
 _CHECKERS: dict[FieldType, Callable[[_Check, object], str | None]] = {
-    FieldType.INTEGER: _check_integer,
-    FieldType.NUMBER: _check_number,
+    FieldType.INTEGER: _check_numeric,
+    FieldType.NUMBER: _check_numeric,
     FieldType.CATEGORY: _check_category,
 }
 

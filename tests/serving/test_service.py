@@ -56,6 +56,8 @@ def test_example_scores_with_labels_by_name(
     assert set(body) == {"predictions", "model", "request_id"}
     assert body["model"] == {"name": "german-credit", "version": "3"}
     assert response.headers["X-Request-ID"] == body["request_id"]
+    # The gateway reads the version from this header instead of parsing every body.
+    assert response.headers["X-Model-Version"] == body["model"]["version"]
     (prediction,) = body["predictions"]
     pipeline = joblib.load(lr_package / "model.joblib")
     proba = pipeline.predict_proba(pd.DataFrame([EXAMPLE], columns=FEATURES))[0]
