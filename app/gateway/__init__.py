@@ -1,7 +1,7 @@
 """modelgate.gateway: the local API gateway that executes API Management policies.
 
 Entry points are imported lazily so that importing the package has no side effects and
-does not pull aiohttp into processes that only need the config helpers.
+does not pull the server stack into processes that only need the config helpers.
 """
 
 from __future__ import annotations

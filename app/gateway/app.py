@@ -1,4 +1,4 @@
-"""The gateway's app factory, config hot reload and the blocking HTTPS server."""
+"""The gateway: its app factory, config hot reload, request handling and the HTTPS server."""
 
 from __future__ import annotations
 
@@ -10,25 +10,24 @@ import os
 import signal
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
-import aiohttp
-from aiohttp import web
+from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.gateway.config import ConfigError, GatewayConfig, default_config_path, load_config
+from app.gateway.http import HttpServer, Request, Response, ServerLimits
 from app.gateway.jwt import JwksRegistry
 from app.gateway.observability import GatewayMetrics, RequestLog, RequestRecord
 from app.gateway.proxy import SERVER_NAME, Outcome, preflight, problem, request_id, run_route
 from app.gateway.proxy import cors_headers as _cors_headers
 from app.gateway.ratelimit import create_rate_limiter
 from app.gateway.state import GatewaySettings, GatewayState
+from app.gateway.upstream import UpstreamPool
 from app.pki import ensure_tls
 
 log = logging.getLogger(__name__)
-
-STATE = web.AppKey("modelgate_gateway_state", GatewayState)
 
 
 def _fingerprint(path: Path) -> tuple[int, int, int] | None:
@@ -71,78 +70,88 @@ async def _watch_config(state: GatewayState) -> None:
         log.info("gateway config reloaded: %d APIs", len(config.apis))
 
 
-async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    state = app[STATE]
-    connector = aiohttp.TCPConnector(limit=state.settings.pool_size, keepalive_timeout=30,
-                                     ttl_dns_cache=300)
-    session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                    skip_auto_headers=("User-Agent", "Accept-Encoding"),
-                                    timeout=aiohttp.ClientTimeout(
-                                        total=state.settings.upstream_timeout_s))
-    state.set_session(session)
-    state.request_log.start()
-    _warm_jwks(state, state.config)
-    watcher = asyncio.create_task(_watch_config(state))
-    yield
-    watcher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await watcher
-    await state.request_log.close()
-    await state.limiter.close()
-    await session.close()
-    state.set_session(None)
+class Gateway:
+    """One gateway instance: state, request handling and its HTTP server."""
+
+    def __init__(self, state: GatewayState) -> None:
+        self.state = state
+        settings = state.settings
+        self.server = HttpServer(self.handle, ServerLimits(
+            max_header_bytes=settings.max_header_bytes, max_body_bytes=settings.max_body_bytes,
+            keepalive_timeout_s=settings.keepalive_timeout_s,
+            request_timeout_s=settings.request_timeout_s))
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0,
+                    ssl_context: ssl.SSLContext | None = None) -> int:
+        """Start the background work and listen; returns the bound port."""
+        state = self.state
+        state.request_log.start()
+        _warm_jwks(state, state.config)
+        self._watcher = asyncio.create_task(_watch_config(state))
+        return await self.server.start(host, port, ssl_context)
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop listening, finish in-flight requests (up to grace_s), release everything."""
+        await self.server.stop(grace_s)
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        await self.state.request_log.close()
+        await self.state.limiter.close()
+        self.state.upstream.close()
+
+    async def handle(self, request: Request) -> Response:
+        """Route one request: the gateway's own endpoints, else an API call."""
+        if request.method in ("GET", "HEAD"):
+            if request.path == "/health":
+                return Response(200, b'{"status":"ok"}',
+                                CIMultiDict({"Content-Type": "application/json"}))
+            if request.path == "/metrics":
+                metrics = self.state.metrics
+                metrics.jwks_fetches.set(self.state.jwks.total_fetches())
+                return Response(200, generate_latest(metrics.registry),
+                                CIMultiDict({"Content-Type": CONTENT_TYPE_LATEST}))
+        return await self._api_call(request)
+
+    async def _api_call(self, request: Request) -> Response:
+        """Route one API call, run its policy, forward it, and record it."""
+        state = self.state
+        started = time.perf_counter()
+        outcome = Outcome(request_id(request.headers.get("X-Request-ID")))
+        config = state.config
+        route = config.routes.get((request.method, request.path))
+        api_name: str | None = None
+        try:
+            if route is not None:
+                api_name = route.api.name
+                response = await run_route(state, request, route, outcome)
+                cors = route.api.policy.cors
+                if cors is not None:
+                    response.headers.extend(_cors_headers(cors, request.headers.get("Origin")))
+            else:
+                response = _unrouted(config, request)
+        except Exception:  # noqa: BLE001 - the one boundary that turns surprises into a safe 500
+            log.exception("gateway error (request %s)", outcome.request_id)
+            response = problem(500, "The gateway failed to process the request.")
+        response.headers["X-Request-ID"] = outcome.request_id
+        response.headers["Server"] = SERVER_NAME
+        elapsed = time.perf_counter() - started
+        backend_s = outcome.backend_ms / 1000 if outcome.backend_ms is not None else None
+        state.metrics.observe(api_name or "-", response.status, elapsed, backend_s)
+        state.request_log.add(RequestRecord(
+            time=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+            caller=outcome.caller, api=api_name,
+            revision=route.api.revision if route else None,
+            environment=route.api.environment if route else None,
+            status=response.status, latency_ms=round(elapsed * 1000, 3),
+            backend_ms=round(outcome.backend_ms, 3) if outcome.backend_ms is not None else None,
+            model_version=outcome.model_version, request_id=outcome.request_id))
+        return response
 
 
-async def _health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    state.metrics.jwks_fetches.set(state.jwks.total_fetches())
-    body = generate_latest(state.metrics.registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-async def _handle(request: web.Request) -> web.StreamResponse:
-    """Route one API call, run its policy, forward it, and record it."""
-    state = request.app[STATE]
-    started = time.perf_counter()
-    outcome = Outcome(request_id(request.headers.get("X-Request-ID")))
-    config = state.config
-    route = config.routes.get((request.method, request.path))
-    api_name: str | None = None
-    try:
-        if route is not None:
-            api_name = route.api.name
-            response = await run_route(state, request, route, outcome)
-            cors = route.api.policy.cors
-            if cors is not None:
-                for name, value in _cors_headers(cors, request.headers.get("Origin")):
-                    response.headers[name] = value
-        else:
-            response = _unrouted(config, request)
-    except Exception:  # noqa: BLE001 - the one boundary that turns surprises into a safe 500
-        log.exception("gateway error (request %s)", outcome.request_id)
-        response = problem(500, "The gateway failed to process the request.")
-    response.headers["X-Request-ID"] = outcome.request_id
-    response.headers["Server"] = SERVER_NAME
-    elapsed = time.perf_counter() - started
-    label = api_name or "-"
-    state.metrics.observe(label, response.status, elapsed,
-                          outcome.backend_ms / 1000 if outcome.backend_ms is not None else None)
-    state.request_log.add(RequestRecord(
-        time=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
-        caller=outcome.caller, api=api_name,
-        revision=route.api.revision if route else None,
-        environment=route.api.environment if route else None,
-        status=response.status, latency_ms=round(elapsed * 1000, 3),
-        backend_ms=round(outcome.backend_ms, 3) if outcome.backend_ms is not None else None,
-        model_version=outcome.model_version, request_id=outcome.request_id))
-    return response
-
-
-def _unrouted(config: GatewayConfig, request: web.Request) -> web.Response:
+def _unrouted(config: GatewayConfig, request: Request) -> Response:
     if request.path not in config.paths:
         return problem(404, "No API operation matches this path.")
     if request.method == "OPTIONS":
@@ -152,9 +161,16 @@ def _unrouted(config: GatewayConfig, request: web.Request) -> web.Response:
     return problem(405, "This operation does not accept this method.")
 
 
+def client_ssl_context(ca_file: Path) -> ssl.SSLContext:
+    """TLS client context trusting the system CAs and the instance's local CA."""
+    ctx = ssl.create_default_context()
+    ctx.load_verify_locations(cafile=str(ca_file))
+    return ctx
+
+
 def create_gateway_app(home: Path, *, redis_url: str, config_path: Path | None = None,
-                       settings: GatewaySettings | None = None) -> web.Application:
-    """Build the gateway app (no I/O until it starts); APIs come from gateway/config.json."""
+                       settings: GatewaySettings | None = None) -> Gateway:
+    """Build the gateway (no I/O until it starts); APIs come from gateway/config.json."""
     home = Path(home)
     settings = settings or GatewaySettings()
     path = Path(config_path) if config_path else default_config_path(home)
@@ -163,25 +179,19 @@ def create_gateway_app(home: Path, *, redis_url: str, config_path: Path | None =
     except ConfigError as exc:
         log.error("gateway config %s rejected at start, serving no APIs: %s", path, exc)
         config = GatewayConfig.empty()
-    ca_file = settings.ca_file or ensure_tls(home).ca_cert
-    client_ssl = ssl.create_default_context(cafile=str(ca_file))
-    app = web.Application(client_max_size=settings.max_body_bytes,
-                          handler_args={"max_field_size": settings.max_header_bytes,
-                                        "max_line_size": settings.max_header_bytes})
-    state = GatewayState(
+    upstream = UpstreamPool(ssl_context=client_ssl_context(settings.ca_file or
+                                                           ensure_tls(home).ca_cert),
+                            connect_timeout_s=settings.connect_timeout_s,
+                            max_idle_per_origin=settings.pool_size)
+    return Gateway(GatewayState(
         home, path, settings, config,
-        jwks=JwksRegistry(lambda: app[STATE].session(), client_ssl, settings.jwks),
+        jwks=JwksRegistry(upstream, settings.jwks),
         limiter=create_rate_limiter(redis_url, settings.redis_timeout_s),
         metrics=GatewayMetrics(),
         request_log=RequestLog(home / "logs" / "gateway-requests.jsonl",
                                settings.log_flush_interval_s),
-    )
-    app[STATE] = state
-    app.cleanup_ctx.append(_lifecycle)
-    app.router.add_get("/health", _health)
-    app.router.add_get("/metrics", _metrics)
-    app.router.add_route("*", "/{tail:.*}", _handle)
-    return app
+        upstream=upstream,
+    ))
 
 
 def server_ssl_context(home: Path) -> ssl.SSLContext:
@@ -208,33 +218,30 @@ def serve(home: Path, host: str = "127.0.0.1", port: int = 8000,
     url = redis_url or os.environ.get("MODELGATE_REDIS_URL")
     if not url:
         raise ValueError("the gateway needs a Redis URL (--redis-url or MODELGATE_REDIS_URL)")
-    app = create_gateway_app(Path(home), redis_url=url, settings=settings)
+    gateway = create_gateway_app(Path(home), redis_url=url, settings=settings)
     loop = _new_loop()
     try:
-        loop.run_until_complete(_serve(app, host, port, server_ssl_context(Path(home)),
+        loop.run_until_complete(_serve(gateway, host, port, server_ssl_context(Path(home)),
                                        on_ready))
     finally:
         loop.close()
 
 
-async def _serve(app: web.Application, host: str, port: int, ssl_ctx: ssl.SSLContext,
+async def _serve(gateway: Gateway, host: str, port: int, ssl_ctx: ssl.SSLContext,
                  on_ready: Callable[[int], None] | None) -> None:
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=10.0, handle_signals=False)
-    await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        await web.TCPSite(runner, host, port, ssl_context=ssl_ctx, backlog=1024).start()
-        bound = int(runner.addresses[0][1])
+        bound = await gateway.start(host, port, ssl_ctx)
         log.info("gateway listening on https://%s:%d", host, bound)
         if on_ready is not None:
             on_ready(bound)
         await stop.wait()
         log.info("gateway stopping: finishing in-flight requests")
     finally:
-        await runner.cleanup()
+        await gateway.stop(10.0)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

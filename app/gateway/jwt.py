@@ -15,16 +15,16 @@ import binascii
 import json
 import logging
 import re
-import ssl
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 import jwt as pyjwt
 
 from app.gateway.policy import ClaimMatch, RequiredClaim, ValidateJwt
+from app.gateway.upstream import UpstreamError, UpstreamPool
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +60,9 @@ class _KeySet:
 class JwksCache:
     """One openid-config URL: discovery → jwks_uri, cached, refetched at most once per cooldown."""
 
-    def __init__(self, url: str, session_factory: Any, ssl_ctx: ssl.SSLContext,
-                 settings: JwksSettings) -> None:
+    def __init__(self, url: str, pool: UpstreamPool, settings: JwksSettings) -> None:
         self._url = url
-        self._session_factory = session_factory
-        self._ssl = ssl_ctx
+        self._pool = pool
         self._settings = settings
         self._set = _KeySet(None, {})
         self._fetched_at = -1e18
@@ -106,20 +104,21 @@ class JwksCache:
             try:
                 self._set = await self._fetch()
                 self._fetched_at = time.monotonic()
-            except (aiohttp.ClientError, OSError, ValueError, KeyError, TypeError) as exc:
+            except (UpstreamError, OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("JWKS fetch from %s failed (%s); keeping %d cached keys",
                             self._url, type(exc).__name__, len(self._set.keys))
 
     async def _get_json(self, url: str) -> dict[str, Any]:
-        timeout = aiohttp.ClientTimeout(total=self._settings.fetch_timeout_s)
-        session: aiohttp.ClientSession = self._session_factory()
-        async with session.get(url, ssl=self._ssl, timeout=timeout,
-                               allow_redirects=False) as resp:
-            if resp.status != 200:
-                raise ValueError(f"HTTP {resp.status}")
-            body = await resp.content.read(_MAX_DOC + 1)
-            if len(body) > _MAX_DOC:
-                raise ValueError("document too large")
+        parts = urlsplit(url)
+        origin = self._pool.origin(f"{parts.scheme}://{parts.netloc}")
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        resp = await self._pool.request("GET", origin, target, [("Accept", "application/json")],
+                                        b"", timeout_s=self._settings.fetch_timeout_s)
+        if resp.status != 200:
+            raise ValueError(f"HTTP {resp.status}")
+        body = resp.body
+        if len(body) > _MAX_DOC:
+            raise ValueError("document too large")
         data = json.loads(body)
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
@@ -204,10 +203,8 @@ class VerifiedTokens:
 class JwksRegistry:
     """JWKS caches by openid-config URL, shared across config reloads."""
 
-    def __init__(self, session_factory: Any, ssl_ctx: ssl.SSLContext,
-                 settings: JwksSettings) -> None:
-        self._session_factory = session_factory
-        self._ssl = ssl_ctx
+    def __init__(self, pool: UpstreamPool, settings: JwksSettings) -> None:
+        self._pool = pool
         self.settings = settings
         self._caches: dict[str, JwksCache] = {}
         self.verified = VerifiedTokens(settings.verified_cache_size, settings.verified_cache_ttl_s)
@@ -216,8 +213,7 @@ class JwksRegistry:
         """Return (creating) the cache for an openid-config URL."""
         found = self._caches.get(url)
         if found is None:
-            found = self._caches[url] = JwksCache(url, self._session_factory, self._ssl,
-                                                  self.settings)
+            found = self._caches[url] = JwksCache(url, self._pool, self.settings)
         return found
 
     def total_fetches(self) -> int:

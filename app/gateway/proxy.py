@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
-import aiohttp
-from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict
 
 from app.gateway.config import Route
+from app.gateway.http import Request, Response
 from app.gateway.jwt import TokenRejected, claims_satisfy, extract_token, validate_token
 from app.gateway.policy import (
     CheckHeader,
@@ -32,6 +32,7 @@ from app.gateway.policy import (
 )
 from app.gateway.ratelimit import RateLimitUnavailable
 from app.gateway.state import GatewayState
+from app.gateway.upstream import UpstreamConnectError, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
@@ -67,25 +68,29 @@ class _Context:
     validated: dict[tuple[object, ...], dict[str, Any]] = field(default_factory=dict)
 
 
+# Generated ids: a random per-process prefix and a counter (unique, 32 hex characters, and
+# without uuid4's system call per request; request ids need not be unguessable).
+_ID_PREFIX = secrets.token_hex(8)
+_ID_COUNTER = itertools.count(int.from_bytes(secrets.token_bytes(4), "big"))
+
+
 def request_id(raw: str | None) -> str:
     """Accept the caller's X-Request-ID if sane, else generate one."""
     if raw and _REQUEST_ID.match(raw):
         return raw
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
 def problem(status: int, detail: str | None = None,
-            headers: Iterable[tuple[str, str]] = ()) -> web.Response:
+            headers: Iterable[tuple[str, str]] = ()) -> Response:
     """An RFC 9457 problem+json response with a generic, safe detail."""
     title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
     body = {"type": "about:blank", "title": title, "status": status}
     if detail:
         body["detail"] = detail
-    resp = web.Response(status=status, body=json.dumps(body).encode(),
-                        content_type="application/problem+json")
-    for name, value in headers:
-        resp.headers[name] = value
-    return resp
+    out: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/problem+json"})
+    out.extend(headers)
+    return Response(status, json.dumps(body).encode(), out)
 
 
 def _apply_headers(target: CIMultiDict[str], steps: Iterable[SetHeader]) -> None:
@@ -104,17 +109,20 @@ def _apply_headers(target: CIMultiDict[str], steps: Iterable[SetHeader]) -> None
                 target.add(step.name, v)
 
 
-def _forward_headers(request: web.Request, rid: str) -> CIMultiDict[str]:
-    connection_named = {t.strip().lower() for v in request.headers.getall("Connection", [])
-                        for t in v.split(",")}
-    headers: CIMultiDict[str] = CIMultiDict()
-    for name, value in request.headers.items():
-        low = name.lower()
-        if low not in _DROP_REQUEST and low not in connection_named:
-            headers.add(name, value)
-    headers["X-Forwarded-For"] = request.remote or ""
-    headers["X-Forwarded-Proto"] = request.scheme
-    headers["X-Request-ID"] = rid
+def _connection_named(headers: CIMultiDict[str]) -> frozenset[str]:
+    """Header names listed in Connection (hop-by-hop for this message, RFC 9110 §7.6.1)."""
+    if "Connection" not in headers:
+        return frozenset()
+    return frozenset(t.strip().lower() for v in headers.getall("Connection")
+                     for t in v.split(","))
+
+
+def _forward_headers(request: Request, rid: str) -> CIMultiDict[str]:
+    drop = _DROP_REQUEST | _connection_named(request.headers)
+    headers: CIMultiDict[str] = CIMultiDict(
+        [(k, v) for k, v in request.headers.items() if k.lower() not in drop])
+    headers.extend((("X-Forwarded-For", request.remote), ("X-Forwarded-Proto", request.scheme),
+                    ("X-Request-ID", rid)))
     return headers
 
 
@@ -131,11 +139,11 @@ def cors_headers(cors: Cors, origin: str | None) -> list[tuple[str, str]]:
     return out
 
 
-def preflight(cors: Cors, request: web.Request) -> web.Response:
+def preflight(cors: Cors, request: Request) -> Response:
     """Answer an OPTIONS preflight (200 without CORS headers when it does not match)."""
     origin = request.headers.get("Origin")
     method = request.headers.get("Access-Control-Request-Method", "").upper()
-    resp = web.Response(status=200)
+    resp = Response(200)
     if origin and method in cors.methods and ("*" in cors.origins or origin in cors.origins):
         for name, value in cors_headers(cors, origin):
             resp.headers[name] = value
@@ -147,7 +155,7 @@ def preflight(cors: Cors, request: web.Request) -> web.Response:
     return resp
 
 
-def _jwt_failure(step: ValidateJwt, reason: str) -> web.Response:
+def _jwt_failure(step: ValidateJwt, reason: str) -> Response:
     log.debug("token rejected: %s", reason)
     challenge = 'Bearer error="insufficient_scope"' if step.failed_status == 403 else \
         'Bearer error="invalid_token"'
@@ -155,8 +163,8 @@ def _jwt_failure(step: ValidateJwt, reason: str) -> web.Response:
     return problem(step.failed_status, detail, [("WWW-Authenticate", challenge)])
 
 
-async def _validate_jwt(state: GatewayState, request: web.Request, ctx: _Context,
-                        step: ValidateJwt) -> web.Response | None:
+async def _validate_jwt(state: GatewayState, request: Request, ctx: _Context,
+                        step: ValidateJwt) -> Response | None:
     try:
         token = extract_token(request.headers.get(step.header_name), step.require_scheme)
         cache_key = (step.validation_key(), token)
@@ -176,7 +184,7 @@ async def _validate_jwt(state: GatewayState, request: web.Request, ctx: _Context
 
 
 async def _rate_limit(state: GatewayState, ctx: _Context,
-                      step: RateLimitByKey) -> web.Response | None:
+                      step: RateLimitByKey) -> Response | None:
     key = resolve_counter_key(step.counter_key, ctx.variables)
     try:
         decision = await state.limiter.hit(key, step.calls, step.renewal_period_s)
@@ -189,18 +197,16 @@ async def _rate_limit(state: GatewayState, ctx: _Context,
     return None
 
 
-def _return_response(step: ReturnResponse) -> web.Response:
+def _return_response(step: ReturnResponse) -> Response:
     headers: CIMultiDict[str] = CIMultiDict()
     _apply_headers(headers, step.headers)
-    return web.Response(status=step.status, reason=step.reason, body=step.body.encode(),
-                        headers=headers)
+    return Response(step.status, step.body.encode(), headers, step.reason)
 
 
-async def _inbound(state: GatewayState, request: web.Request,
-                   ctx: _Context) -> web.Response | None:
+async def _inbound(state: GatewayState, request: Request, ctx: _Context) -> Response | None:
     """Run the inbound steps in order; a returned response ends the pipeline."""
     for step in ctx.route.api.policy.inbound:
-        result: web.Response | None = None
+        result: Response | None = None
         if isinstance(step, ValidateJwt):
             result = await _validate_jwt(state, request, ctx, step)
         elif isinstance(step, RateLimitByKey):
@@ -218,7 +224,7 @@ async def _inbound(state: GatewayState, request: web.Request,
     return None
 
 
-def _check_header(request: web.Request, step: CheckHeader) -> web.Response | None:
+def _check_header(request: Request, step: CheckHeader) -> Response | None:
     value = request.headers.get(step.name)
     if value is not None:
         if not step.values:
@@ -252,62 +258,46 @@ def _leaks_secret(policy: Policy, headers: CIMultiDict[str], body: bytes) -> boo
     return False
 
 
-async def _forward(state: GatewayState, request: web.Request, ctx: _Context) -> web.Response:
+async def _forward(state: GatewayState, request: Request, ctx: _Context) -> Response:
     policy = ctx.route.api.policy
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return problem(413, "The request body is too large.")
-    url = ctx.backend_url + ctx.route.operation.url_template
+    target = ctx.route.operation.url_template
     if request.query_string:
-        url += "?" + request.query_string
-    timeout = aiohttp.ClientTimeout(total=policy.forward_timeout_s or
-                                    state.settings.upstream_timeout_s,
-                                    connect=state.settings.connect_timeout_s)
-    session = state.session()
+        target += "?" + request.query_string
+    pool = state.upstream
     started = time.perf_counter()
-    for attempt in (1, 2):
-        try:
-            async with session.request(request.method, url, headers=ctx.headers,
-                                       data=body or None, timeout=timeout,
-                                       allow_redirects=False) as upstream:
-                payload = await upstream.read()
-                status, raw_headers = upstream.status, upstream.headers
-            break
-        except aiohttp.ClientConnectorError:
-            # connect failures never reached the backend, and scoring is idempotent anyway
-            if attempt == 2:
-                ctx.outcome.backend_ms = (time.perf_counter() - started) * 1000
-                return problem(502, "The backend is unreachable.")
-        except TimeoutError:
-            ctx.outcome.backend_ms = (time.perf_counter() - started) * 1000
-            return problem(504, "The backend did not answer in time.")
-        except aiohttp.ClientError as exc:
-            log.warning("backend error for %s: %s", ctx.route.api.name, type(exc).__name__)
-            ctx.outcome.backend_ms = (time.perf_counter() - started) * 1000
-            return problem(502, "The backend failed.")
-    ctx.outcome.backend_ms = (time.perf_counter() - started) * 1000
-    return _response(ctx, policy, status, raw_headers, payload)
+    try:
+        answer = await pool.request(
+            request.method, pool.origin(ctx.backend_url), target, ctx.headers.items(),
+            request.body, timeout_s=policy.forward_timeout_s or state.settings.upstream_timeout_s)
+    except UpstreamConnectError:
+        # nothing reached the backend (the pool already tried twice)
+        return problem(502, "The backend is unreachable.")
+    except UpstreamTimeout:
+        return problem(504, "The backend did not answer in time.")
+    except (UpstreamError, ValueError) as exc:
+        log.warning("backend error for %s: %s", ctx.route.api.name, type(exc).__name__)
+        return problem(502, "The backend failed.")
+    finally:
+        ctx.outcome.backend_ms = (time.perf_counter() - started) * 1000
+    return _response(ctx, policy, answer.status, answer.headers, answer.body)
 
 
-def _response(ctx: _Context, policy: Policy, status: int, raw: CIMultiDictProxy[str],
-              payload: bytes) -> web.Response:
-    connection_named = {t.strip().lower() for v in raw.getall("Connection", [])
-                        for t in v.split(",")}
+def _response(ctx: _Context, policy: Policy, status: int, raw: CIMultiDict[str],
+              payload: bytes) -> Response:
+    drop = _DROP_RESPONSE | _connection_named(raw)
     headers: CIMultiDict[str] = CIMultiDict(
-        (k, v) for k, v in raw.items()
-        if k.lower() not in _DROP_RESPONSE and k.lower() not in connection_named)
+        [(k, v) for k, v in raw.items() if k.lower() not in drop])
     if _leaks_secret(policy, headers, payload):
         log.error("backend response for %s contained a secret named value; blocked",
                   ctx.route.api.name)
         return problem(502, "The backend failed.")
     _apply_headers(headers, policy.outbound)
     ctx.outcome.model_version = _model_version(headers, payload)
-    return web.Response(status=status, body=payload, headers=headers)
+    return Response(status, payload, headers)
 
 
-async def run_route(state: GatewayState, request: web.Request, route: Route,
-                    outcome: Outcome) -> web.Response:
+async def run_route(state: GatewayState, request: Request, route: Route,
+                    outcome: Outcome) -> Response:
     """Run one routed request through its policy and the backend."""
     ctx = _Context(route, outcome, route.api.backend_url,
                    _forward_headers(request, outcome.request_id))
@@ -315,8 +305,5 @@ async def run_route(state: GatewayState, request: web.Request, route: Route,
     if response is None:
         response = await _forward(state, request, ctx)
     if response.status >= 400 and route.api.policy.on_error:
-        headers: CIMultiDict[str] = CIMultiDict(response.headers)
-        _apply_headers(headers, route.api.policy.on_error)
-        response.headers.clear()
-        response.headers.extend(headers)
+        _apply_headers(response.headers, route.api.policy.on_error)
     return response

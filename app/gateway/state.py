@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
-
 from app.gateway.config import GatewayConfig
 from app.gateway.jwt import JwksRegistry, JwksSettings
 from app.gateway.observability import GatewayMetrics, RequestLog
 from app.gateway.ratelimit import RateLimiter
+from app.gateway.upstream import UpstreamPool
 
 
 @dataclass(frozen=True)
@@ -23,6 +22,8 @@ class GatewaySettings:
     reload_interval_s: float = 0.25
     max_body_bytes: int = 1024 * 1024
     max_header_bytes: int = 16384
+    keepalive_timeout_s: float = 75.0
+    request_timeout_s: float = 30.0
     log_flush_interval_s: float = 0.5
     redis_timeout_s: float = 0.5
     pool_size: int = 100
@@ -30,11 +31,12 @@ class GatewaySettings:
 
 
 class GatewayState:
-    """Live state: the current config (swapped on reload), JWKS caches, limiter, client pool."""
+    """Live state: the current config (swapped on reload), JWKS caches, limiter, upstream pool."""
 
     def __init__(self, home: Path, config_path: Path, settings: GatewaySettings,
                  config: GatewayConfig, jwks: JwksRegistry, limiter: RateLimiter,
-                 metrics: GatewayMetrics, request_log: RequestLog) -> None:
+                 metrics: GatewayMetrics, request_log: RequestLog,
+                 upstream: UpstreamPool) -> None:
         self.home = home
         self.config_path = config_path
         self.settings = settings
@@ -43,14 +45,4 @@ class GatewayState:
         self.limiter = limiter
         self.metrics = metrics
         self.request_log = request_log
-        self._session: aiohttp.ClientSession | None = None
-
-    def session(self) -> aiohttp.ClientSession:
-        """The pooled keep-alive client session (created on startup)."""
-        if self._session is None:
-            raise RuntimeError("the gateway client session is not started")
-        return self._session
-
-    def set_session(self, session: aiohttp.ClientSession | None) -> None:
-        """Install (or clear) the client session."""
-        self._session = session
+        self.upstream = upstream

@@ -25,7 +25,7 @@ import requests
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from app.gateway.app import create_gateway_app, server_ssl_context
+from app.gateway.app import Gateway, create_gateway_app, server_ssl_context
 from app.gateway.config import encrypt_named_value, write_gateway_config
 from app.gateway.jwt import JwksSettings
 from app.gateway.state import GatewaySettings
@@ -208,7 +208,7 @@ class Stack:
     url: str
     ca: str
     config: dict[str, Any]
-    app: web.Application
+    app: Gateway
     redis_url: str
 
     def session(self) -> requests.Session:
@@ -337,10 +337,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
                                jwks=JwksSettings(refetch_cooldown_s=1.0, lifetime_s=3600),
                                reload_interval_s=0.1, log_flush_interval_s=0.1)
     app = create_gateway_app(home, redis_url=redis_url, settings=settings)
-    runner, port = loop.run(start_site(app, 0, server_ssl_context(home)))
+    port = loop.run(app.start("127.0.0.1", 0, server_ssl_context(home)))
     yield Stack(home, loop, issuer, rot, down, kid, backend, f"https://127.0.0.1:{port}",
                 str(tls.ca_cert), config, app, redis_url)
-    loop.run(runner.cleanup())
+    loop.run(app.stop())
     for srv in (issuer, rot, down, kid):
         srv.stop()
     loop.run(backend._runner.cleanup())

@@ -20,7 +20,6 @@ from tests.gateway.conftest import (
     Stack,
     api_entry,
     free_port,
-    start_site,
 )
 
 
@@ -257,7 +256,7 @@ def test_hot_reload_within_a_second_and_bad_config_kept_out(stack: Stack) -> Non
 def test_redis_unreachable_fails_closed_503(stack: Stack) -> None:
     """With the counter store down the gateway answers 503 + Retry-After (fail closed)."""
     app = create_gateway_app(stack.home, redis_url=f"redis://127.0.0.1:{free_port()}/0")
-    runner, port = stack.loop.run(start_site(app, 0, server_ssl_context(stack.home)))
+    port = stack.loop.run(app.start("127.0.0.1", 0, server_ssl_context(stack.home)))
     try:
         started = time.monotonic()
         resp = requests.post(f"https://127.0.0.1:{port}/credit-risk/score", json={},
@@ -270,7 +269,7 @@ def test_redis_unreachable_fails_closed_503(stack: Stack) -> None:
         assert requests.post(f"https://127.0.0.1:{port}/credit-risk/score", json={},
                              verify=stack.ca, timeout=10).status_code == 401
     finally:
-        stack.loop.run(runner.cleanup())
+        stack.loop.run(app.stop())
 
 
 def test_cors_preflight_and_simple_response(stack: Stack) -> None:

@@ -1,0 +1,413 @@
+"""The gateway's HTTP/1.1 server: asyncio protocols with llhttp (httptools) parsing.
+
+Why not aiohttp.web: a proxy does little per request besides parsing and writing HTTP, and
+aiohttp's server and client machinery cost ~0.3 ms of CPU per proxied request on our 2-core
+box, several times what the backend spends (bench/README.md, "Gateway overhead"). This server
+keeps only what a gateway needs: keep-alive, pipelining in order, bounded headers and bodies,
+``Expect: 100-continue``, idle and slow-request timeouts, and a graceful stop.
+
+Contract for the handler: ``async def handler(request: Request) -> Response``. It is called once
+per request, in order per connection; an exception becomes a bare 500 (the gateway's own
+handler already turns surprises into problem+json, so this is the last line only).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import ssl
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import cast
+from urllib.parse import unquote
+
+import httptools
+from multidict import CIMultiDict
+
+log = logging.getLogger(__name__)
+
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+# headers the server writes itself; a handler's values for them are ignored
+_FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "date", "keep-alive"})
+_MAX_PIPELINED = 16
+_LINGER_S, _LINGER_BYTES = 2.0, 8 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class Request:
+    """One parsed request (body read in full, within the server's limit)."""
+
+    method: str
+    path: str
+    query_string: str
+    headers: CIMultiDict[str]
+    body: bytes
+    remote: str
+    scheme: str
+    keep_alive: bool = True
+
+
+@dataclass(slots=True)
+class Response:
+    """What a handler returns; Content-Length, Date and Connection are added on the wire."""
+
+    status: int
+    body: bytes = b""
+    headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
+    reason: str | None = None
+
+
+Handler = Callable[[Request], Coroutine[object, object, Response]]
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Bounds that protect the server from oversized or slow clients."""
+
+    max_header_bytes: int = 16384
+    max_body_bytes: int = 1024 * 1024
+    keepalive_timeout_s: float = 75.0
+    request_timeout_s: float = 30.0
+
+
+class _Date:
+    """The Date header value, formatted once per second."""
+
+    second = -1
+    value = ""
+
+    @classmethod
+    def now(cls) -> str:
+        current = int(time.time())
+        if current != cls.second:
+            cls.second, cls.value = current, formatdate(current, usegmt=True)
+        return cls.value
+
+
+def encode_response(response: Response, *, keep_alive: bool, head: bool = False) -> bytes:
+    """Serialize a response for HTTP/1.1 (Content-Length framing, never chunked)."""
+    status = response.status
+    parts = [f"HTTP/1.1 {status} {response.reason or _REASONS.get(status, 'Unknown')}\r\n"]
+    for name, value in response.headers.items():
+        if name.lower() not in _FRAMING:
+            parts.append(f"{name}: {value}\r\n")
+    body = response.body
+    if status == 204 or status == 304:
+        body = b""
+    else:
+        parts.append(f"Content-Length: {len(body)}\r\n")
+    parts.append(f"Date: {_Date.now()}\r\n")
+    if not keep_alive:
+        parts.append("Connection: close\r\n")
+    parts.append("\r\n")
+    head_bytes = "".join(parts).encode("latin-1")
+    return head_bytes if head or not body else head_bytes + body
+
+
+class _Rejected(Exception):
+    """Raised inside a parser callback to answer with an error and close the connection."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+
+
+def error_response(status: int, detail: str) -> Response:
+    """A small problem+json body for errors the server answers itself (before any handler)."""
+    body = json.dumps({"type": "about:blank", "title": _REASONS.get(status, "Error"),
+                       "status": status, "detail": detail}).encode()
+    return Response(status, body, CIMultiDict({"Content-Type": "application/problem+json"}))
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parse requests, run the handler in order, write responses."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self._server = server
+        self._limits = server.limits
+        self._loop = server.loop
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._remote = ""
+        self._url = b""
+        self._headers: list[tuple[str, str]] = []
+        self._header_bytes = 0
+        self._head_done = False
+        self._head_raw = 0
+        self._body: list[bytes] = []
+        self._body_bytes = 0
+        self._pending: collections.deque[Request] = collections.deque()
+        self._current: Request | None = None
+        self._task: asyncio.Task[Response] | None = None
+        self._reading = True
+        self._discard_left: int | None = None
+        self.in_message = False
+        self.last_active = self._loop.time()
+        self.message_started = 0.0
+
+    # -- connection events -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods
+        self._transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self._remote = str(peer[0]) if peer else ""
+        self._server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._pending.clear()
+        self._server.connections.discard(self)
+        self._server.connection_closed()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = self._loop.time()
+        if self._discard_left is not None:
+            self._discard(len(data))
+            return
+        # httptools reports a header only once its line has ended and buffers it until then, so
+        # on_header alone cannot bound one endless header line: also count the raw bytes that
+        # arrive while a request head is unfinished (this skips the read that began it, and
+        # line framing is in it, hence the cut-off at twice the limit).
+        head_open = self.in_message and not self._head_done
+        if head_open:
+            self._head_raw += len(data)
+        try:
+            self._parser.feed_data(data)
+            if head_open and self.in_message and not self._head_done and (
+                    self._head_raw > 2 * self._limits.max_header_bytes):
+                self.reject(431, "The request headers are too large.")
+        except httptools.HttpParserCallbackError as exc:
+            rejected = exc.__context__
+            if isinstance(rejected, _Rejected):
+                self.reject(rejected.status, str(rejected))
+            else:  # a bug in a callback: never leave the client hanging
+                log.error("HTTP parser callback failed: %r", rejected)
+                self.reject(500, "The gateway failed to process the request.")
+        except httptools.HttpParserUpgrade:
+            self.reject(400, "Protocol upgrades are not supported.")
+        except httptools.HttpParserError:
+            self.reject(400, "The request is not valid HTTP/1.1.")
+
+    # -- parser callbacks --------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.in_message = True
+        self.message_started = self._loop.time()
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._head_done = False
+        self._head_raw = 0
+        self._body = []
+        self._body_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_header_bytes(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_header_bytes(len(name) + len(value) + 4)
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def _count_header_bytes(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > self._limits.max_header_bytes:
+            raise _Rejected(431, "The request headers are too large.")
+
+    def on_headers_complete(self) -> None:
+        self._head_done = True
+        length = next((v for k, v in self._headers if k.lower() == "content-length"), None)
+        if length is not None and length.isdigit() and int(length) > self._limits.max_body_bytes:
+            raise _Rejected(413, "The request body is too large.")
+        if self._transport is not None and any(
+                k.lower() == "expect" and v.lower() == "100-continue" for k, v in self._headers):
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self._limits.max_body_bytes:
+            raise _Rejected(413, "The request body is too large.")
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.in_message = False
+        if self._parser.should_upgrade():
+            # llhttp completes an upgrade request (websocket, CONNECT) before it raises
+            # HttpParserUpgrade, so refuse it here or the handler would run and answer it
+            raise _Rejected(400, "Protocol upgrades are not supported.")
+        try:
+            url = httptools.parse_url(self._url)
+        except httptools.HttpParserInvalidURLError:
+            raise _Rejected(400, "The request target is not valid.") from None
+        raw_path = url.path.decode("latin-1")
+        request = Request(
+            method=self._parser.get_method().decode("ascii"),
+            path=unquote(raw_path) if "%" in raw_path else raw_path,
+            query_string=url.query.decode("latin-1") if url.query else "",
+            headers=CIMultiDict(self._headers),
+            body=b"".join(self._body) if len(self._body) != 1 else self._body[0],
+            remote=self._remote,
+            scheme=self._server.scheme,
+            keep_alive=self._parser.should_keep_alive(),
+        )
+        if self._current is None:
+            self._start(request)
+        else:
+            self._pending.append(request)
+            if len(self._pending) >= _MAX_PIPELINED and self._reading and self._transport:
+                self._transport.pause_reading()
+                self._reading = False
+
+    # -- running the handler -----------------------------------------------------------
+
+    def _start(self, request: Request) -> None:
+        self._current = request
+        self._task = task = self._loop.create_task(self._server.handler(request))
+        task.add_done_callback(self._finished)
+        self._server.in_flight += 1
+
+    def _finished(self, task: asyncio.Task[Response]) -> None:
+        request, self._current, self._task = self._current, None, None
+        self._server.in_flight -= 1
+        if task.cancelled():
+            self.close()
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("gateway handler failed: %r", exc)
+            response = error_response(500, "The gateway failed to process the request.")
+        else:
+            response = task.result()
+        transport = self._transport
+        if transport is None or transport.is_closing() or request is None:
+            return
+        keep_alive = request.keep_alive and not self._server.stopping
+        transport.write(encode_response(response, keep_alive=keep_alive,
+                                        head=request.method == "HEAD"))
+        self.last_active = self._loop.time()
+        if not keep_alive:
+            transport.close()
+            return
+        if self._pending:
+            self._start(self._pending.popleft())
+        if not self._reading and len(self._pending) < _MAX_PIPELINED // 2:
+            transport.resume_reading()
+            self._reading = True
+
+    # -- closing -----------------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        """No request being read, run or waiting."""
+        return self._current is None and not self._pending and not self.in_message
+
+    def reject(self, status: int, detail: str) -> None:
+        """Answer an error the client caused (or a timeout) and close the connection."""
+        transport = self._transport
+        # _discard_left set: an error was already answered and the connection is lingering
+        # (the sweeper would otherwise send another 408 on each tick until it closes)
+        if transport is None or transport.is_closing() or self._discard_left is not None:
+            return
+        self._pending.clear()
+        if self._current is None:
+            transport.write(encode_response(error_response(status, detail), keep_alive=False))
+            # Closing while the client still sends makes its TCP stack see a reset instead of
+            # this answer (e.g. a 413 for a large body): read and drop its bytes for a moment.
+            self._discard_left = _LINGER_BYTES
+            self._loop.call_later(_LINGER_S, self.close)
+        else:
+            # a response is still owed for an earlier request: stop reading, close after it
+            transport.pause_reading()
+            self._current.keep_alive = False
+
+    def _discard(self, n: int) -> None:
+        assert self._discard_left is not None
+        self._discard_left -= n
+        if self._discard_left <= 0:
+            self.close()
+
+    def close(self) -> None:
+        """Close now (idle connections at shutdown or after the keep-alive timeout)."""
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection without finishing (shutdown grace period exceeded)."""
+        if self._task is not None:
+            # stop the handler too: it would otherwise run on after stop() returned, using
+            # resources the caller releases next (its answer could not be sent anyway)
+            self._task.cancel()
+        if self._transport is not None:
+            self._transport.abort()
+
+
+class HttpServer:
+    """Listen on host:port (TLS if given a context) and serve requests with one handler."""
+
+    def __init__(self, handler: Handler, limits: ServerLimits | None = None) -> None:
+        self.handler = handler
+        self.limits = limits or ServerLimits()
+        self.connections: set[_Connection] = set()
+        self.in_flight = 0
+        self.stopping = False
+        self.scheme = "http"
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._drained: asyncio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop
+
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
+                    backlog: int = 1024) -> int:
+        """Start listening; returns the bound port (port 0 picks a free one)."""
+        self.loop = asyncio.get_running_loop()
+        self.scheme = "https" if ssl_context is not None else "http"
+        self._server = await self.loop.create_server(
+            lambda: _Connection(self), host, port, ssl=ssl_context, backlog=backlog,
+            reuse_address=True)
+        self._sweeper = self.loop.create_task(self._sweep())
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _sweep(self) -> None:
+        """Once a second: close idle keep-alive connections and too-slow requests."""
+        limits = self.limits
+        while True:
+            await asyncio.sleep(1.0)
+            now = self.loop.time()
+            for conn in list(self.connections):
+                if conn.in_message and now - conn.message_started > limits.request_timeout_s:
+                    conn.reject(408, "The request was not received in time.")
+                elif conn.idle and now - conn.last_active > limits.keepalive_timeout_s:
+                    conn.close()
+
+    def connection_closed(self) -> None:
+        """Called by a connection when it goes away (wakes a waiting stop)."""
+        if self._drained is not None and not self.connections:
+            self._drained.set()
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop listening, finish in-flight requests (up to grace_s), then close everything."""
+        self.stopping = True
+        if self._server is not None:
+            self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._drained = asyncio.Event()
+        for conn in list(self.connections):
+            if conn.idle:
+                conn.close()
+        if self.connections:
+            try:
+                await asyncio.wait_for(self._drained.wait(), grace_s)
+            except TimeoutError:
+                log.warning("%d connections still busy after %.0f s; closing them",
+                            len(self.connections), grace_s)
+                for conn in list(self.connections):
+                    conn.abort()
+        if self._server is not None:
+            await self._server.wait_closed()

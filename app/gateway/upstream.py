@@ -1,0 +1,305 @@
+"""The gateway's client to backends and issuers: pooled keep-alive HTTP/1.1 on asyncio protocols.
+
+One request at a time per connection; idle connections are reused per origin (scheme, host,
+port). Errors are classified for the caller's status codes:
+
+- UpstreamConnectError: the request never reached the backend (refused, unreachable);
+- UpstreamTimeout: no complete answer within the deadline (connect included);
+- UpstreamProtocolError: the backend broke the exchange (reset mid-answer, malformed, too big).
+
+A pooled connection the backend closed while idle fails before any byte of the answer; such a
+request is sent again once on a fresh connection (the usual rule for stale keep-alive sockets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import cast
+from urllib.parse import urlsplit
+
+import httptools
+from multidict import CIMultiDict
+
+
+class UpstreamError(Exception):
+    """The upstream exchange failed (see the subclasses)."""
+
+
+class UpstreamConnectError(UpstreamError):
+    """No connection could be made: the request was not sent."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """No complete answer before the deadline."""
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream answered badly or went away mid-answer."""
+
+
+class _Stale(UpstreamError):
+    """A reused connection closed before any answer byte (safe to send again)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where to connect, and the Host header and path prefix of a base URL."""
+
+    scheme: str
+    host: str
+    port: int
+    host_header: str
+    prefix: str
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    """A complete upstream answer."""
+
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes
+
+
+class _UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection; one exchange at a time."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_body_bytes: int) -> None:
+        self._loop = loop
+        self._max_body = max_body_bytes
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._waiter: asyncio.Future[UpstreamResponse] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._headers: list[tuple[str, str]] = []
+        self._body: list[bytes] = []
+        self._body_bytes = 0
+        self._received = False
+        self._headers_done = False
+        self._framed = False
+        self.reusable = True
+        self.used = False  # an exchange completed before: a close before any answer is stale
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods
+        self._transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self.reusable = False
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        if self._headers_done and not self._framed:
+            # no Content-Length and not chunked: the body runs until the connection closes
+            self._complete()
+        elif not self._received and self.used:
+            self._fail(_Stale("connection closed before the answer"))
+        else:
+            self._fail(UpstreamProtocolError("connection lost mid-answer"))
+
+    def data_received(self, data: bytes) -> None:
+        self._received = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            self._fail(cause if isinstance(cause, UpstreamError)
+                       else UpstreamProtocolError("bad answer"))
+        except httptools.HttpParserError:
+            self._fail(UpstreamProtocolError("malformed answer"))
+
+    # parser callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self._headers_done = True
+        self._framed = any(k.lower() in ("content-length", "transfer-encoding")
+                           for k, _ in self._headers) or self._parser.get_status_code() in (
+            204, 304) or 100 <= self._parser.get_status_code() < 200
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self._max_body:
+            raise UpstreamProtocolError("answer too large")
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if 100 <= self._parser.get_status_code() < 200:  # an interim answer: wait for the real one
+            self._headers, self._headers_done = [], False
+            return
+        if not self._parser.should_keep_alive():
+            self.reusable = False
+        self._complete()
+
+    def _complete(self) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        self._cancel_timer()
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        waiter.set_result(UpstreamResponse(self._parser.get_status_code(),
+                                           CIMultiDict(self._headers), body))
+        if not self.reusable and self._transport is not None:
+            self._transport.close()
+
+    def _fail(self, exc: Exception) -> None:
+        self.reusable = False
+        self._cancel_timer()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(exc)
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._fail(UpstreamTimeout("no answer in time"))
+
+    async def exchange(self, data: bytes, timeout_s: float) -> UpstreamResponse:
+        """Send one request and wait for its whole answer."""
+        if self._transport is None or self._transport.is_closing():
+            raise _Stale("connection closed")
+        self._headers, self._body, self._body_bytes = [], [], 0
+        self._received = self._headers_done = False
+        self._waiter = self._loop.create_future()
+        self._timer = self._loop.call_later(timeout_s, self._timed_out)
+        self._transport.write(data)
+        try:
+            answer = await self._waiter
+        except asyncio.CancelledError:
+            self._fail(UpstreamProtocolError("cancelled"))
+            raise
+        finally:
+            self._waiter = None
+        # Only from now on is a close before any answer byte the stale keep-alive race; on a
+        # fresh connection it means the backend dropped this very request (maybe after acting
+        # on it), and sending it again would duplicate a POST.
+        self.used = True
+        return answer
+
+    def close(self) -> None:
+        """Close (pool shutdown)."""
+        self.reusable = False
+        if self._transport is not None:
+            self._transport.close()
+
+
+class UpstreamPool:
+    """Keep-alive connections per origin, with a deadline per request and one stale retry."""
+
+    def __init__(self, *, ssl_context: ssl.SSLContext, connect_timeout_s: float = 2.0,
+                 max_idle_per_origin: int = 100, max_body_bytes: int = 16 * 1024 * 1024) -> None:
+        self._ssl = ssl_context
+        self._connect_timeout = connect_timeout_s
+        self._max_idle = max_idle_per_origin
+        self._max_body = max_body_bytes
+        self._idle: dict[Origin, list[_UpstreamConnection]] = {}
+        self._origins: dict[str, Origin] = {}
+
+    def origin(self, base_url: str) -> Origin:
+        """Parse (once, cached) an http(s) base URL."""
+        found = self._origins.get(base_url)
+        if found is None:
+            parts = urlsplit(base_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"not an absolute http(s) URL: {base_url!r}")
+            default = 443 if parts.scheme == "https" else 80
+            port = parts.port or default
+            host_header = parts.hostname if port == default else f"{parts.hostname}:{port}"
+            if ":" in parts.hostname:  # IPv6 literal
+                host_header = f"[{parts.hostname}]" + ("" if port == default else f":{port}")
+            found = Origin(parts.scheme, parts.hostname, port, host_header,
+                           parts.path.rstrip("/"))
+            if len(self._origins) < 1024:
+                self._origins[base_url] = found
+        return found
+
+    async def request(self, method: str, origin: Origin, target: str,
+                      headers: Iterable[tuple[str, str]], body: bytes, *,
+                      timeout_s: float) -> UpstreamResponse:
+        """Send method origin.prefix+target with these headers and body; return the answer.
+
+        Args:
+            target: path (and query) under the origin's prefix, starting with "/".
+            headers: end-to-end headers (no Host, Content-Length or hop-by-hop ones).
+            timeout_s: deadline for connect + answer.
+        """
+        lines = [f"{method} {origin.prefix}{target} HTTP/1.1\r\nHost: {origin.host_header}\r\n"]
+        for name, value in headers:
+            lines.append(f"{name}: {value}\r\n")
+        if body or method in ("POST", "PUT", "PATCH"):
+            lines.append(f"Content-Length: {len(body)}\r\n")
+        lines.append("\r\n")
+        data = "".join(lines).encode("latin-1") + body
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        for attempt in (1, 2):
+            # the retry after a stale connection goes on a new connection: other pooled ones
+            # may be just as stale (e.g. the backend restarted), and would fail it again
+            conn = self._take(origin) if attempt == 1 else None
+            if conn is None:
+                conn = await self._connect(loop, origin, deadline, retry=attempt == 1)
+            try:
+                answer = await conn.exchange(data, max(deadline - loop.time(), 0.001))
+            except _Stale:
+                if attempt == 2:
+                    raise UpstreamProtocolError("connection closed before the answer") from None
+                continue
+            self._give_back(origin, conn)
+            return answer
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _take(self, origin: Origin) -> _UpstreamConnection | None:
+        idle = self._idle.get(origin)
+        while idle:
+            conn = idle.pop()
+            if conn.reusable:
+                return conn
+        return None
+
+    def _give_back(self, origin: Origin, conn: _UpstreamConnection) -> None:
+        if not conn.reusable:
+            return
+        idle = self._idle.setdefault(origin, [])
+        if len(idle) < self._max_idle:
+            idle.append(conn)
+        else:
+            conn.close()
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, origin: Origin, deadline: float,
+                       *, retry: bool) -> _UpstreamConnection:
+        """Open a connection; a refused or failed connect is tried once more if retry."""
+        for attempt in (1, 2):
+            budget = min(self._connect_timeout, deadline - loop.time())
+            if budget <= 0:
+                raise UpstreamTimeout("no time left to connect")
+            tls = self._ssl if origin.scheme == "https" else None
+            try:
+                _, conn = await asyncio.wait_for(loop.create_connection(
+                    lambda: _UpstreamConnection(loop, self._max_body), origin.host, origin.port,
+                    ssl=tls, server_hostname=origin.host if tls else None), budget)
+                return conn
+            except TimeoutError:
+                raise UpstreamTimeout("connect timed out") from None
+            except ssl.SSLError as exc:
+                raise UpstreamConnectError(f"TLS failed: {exc.reason}") from None
+            except OSError as exc:
+                if attempt == 2 or not retry:
+                    raise UpstreamConnectError(type(exc).__name__) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
