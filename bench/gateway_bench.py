@@ -1,15 +1,18 @@
-"""Gateway overhead, side by side in one run: direct-to-backend vs through the gateway.
+"""Gateway overhead, side by side in one run: direct, a do-nothing proxy, and the gateway.
 
-    python -m bench.gateway_bench [--duration 10] [--model-dir DIR] [--json out.json]
+    python -m bench.gateway_bench [--duration 10] [--backend stub|scoring|sklearn|all]
+                                  [--policy default|key-only] [--json out.json]
 
 Starts, on loopback: a private Redis (random port, password, PID checked), an HTTPS issuer
-(discovery + JWKS) in this process, a backend in its own process (a minimal aiohttp stub, or a
-real scoring replica with ``--model-dir``), and the gateway in its own process exactly as it
-runs in production (``python -m app.gateway``, HTTPS, default policy: JWT + role + Redis rate
-limit + key injection). Then bench/loadgen.py drives both paths, closed loop, at concurrency 1
-and 8, with warm-up, and prints added p50/p99 latency and the throughput ratio against the goals
-(added p50 ≤ 1.5 ms, added p99 ≤ 5 ms, throughput ≥ 0.6× direct). All processes share the
-machine's cores with the load generator, as on the 2-core reference box.
+(discovery + JWKS) in this process, and per backend kind a backend in its own process (a
+minimal aiohttp stub; a scoring replica on its compiled fast path; a scoring replica serving a
+random forest through scikit-learn), the gateway in its own process exactly as it runs in
+production (``python -m app.gateway``, HTTPS, default policy: JWT + role + Redis rate limit +
+key injection), and bench/passthrough_proxy.py, a TLS proxy that checks nothing (the floor any
+Python proxy process reaches on these cores). bench/loadgen.py then drives the three paths,
+closed loop, at concurrency 1 and 8, with warm-up, and prints added p50/p99 latency and the
+throughput ratios against the goals (added p50 ≤ 1.5 ms, added p99 ≤ 5 ms, throughput ≥ 0.6×
+direct). All processes share the machine's cores with the load generator.
 """
 
 from __future__ import annotations
@@ -43,6 +46,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from bench.loadgen import LoadResult, run_load
 
 GOAL_P50_MS, GOAL_P99_MS, GOAL_RATIO = 1.5, 5.0, 0.6
+# --policy key-only: the gateway's floor (TLS, HTTP, forwarding, request log, metrics) with a
+# policy that only injects the backend key; callers still send a bearer token, unchecked
+KEY_ONLY_POLICY = """<policies><inbound>
+  <set-header name="Authorization" exists-action="override">
+    <value>Bearer {{prod-backend-key}}</value>
+  </set-header>
+</inbound></policies>"""
 STUB_BODY = json.dumps(
     {
         "predictions": [{"label": "good", "probabilities": {"good": 0.69, "bad": 0.31}}],
@@ -62,7 +72,9 @@ def serve_stub(port: int) -> None:
 
     async def score(request: web.Request) -> web.Response:
         await request.read()
-        return web.Response(body=STUB_BODY, content_type="application/json")
+        # the same response header as the scoring replica (the gateway logs it)
+        return web.Response(body=STUB_BODY, content_type="application/json",
+                            headers={"X-Model-Version": "3"})
 
     async def ready(request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -209,14 +221,14 @@ def _run(
 
 def _bench_backend(kind: str, model_dir: Path | None, home: Path, redis_url: str,
                    issuer: _Issuer, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Start one backend and a gateway in front of it; measure both paths at each c."""
+    """Start one backend, the passthrough floor and a gateway in front of it; measure each c."""
     from app.gateway.config import encrypt_named_value, write_gateway_config
     from app.gateway.template import render_default_policy
     from app.pki import ensure_tls
 
     tls = ensure_tls(home)
     backend_key = secrets.token_urlsafe(32)
-    backend_port, gateway_port = _free_port(), _free_port()
+    backend_port, gateway_port, floor_port = _free_port(), _free_port(), _free_port()
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     body = b'{"data": [{"Age": 30}]}'
     if model_dir is not None:
@@ -236,18 +248,23 @@ def _bench_backend(kind: str, model_dir: Path | None, home: Path, redis_url: str
         "apis": [{"name": "credit-risk", "path": "credit-risk", "revision": 1,
                   "environment": "prod", "backend_url": f"http://127.0.0.1:{backend_port}",
                   "operations": [{"id": "score", "method": "POST", "url_template": "/score"}],
-                  "policy_xml": render_default_policy(issuer=issuer.url, environment="prod",
-                                                      rate_limit=10_000_000)}],
+                  "policy_xml": KEY_ONLY_POLICY if args.policy == "key-only" else
+                  render_default_policy(issuer=issuer.url, environment="prod",
+                                        rate_limit=10_000_000)}],
         "named_values": {
             "prod-backend-key": {"secret": True, "value": encrypt_named_value(home, backend_key)},
             "prod-backend-url": {"secret": False, "value": f"http://127.0.0.1:{backend_port}"}}})
     gateway_cmd = [sys.executable, "-m", "app.gateway", "--home", str(home), "--port",
                    str(gateway_port), "--redis-url", redis_url]
+    floor_cmd = [sys.executable, "-m", "bench.passthrough_proxy", str(floor_port),
+                 str(backend_port), str(tls.server_cert), str(tls.server_key)]
     results: list[dict[str, Any]] = []
-    with _process(backend_cmd, env) as backend_proc, _process(gateway_cmd, env) as gw_proc:
+    with _process(backend_cmd, env) as backend_proc, _process(gateway_cmd, env) as gw_proc, \
+            _process(floor_cmd, dict(env, BENCH_BACKEND_KEY=backend_key)) as floor_proc:
         _wait_http(ready, timeout_s=120)
         _wait_http(f"https://127.0.0.1:{gateway_port}/health", verify=str(tls.ca_cert))
         ctx = ssl.create_default_context(cafile=str(tls.ca_cert))
+        _wait_tls(floor_port, ctx)
         direct_headers = {"Authorization": f"Bearer {backend_key}",
                           "Content-Type": "application/json"}
         gated_headers = {"Authorization": f"Bearer {issuer.token()}",
@@ -255,28 +272,51 @@ def _bench_backend(kind: str, model_dir: Path | None, home: Path, redis_url: str
         for c in args.concurrency:
             d = _run(f"http://127.0.0.1:{backend_port}/score", body, direct_headers, c,
                      args.duration, None)
-            cpu0 = _cpu_s(gw_proc.pid), _cpu_s(backend_proc.pid)
+            cpu0 = _cpu_s(floor_proc.pid)
+            f = _run(f"https://127.0.0.1:{floor_port}/credit-risk/score", body, gated_headers,
+                     c, args.duration, ctx)
+            cpu1 = _cpu_s(floor_proc.pid)
+            floor_cpu = (cpu1 - cpu0) * 1000 / max(f.sent + 300, 1)
+            cpu0b = _cpu_s(gw_proc.pid), _cpu_s(backend_proc.pid)
             g = _run(f"https://127.0.0.1:{gateway_port}/credit-risk/score", body,
                      gated_headers, c, args.duration, ctx)
-            cpu1 = _cpu_s(gw_proc.pid), _cpu_s(backend_proc.pid)
+            cpu1b = _cpu_s(gw_proc.pid), _cpu_s(backend_proc.pid)
             n = max(g.sent + 300, 1)  # the gateway also served the 300 warm-up requests
-            results.append({"backend": kind, "concurrency": c, "direct": d.to_dict(),
+            results.append({"backend": kind, "policy": args.policy, "concurrency": c,
+                            "direct": d.to_dict(), "passthrough": f.to_dict(),
                             "gateway": g.to_dict(),
-                            "gateway_cpu_ms_per_request": (cpu1[0] - cpu0[0]) * 1000 / n,
-                            "backend_cpu_ms_per_request": (cpu1[1] - cpu0[1]) * 1000 / n,
+                            "gateway_cpu_ms_per_request": (cpu1b[0] - cpu0b[0]) * 1000 / n,
+                            "passthrough_cpu_ms_per_request": floor_cpu,
+                            "backend_cpu_ms_per_request": (cpu1b[1] - cpu0b[1]) * 1000 / n,
                             "added_p50_ms": g.p50_ms - d.p50_ms,
                             "added_p99_ms": g.p99_ms - d.p99_ms,
-                            "throughput_ratio": g.ok_rps / d.ok_rps if d.ok_rps else 0.0})
+                            "throughput_ratio": g.ok_rps / d.ok_rps if d.ok_rps else 0.0,
+                            "passthrough_ratio": f.ok_rps / d.ok_rps if d.ok_rps else 0.0})
     return results
 
 
-def _model_dir(home: Path, given: Path | None) -> Path:
-    """The scoring replica's model: the one given, or a LogisticRegression package fitted now."""
+def _wait_tls(port: int, ctx: ssl.SSLContext, timeout_s: float = 30) -> None:
+    """Wait until a TLS listener completes a handshake (the passthrough has no health route)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="127.0.0.1"):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nothing answered TLS on port {port}") from None
+            time.sleep(0.1)
+
+
+def _model_dir(home: Path, given: Path | None, kind: str) -> Path:
+    """The replica's model: the one given, or a package fitted now (lr: compiled fast path;
+    rf: a random forest, which the fast path does not compile, so scikit-learn serves it)."""
     if given is not None:
         return given
     from tests.serving.modelpkg import build_model_package
 
-    return build_model_package(home / "model", "lr")
+    return build_model_package(home / f"model-{kind}", kind)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,7 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.gateway_bench")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per point")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--backend", choices=["stub", "scoring", "both"], default="both")
+    parser.add_argument("--backend", choices=["stub", "scoring", "sklearn", "all"],
+                        default="all", help="stub: fixed answer; scoring: replica on its compiled "
+                        "fast path; sklearn: replica serving a random forest through scikit-learn")
+    parser.add_argument("--policy", choices=["default", "key-only"], default="default",
+                        help="the default policy, or only the key injection (the floor)")
     parser.add_argument("--model-dir", type=Path, help="model package for the scoring replica")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--serve-stub", type=int, help=argparse.SUPPRESS)
@@ -300,11 +344,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _redis() as redis_url:
             issuer = _Issuer(home)
-            if args.backend in ("stub", "both"):
+            if args.backend in ("stub", "all"):
                 results += _bench_backend("stub", None, home, redis_url, issuer, args)
-            if args.backend in ("scoring", "both"):
-                model = _model_dir(home, args.model_dir)
+            if args.backend in ("scoring", "all"):
+                model = _model_dir(home, args.model_dir, "lr")
                 results += _bench_backend("scoring", model, home, redis_url, issuer, args)
+            if args.backend in ("sklearn", "all"):
+                model = _model_dir(home, None, "rf")
+                results += _bench_backend("sklearn", model, home, redis_url, issuer, args)
     finally:
         shutil.rmtree(home, ignore_errors=True)
     _print(results)
@@ -330,17 +377,21 @@ def _print(results: list[dict[str, Any]]) -> None:
     for r in results:
         if r["backend"] != backend:
             backend = r["backend"]
-            print(f"--- backend: {backend}")
-            print(f"{'c':>3} {'path':<8} {'ok rps':>9} {'p50 ms':>8} {'p99 ms':>8} "
+            print(f"--- backend: {backend}, policy: {r['policy']}")
+            print(f"{'c':>3} {'path':<11} {'ok rps':>9} {'p50 ms':>8} {'p99 ms':>8} "
                   f"{'max ms':>8} {'failed':>6}")
-        for name in ("direct", "gateway"):
+        for name in ("direct", "passthrough", "gateway"):
             x = r[name]
-            print(f"{r['concurrency']:>3} {name:<8} {x['ok_rps']:>9.0f} {x['p50_ms']:>8.2f} "
+            print(f"{r['concurrency']:>3} {name:<11} {x['ok_rps']:>9.0f} {x['p50_ms']:>8.2f} "
                   f"{x['p99_ms']:>8.2f} {x['max_ms']:>8.2f} {x['failed']:>6}")
-        print(f"{r['concurrency']:>3} cpu      gateway {r['gateway_cpu_ms_per_request']:.2f} ms"
-              f"/request, backend {r['backend_cpu_ms_per_request']:.2f} ms/request")
+        print(f"{r['concurrency']:>3} cpu         gateway {r['gateway_cpu_ms_per_request']:.3f} "
+              f"ms/request, passthrough {r['passthrough_cpu_ms_per_request']:.3f}, backend "
+              f"{r['backend_cpu_ms_per_request']:.3f}")
+        print(f"{r['concurrency']:>3} floor       passthrough reaches "
+              f"{r['passthrough_ratio']:.2f}x direct (no checks at all: the most any proxy "
+              "process in Python reaches here)")
         verdict = "meets goals" if _meets(r) else "MISSES goals"
-        print(f"{r['concurrency']:>3} added    p50 +{r['added_p50_ms']:.2f} ms "
+        print(f"{r['concurrency']:>3} added       p50 +{r['added_p50_ms']:.2f} ms "
               f"(<= {GOAL_P50_MS}), p99 +{r['added_p99_ms']:.2f} ms (<= {GOAL_P99_MS}), "
               f"throughput {r['throughput_ratio']:.2f}x direct (>= {GOAL_RATIO}): {verdict}")
 

@@ -9,7 +9,7 @@ from typing import Any
 import joblib
 import pandas as pd
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -77,6 +77,8 @@ def make_pipeline(kind: str) -> Pipeline:
         classifier = LogisticRegression(max_iter=1000)
     elif kind == "gb":
         classifier = GradientBoostingClassifier(n_estimators=100, max_depth=3, random_state=0)
+    elif kind == "rf":  # not compiled by the fast path: served by scikit-learn itself
+        classifier = RandomForestClassifier(n_estimators=100, random_state=0, n_jobs=1)
     else:
         raise ValueError(kind)
     preprocess = ColumnTransformer(
