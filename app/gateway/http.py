@@ -143,7 +143,7 @@ class _Connection(asyncio.Protocol):
         self._body_bytes = 0
         self._pending: collections.deque[Request] = collections.deque()
         self._current: Request | None = None
-        self._task: asyncio.Task[Response] | None = None
+        self._task: asyncio.Task[None] | None = None
         self._reading = True
         self._discard_left: int | None = None
         self.in_message = False
@@ -268,24 +268,23 @@ class _Connection(asyncio.Protocol):
 
     def _start(self, request: Request) -> None:
         self._current = request
-        self._task = task = self._loop.create_task(self._server.handler(request))
-        task.add_done_callback(self._finished)
+        self._task = self._loop.create_task(self._respond(request))
         self._server.in_flight += 1
 
-    def _finished(self, task: asyncio.Task[Response]) -> None:
-        request, self._current, self._task = self._current, None, None
-        self._server.in_flight -= 1
-        if task.cancelled():
+    async def _respond(self, request: Request) -> None:
+        """Run the handler and write its answer from the same task (no extra loop pass)."""
+        try:
+            response = await self._server.handler(request)
+        except asyncio.CancelledError:
+            self._done()
             self.close()
-            return
-        exc = task.exception()
-        if exc is not None:
+            raise
+        except Exception as exc:  # noqa: BLE001 - last line: the client still gets an answer
             log.error("gateway handler failed: %r", exc)
             response = error_response(500, "The gateway failed to process the request.")
-        else:
-            response = task.result()
+        self._done()
         transport = self._transport
-        if transport is None or transport.is_closing() or request is None:
+        if transport is None or transport.is_closing():
             return
         keep_alive = request.keep_alive and not self._server.stopping
         transport.write(encode_response(response, keep_alive=keep_alive,
@@ -299,6 +298,10 @@ class _Connection(asyncio.Protocol):
         if not self._reading and len(self._pending) < _MAX_PIPELINED // 2:
             transport.resume_reading()
             self._reading = True
+
+    def _done(self) -> None:
+        self._current = self._task = None
+        self._server.in_flight -= 1
 
     # -- closing -----------------------------------------------------------------------
 
