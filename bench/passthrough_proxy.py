@@ -22,11 +22,15 @@ _SKIP_REQUEST = {b"authorization", b"host", b"content-length", b"connection"}
 _SKIP_RESPONSE = {b"content-length", b"server", b"date", b"connection"}
 
 
-class _Backend(asyncio.Protocol):
-    def __init__(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
+Message = tuple[list[tuple[bytes, bytes]], bytes]
+
+
+class _Peer(asyncio.Protocol):
+    """One side of the relay: feeds the parser and collects one message at a time."""
+
+    def __init__(self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser) -> None:
+        self.parser = parser
         self.transport: asyncio.Transport | None = None
-        self.waiter: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
 
@@ -42,41 +46,35 @@ class _Backend(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
 
+    def take(self) -> Message:
+        message = self.headers, b"".join(self.body)
+        self.headers, self.body = [], []
+        return message
+
+
+class _Backend(_Peer):
+    def __init__(self) -> None:
+        super().__init__(httptools.HttpResponseParser(self))
+        self.waiter: asyncio.Future[tuple[int, Message]] | None = None
+
     def on_message_complete(self) -> None:
         assert self.waiter is not None
-        self.waiter.set_result((self.parser.get_status_code(), self.headers, b"".join(self.body)))
-        self.headers, self.body = [], []
+        self.waiter.set_result((self.parser.get_status_code(), self.take()))  # type: ignore[union-attr]
 
-    def send(self, data: bytes) -> asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]]:
+    def send(self, data: bytes) -> asyncio.Future[tuple[int, Message]]:
         self.waiter = asyncio.get_running_loop().create_future()
         assert self.transport is not None
         self.transport.write(data)
         return self.waiter
 
 
-class _Client(asyncio.Protocol):
+class _Client(_Peer):
     def __init__(self, backend_port: int, key: bytes, idle: list[_Backend]) -> None:
+        super().__init__(httptools.HttpRequestParser(self))
         self.backend_port, self.key, self.idle = backend_port, key, idle
-        self.parser = httptools.HttpRequestParser(self)
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body: list[bytes] = []
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.parser.feed_data(data)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
 
     def on_message_complete(self) -> None:
-        headers, body = self.headers, b"".join(self.body)
-        self.headers, self.body = [], []
-        asyncio.get_running_loop().create_task(self.relay(headers, body))
+        asyncio.get_running_loop().create_task(self.relay(*self.take()))
 
     async def relay(self, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         out = [b"POST /score HTTP/1.1\r\nHost: backend\r\n"]
@@ -87,14 +85,15 @@ class _Client(asyncio.Protocol):
         backend = self.idle.pop() if self.idle else (await asyncio.get_running_loop()
                                                      .create_connection(_Backend, "127.0.0.1",
                                                                         self.backend_port))[1]
-        status, answer_headers, answer = await backend.send(b"".join(out))
+        status, (answer_headers, answer) = await backend.send(b"".join(out))
         self.idle.append(backend)
         reply = [b"HTTP/1.1 %d OK\r\n" % status]
         reply += [n + b": " + v + b"\r\n" for n, v in answer_headers
                   if n.lower() not in _SKIP_RESPONSE]
         reply.append(b"Content-Length: %d\r\n\r\n" % len(answer))
         reply.append(answer)
-        self.transport.write(b"".join(reply))  # type: ignore[attr-defined]
+        assert self.transport is not None
+        self.transport.write(b"".join(reply))
 
 
 async def _main(port: int, backend_port: int, key: bytes, cert: str, keyfile: str) -> None:
