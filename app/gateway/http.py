@@ -136,6 +136,7 @@ class _Connection(asyncio.Protocol):
         self._remote = ""
         self._url = b""
         self._headers: list[tuple[str, str]] = []
+        self._header_map: CIMultiDict[str] = CIMultiDict()
         self._header_bytes = 0
         self._head_done = False
         self._head_raw = 0
@@ -209,24 +210,24 @@ class _Connection(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._count_header_bytes(len(url))
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_header_bytes(len(name) + len(value) + 4)
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
-
-    def _count_header_bytes(self, n: int) -> None:
-        self._header_bytes += n
+        self._header_bytes += len(url)
         if self._header_bytes > self._limits.max_header_bytes:
             raise _Rejected(431, "The request headers are too large.")
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self._limits.max_header_bytes:
+            raise _Rejected(431, "The request headers are too large.")
+        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
     def on_headers_complete(self) -> None:
         self._head_done = True
-        length = next((v for k, v in self._headers if k.lower() == "content-length"), None)
+        self._header_map = headers = CIMultiDict(self._headers)
+        length = headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > self._limits.max_body_bytes:
             raise _Rejected(413, "The request body is too large.")
-        if self._transport is not None and any(
-                k.lower() == "expect" and v.lower() == "100-continue" for k, v in self._headers):
+        expect = headers.get("Expect")
+        if expect is not None and expect.lower() == "100-continue" and self._transport:
             self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
@@ -250,7 +251,7 @@ class _Connection(asyncio.Protocol):
             method=self._parser.get_method().decode("ascii"),
             path=unquote(raw_path) if "%" in raw_path else raw_path,
             query_string=url.query.decode("latin-1") if url.query else "",
-            headers=CIMultiDict(self._headers),
+            headers=self._header_map,
             body=b"".join(self._body) if len(self._body) != 1 else self._body[0],
             remote=self._remote,
             scheme=self._server.scheme,

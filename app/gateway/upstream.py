@@ -75,6 +75,7 @@ class _UpstreamConnection(asyncio.Protocol):
         self._waiter: asyncio.Future[UpstreamResponse] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._headers: list[tuple[str, str]] = []
+        self._header_map: CIMultiDict[str] = CIMultiDict()
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._received = False
@@ -118,9 +119,11 @@ class _UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._headers_done = True
-        self._framed = any(k.lower() in ("content-length", "transfer-encoding")
-                           for k, _ in self._headers) or self._parser.get_status_code() in (
-            204, 304) or 100 <= self._parser.get_status_code() < 200
+        # trailers of a chunked answer arrive after this and are left out on purpose
+        self._header_map = headers = CIMultiDict(self._headers)
+        status = self._parser.get_status_code()
+        self._framed = ("Content-Length" in headers or "Transfer-Encoding" in headers
+                        or status in (204, 304) or 100 <= status < 200)
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
@@ -142,8 +145,8 @@ class _UpstreamConnection(asyncio.Protocol):
             return
         self._cancel_timer()
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        waiter.set_result(UpstreamResponse(self._parser.get_status_code(),
-                                           CIMultiDict(self._headers), body))
+        waiter.set_result(UpstreamResponse(self._parser.get_status_code(), self._header_map,
+                                           body))
         if not self.reusable and self._transport is not None:
             self._transport.close()
 
