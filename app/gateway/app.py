@@ -17,10 +17,10 @@ from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.gateway.config import ConfigError, GatewayConfig, default_config_path, load_config
-from app.gateway.http import HttpServer, Request, Response, ServerLimits
+from app.gateway.http import HttpServer, Request, Response, ServerLimits, problem
 from app.gateway.jwt import JwksRegistry
 from app.gateway.observability import GatewayMetrics, RequestLog, RequestRecord
-from app.gateway.proxy import SERVER_NAME, Outcome, preflight, problem, request_id, run_route
+from app.gateway.proxy import SERVER_NAME, Outcome, preflight, request_id, run_route
 from app.gateway.proxy import cors_headers as _cors_headers
 from app.gateway.ratelimit import create_rate_limiter
 from app.gateway.state import GatewaySettings, GatewayState

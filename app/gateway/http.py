@@ -19,7 +19,7 @@ import json
 import logging
 import ssl
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
@@ -117,11 +117,16 @@ class _Rejected(Exception):
         self.status = status
 
 
-def error_response(status: int, detail: str) -> Response:
-    """A small problem+json body for errors the server answers itself (before any handler)."""
-    body = json.dumps({"type": "about:blank", "title": _REASONS.get(status, "Error"),
-                       "status": status, "detail": detail}).encode()
-    return Response(status, body, CIMultiDict({"Content-Type": "application/problem+json"}))
+def problem(status: int, detail: str | None = None,
+            headers: Iterable[tuple[str, str]] = ()) -> Response:
+    """An RFC 9457 problem+json response with a generic, safe detail."""
+    body: dict[str, object] = {"type": "about:blank", "title": _REASONS.get(status, "Error"),
+                               "status": status}
+    if detail:
+        body["detail"] = detail
+    out: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/problem+json"})
+    out.extend(headers)
+    return Response(status, json.dumps(body).encode(), out)
 
 
 class _Connection(asyncio.Protocol):
@@ -282,7 +287,7 @@ class _Connection(asyncio.Protocol):
             raise
         except Exception as exc:  # noqa: BLE001 - last line: the client still gets an answer
             log.error("gateway handler failed: %r", exc)
-            response = error_response(500, "The gateway failed to process the request.")
+            response = problem(500, "The gateway failed to process the request.")
         self._done()
         transport = self._transport
         if transport is None or transport.is_closing():
@@ -320,7 +325,7 @@ class _Connection(asyncio.Protocol):
             return
         self._pending.clear()
         if self._current is None:
-            transport.write(encode_response(error_response(status, detail), keep_alive=False))
+            transport.write(encode_response(problem(status, detail), keep_alive=False))
             # Closing while the client still sends makes its TCP stack see a reset instead of
             # this answer (e.g. a 413 for a large body): read and drop its bytes for a moment.
             self._discard_left = _LINGER_BYTES

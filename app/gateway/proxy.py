@@ -10,13 +10,12 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any
 
 from multidict import CIMultiDict
 
 from app.gateway.config import Route
-from app.gateway.http import Request, Response
+from app.gateway.http import Request, Response, problem
 from app.gateway.jwt import TokenRejected, claims_satisfy, extract_token, validate_token
 from app.gateway.policy import (
     CheckHeader,
@@ -79,18 +78,6 @@ def request_id(raw: str | None) -> str:
     if raw and _REQUEST_ID.match(raw):
         return raw
     return f"{_ID_PREFIX}{next(_ID_COUNTER) & 0xFFFFFFFFFFFFFFFF:016x}"
-
-
-def problem(status: int, detail: str | None = None,
-            headers: Iterable[tuple[str, str]] = ()) -> Response:
-    """An RFC 9457 problem+json response with a generic, safe detail."""
-    title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
-    body = {"type": "about:blank", "title": title, "status": status}
-    if detail:
-        body["detail"] = detail
-    out: CIMultiDict[str] = CIMultiDict({"Content-Type": "application/problem+json"})
-    out.extend(headers)
-    return Response(status, json.dumps(body).encode(), out)
 
 
 def _apply_headers(target: CIMultiDict[str], steps: Iterable[SetHeader]) -> None:
