@@ -219,6 +219,15 @@ def _run(
     )
 
 
+def _measured(url: str, body: bytes, headers: dict[str, str], c: int, duration: float,
+              ctx: ssl.SSLContext | None, *, pids: list[int]) -> tuple[LoadResult, list[float]]:
+    """Run one point and return it with each process's CPU milliseconds per request."""
+    before = [_cpu_s(pid) for pid in pids]
+    result = _run(url, body, headers, c, duration, ctx)
+    served = max(result.sent + 300, 1)  # the 300 warm-up requests were served too
+    return result, [(_cpu_s(pid) - b) * 1000 / served for pid, b in zip(pids, before, strict=True)]
+
+
 def _bench_backend(kind: str, model_dir: Path | None, home: Path, redis_url: str,
                    issuer: _Issuer, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Start one backend, the passthrough floor and a gateway in front of it; measure each c."""
@@ -272,22 +281,18 @@ def _bench_backend(kind: str, model_dir: Path | None, home: Path, redis_url: str
         for c in args.concurrency:
             d = _run(f"http://127.0.0.1:{backend_port}/score", body, direct_headers, c,
                      args.duration, None)
-            cpu0 = _cpu_s(floor_proc.pid)
-            f = _run(f"https://127.0.0.1:{floor_port}/credit-risk/score", body, gated_headers,
-                     c, args.duration, ctx)
-            cpu1 = _cpu_s(floor_proc.pid)
-            floor_cpu = (cpu1 - cpu0) * 1000 / max(f.sent + 300, 1)
-            cpu0b = _cpu_s(gw_proc.pid), _cpu_s(backend_proc.pid)
-            g = _run(f"https://127.0.0.1:{gateway_port}/credit-risk/score", body,
-                     gated_headers, c, args.duration, ctx)
-            cpu1b = _cpu_s(gw_proc.pid), _cpu_s(backend_proc.pid)
-            n = max(g.sent + 300, 1)  # the gateway also served the 300 warm-up requests
+            gated = (body, gated_headers, c, args.duration, ctx)
+            f, (floor_cpu,) = _measured(f"https://127.0.0.1:{floor_port}/credit-risk/score",
+                                        *gated, pids=[floor_proc.pid])
+            g, (gateway_cpu, backend_cpu) = _measured(
+                f"https://127.0.0.1:{gateway_port}/credit-risk/score", *gated,
+                pids=[gw_proc.pid, backend_proc.pid])
             results.append({"backend": kind, "policy": args.policy, "concurrency": c,
                             "direct": d.to_dict(), "passthrough": f.to_dict(),
                             "gateway": g.to_dict(),
-                            "gateway_cpu_ms_per_request": (cpu1b[0] - cpu0b[0]) * 1000 / n,
+                            "gateway_cpu_ms_per_request": gateway_cpu,
                             "passthrough_cpu_ms_per_request": floor_cpu,
-                            "backend_cpu_ms_per_request": (cpu1b[1] - cpu0b[1]) * 1000 / n,
+                            "backend_cpu_ms_per_request": backend_cpu,
                             "added_p50_ms": g.p50_ms - d.p50_ms,
                             "added_p99_ms": g.p99_ms - d.p99_ms,
                             "throughput_ratio": g.ok_rps / d.ok_rps if d.ok_rps else 0.0,
