@@ -203,8 +203,9 @@ class DeploymentState(enum.StrEnum):
 
 
 class Deployment(Base):
-    """One slot (blue/green) of an environment running one model version; rows change only
-    in app.services.deployments (the runtime records the port it chose)."""
+    """One slot (blue/green) of an environment's endpoint running one model version, on any
+    backend; rows change only in app.services.deployments (the local runtime records the port
+    it chose, and keeps STARTING/ACTIVE/DRAINING rows running)."""
 
     __tablename__ = "deployments"
 
@@ -217,12 +218,16 @@ class Deployment(Base):
     resources: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     state: Mapped[str] = mapped_column(String(16), default=DeploymentState.STARTING, index=True)
     port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # What the backend reports: its name, the endpoint the slot belongs to, its scoring URI.
+    backend: Mapped[str] = mapped_column(String(32), default="local")
+    endpoint: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    scoring_uri: Mapped[str | None] = mapped_column(String(512), nullable=True)
     traffic: Mapped[int] = mapped_column(Integer, default=0)
     # The deploy job that created it; unique so a redelivered job resumes its own slot.
     job_id: Mapped[str | None] = mapped_column(String(32), nullable=True, unique=True)
-    # Fernet tokens (key in MODELGATE_HOME/secrets, 0600); the runtime sees only digests.
-    primary_key_enc: Mapped[str] = mapped_column(Text)
-    secondary_key_enc: Mapped[str] = mapped_column(Text)
+    # Keys of slots deployed before the backend kept them (read by the local backend only).
+    primary_key_enc: Mapped[str | None] = mapped_column(Text, nullable=True)
+    secondary_key_enc: Mapped[str | None] = mapped_column(Text, nullable=True)
     keys_rotated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
     rotation_job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

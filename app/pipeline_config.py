@@ -26,6 +26,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PATH = Path(__file__).resolve().parent / "backends" / "local" / "pipeline.yml"
 ENV_VAR = "MODELGATE_PIPELINE_CONFIG"
 REQUIRED_ENVIRONMENTS: tuple[str, ...] = ("staging", "prod")
+# The environment served at the API's plain name and path; the others are prefixed.
+PRODUCTION = "prod"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _ENV_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
@@ -96,7 +98,11 @@ class GatewaySettings:
 
     def path_for(self, environment: str) -> str:
         """Return the gateway path of an environment (prod at api_path, others prefixed)."""
-        return self.api_path if environment == "prod" else f"{environment}/{self.api_path}"
+        return self.api_path if environment == PRODUCTION else f"{environment}/{self.api_path}"
+
+    def name_for(self, environment: str) -> str:
+        """Return the gateway API name of an environment (prod plain, others suffixed)."""
+        return self.api_name if environment == PRODUCTION else f"{self.api_name}-{environment}"
 
 
 @dataclass(frozen=True)

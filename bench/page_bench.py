@@ -111,7 +111,7 @@ def seed_serving(home: Path, versions: int) -> None:
     from app.services import apis, deployments
 
     for env in ("staging", "prod"):
-        row = deployments.create_slot(home, environment=env, model_name=MODEL,
+        row = deployments.create_slot(environment=env, model_name=MODEL,
                                       model_version=str(versions), replicas=1, resources={},
                                       job_id=f"bench-deploy-{env}")
         deployments.activate(row.id)

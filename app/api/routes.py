@@ -134,13 +134,12 @@ def list_api_revisions(name: str) -> Any:
 @role_required(Role.ENGINEER)
 def rollback_api(name: str, revision: int) -> Any:
     """Make an earlier revision current again: 200 with it, 409 if it already is."""
-    from pathlib import Path
 
     from flask import current_app
 
     from app.services import apis
 
-    row = apis.rollback_to(Path(current_app.config["HOME"]), name, revision,
+    row = apis.rollback_to(name, revision,
                            current_user.username)
     return apis.to_dict(row, str(current_app.config["GATEWAY_URL"]))
 
@@ -149,13 +148,11 @@ def rollback_api(name: str, revision: int) -> Any:
 @signed_in
 def list_deployments() -> Any:
     """Environments with their active slot, model version, replica health, traffic, key age."""
-    from pathlib import Path
 
-    from flask import current_app
 
     from app.services import deployments
 
-    return {"environments": deployments.overview(Path(current_app.config["HOME"]))}
+    return {"environments": deployments.overview()}
 
 
 @bp.get("/promotions")

@@ -1,4 +1,4 @@
-"""APIs page: revisions per API with rollback buttons, and traffic from the gateway's log."""
+"""APIs page: revisions per API with rollback buttons, and each API's recent traffic."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from flask_login import current_user
 
 from app.auth.roles import Role
 from app.auth.users import role_required, signed_in
-from app.services import api_metrics, apis
+from app.services import apis, traffic
 
 bp = Blueprint("apis", __name__, url_prefix="/apis")
 
@@ -19,15 +19,12 @@ bp = Blueprint("apis", __name__, url_prefix="/apis")
 @signed_in
 def list() -> Any:  # noqa: A001  (view names follow the list/detail/create convention)
     """Show every API's revisions (current first) and its recent traffic."""
-    from pathlib import Path
-
     # Revisions come ordered by API name, newest first within each API.
     grouped = {name: [*rows] for name, rows in groupby(apis.list_revisions(),
                                                        key=lambda row: row.api_name)}
-    home = Path(current_app.config["HOME"])
     return render_template("apis/list.html", grouped=grouped,
-                           traffic=api_metrics.traffic(home),
-                           window_minutes=api_metrics.WINDOW_SECONDS // 60,
+                           traffic=traffic.per_api(),
+                           window_minutes=traffic.WINDOW_SECONDS // 60,
                            gateway=str(current_app.config["GATEWAY_URL"]).rstrip("/"),
                            can_publish=current_user.can(Role.ENGINEER))
 
@@ -36,8 +33,6 @@ def list() -> Any:  # noqa: A001  (view names follow the list/detail/create conv
 @role_required(Role.ENGINEER)
 def rollback(revision_id: int) -> Any:
     """Make an earlier revision current again (audited)."""
-    from pathlib import Path
-
-    row = apis.rollback(Path(current_app.config["HOME"]), revision_id, current_user.username)
+    row = apis.rollback(revision_id, current_user.username)
     flash(f"{row.api_name} is back on revision {row.revision}.", "success")
     return redirect(url_for("apis.list"))

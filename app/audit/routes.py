@@ -8,10 +8,9 @@ signed in, read-only, since it is what engineers look at after a deploy or a rol
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, current_app, render_template, request, stream_with_context
+from flask import Blueprint, Response, render_template, request, stream_with_context
 
 from app.auth.roles import Role
 from app.auth.users import role_required, signed_in
@@ -68,11 +67,10 @@ def timeline_view() -> Any:
             at_error = "give a time like 2026-11-25T14:30:00 (UTC)"
         else:
             served = timeline.served_version_at(environment or "prod", at)
-    home = Path(current_app.config["HOME"])
     return render_template(
         "audit/timeline.html", entries=timeline.entries(environment=environment,
                                                         model_version=version),
-        calls=timeline.calls(home, environment=environment, model_version=version),
+        calls=timeline.calls(environment=environment, model_version=version),
         environment=environment, model_version=version, at=at_raw, served=served,
         at_error=at_error)
 

@@ -1,26 +1,41 @@
 """The Backend protocol that jobs drive, its value types, and the BackendError family.
 
+A backend is a deployment target: the embedded local stack, Azure (Azure ML + AKS + API
+Management), or any other. The services in app/services hold the rules (blue/green order,
+no-401 key rotation order, four eyes, audit, lineage) and call only these primitives.
+
 Contract for every implementation (local, azure, test fakes):
 - methods block until the operation is done or its timeout passed; they are called only from
-  Celery tasks, never from a request;
-- they are idempotent by name (provisioning twice, deploying the same version twice, publishing
-  the same revision twice leave one result);
-- they raise only BackendError subclasses; SDK errors are translated at the backend's edge;
-- progress is reported through the callback (percent 0-100, a short step text).
+  Celery tasks (and the read-only ones from pages), never hold a request for long;
+- they are idempotent by name: creating the same slot twice, publishing the same revision
+  twice, switching to the slot that already takes the traffic leave one result;
+- they raise only BackendError subclasses: TransientBackendError for what is worth retrying,
+  the others are permanent; SDK and OS errors are translated at the backend's edge;
+- progress goes through the callback (percent 0-100, non-decreasing, a short step text); a
+  callback may raise (the job was cancelled) and the backend lets that exception through,
+  leaving nothing half-switched;
+- keys are secrets: no key appears in a value's repr, an error message, a log line or a task
+  argument. Keys travel only as return values of key methods and arguments of key methods.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 Progress = Callable[[int, str], None]
+Checkpoint = Callable[[], None]
+
+# The environment order when no pipeline file says otherwise (the shipped pipeline.yml).
+DEFAULT_ENVIRONMENTS: tuple[str, ...] = ("staging", "prod")
 
 
 class Capability(enum.StrEnum):
-    """Optional features a backend may have."""
+    """Optional features a backend may have (the panel shows what it can offer)."""
 
     BLUE_GREEN = "blue-green"
     KEY_ROTATION = "key-rotation"
@@ -28,8 +43,18 @@ class Capability(enum.StrEnum):
     AUTOSCALE = "autoscale"
 
 
+class KeyRole(enum.StrEnum):
+    """Which of a slot's two keys."""
+
+    PRIMARY = "primary"
+    SECONDARY = "secondary"
+
+
+# --------------------------------------------------------------------------- errors
+
+
 class BackendError(Exception):
-    """A backend operation failed; the message is safe to show to users."""
+    """A backend operation failed; the message is safe to show to users (never a key)."""
 
 
 class ResourceNotFound(BackendError):
@@ -48,12 +73,27 @@ class CapabilityNotSupported(BackendError):
     """The backend lacks the capability the operation needs."""
 
 
+class SlotNotReady(BackendError):
+    """A new deployment slot did not become ready in time (the old slot keeps serving)."""
+
+
+class SmokeTestFailed(BackendError):
+    """A new slot answered its smoke test wrongly (the old slot keeps serving)."""
+
+
+class PolicyRefused(BackendError):
+    """The gateway refused an API revision (its policy does not compile or validate)."""
+
+
+# --------------------------------------------------------------------------- provisioning
+
+
 @dataclass(frozen=True)
 class ProvisionSpec:
     """What to create: a workspace with environments, from the pipeline configuration."""
 
     workspace: str
-    environments: tuple[str, ...] = ("staging", "prod")
+    environments: tuple[str, ...] = DEFAULT_ENVIRONMENTS
     settings: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -76,44 +116,108 @@ class BackendHealth:
     detail: str = ""
 
 
-class Backend(Protocol):
-    """What a deployment target must provide (the local embedded default, or Azure)."""
-
-    name: str
-    capabilities: frozenset[Capability]
-
-    def provision(self, spec: ProvisionSpec, progress: Progress) -> ProvisionResult:
-        """Create the workspace and environments; report what existed and what was created.
-
-        Raises:
-            BackendError: the workspace cannot be created.
-        """
-        ...
-
-    def teardown(self, workspace: str, progress: Progress) -> None:
-        """Remove the workspace; removing a missing workspace is not an error."""
-        ...
-
-    def health(self) -> BackendHealth:
-        """Return whether the backend is reachable and usable."""
-        ...
-
-
-class SlotNotReady(BackendError):
-    """A new deployment slot did not become ready in time (the old slot keeps serving)."""
-
-
-class SmokeTestFailed(BackendError):
-    """A new slot answered its smoke test wrongly (the old slot keeps serving)."""
+# --------------------------------------------------------------------------- training
 
 
 @dataclass(frozen=True)
-class SlotEndpoint:
-    """Where a deployment slot listens and how many replicas it should have ready."""
+class TrainSpec:
+    """One training run: the model settings, the data, and the job that asks (its tag).
 
-    deployment_id: str
-    url: str
+    ``dataset_version`` None means the latest registered version; ``dataset_path`` is a file
+    to register first (a no-op for bytes already registered).
+    """
+
+    job_id: str
+    model: Any  # app.ml.config.TrainingConfig
+    dataset_name: str
+    dataset_version: int | None = None
+    dataset_path: str | None = None
+    experiment: str = ""
+    tracking_uri: str = ""
+
+
+@dataclass(frozen=True)
+class TrainInfo:
+    """Where a run trained and which registry version it produced (``summary``: job result)."""
+
+    model_name: str
+    version: str
+    run_id: str
+    where: str
+    summary: Mapping[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- slots
+
+
+@dataclass(frozen=True)
+class SlotRef:
+    """Names one slot of one environment's endpoint and the model version it serves
+    (``id``: the panel's deployment id)."""
+
+    id: str
+    environment: str
+    endpoint: str
+    slot: str
+    model_name: str
+    model_version: str
+
+
+@dataclass(frozen=True)
+class SlotSpec:
+    """A slot to create at 0% traffic, running the version its ref names."""
+
+    ref: SlotRef
     replicas: int
+    resources: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SlotInfo:
+    """What the backend reports about a slot: where it scores and how ready it is."""
+
+    ref: SlotRef
+    backend: str
+    scoring_uri: str = ""
+    replicas: int = 0
+    replicas_ready: int = 0
+    detail: str = ""
+
+    @property
+    def base_url(self) -> str:
+        """The scoring URI without its ``/score`` operation."""
+        return self.scoring_uri.removesuffix("/score")
+
+
+@dataclass(frozen=True)
+class SlotKeys:
+    """A slot's two keys; the repr hides them."""
+
+    primary: str = field(repr=False)
+    secondary: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "SlotKeys(primary=***, secondary=***)"
+
+    def __str__(self) -> str:
+        return repr(self)
+
+
+@dataclass(frozen=True)
+class ReplicaCounts:
+    """How many replicas of a slot are ready, and how often they restarted."""
+
+    ready: int
+    restarts: int
+
+
+@dataclass(frozen=True)
+class SlotsReport:
+    """The backend's view of every running slot, by deployment id; ``reporting`` is false
+    when the backend cannot tell (then nothing is known about any slot)."""
+
+    reporting: bool
+    slots: Mapping[str, ReplicaCounts] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -123,4 +227,224 @@ class SmokeResult:
     label: str
     probabilities: Mapping[str, float]
     model_version: str
+
+
+# --------------------------------------------------------------------------- APIs and traffic
+
+
+@dataclass(frozen=True)
+class ApiOperation:
+    """One operation of a published API."""
+
+    id: str
+    method: str
+    url_template: str
+
+
+SCORE_OPERATION = ApiOperation("score", "POST", "/score")
+
+
+@dataclass(frozen=True)
+class ApiSpec:
+    """A revision of an environment's API: name, path, policy and operations."""
+
+    name: str
+    path: str
+    environment: str
+    revision: int
+    policy_xml: str
+    operations: tuple[ApiOperation, ...] = (SCORE_OPERATION,)
+
+
+@dataclass(frozen=True)
+class ApiRevisionInfo:
+    """A revision as the gateway holds it."""
+
+    name: str
+    revision: int
+    path: str
+    is_current: bool
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One call through the gateway, as its request log has it."""
+
+    time: dt.datetime
+    api: str
+    status: int
+    latency_ms: float
+    environment: str | None = None
+    model_version: str | None = None
+
+
+@dataclass(frozen=True)
+class TrafficStats:
+    """The gateway's calls since a moment (oldest first); services aggregate them."""
+
+    since: dt.datetime | None
+    calls: tuple[CallRecord, ...]
+
+
+# --------------------------------------------------------------------------- the protocol
+
+
+class Backend(Protocol):
+    """What a deployment target must provide (the local embedded default, Azure, …)."""
+
+    name: str
+    capabilities: frozenset[Capability]
+
+    # -- workspace
+
+    def provision(self, spec: ProvisionSpec, progress: Progress) -> ProvisionResult:
+        """Create the workspace and environments; report what existed and what was created.
+
+        Idempotent: a second call creates nothing and lists everything as existing.
+
+        Raises:
+            ResourceConflict: a resource exists but differs in a way that cannot be changed.
+            TransientBackendError: worth retrying.
+            BackendError: the workspace cannot be created.
+        """
+        ...
+
+    def teardown(self, workspace: str, progress: Progress) -> None:
+        """Remove the workspace; removing a missing workspace is not an error."""
+        ...
+
+    def health(self) -> BackendHealth:
+        """Return whether the backend is reachable and usable (never raises)."""
+        ...
+
+    # -- training
+
+    def train(self, spec: TrainSpec, progress: Progress) -> TrainInfo:
+        """Train where the backend trains and register the version, tagged with the job.
+
+        Idempotent by ``spec.job_id``: a version already registered by this job is returned
+        instead of training again. Progress may raise to cancel until registration starts.
+
+        Raises:
+            BackendError: bad data or settings (the message names them); registry trouble.
+        """
+        ...
+
+    # -- slots (blue/green)
+
+    def environment_lock(self, environment: str) -> AbstractContextManager[None]:
+        """Serialise deploys and key rotations of one environment across this backend's workers."""
+        ...
+
+    def create_slot(self, spec: SlotSpec, progress: Progress) -> SlotInfo:
+        """Create a slot serving the version at 0% traffic, with its own keys.
+
+        Idempotent by ``spec.ref.id``: a second call returns the same slot. Does not wait
+        for readiness (``wait_ready`` does).
+
+        Raises:
+            ResourceNotFound: the model version cannot be fetched from the registry.
+            BackendError: the slot cannot be created.
+        """
+        ...
+
+    def wait_ready(self, slot: SlotRef, replicas: int, timeout: float,
+                   checkpoint: Checkpoint) -> SlotInfo:
+        """Block until every replica of the slot is ready; ``checkpoint()`` is called between
+        polls and may raise to cancel the wait (the exception passes through).
+
+        Raises:
+            SlotNotReady: not ready within ``timeout`` (the message says what was seen).
+        """
+        ...
+
+    def slot_keys(self, slot: SlotRef) -> SlotKeys:
+        """The keys a slot accepts now (for its smoke test, the gateway and an admin's reveal).
+
+        Raises:
+            ResourceNotFound: the backend holds no keys for the slot.
+        """
+        ...
+
+    def smoke_test(self, slot: SlotRef, key: str) -> SmokeResult:
+        """Score the model signature's example on the slot directly with ``key``; also require
+        that a request without a key is refused and that the slot serves the ref's version.
+
+        Raises:
+            SmokeTestFailed: with what was wrong (never the key).
+        """
+        ...
+
+    def switch_traffic(self, environment: str, slot: SlotRef) -> SlotInfo:
+        """Send all of the environment's traffic to the slot, with the slot's primary key.
+
+        Atomic from a caller's point of view: every request goes either to the old slot with
+        the old key or to the new slot with the new key, never a mix. Idempotent.
+        """
+        ...
+
+    def retire_slot(self, slot: SlotRef) -> None:
+        """Stop a slot and forget its keys; retiring a missing slot is not an error."""
+        ...
+
+    def slot_info(self, slot: SlotRef) -> SlotInfo:
+        """What the backend sees of a slot now (readiness, scoring URI); never raises for a
+        missing slot (``replicas_ready`` 0, ``detail`` says so)."""
+        ...
+
+    def slots_report(self) -> SlotsReport:
+        """Replica counts of every running slot in one call (pages show them; never raises)."""
+        ...
+
+    # -- keys (primitives; the no-401 order is the services' rule)
+
+    def regenerate_key(self, slot: SlotRef, which: KeyRole) -> str:
+        """Replace one of the slot's keys with a new secret and return it; the other key
+        keeps working. Takes effect on every replica before returning."""
+        ...
+
+    def sync_keys(self, slot: SlotRef) -> None:
+        """Make the slot accept exactly the keys ``slot_keys`` returns (repairs a regenerate
+        interrupted half-way; a no-op where the keys live in one place)."""
+        ...
+
+    def check_key(self, slot: SlotRef, secret: str) -> bool:
+        """Whether the slot accepts ``secret`` (True: 200 to the example, False: 401).
+
+        Raises:
+            SmokeTestFailed: the slot answered neither (down, or a wrong answer).
+        """
+        ...
+
+    def gateway_use_key(self, environment: str, secret: str) -> None:
+        """Make the gateway present ``secret`` to the environment's backend (only the key)."""
+        ...
+
+    # -- APIs
+
+    def publish_revision(self, spec: ApiSpec) -> ApiRevisionInfo:
+        """Record a revision of an API in the gateway (not yet current); idempotent by
+        (name, revision).
+
+        Raises:
+            PolicyRefused: the policy does not compile (the message names the element).
+        """
+        ...
+
+    def make_revision_current(self, api: str, revision: int) -> ApiRevisionInfo:
+        """Make a published revision the one the gateway serves, atomically.
+
+        Raises:
+            ResourceNotFound: the revision was not published, or the environment has no
+                backend slot behind the gateway yet.
+            PolicyRefused: the gateway refused it.
+        """
+        ...
+
+    # -- traffic
+
+    def traffic(self, environment: str | None, since: dt.datetime | None) -> TrafficStats:
+        """The gateway's calls since ``since`` (None: as far back as cheaply available),
+        of one environment or of all."""
+        ...
 

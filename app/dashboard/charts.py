@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from markupsafe import Markup, escape
 
-from app.services.overview import SeriesPoint
+from app.services.traffic import SeriesPoint
 
 WIDTH, HEIGHT = 320, 120
 LEFT, RIGHT, TOP, BOTTOM = 40, 8, 18, 22

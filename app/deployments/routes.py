@@ -12,8 +12,7 @@ from flask_login import current_user
 from app.auth.roles import Role
 from app.auth.users import role_required, signed_in
 from app.errors import NotFound, ValidationError
-from app.services import audit, deployments, jobs
-from app.services.audit import AuditAction
+from app.services import deployments, jobs
 from app.services.kinds import JobKind
 
 bp = Blueprint("deployments", __name__, url_prefix="/deployments")
@@ -33,7 +32,7 @@ def _environment(name: str) -> str:
 @signed_in
 def list() -> Any:  # noqa: A001  (view names follow the list/detail/create convention)
     """Show every environment's slots, health, traffic and key age."""
-    return render_template("deployments/list.html", environments=deployments.overview(_home()),
+    return render_template("deployments/list.html", environments=deployments.overview(),
                            can_deploy=current_user.can(Role.ENGINEER),
                            can_reveal=current_user.can(Role.ADMIN))
 
@@ -75,15 +74,10 @@ def rotate_keys(environment: str) -> Any:
 @role_required(Role.ADMIN)
 def reveal(environment: str) -> Any:
     """Show an admin the active slot's keys once (audited; never cached)."""
-    row = deployments.active_row(_environment(environment))
-    if row is None:
-        raise NotFound(f"{environment} has no active deployment")
-    primary, secondary = deployments.keys_of(_home(), row)
-    audit.record(current_user.username, AuditAction.KEY_REVEALED, f"environment:{environment}",
-                 {"deployment": row.id, "slot": row.slot})
+    row, keys = deployments.reveal_keys(_environment(environment), current_user.username)
     response = make_response(render_template(
         "deployments/reveal.html", environment=environment, row=row,
-        url=deployments.url_of(row.port), primary=primary, secondary=secondary))
+        url=deployments.base_url(row), primary=keys.primary, secondary=keys.secondary))
     response.headers["Cache-Control"] = "no-store"
     return response
 

@@ -1,29 +1,30 @@
-"""Published gateway APIs: revisions in the database, the current one in the gateway's config.
+"""Published gateway APIs: revisions in the database, the current one in the backend's gateway.
 
-Each publish records a NEW revision; exactly one revision per API is current. The gateway's
-config.json is changed first (one locked, validated, atomic write via gateway_config), then the
-database marks the revision current, so the database never claims a revision the gateway
-refused. Rolling back re-applies an earlier revision's stored policy and makes it current.
+Each publish records a NEW revision; exactly one revision per API is current. The backend's
+gateway gets the revision and makes it current first (validated, atomic), then the database
+marks the revision current, so the database never claims a revision the gateway refused.
+Rolling back re-applies an earlier revision's stored policy and makes it current. API names,
+paths and environments come from the pipeline file (``gateway``, ``environments``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select, update
 
+from app.backends.base import SCORE_OPERATION as SCORE
+from app.backends.base import ApiOperation, ApiSpec, PolicyRefused, ResourceNotFound
 from app.db import ApiRevision
 from app.errors import Conflict, NotFound, ValidationError
 from app.extensions import db
-from app.services import audit, gateway_config
+from app.services import audit
 from app.services.audit import AuditAction
+from app.services.backend import api_name, api_path, backend, environment_names
 
-API_BASE_NAME = "credit-risk"
-ENVIRONMENTS = ("staging", "prod")
-OPERATIONS = ({"id": "score", "method": "POST", "url_template": "/score"},)
+OPERATIONS: tuple[ApiOperation, ...] = (SCORE,)
 
 
 class PublishRefused(ValidationError):
@@ -38,22 +39,13 @@ class IssuerSettings:
     audience: str
 
 
-def api_name(environment: str) -> str:
-    """The gateway API name of an environment (prod keeps the plain name)."""
-    return API_BASE_NAME if environment == "prod" else f"{API_BASE_NAME}-{environment}"
-
-
-def api_path(environment: str) -> str:
-    """The gateway path of an environment (internal-contracts.md: staging/credit-risk)."""
-    return API_BASE_NAME if environment == "prod" else f"{environment}/{API_BASE_NAME}"
-
-
 def check_environment(environment: Any) -> str:
     """Return a known environment name or raise a ValidationError naming the choices."""
-    if environment not in ENVIRONMENTS:
+    names = environment_names()
+    if environment not in names:
         raise PublishRefused(
             f"params.environment: unknown environment {environment!r}; use one of: "
-            f"{', '.join(ENVIRONMENTS)}",
+            f"{', '.join(names)}",
             errors=[{"field": "params.environment", "message": "unknown environment"}])
     return str(environment)
 
@@ -82,26 +74,20 @@ def render_policy(config: Mapping[str, Any], environment: str,
                                  audience=idp.audience, role=DEFAULT_ROLE, rate_limit=limit)
 
 
-def _has_active_deployment(environment: str) -> bool:
-    """Whether a deploy job left an ACTIVE slot serving the environment."""
+def _require_deployment(environment: str) -> None:
+    """Refuse to publish an environment no deploy job left serving."""
     from app.services import deployments
 
-    return deployments.active(environment) is not None
+    if deployments.active(environment) is None:
+        raise _nothing_to_publish(environment)
 
 
-def backend_url(home: Path, environment: str) -> str:
-    """The environment's backend URL as the deploy job set it, or refuse to publish."""
-    named = gateway_config.read(home)["named_values"]
-    url_name = gateway_config.backend_url_name(environment)
-    key_name = gateway_config.backend_key_name(environment)
-    if not _has_active_deployment(environment) or url_name not in named or key_name not in named:
-        raise PublishRefused(
-            f"{environment} has no active deployment, so there is nothing to publish; "
-            f"run a deploy job for {environment} first")
-    return str(named[url_name]["value"])
+def _nothing_to_publish(environment: str) -> PublishRefused:
+    return PublishRefused(f"{environment} has no active deployment, so there is nothing to "
+                          f"publish; run a deploy job for {environment} first")
 
 
-def publish(home: Path, *, environment: str, policy_xml: str, actor: str,
+def publish(*, environment: str, policy_xml: str, actor: str,
             job_id: str | None = None) -> ApiRevision:
     """Record a new revision of the environment's API and make it current in the gateway.
 
@@ -110,7 +96,7 @@ def publish(home: Path, *, environment: str, policy_xml: str, actor: str,
             names the unsupported element).
     """
     environment = check_environment(environment)
-    url = backend_url(home, environment)
+    _require_deployment(environment)
     name = api_name(environment)
     row = None
     if job_id is not None:  # a redelivered job re-applies its own revision
@@ -123,14 +109,14 @@ def publish(home: Path, *, environment: str, policy_xml: str, actor: str,
                           is_current=False, job_id=job_id)
         db.session.add(row)
         db.session.flush()
-    _make_current(home, row, url)
+    _make_current(row)
     audit.record(actor, AuditAction.API_PUBLISHED, f"api:{name}",
                  {"revision": row.revision, "environment": environment, "path": row.path,
                   "job_id": job_id})
     return row
 
 
-def rollback(home: Path, revision_id: int, actor: str) -> ApiRevision:
+def rollback(revision_id: int, actor: str) -> ApiRevision:
     """Make an earlier revision current again (its stored policy, re-validated)."""
     row = db.session.get(ApiRevision, revision_id)
     if row is None:
@@ -138,36 +124,39 @@ def rollback(home: Path, revision_id: int, actor: str) -> ApiRevision:
     if row.is_current:
         raise Conflict(f"{row.api_name} revision {row.revision} is already current")
     previous = current(row.api_name)
-    _make_current(home, row, backend_url(home, row.environment))
+    _require_deployment(row.environment)
+    _make_current(row)
     audit.record(actor, AuditAction.API_ROLLED_BACK, f"api:{row.api_name}",
                  {"revision": row.revision, "environment": row.environment,
                   "from_revision": previous.revision if previous else None})
     return row
 
 
-def rollback_to(home: Path, name: str, revision: int, actor: str) -> ApiRevision:
+def rollback_to(name: str, revision: int, actor: str) -> ApiRevision:
     """Roll an API (by name) back to one of its revision numbers."""
     row = db.session.scalar(select(ApiRevision).where(ApiRevision.api_name == name,
                                                       ApiRevision.revision == revision))
     if row is None:
         raise NotFound(f"API {name!r} has no revision {revision}")
-    return rollback(home, row.id, actor)
+    return rollback(row.id, actor)
 
 
-def _make_current(home: Path, row: ApiRevision, url: str) -> None:
-    """Write the revision to the gateway, then mark it current; undo the row on refusal."""
-    from app.gateway.config import ConfigError
-    from app.gateway.policy import PolicyError
-
+def _make_current(row: ApiRevision) -> None:
+    """Publish the revision to the gateway and make it current there, then mark it current
+    here; undo the row on refusal."""
+    target = backend()
+    spec = ApiSpec(name=row.api_name, path=row.path, environment=row.environment,
+                   revision=row.revision, policy_xml=row.policy_xml, operations=OPERATIONS)
     try:
-        gateway_config.upsert_api(home, {
-            "name": row.api_name, "path": row.path, "revision": row.revision,
-            "environment": row.environment, "backend_url": url,
-            "operations": [dict(op) for op in OPERATIONS], "policy_xml": row.policy_xml})
-    except (ConfigError, PolicyError) as exc:
+        target.publish_revision(spec)
+        target.make_revision_current(row.api_name, row.revision)
+    except PolicyRefused as exc:
         db.session.rollback()
         raise PublishRefused(f"the gateway refused the policy: {exc}",
                              errors=[{"field": "policy", "message": str(exc)}]) from None
+    except ResourceNotFound:
+        db.session.rollback()
+        raise _nothing_to_publish(row.environment) from None
     db.session.execute(update(ApiRevision).where(ApiRevision.api_name == row.api_name,
                                                  ApiRevision.id != row.id)
                        .values(is_current=False))
@@ -206,8 +195,32 @@ def to_dict(row: ApiRevision, gateway_url: str | None = None) -> dict[str, Any]:
         "name": row.api_name, "path": row.path, "environment": row.environment,
         "revision": row.revision, "is_current": row.is_current, "created_by": row.created_by,
         "created_at": row.created_at.isoformat(), "job_id": row.job_id,
-        "operations": [dict(op) for op in OPERATIONS],
+        "operations": [{"id": op.id, "method": op.method, "url_template": op.url_template}
+                       for op in OPERATIONS],
     }
     if gateway_url is not None:
         out["url"] = f"{gateway_url.rstrip('/')}/{row.path}"
     return out
+
+
+def run_publish(job: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The publish job: render (or take) the policy, compile it, record a revision and make it
+    current; ``params`` were checked at submit (KindSpec)."""
+    from flask import current_app
+
+    from app.services import jobs
+
+    environment = check_environment(params.get("environment", "staging"))
+    custom = params.get("policy_xml")
+    job.progress(10, f"rendering the policy for {environment}")
+    config = current_app.config
+    policy_xml = custom if custom is not None else render_policy(config, environment,
+                                                                 params.get("rate_limit"))
+    job.check_cancelled()
+    job.progress(40, "compiling the policy and switching the gateway")
+    row = publish(environment=environment, policy_xml=policy_xml,
+                  actor=jobs.get(job.job_id).requested_by, job_id=job.job_id)
+    url = f"{str(config['GATEWAY_URL']).rstrip('/')}/{row.path}"
+    job.log(f"published {row.api_name} revision {row.revision} at {url}/score")
+    return {"api": row.api_name, "revision": row.revision, "environment": environment,
+            "path": row.path, "url": url, "custom_policy": custom is not None}

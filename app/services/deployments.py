@@ -1,32 +1,28 @@
-"""Deployments: desired state of each environment's blue/green slots, their keys, and views.
+"""Deployments: the record of each environment's blue/green slots on the backend, and views.
 
-The deployments table is the desired state the local runtime keeps running (it starts
-replicas for STARTING, ACTIVE and DRAINING rows and stops the others). Plaintext keys exist
-only encrypted here (Fernet, key file MODELGATE_HOME/secrets/deployment-keys.key, 0600), in
-the gateway's secret named value, and in an admin's audited reveal; the runtime gets digests
-(MODELGATE_HOME/runtime/keys/<deployment id>.json).
+A row describes a slot on any backend: the backend's name, the endpoint and slot names and the
+scoring URI it reported. The keys stay with the backend (``Backend.slot_keys``); rows never
+hold a plaintext key. The local backend also treats STARTING/ACTIVE/DRAINING rows as the
+desired state its runtime keeps running.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from cryptography.fernet import Fernet
 from sqlalchemy import select, update
 
+from app.backends.base import ResourceNotFound, SlotInfo, SlotKeys, SlotsReport
 from app.db import Deployment, DeploymentState, new_id, utcnow
 from app.errors import NotFound
 from app.extensions import db
-from app.keyfiles import load_or_create_fernet
-from app.serving.keys import generate_keys, write_keys_file
+from app.services import audit
+from app.services.audit import AuditAction
+from app.services.backend import backend, environment_names, slot_ref
 
-RUNTIME_HOST = "127.0.0.1"
 SLOTS: tuple[str, str] = ("blue", "green")
-STATUS_STALE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -44,61 +40,9 @@ class ActiveDeployment:
     keys_rotated_at: dt.datetime
 
 
-# --------------------------------------------------------------------------- paths and keys
-
-
-def runtime_dir(home: Path) -> Path:
-    """MODELGATE_HOME/runtime: desired-state companions (keys digests, status)."""
-    return Path(home) / "runtime"
-
-
-def keys_file(home: Path, deployment_id: str) -> Path:
-    """The digest-only keys file the replicas of a deployment read."""
-    return runtime_dir(home) / "keys" / f"{deployment_id}.json"
-
-
-def status_file(home: Path) -> Path:
-    """The runtime's replica status report (written by app.runtime)."""
-    return runtime_dir(home) / "status.json"
-
-
-def model_dir(home: Path, name: str, version: str) -> Path:
-    """Where a model package is materialised for the runtime."""
-    return Path(home) / "models" / name / str(version)
-
-
-def url_of(port: int | None) -> str:
-    """Loopback URL of a slot's shared port."""
-    return f"http://{RUNTIME_HOST}:{port}" if port else ""
-
-
-def _fernet(home: Path) -> Fernet:
-    """The instance's key-encryption key for deployment keys (secrets/, 0600)."""
-    return load_or_create_fernet(Path(home) / "secrets" / "deployment-keys.key")
-
-
-def keys_of(home: Path, deployment: Deployment) -> tuple[str, str]:
-    """Decrypt a deployment's (primary, secondary) keys; callers must never log them."""
-    fernet = _fernet(home)
-    return (fernet.decrypt(deployment.primary_key_enc.encode()).decode(),
-            fernet.decrypt(deployment.secondary_key_enc.encode()).decode())
-
-
-def store_keys(home: Path, deployment_id: str, primary: str, secondary: str) -> None:
-    """Record the encrypted keys on the row, then write their digests for the replicas.
-
-    The row first: an interrupted rotation re-syncs the file from the row, and the gateway
-    only ever gets a key after both hold it.
-    """
-    fernet = _fernet(home)
-    db.session.execute(update(Deployment).where(Deployment.id == deployment_id).values(
-        primary_key_enc=fernet.encrypt(primary.encode()).decode(),
-        secondary_key_enc=fernet.encrypt(secondary.encode()).decode(),
-        updated_at=utcnow()))
-    db.session.commit()
-    path = keys_file(home, deployment_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_keys_file(path, primary, secondary)
+def base_url(row: Deployment) -> str:
+    """The slot's URL without its ``/score`` operation ('' until the backend reported it)."""
+    return (row.scoring_uri or "").removesuffix("/score")
 
 
 # --------------------------------------------------------------------------- reading
@@ -131,7 +75,7 @@ def active(environment: str) -> ActiveDeployment | None:
     row = active_row(environment)
     if row is None:
         return None
-    return ActiveDeployment(row.id, row.environment, row.slot, url_of(row.port), row.model_name,
+    return ActiveDeployment(row.id, row.environment, row.slot, base_url(row), row.model_name,
                             row.model_version, row.replicas, row.activated_at,
                             row.keys_rotated_at)
 
@@ -182,33 +126,43 @@ def rotation_due(max_age: dt.timedelta) -> list[str]:
 
 
 def environments() -> list[str]:
-    """Environment names that have ever had a deployment, plus the configured ones."""
+    """The configured environments in their order, then others that once had a deployment."""
+    configured = environment_names()
     names = set(db.session.scalars(select(Deployment.environment).distinct()))
-    return sorted(names | {"staging", "prod"}, key=lambda n: (n != "staging", n != "prod", n))
+    return [*configured, *sorted(names - set(configured))]
 
 
 # --------------------------------------------------------------------------- writing
 
 
-def create_slot(home: Path, *, environment: str, model_name: str, model_version: str,
-                replicas: int, resources: dict[str, Any], job_id: str) -> Deployment:
-    """Record a new STARTING slot (the other colour than the active one) with fresh keys."""
+def new_slot(environment: str) -> tuple[str, str]:
+    """An id and the colour for a new slot of an environment (the other than the active one)."""
     current = active_row(environment)
-    slot = SLOTS[1] if current is not None and current.slot == SLOTS[0] else SLOTS[0]
-    primary, secondary = generate_keys()
-    fernet = _fernet(home)
-    row = Deployment(id=new_id(), environment=environment, slot=slot, model_name=model_name,
+    return new_id(), SLOTS[1] if current is not None and current.slot == SLOTS[0] else SLOTS[0]
+
+
+def create_slot(*, environment: str, model_name: str, model_version: str, replicas: int,
+                resources: dict[str, Any], job_id: str, slot_id: str | None = None,
+                slot: str | None = None, info: SlotInfo | None = None) -> Deployment:
+    """Record a new STARTING slot at 0% traffic (after the backend created it)."""
+    if slot_id is None or slot is None:
+        slot_id, slot = new_slot(environment)
+    row = Deployment(id=slot_id, environment=environment, slot=slot, model_name=model_name,
                      model_version=str(model_version), replicas=replicas,
                      resources=dict(resources), state=DeploymentState.STARTING, traffic=0,
-                     job_id=job_id, primary_key_enc=fernet.encrypt(primary.encode()).decode(),
-                     secondary_key_enc=fernet.encrypt(secondary.encode()).decode())
-    # Digests on disk before the row exists: the runtime starts replicas as soon as it sees it.
-    path = keys_file(home, row.id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_keys_file(path, primary, secondary)
+                     job_id=job_id, backend=info.backend if info else "local",
+                     endpoint=info.ref.endpoint if info else environment,
+                     scoring_uri=info.scoring_uri or None if info else None)
     db.session.add(row)
     db.session.commit()
     return row
+
+
+def record_ready(deployment_id: str, info: SlotInfo) -> None:
+    """Record the scoring URI the backend reported once the slot was ready."""
+    db.session.execute(update(Deployment).where(Deployment.id == deployment_id).values(
+        scoring_uri=info.scoring_uri or None, updated_at=utcnow()))
+    db.session.commit()
 
 
 def activate(deployment_id: str) -> list[str]:
@@ -253,43 +207,46 @@ def record_rotation(deployment_id: str, job_id: str | None) -> None:
     db.session.commit()
 
 
+def reveal_keys(environment: str, actor: str) -> tuple[Deployment, SlotKeys]:
+    """The active slot's keys for an admin, audited (callers render them once, never cache).
+
+    Raises:
+        NotFound: nothing is deployed to the environment, or the backend holds no keys.
+    """
+    row = active_row(environment)
+    if row is None:
+        raise NotFound(f"{environment} has no active deployment")
+    try:
+        keys = backend().slot_keys(slot_ref(row))
+    except ResourceNotFound as exc:
+        raise NotFound(str(exc)) from None
+    audit.record(actor, AuditAction.KEY_REVEALED, f"environment:{environment}",
+                 {"deployment": row.id, "slot": row.slot})
+    return row, keys
+
+
 # --------------------------------------------------------------------------- views
 
 
-def read_status(home: Path) -> dict[str, Any]:
-    """The runtime's status report, with `fresh` false when it is missing or stale."""
-    try:
-        data: dict[str, Any] = json.loads(status_file(home).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {"fresh": False, "deployments": {}}
-    try:
-        updated = dt.datetime.fromisoformat(str(data.get("updated_at")))
-        fresh = (utcnow() - updated).total_seconds() < STATUS_STALE_SECONDS
-    except ValueError:
-        fresh = False
-    data["fresh"] = fresh
-    return data
-
-
-def health(row: Deployment, status: dict[str, Any]) -> dict[str, Any]:
-    """Replica health of a slot from the runtime's report."""
-    entry = status.get("deployments", {}).get(row.id)
+def health(row: Deployment, report: SlotsReport) -> dict[str, Any]:
+    """Replica health of a slot from the backend's report."""
+    counts = report.slots.get(row.id)
     if not row.deployment_state.should_run:
         return {"state": "stopped", "ready": 0, "replicas": row.replicas, "restarts": 0}
-    if not status.get("fresh") or entry is None:
+    if not report.reporting or counts is None:
         return {"state": "unknown", "ready": 0, "replicas": row.replicas, "restarts": 0}
-    ready = int(entry.get("replicas_ready", 0))
-    return {"state": "healthy" if ready >= row.replicas else
-            ("degraded" if ready else "down"), "ready": ready, "replicas": row.replicas,
-            "restarts": sum(int(r.get("restarts", 0)) for r in entry.get("replicas", []))}
+    return {"state": "healthy" if counts.ready >= row.replicas else
+            ("degraded" if counts.ready else "down"), "ready": counts.ready,
+            "replicas": row.replicas, "restarts": counts.restarts}
 
 
-def to_dict(row: Deployment, status: dict[str, Any]) -> dict[str, Any]:
+def to_dict(row: Deployment, status: SlotsReport) -> dict[str, Any]:
     """Serialise a deployment for the API and pages (never its keys)."""
     return {"id": row.id, "environment": row.environment, "slot": row.slot,
             "model": {"name": row.model_name, "version": row.model_version},
             "replicas": row.replicas, "resources": row.resources, "state": row.state,
-            "traffic": row.traffic, "url": url_of(row.port) if row.port else None,
+            "traffic": row.traffic, "url": base_url(row) or None, "backend": row.backend,
+            "endpoint": row.endpoint or row.environment, "scoring_uri": row.scoring_uri,
             "health": health(row, status), "job_id": row.job_id,
             "keys_rotated_at": row.keys_rotated_at.isoformat(),
             "key_age_days": round((utcnow() - row.keys_rotated_at).total_seconds() / 86400, 2),
@@ -298,9 +255,9 @@ def to_dict(row: Deployment, status: dict[str, Any]) -> dict[str, Any]:
             "error": row.error}
 
 
-def overview(home: Path) -> list[dict[str, Any]]:
+def overview() -> list[dict[str, Any]]:
     """Every environment with its active slot, slots still running, and the last ones."""
-    status = read_status(home)
+    status = backend().slots_report()
     out = []
     for env in environments():
         rows = history(env, limit=10)
@@ -312,6 +269,6 @@ def overview(home: Path) -> list[dict[str, Any]]:
             "slots": [to_dict(r, status) for r in rows if r.deployment_state.should_run],
             "history": [to_dict(r, status) for r in rows],
             "previous_version": prev.model_version if prev else None,
-            "runtime_reporting": bool(status.get("fresh")),
+            "runtime_reporting": status.reporting,
         })
     return out

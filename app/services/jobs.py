@@ -136,14 +136,14 @@ def submit(kind: JobKind, params: dict[str, Any] | None, requested_by: str, *,
 
     Args:
         kind: what to run.
-        params: JSON object of parameters (validated by the kind's task at run time).
+        params: JSON object of parameters, checked against the kind's schema (KindSpec).
         requested_by: who asked (a user's name or a client id).
         roles: the caller's roles; None skips the check (internal callers such as a pipeline).
         parent_id: the pipeline job this job belongs to.
 
     Raises:
         Forbidden: the caller lacks the kind's role.
-        ValidationError: bad params.
+        ValidationError: bad params (naming the field); no job row is written.
         ServiceUnavailable: the queue (Redis) cannot be reached.
     """
     from app.auth.roles import has_role
@@ -152,6 +152,7 @@ def submit(kind: JobKind, params: dict[str, Any] | None, requested_by: str, *,
     if roles is not None and not has_role(roles, spec.role):
         raise Forbidden(f"queuing a {kind.value} job needs the {spec.role.value} role")
     params = _check_params(params)
+    spec.check_params(params)
 
     job = Job(kind=kind.value, status=JobStatus.QUEUED, params=params, requested_by=requested_by,
               max_attempts=int(current_app.config["JOB_MAX_ATTEMPTS"]), parent_id=parent_id,

@@ -1,11 +1,14 @@
-"""The job kinds: their Celery task names, the role that may queue them, and their defaults."""
+"""The job kinds: their Celery task names, the role that may queue them, their parameters."""
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from app.auth.roles import Role
+from app.services import params as p
 
 
 class JobKind(enum.StrEnum):
@@ -22,24 +25,50 @@ class JobKind(enum.StrEnum):
 
 @dataclass(frozen=True)
 class KindSpec:
-    """How a kind runs: its task, who may queue it, and a human title."""
+    """How a kind runs: its task, who may queue it, a human title, and its parameters
+    (every one optional; ``together`` checks combinations)."""
 
     kind: JobKind
     task_name: str
     role: Role
     title: str
+    params: tuple[p.Param, ...] = ()
+    together: Callable[[Mapping[str, Any]], None] | None = None
 
+    def check_params(self, params: Mapping[str, Any]) -> None:
+        """Refuse an unknown parameter or a bad value (ValidationError naming the field)."""
+        p.check(params, self.params, self.together)
+
+
+_ENVIRONMENT = p.Param("environment", p.environment, "the environment (default staging)")
 
 KIND_SPECS: dict[JobKind, KindSpec] = {
     spec.kind: spec
     for spec in (
-        KindSpec(JobKind.PROVISION, "modelgate.infra.provision", Role.ENGINEER, "Provision"),
-        KindSpec(JobKind.TRAIN, "modelgate.models.train", Role.ENGINEER, "Train and register"),
-        KindSpec(JobKind.DEPLOY, "modelgate.deployments.deploy", Role.ENGINEER, "Deploy"),
-        KindSpec(JobKind.PUBLISH, "modelgate.apis.publish", Role.ENGINEER, "Publish API"),
+        KindSpec(JobKind.PROVISION, "modelgate.infra.provision", Role.ENGINEER, "Provision",
+                 (p.Param("teardown", p.boolean, "remove the workspace instead"),)),
+        KindSpec(JobKind.TRAIN, "modelgate.models.train", Role.ENGINEER, "Train and register",
+                 (p.Param("dataset_version", p.positive_integer,
+                          "the dataset version (default: the latest)"),
+                  p.Param("model", p.training_settings, "overrides of the model: section"))),
+        KindSpec(JobKind.DEPLOY, "modelgate.deployments.deploy", Role.ENGINEER, "Deploy",
+                 (_ENVIRONMENT,
+                  p.Param("version", p.model_version, "the version (default: the latest)"),
+                  p.Param("rollback", p.boolean, "return to the previous version")),
+                 p.version_or_rollback),
+        KindSpec(JobKind.PUBLISH, "modelgate.apis.publish", Role.ENGINEER, "Publish API",
+                 (_ENVIRONMENT,
+                  p.Param("rate_limit", p.rate_limit, "calls per minute per caller"),
+                  p.Param("policy_xml", p.policy_xml, "a policy instead of the default"))),
         KindSpec(JobKind.ROTATE_KEYS, "modelgate.deployments.rotate_keys", Role.ENGINEER,
-                 "Rotate keys"),
-        KindSpec(JobKind.PIPELINE, "modelgate.pipeline.run", Role.ENGINEER, "Pipeline"),
-        KindSpec(JobKind.SELFCHECK, "modelgate.jobs.selfcheck", Role.ENGINEER, "Self-check"),
+                 "Rotate keys", (_ENVIRONMENT,)),
+        KindSpec(JobKind.PIPELINE, "modelgate.pipeline.run", Role.ENGINEER, "Pipeline",
+                 (p.Param("until", p.stage, "the last stage (default publish)"),
+                  _ENVIRONMENT)),
+        KindSpec(JobKind.SELFCHECK, "modelgate.jobs.selfcheck", Role.ENGINEER, "Self-check",
+                 (p.Param("steps", p.integer_range(1, 100), "how many steps"),
+                  p.Param("step_seconds", p.number_range(0, 30), "seconds per step"),
+                  p.Param("fail", p.text, "fail at the end with this message"),
+                  p.Param("crash", p.text, "'always': the worker process dies"))),
     )
 }

@@ -5,28 +5,23 @@ Everything here only reads.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
-import threading
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from sqlalchemy import select
 
 from app.db import Job
 from app.extensions import db
+from app.services import traffic
+from app.services.backend import backend, environment_names
+from app.services.traffic import SeriesPoint
 
 logger = logging.getLogger(__name__)
 
-ENVIRONMENTS: tuple[str, ...] = ("staging", "prod")
-# Chart buckets: the last BUCKETS minutes of the gateway's request log.
-BUCKETS = 15
-BUCKET_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -63,15 +58,6 @@ class StageState:
     def status(self) -> str:
         """The last job's status, or NOT_RUN."""
         return self.job.status if self.job is not None else "NOT_RUN"
-
-
-@dataclass(frozen=True)
-class SeriesPoint:
-    """One minute of one API's traffic."""
-
-    start: dt.datetime
-    calls: int
-    p95_ms: float | None
 
 
 @dataclass(frozen=True)
@@ -159,10 +145,10 @@ def environment_cards(home: Path) -> list[EnvironmentCard]:
     """Staging and prod: deployment, model metrics, API revision and traffic."""
     from app.services import apis, deployments
 
-    status = deployments.read_status(home)
-    traffic, series = traffic_figures(home)
+    status = backend().slots_report()
+    figures, series = traffic.per_minute()
     cards = []
-    for env in ENVIRONMENTS:
+    for env in environment_names():
         deployment = None
         model: dict[str, Any] = {}
         row = deployments.active_row(env)
@@ -178,121 +164,8 @@ def environment_cards(home: Path) -> list[EnvironmentCard]:
                    "published_at": current.created_at, "job_id": current.job_id}
         cards.append(EnvironmentCard(
             name=env, deployment=deployment, model_metrics=model, api=api,
-            traffic=traffic.get(api_name), series=series.get(api_name, ())))
+            traffic=figures.get(api_name), series=series.get(api_name, ())))
     return cards
-
-
-# --------------------------------------------------------------------------- traffic
-
-
-@dataclass
-class _LogTail:
-    """The request log's recent calls, parsed once: each page view reads only new lines."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    identity: tuple[int, int] | None = None  # (device, inode) of the file read so far
-    offset: int = 0
-    aligned: bool = True  # whether offset is at the start of a line
-    calls: deque[tuple[dt.datetime, str, int, float]] = field(default_factory=deque)
-
-
-def _tail(home: Path) -> _LogTail:
-    from flask import current_app
-
-    tails = current_app.extensions.setdefault("modelgate.overview.tails", {})
-    return tails.setdefault(str(home), _LogTail())  # type: ignore[no-any-return]
-
-
-def _recent_calls(home: Path, metrics: ModuleType, since: dt.datetime
-                  ) -> list[tuple[dt.datetime, str, int, float]]:
-    """Calls logged since `since`: new bytes are parsed, the rest comes from memory.
-
-    The dashboard is viewed often and the log grows with every call; re-parsing megabytes
-    per view would cost more than the rest of the page (bench/page_bench.py).
-    """
-    path = metrics.request_log_path(home)
-    tail = _tail(home)
-    with tail.lock:
-        try:
-            stat = path.stat()
-        except OSError:
-            tail.identity, tail.offset = None, 0
-            tail.calls.clear()
-            return []
-        identity = (stat.st_dev, stat.st_ino)
-        if identity != tail.identity or stat.st_size < tail.offset:  # rotated or truncated
-            tail.identity, tail.offset, tail.aligned = identity, 0, True
-            tail.calls.clear()
-        if stat.st_size > tail.offset:
-            start = max(tail.offset, stat.st_size - metrics.TAIL_BYTES)
-            aligned = tail.aligned and start == tail.offset
-            with open(path, "rb") as fh:
-                fh.seek(start)
-                data = fh.read(stat.st_size - start)
-            complete = data.rfind(b"\n") + 1  # a line being appended waits for the next view
-            lines = data[:complete].split(b"\n")
-            if not aligned:
-                lines = lines[1:]  # began mid-line
-            if complete:
-                tail.offset, tail.aligned = start + complete, True
-            for line in lines:
-                parsed = _parse_call(line)
-                if parsed is not None:
-                    tail.calls.append(parsed)
-        while tail.calls and tail.calls[0][0] < since:
-            tail.calls.popleft()
-        return [c for c in tail.calls if c[0] >= since]
-
-
-def _parse_call(line: bytes) -> tuple[dt.datetime, str, int, float] | None:
-    if not line.strip():
-        return None
-    try:
-        record = json.loads(line)
-        return (dt.datetime.fromisoformat(str(record["time"])), str(record["api"]),
-                int(record["status"]), float(record["latency_ms"]))
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def traffic_figures(home: Path, *, now: dt.datetime | None = None, buckets: int = BUCKETS
-                    ) -> tuple[dict[str, Any], dict[str, tuple[SeriesPoint, ...]]]:
-    """Per API: api_metrics.ApiTraffic over its window, and calls and p95 per minute."""
-    from app.services import api_metrics as metrics
-
-    now = now or dt.datetime.now(dt.UTC)
-    window_start = now - dt.timedelta(seconds=metrics.WINDOW_SECONDS)
-    end = now.replace(second=0, microsecond=0) + dt.timedelta(seconds=BUCKET_SECONDS)
-    start = end - dt.timedelta(seconds=BUCKET_SECONDS * buckets)
-    by_api: dict[str, list[tuple[dt.datetime, str, int, float]]] = {}
-    for call in _recent_calls(home, metrics, min(window_start, start)):
-        by_api.setdefault(call[1], []).append(call)
-    traffic: dict[str, Any] = {}
-    series: dict[str, tuple[SeriesPoint, ...]] = {}
-    for api, calls in by_api.items():
-        windowed = [c for c in calls if c[0] >= window_start]
-        if windowed:
-            # The same figures as api_metrics.traffic (the APIs page), from the parsed tail.
-            latencies = sorted(c[3] for c in windowed)
-            errors = sum(1 for c in windowed if c[2] >= 500)
-            minutes = max(1.0, (now - min(c[0] for c in windowed)).total_seconds() / 60)
-            traffic[api] = metrics.ApiTraffic(
-                api=api, calls=len(windowed),
-                calls_per_minute=round(len(windowed) / minutes, 2), errors=errors,
-                rejected=sum(1 for c in windowed if 400 <= c[2] < 500),
-                error_rate=round(errors / len(windowed), 4),
-                p50_ms=metrics.percentile(latencies, 50), p95_ms=metrics.percentile(latencies, 95),
-                p99_ms=metrics.percentile(latencies, 99),
-                last_call=max(c[0] for c in windowed).isoformat())
-        minute: list[list[float]] = [[] for _ in range(buckets)]
-        for when, _, _, latency in calls:
-            if start <= when < end:
-                minute[int((when - start).total_seconds() // BUCKET_SECONDS)].append(latency)
-        series[api] = tuple(
-            SeriesPoint(start + dt.timedelta(seconds=BUCKET_SECONDS * i), len(values),
-                        metrics.percentile(sorted(values), 95))
-            for i, values in enumerate(minute))
-    return traffic, series
 
 
 # --------------------------------------------------------------------------- job results

@@ -1,8 +1,9 @@
-"""Blue/green deploys and key rotation on the local backend, step by step and resumable.
+"""Blue/green deploys and key rotation on the configured backend, step by step and resumable.
 
-Deploy: record a new slot (fresh keys, 0% traffic) → the runtime starts it → wait for every
-replica and /health/ready → smoke-test it directly with its own key → switch the gateway's
-backend URL and key in one atomic write → drain, then stop the old slot → set the MLflow alias.
+Deploy: the backend creates a new slot (fresh keys, 0% traffic) and it is recorded → wait for
+every replica to be ready → smoke-test it directly with its own key → switch the traffic (the
+backend URL and key together, atomically) → drain, then retire the old slot → set the MLflow
+alias.
 A failure before the switch stops the new slot and leaves the old one serving. Each step is
 keyed by the job id, so a redelivered job resumes its own slot instead of creating another.
 
@@ -14,26 +15,25 @@ given KEY_SWITCH_GRACE_SECONDS to be picked up before the key it replaced is dro
 
 from __future__ import annotations
 
-import fcntl
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
-from app.backends.base import BackendError
-from app.backends.local import deployment as local
-from app.db import DeploymentState
+from flask import current_app
+
+from app.backends.base import Backend, BackendError, KeyRole, SlotRef, SlotSpec
+from app.db import Deployment, DeploymentState
 from app.errors import AppError, ValidationError
-from app.services import audit, deployments
+from app.services import audit, deployments, jobs, models
 from app.services.audit import AuditAction
+from app.services.backend import backend, slot_ref
 from app.services.jobs import JobCancelled
-from app.serving.keys import generate_keys
+from app.services.models import pipeline
 
 
 class Reporter(Protocol):
-    """What a job gives the rollout: progress (may raise JobCancelled) and log lines."""
+    """What a job gives a service: progress (may raise JobCancelled) and log lines."""
 
     job_id: str
 
@@ -66,23 +66,75 @@ class DeployRequest:
     rollback: bool = False
 
 
-@contextmanager
-def environment_lock(home: Path, environment: str) -> Iterator[None]:
-    """Serialise deploys and rotations of one environment (workers of this host)."""
-    path = Path(home) / "runtime" / "locks" / f"{environment}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+# --------------------------------------------------------------------------- jobs
+
+
+def settings() -> RolloutSettings:
+    """Timings from the app config and the pipeline file."""
+    config = current_app.config
+    return RolloutSettings(
+        ready_timeout_seconds=pipeline().runtime.ready_timeout_seconds,
+        drain_seconds=float(config["DEPLOY_DRAIN_SECONDS"]),
+        key_switch_grace_seconds=float(config["KEY_SWITCH_GRACE_SECONDS"]))
+
+
+def run_deploy(job: Reporter, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The deploy job: a registered version (default: the latest) to an environment.
+
+    ``params`` were checked at submit (KindSpec); what exists is checked here.
+    """
+    from app.ml.registry import RegistryError
+
+    env = str(params.get("environment", "staging"))
+    config = pipeline()
+    registry = models.registry()
+    name = config.model.name
+    rollback = bool(params.get("rollback", False))
+    version = params.get("version")
+    own = deployments.by_job(job.job_id)
+    if own is not None:  # a redelivery resumes the slot it created, whatever "latest" is now
+        version, name = own.model_version, own.model_name
+    elif rollback:
+        prev = deployments.previous(env)
+        if prev is None:
+            raise ValidationError(f"{env} has no previous deployment to roll back to")
+        version, name = prev.model_version, prev.model_name
+        job.log(f"rolling back {env} to v{version} (slot {prev.id})")
+    elif version is None:
         try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            found = registry.list_versions(name)
+        except RegistryError as exc:
+            raise ValidationError(f"MLflow: {exc}") from None
+        if not found:
+            raise ValidationError(f"model {name!r} has no registered version; train one first")
+        version = found[0].version
+    else:
+        version = str(version)
+        try:
+            registry.get_version(name, version)
+        except RegistryError:
+            raise ValidationError(f"params.version: {name} has no version {version}",
+                                  errors=[{"field": "params.version",
+                                           "message": "no such version"}]) from None
+    size = config.environment(env)
+    request = DeployRequest(
+        environment=env, model_name=name, model_version=str(version), replicas=size.replicas,
+        resources={"cpu": size.cpu, "memory_mb": size.memory_mb},
+        requested_by=jobs.get(job.job_id).requested_by, rollback=rollback)
+    job.log(f"deploying {name} v{version} to {env} ({size.replicas} replica(s))")
+    return deploy(job, request, registry, settings())
+
+
+def run_rotate_keys(job: Reporter, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The rotate-keys job: both keys of an environment's active slot, no 401 window."""
+    return rotate_keys(job, str(params.get("environment", "staging")),
+                       jobs.get(job.job_id).requested_by, settings())
 
 
 # --------------------------------------------------------------------------- deploy
 
 
-def deploy(home: Path, job: Reporter, request: DeployRequest, registry: Any,
+def deploy(job: Reporter, request: DeployRequest, registry: Any,
            settings: RolloutSettings) -> dict[str, Any]:
     """Run (or resume) a blue/green deploy; return the job result.
 
@@ -90,49 +142,60 @@ def deploy(home: Path, job: Reporter, request: DeployRequest, registry: Any,
         AppError: the new slot failed readiness or its smoke test (the old slot serves on).
     """
     env = request.environment
-    with environment_lock(home, env):
+    target = backend()
+    with target.environment_lock(env):
         row = deployments.by_job(job.job_id)
         if row is None:
-            job.progress(5, f"materialising {request.model_name} v{request.model_version}")
-            try:
-                local.materialise(home, registry, request.model_name, request.model_version)
-            except Exception as exc:
-                raise AppError(f"cannot materialise {request.model_name} "
-                               f"v{request.model_version}: {exc}") from exc
-            row = deployments.create_slot(
-                home, environment=env, model_name=request.model_name,
-                model_version=request.model_version, replicas=request.replicas,
-                resources=request.resources, job_id=job.job_id)
-            job.log(f"new {row.slot} slot {row.id} for {env} at 0% traffic "
-                    f"({row.replicas} replica(s))")
+            row = _create(target, job, request)
         elif row.deployment_state in (DeploymentState.FAILED, DeploymentState.STOPPED) \
                 and row.activated_at is None:
             raise AppError(f"slot {row.id} of this job already failed: {row.error}")
         else:
             job.log(f"resuming slot {row.id} ({row.state})")
         if row.state == DeploymentState.STARTING:
-            _bring_up_and_switch(home, job, row.id, settings)
-        return _finish(home, job, row.id, request, registry, settings)
+            _bring_up_and_switch(target, job, row.id, settings)
+        return _finish(target, job, row.id, request, registry, settings)
 
 
-def _bring_up_and_switch(home: Path, job: Reporter, deployment_id: str,
+def _create(target: Backend, job: Reporter, request: DeployRequest) -> Deployment:
+    """Have the backend create the slot at 0% traffic, then record it."""
+    slot_id, colour = deployments.new_slot(request.environment)
+    ref = SlotRef(slot_id, request.environment, request.environment, colour,
+                  request.model_name, request.model_version)
+    try:
+        info = target.create_slot(SlotSpec(ref, request.replicas, dict(request.resources)),
+                                  job.progress)
+    except BackendError as exc:
+        raise AppError(str(exc)) from None
+    row = deployments.create_slot(
+        environment=request.environment, model_name=request.model_name,
+        model_version=request.model_version, replicas=request.replicas,
+        resources=request.resources, job_id=job.job_id, slot_id=slot_id, slot=colour,
+        info=info)
+    job.log(f"new {row.slot} slot {row.id} for {request.environment} at 0% traffic "
+            f"({row.replicas} replica(s)) on the {info.backend} backend")
+    return row
+
+
+def _bring_up_and_switch(target: Backend, job: Reporter, deployment_id: str,
                          settings: RolloutSettings) -> None:
-    """Readiness, smoke test, then the atomic switch; on failure stop the new slot."""
+    """Readiness, smoke test, then the atomic switch; on failure retire the new slot."""
     row = deployments.get(deployment_id)
-    package = deployments.model_dir(home, row.model_name, row.model_version)
+    ref = slot_ref(row)
     try:
         job.progress(20, f"waiting for the {row.slot} slot to be ready")
-        endpoint = local.wait_ready(home, row.id, row.replicas, settings.ready_timeout_seconds,
-                                    job.check_cancelled)
-        job.log(f"{row.slot} slot ready at {endpoint.url} ({row.replicas} replica(s))")
+        info = target.wait_ready(ref, row.replicas, settings.ready_timeout_seconds,
+                                 job.check_cancelled)
+        deployments.record_ready(row.id, info)
+        job.log(f"{row.slot} slot ready at {info.base_url} ({row.replicas} replica(s))")
         job.progress(50, "smoke-testing the new slot with its own key")
-        primary, _ = deployments.keys_of(home, row)
-        result = local.smoke_test(endpoint.url, primary, local.read_signature(package))
+        result = target.smoke_test(ref, target.slot_keys(ref).primary)
         job.log(f"smoke test passed: label {result.label}, probabilities "
                 f"{ {k: round(v, 4) for k, v in result.probabilities.items()} }")
     except (BackendError, JobCancelled) as exc:
         reason = "cancelled" if isinstance(exc, JobCancelled) else str(exc)
         deployments.stop([row.id], failed=reason)
+        _retire(target, job, [ref])
         current = deployments.active(row.environment)
         job.log(f"stopped the new slot; {row.environment} keeps serving "
                 + (f"{current.slot} (v{current.model_version})" if current else "nothing"),
@@ -141,16 +204,28 @@ def _bring_up_and_switch(home: Path, job: Reporter, deployment_id: str,
             raise
         raise AppError(reason) from None
     job.progress(70, "switching traffic")
-    local.point_gateway(home, row.environment, endpoint.url, primary)
+    try:
+        target.switch_traffic(row.environment, ref)
+    except BackendError as exc:
+        raise AppError(f"switching traffic to the {row.slot} slot failed: {exc}") from None
     replaced = deployments.activate(row.id)
     audit.record("modelgate", AuditAction.TRAFFIC_SWITCHED, f"environment:{row.environment}",
                  {"deployment": row.id, "slot": row.slot, "model_version": row.model_version,
-                  "url": endpoint.url, "replaced": replaced, "job_id": job.job_id})
-    job.log(f"traffic switched to the {row.slot} slot ({endpoint.url}); "
+                  "url": info.base_url, "replaced": replaced, "job_id": job.job_id})
+    job.log(f"traffic switched to the {row.slot} slot ({info.base_url}); "
             f"draining {', '.join(replaced) or 'nothing'}")
 
 
-def _finish(home: Path, job: Reporter, deployment_id: str, request: DeployRequest,
+def _retire(target: Backend, job: Reporter, refs: list[SlotRef]) -> None:
+    """Retire slots on the backend; a failure is logged (the rows are stopped already)."""
+    for ref in refs:
+        try:
+            target.retire_slot(ref)
+        except BackendError as exc:
+            job.log(f"could not retire slot {ref.id}: {exc}", level="WARNING")
+
+
+def _finish(target: Backend, job: Reporter, deployment_id: str, request: DeployRequest,
             registry: Any, settings: RolloutSettings) -> dict[str, Any]:
     """Drain and stop the replaced slots, set the MLflow alias, audit; idempotent."""
     row = deployments.get(deployment_id)
@@ -159,6 +234,7 @@ def _finish(home: Path, job: Reporter, deployment_id: str, request: DeployReques
         _progress_after_switch(job, 80, f"draining the old slot for {settings.drain_seconds:g} s")
         time.sleep(settings.drain_seconds)
         deployments.stop([r.id for r in old])
+        _retire(target, job, [slot_ref(r) for r in old])
         job.log(f"stopped {', '.join(f'{r.slot} slot {r.id} (v{r.model_version})' for r in old)}")
     _progress_after_switch(job, 95, f"setting MLflow alias {row.environment} → "
                                     f"v{row.model_version}")
@@ -172,7 +248,7 @@ def _finish(home: Path, job: Reporter, deployment_id: str, request: DeployReques
                   "model_version": row.model_version, "job_id": job.job_id})
     return {"environment": row.environment, "deployment_id": row.id, "slot": row.slot,
             "model": {"name": row.model_name, "version": row.model_version},
-            "url": deployments.url_of(row.port), "replicas": row.replicas,
+            "url": deployments.base_url(row), "replicas": row.replicas,
             "replaced": [{"deployment_id": r.id, "slot": r.slot, "version": r.model_version}
                          for r in old], "rollback": request.rollback}
 
@@ -189,44 +265,34 @@ def _progress_after_switch(job: Reporter, percent: int, step: str) -> None:
 # --------------------------------------------------------------------------- keys
 
 
-def rotate_keys(home: Path, job: Reporter, environment: str, actor: str,
+def rotate_keys(job: Reporter, environment: str, actor: str,
                 settings: RolloutSettings) -> dict[str, Any]:
     """Rotate the active slot's keys with no window in which the gateway's key is refused."""
-    with environment_lock(home, environment):
+    target = backend()
+    with target.environment_lock(environment):
         row = deployments.active_row(environment)
         if row is None:
             raise ValidationError(f"{environment} has no active deployment to rotate keys of",
                                   errors=[{"field": "params.environment",
                                            "message": "no active deployment"}])
-        url = deployments.url_of(row.port)
-        signature = local.read_signature(
-            deployments.model_dir(home, row.model_name, row.model_version))
+        ref = slot_ref(row)
         grace = settings.key_switch_grace_seconds
         try:
-            primary, secondary = deployments.keys_of(home, row)
-            # Re-sync first: after an interrupted rotation the database is the truth.
-            job.progress(5, "re-syncing the keys file and the gateway to the primary key")
-            deployments.store_keys(home, row.id, primary, secondary)
-            local.point_gateway_key(home, environment, primary)
+            # Re-sync first: after an interrupted rotation the backend's keys are the truth.
+            job.progress(5, "re-syncing the slot and the gateway to the primary key")
+            target.sync_keys(ref)
+            target.gateway_use_key(environment, target.slot_keys(ref).primary)
             time.sleep(grace)
-
-            job.progress(20, "regenerating the secondary key")
-            old_secondary, secondary = secondary, generate_keys()[1]
-            deployments.store_keys(home, row.id, primary, secondary)
-            local.check_key(url, secondary, signature, 200)
-            local.check_key(url, old_secondary, signature, 401)
-            job.progress(40, "pointing the gateway at the secondary key")
-            local.point_gateway_key(home, environment, secondary)
-            time.sleep(grace)
-
-            job.progress(60, "regenerating the primary key")
-            old_primary, primary = primary, generate_keys()[0]
-            deployments.store_keys(home, row.id, primary, secondary)
-            local.check_key(url, primary, signature, 200)
-            local.check_key(url, old_primary, signature, 401)
-            job.progress(80, "pointing the gateway at the primary key")
-            local.point_gateway_key(home, environment, primary)
-            time.sleep(grace)
+            for percent, which in ((20, KeyRole.SECONDARY), (60, KeyRole.PRIMARY)):
+                job.progress(percent, f"regenerating the {which} key")
+                old = getattr(target.slot_keys(ref), which.value)
+                fresh = target.regenerate_key(ref, which)
+                _require(target.check_key(ref, fresh), f"the new {which} key")
+                _require(not target.check_key(ref, old), f"the old {which} key",
+                         refused=True)
+                job.progress(percent + 20, f"pointing the gateway at the {which} key")
+                target.gateway_use_key(environment, fresh)
+                time.sleep(grace)
         except BackendError as exc:
             raise AppError(f"key rotation of {environment} stopped: {exc}") from None
         deployments.record_rotation(row.id, job.job_id)
@@ -236,3 +302,9 @@ def rotate_keys(home: Path, job: Reporter, environment: str, actor: str,
         job.log(f"rotated both keys of the {row.slot} slot {row.id}; the old ones are refused")
         return {"environment": environment, "deployment_id": row.id, "slot": row.slot,
                 "rotated": ["secondary", "primary"]}
+
+
+def _require(ok: bool, what: str, *, refused: bool = False) -> None:
+    if not ok:
+        raise BackendError(f"key check: {what} is {'still accepted' if refused else 'refused'}"
+                           " by the slot")

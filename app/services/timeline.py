@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -150,33 +149,23 @@ def _serving_at(history: list[tuple[dt.datetime, str]], at: dt.datetime) -> str 
     return current
 
 
-def calls(home: Path, *, environment: str | None = None, model_version: str | None = None,
+def calls(*, environment: str | None = None, model_version: str | None = None,
           bucket_seconds: int = 300) -> list[CallBucket]:
-    """Calls per model version per time bucket from the gateway request log (its tail)."""
-    from app.services.api_metrics import request_log_path, tail_records
+    """Calls per model version per time bucket from the backend's gateway calls."""
+    from app.services.backend import backend
 
     counts: dict[tuple[dt.datetime, str], list[int]] = defaultdict(lambda: [0, 0, 0])
-    for record in tail_records(request_log_path(home)):
-        if environment and record.get("environment") != environment:
-            continue
-        version = record.get("model_version")
-        version = str(version) if version is not None else "unknown"
+    for call in backend().traffic(environment, None).calls:
+        version = call.model_version if call.model_version is not None else "unknown"
         if model_version and version != model_version:
             continue
-        try:
-            when = dt.datetime.fromisoformat(str(record["time"]).replace("Z", "+00:00"))
-            status = int(record.get("status", 0))
-        except (KeyError, ValueError, TypeError):
-            continue
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        epoch = int(when.timestamp()) // bucket_seconds * bucket_seconds
+        epoch = int(call.time.timestamp()) // bucket_seconds * bucket_seconds
         start = dt.datetime.fromtimestamp(epoch, dt.UTC)
         figures = counts[(start, version)]
         figures[0] += 1
-        if status >= 500:
+        if call.status >= 500:
             figures[1] += 1
-        elif status >= 400:
+        elif call.status >= 400:
             figures[2] += 1
     return [CallBucket(start, version, *figures)
             for (start, version), figures in sorted(counts.items())]

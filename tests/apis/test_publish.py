@@ -60,9 +60,9 @@ def panel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Panel]:
 
 def _deploy(panel: Panel, environment: str) -> None:
     """What a deploy job leaves behind: an ACTIVE slot and the gateway's backend values."""
+    from app.backends.local import gateway as gateway_config
     from app.db import Deployment, DeploymentState
     from app.extensions import db
-    from app.services import gateway_config
 
     with panel.app.app_context():
         db.session.add(Deployment(environment=environment, slot="blue", model_name="german-credit",
@@ -86,10 +86,17 @@ def test_publish_is_refused_without_a_deployment(panel: Panel) -> None:
     assert not (panel.home / "gateway" / "config.json").exists() or not panel.gateway_apis()
 
 
-def test_bad_params_fail_naming_the_field(panel: Panel) -> None:
-    assert "params.environment" in panel.run("publish", {"environment": "qa"})["error"]
-    assert "params.rate_limit" in panel.run("publish", {"rate_limit": 0})["error"]
-    assert "params.colour" in panel.run("publish", {"colour": "blue"})["error"]
+def test_bad_params_are_refused_naming_the_field(panel: Panel) -> None:
+    """Checked at submit (the kind's parameter schema): 422 naming the field, no job row."""
+    before = panel.client.get("/api/v1/jobs", headers=panel.headers).get_json()
+    for params, field in (({"environment": "qa"}, "params.environment"),
+                          ({"rate_limit": 0}, "params.rate_limit"),
+                          ({"colour": "blue"}, "params.colour")):
+        r = panel.client.post("/api/v1/jobs", json={"kind": "publish", "params": params},
+                              headers=panel.headers)
+        assert r.status_code == 422 and field in r.get_json()["detail"]
+        assert [e["field"] for e in r.get_json()["errors"]] == [field]
+    assert panel.client.get("/api/v1/jobs", headers=panel.headers).get_json() == before
 
 
 def test_each_publish_is_a_new_current_revision(panel: Panel) -> None:

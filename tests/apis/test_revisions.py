@@ -22,14 +22,15 @@ def _gateway_revision(home: Path) -> int:
 
 def test_revisions_on_both_databases(tmp_path: Path, redis_server: Any,
                                      database_url: str) -> None:
+    from app.backends.local import gateway as gateway_config
     from app.db import ApiRevision, Deployment, DeploymentState
     from app.extensions import db
-    from app.services import apis, gateway_config
+    from app.services import apis
 
     app = build_app(tmp_path, database_url, redis_server.url)
     with app.app_context():
         with pytest.raises(apis.PublishRefused, match="prod has no active deployment"):
-            apis.publish(tmp_path, environment="prod", policy_xml="<policies/>", actor="alice")
+            apis.publish(environment="prod", policy_xml="<policies/>", actor="alice")
         db.session.add(Deployment(environment="prod", slot="blue", model_name="german-credit",
                                   model_version="1", state=DeploymentState.ACTIVE, port=9,
                                   primary_key_enc="x", secondary_key_enc="y"))
@@ -37,25 +38,25 @@ def test_revisions_on_both_databases(tmp_path: Path, redis_server: Any,
         gateway_config.set_backend(tmp_path, "prod", "http://127.0.0.1:9", "k")
         policy = apis.render_policy(app.config, "prod", rate_limit=10)
 
-        first = apis.publish(tmp_path, environment="prod", policy_xml=policy, actor="alice",
+        first = apis.publish(environment="prod", policy_xml=policy, actor="alice",
                              job_id="job1")
-        again = apis.publish(tmp_path, environment="prod", policy_xml=policy, actor="alice",
+        again = apis.publish(environment="prod", policy_xml=policy, actor="alice",
                              job_id="job1")  # a redelivered job reuses its revision
         assert (first.id, first.revision) == (again.id, 1)
-        second = apis.publish(tmp_path, environment="prod", policy_xml=policy, actor="bob",
+        second = apis.publish(environment="prod", policy_xml=policy, actor="bob",
                               job_id="job2")
         assert second.revision == 2 and _gateway_revision(tmp_path) == 2
         assert (second.path, second.api_name) == ("credit-risk", "credit-risk")
 
         with pytest.raises(apis.PublishRefused, match="<send-request>"):
-            apis.publish(tmp_path, environment="prod", policy_xml=BAD, actor="alice",
+            apis.publish(environment="prod", policy_xml=BAD, actor="alice",
                          job_id="job3")
         rows = db.session.query(ApiRevision).order_by(ApiRevision.revision).all()
         assert [(r.revision, r.is_current) for r in rows] == [(1, False), (2, True)]
 
-        back = apis.rollback(tmp_path, first.id, "carol")
+        back = apis.rollback(first.id, "carol")
         assert back.revision == 1 and _gateway_revision(tmp_path) == 1
         assert [r.revision for r in apis.list_current()] == [1]
         with pytest.raises(Conflict):
-            apis.rollback(tmp_path, first.id, "carol")
+            apis.rollback(first.id, "carol")
         assert apis.to_dict(back, "https://gw:1")["url"] == "https://gw:1/credit-risk"

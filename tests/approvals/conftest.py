@@ -87,7 +87,7 @@ def record_deploy(home: Path, environment: str, version: str, job_id: str,
     from app.services import audit, deployments
     from app.services.audit import AuditAction
 
-    row = deployments.create_slot(home, environment=environment, model_name="german-credit",
+    row = deployments.create_slot(environment=environment, model_name="german-credit",
                                   model_version=version, replicas=1, resources={},
                                   job_id=job_id)
     replaced = deployments.activate(row.id)

@@ -99,10 +99,10 @@ def test_calls_per_version_per_bucket_from_the_gateway_log(app: Any, tmp_path: P
                                  "request_id": "r"}) + "\n")
         fh.write('{"time": "cut off mid-li')
     buckets = [(b.start.minute, b.model_version, b.calls, b.errors, b.rejected)
-               for b in timeline.calls(tmp_path, environment="prod")]
+               for b in timeline.calls(environment="prod")]
     assert buckets == [(0, "1", 4, 1, 1), (5, "2", 2, 0, 0), (5, "unknown", 1, 0, 1)]
-    assert timeline.calls(tmp_path, environment="staging") == []
-    assert [b.model_version for b in timeline.calls(tmp_path, model_version="2")] == ["2"]
+    assert timeline.calls(environment="staging") == []
+    assert [b.model_version for b in timeline.calls(model_version="2")] == ["2"]
 
 
 def test_timeline_page_answers_served_at(app: Any, tmp_path: Path) -> None:

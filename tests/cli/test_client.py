@@ -16,8 +16,8 @@ import jwt
 import pytest
 import requests
 
+from app.backends.local import gateway as gateway_config
 from app.gateway.template import render_default_policy
-from app.services import gateway_config
 from tests.identity_support import Issuer, free_port, start_issuer
 from tests.serving.conftest import Replica, make_keys, start_replica
 from tests.serving.modelpkg import build_model_package

@@ -147,7 +147,7 @@ def test_environment_cards_show_deployment_api_and_traffic(app: Any, tmp_path: P
         {"family": "logistic_regression", "threshold": 0.31,
          "heldout": {"roc_auc": 0.781, "accuracy": 0.7}, "cv": {"roc_auc_mean": 0.77}}))
     with app.app_context():
-        row = deployments.create_slot(tmp_path, environment="prod", model_name="german-credit",
+        row = deployments.create_slot(environment="prod", model_name="german-credit",
                                       model_version="2", replicas=2, resources={},
                                       job_id="job-d")
         deployments.activate(row.id)
@@ -190,7 +190,7 @@ def test_each_role_lands_where_its_work_is(app: Any, user: str, landing: str) ->
 
 def test_traffic_reads_only_new_log_lines_and_survives_rotation(app: Any,
                                                                 tmp_path: Path) -> None:
-    from app.services import overview
+    from app.services import traffic as figures
 
     log = tmp_path / "logs" / "gateway-requests.jsonl"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -202,18 +202,18 @@ def test_traffic_reads_only_new_log_lines_and_survives_rotation(app: Any,
 
     with app.app_context():
         log.write_text(call(3600) + call(60) + call(50))  # one call outside the window
-        traffic, series = overview.traffic_figures(tmp_path, now=now)
+        traffic, series = figures.per_minute(now=now)
         assert traffic["credit-risk"].calls == 2
         with log.open("a") as out:
             out.write(call(10, 502) + '{"time": "half a li')  # a line still being written
-        traffic, _ = overview.traffic_figures(tmp_path, now=now)
+        traffic, _ = figures.per_minute(now=now)
         assert (traffic["credit-risk"].calls, traffic["credit-risk"].errors) == (3, 1)
         with log.open("a") as out:
             out.write('ne"}\n' + call(5, api="credit-risk-staging"))
-        traffic, series = overview.traffic_figures(tmp_path, now=now)
+        traffic, series = figures.per_minute(now=now)
         assert traffic["credit-risk"].calls == 3 and traffic["credit-risk-staging"].calls == 1
         assert sum(p.calls for p in series["credit-risk"]) == 3
         log.unlink()
         log.write_text(call(1))  # rotated: a new file
-        traffic, _ = overview.traffic_figures(tmp_path, now=now)
+        traffic, _ = figures.per_minute(now=now)
         assert list(traffic) == ["credit-risk"] and traffic["credit-risk"].calls == 1

@@ -170,8 +170,9 @@ def test_empty_home_lists_no_versions_without_creating_a_store(tmp_path: Path,
 
 def test_redelivered_train_job_result_is_rebuilt_from_its_version(
         panel: Any, registry_home: tuple[Path, list[Any]]) -> None:
+    from app.backends.local.training import summary as _summary
+    from app.backends.local.training import version_of_job as _version_of_job
     from app.ml.registry import ModelRegistry
-    from workers.tasks.training import _summary, _version_of_job
 
     home, results = registry_home
     reg = ModelRegistry.for_home(home)

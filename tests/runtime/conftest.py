@@ -114,13 +114,15 @@ class Stack:
     def keys(self, environment: str = "staging") -> tuple[str, str, str]:
         """(url, primary, secondary) of the active slot, read as the admin reveal does."""
         from app.services import deployments
+        from app.services.backend import backend, slot_ref
 
         with self.app.app_context():
             row = deployments.active_row(environment)
             assert row is not None
-            primary, secondary = deployments.keys_of(self.home, row)
+            keys = backend().slot_keys(slot_ref(row))
+            primary, secondary = keys.primary, keys.secondary
             self.seen_keys.update((primary, secondary))
-            return deployments.url_of(row.port), primary, secondary
+            return deployments.base_url(row), primary, secondary
 
     def start_runtime(self) -> Process:
         proc = Process([sys.executable, "-m", "app", "runtime"], self.env,
@@ -138,8 +140,8 @@ class Stack:
 
 def publish_staging(stack: Stack) -> None:
     """What the publish job does for staging (it is another engineer's job)."""
+    from app.backends.local import gateway as gateway_config
     from app.gateway.template import render_default_policy
-    from app.services import gateway_config
 
     gateway_config.upsert_api(stack.home, {
         "name": "credit-risk-staging", "path": "staging/credit-risk", "revision": 1,

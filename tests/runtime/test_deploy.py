@@ -23,8 +23,9 @@ def test_deploy_job_end_to_end_on_staging(stack: Stack) -> None:
     messages = [line["message"] for line in job["log"]]
     assert any(m.startswith("smoke test passed") for m in messages), messages
 
+    from app.backends.local import gateway as gateway_config
     from app.ml.registry import ModelRegistry
-    from app.services import deployments, gateway_config
+    from app.services import deployments
 
     with stack.app.app_context():
         active = deployments.active("staging")

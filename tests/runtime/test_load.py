@@ -67,8 +67,8 @@ def test_redeploy_and_key_rotation_under_load_lose_nothing(deployed: Stack) -> N
 
 def test_negative_control_switch_before_ready_is_detected(deployed: Stack) -> None:
     """Pointing the gateway at a slot that is still loading must show up in the harness."""
-    from app.services import gateway_config
-    from app.services.deployments import keys_file
+    from app.backends.local import gateway as gateway_config
+    from app.backends.local.slots import keys_file, model_dir
 
     stack = deployed
     url, primary, _ = stack.keys()
@@ -77,7 +77,7 @@ def test_negative_control_switch_before_ready_is_detected(deployed: Stack) -> No
 
         active = deployments.active_row("staging")
         assert active is not None
-        active_id, package = active.id, deployments.model_dir(stack.home, active.model_name,
+        active_id, package = active.id, model_dir(stack.home, active.model_name,
                                                               active.model_version)
     port = _free_port()
     early = f"http://127.0.0.1:{port}"

@@ -144,7 +144,7 @@ def deploy_signature(app: Any, home: Path) -> None:
     package.mkdir(parents=True)
     (package / "signature.json").write_text(json.dumps(SIGNATURE))
     with app.app_context():
-        row = deployments.create_slot(home, environment="staging", model_name="german-credit",
+        row = deployments.create_slot(environment="staging", model_name="german-credit",
                                       model_version="3", replicas=1, resources={},
                                       job_id="job-deploy")
         deployments.activate(row.id)

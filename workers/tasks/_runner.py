@@ -12,13 +12,10 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from flask import current_app
 
+from app.backends.base import TransientBackendError
 from app.services import jobs
 
 logger = logging.getLogger(__name__)
-
-
-class TransientJobError(Exception):
-    """A failure worth retrying (network blip, backend busy); the job is requeued."""
 
 
 @dataclass
@@ -73,7 +70,7 @@ def run_job(task: Any, job_id: str, operation: Operation) -> None:
         jobs.mark_cancelled(job_id, worker)
     except SoftTimeLimitExceeded:
         jobs.fail(job_id, worker, f"timed out after {config['JOB_TIME_LIMIT_SECONDS']} s")
-    except TransientJobError as exc:
+    except TransientBackendError as exc:  # worth retrying: the job is queued again
         if jobs.release_for_retry(job_id, worker, str(exc)):
             raise task.retry(countdown=min(60, 2 ** ctx.attempt), max_retries=None) from exc
     except Exception as exc:

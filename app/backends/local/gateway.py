@@ -1,4 +1,4 @@
-"""Changes to the local gateway's config.json, made under one lock so jobs never lose updates.
+"""The local gateway's config.json and its stored API revisions, changed under one lock.
 
 Deploy (backend URL + key flip), key rotation (key only) and publish (API revisions) all
 change the same file. Each change is a read-modify-write under an exclusive file lock, then
@@ -16,7 +16,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from app.gateway.config import default_config_path, encrypt_named_value, write_gateway_config
+from app.gateway.config import (
+    default_config_path,
+    encrypt_named_value,
+    gateway_dir,
+    parse_config,
+    write_gateway_config,
+)
 
 Mutation = Callable[[dict[str, Any]], None]
 
@@ -103,3 +109,52 @@ def remove_api(home: Path, name: str) -> None:
         config["apis"] = [a for a in config["apis"] if a.get("name") != name]
 
     update(home, mutate)
+
+
+def backend_url(home: Path, environment: str) -> str | None:
+    """The backend URL the gateway holds for an environment, None until a deploy set it."""
+    named = read(home)["named_values"]
+    url = named.get(backend_url_name(environment))
+    if url is None or backend_key_name(environment) not in named:
+        return None
+    return str(url["value"])
+
+
+def _revision_path(home: Path, name: str, revision: int) -> Path:
+    return gateway_dir(home) / "revisions" / name / f"{int(revision)}.json"
+
+
+def validate_api(home: Path, api: Mapping[str, Any]) -> None:
+    """Compile an API document against the current named values (ConfigError if refused)."""
+    config = read(home)
+    config["apis"] = [a for a in config["apis"] if a.get("name") != api["name"]] + [dict(api)]
+    parse_config(home, config)
+
+
+def store_revision(home: Path, api: Mapping[str, Any]) -> None:
+    """Keep an API revision document (written once: a revision's policy never changes)."""
+    path = _revision_path(home, str(api["name"]), int(api["revision"]))
+    if path.is_file():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dict(api), sort_keys=True), encoding="utf-8")
+    tmp.replace(path)
+
+
+def load_revision(home: Path, name: str, revision: int) -> dict[str, Any] | None:
+    """A stored API revision document, or None."""
+    try:
+        data: dict[str, Any] = json.loads(
+            _revision_path(home, name, revision).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    return data
+
+
+def current_revision(home: Path, name: str) -> int | None:
+    """The revision of an API the gateway serves, or None."""
+    for api in read(home)["apis"]:
+        if api.get("name") == name:
+            return int(api.get("revision", 0))
+    return None

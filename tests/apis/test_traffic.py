@@ -1,4 +1,5 @@
-"""Traffic figures from the gateway's request log: tail reading, percentiles, the APIs page."""
+"""Traffic figures from the local gateway's request log: tail reading, percentiles, the APIs
+page."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from app.services import api_metrics
+from app.backends.local import LocalBackend
+from app.backends.local import request_log as api_metrics
+from app.services import traffic
 from tests.conftest import build_app, sign_in
 
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
@@ -33,7 +36,7 @@ def test_figures_per_api_over_the_window(tmp_path: Path) -> None:
               _record("credit-risk-staging", 3600, 200, 9999.0),  # outside the window
               "not json", '{"api": "credit-risk", "status": "x"}']
     _write_log(tmp_path, lines)
-    figures = api_metrics.traffic(tmp_path, now=NOW)
+    figures = traffic.per_api(now=NOW, target=LocalBackend(tmp_path))
     staging = figures["credit-risk-staging"]
     assert staging.calls == 101 and staging.errors == 1 and staging.rejected == 0
     assert staging.error_rate == round(1 / 101, 4)

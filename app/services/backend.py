@@ -1,0 +1,52 @@
+"""The configured backend and the names every service shares, from one place each.
+
+The backend (``BACKEND``: local, azure, …) is built once per app: it may keep caches (the
+local one remembers the parsed tail of the gateway's request log). Environment names, their
+order, API names and paths come from the pipeline file (``environments``, ``gateway``).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from flask import current_app
+
+from app.backends import get_backend
+from app.backends.base import Backend, SlotRef
+from app.db import Deployment
+from app.services.models import pipeline
+
+_EXTENSION = "modelgate.backend"
+_LOCK = threading.Lock()
+
+
+def backend() -> Backend:
+    """This app's backend, built on first use from its configuration."""
+    extensions = current_app.extensions
+    with _LOCK:
+        found = extensions.get(_EXTENSION)
+        if found is None:
+            found = extensions[_EXTENSION] = get_backend(current_app.config)
+    return found  # type: ignore[no-any-return]
+
+
+def environment_names() -> tuple[str, ...]:
+    """The configured environments, in the pipeline file's order (staging before prod)."""
+    return pipeline().environment_names
+
+
+def api_name(environment: str) -> str:
+    """The gateway API name of an environment (prod keeps ``gateway.api_name`` plain)."""
+    return pipeline().gateway.name_for(environment)
+
+
+def api_path(environment: str) -> str:
+    """The gateway path of an environment (prod at ``gateway.api_path``, others prefixed)."""
+    return pipeline().gateway.path_for(environment)
+
+
+def slot_ref(row: Deployment) -> SlotRef:
+    """The backend's name for a deployment row's slot."""
+    return SlotRef(id=row.id, environment=row.environment,
+                   endpoint=row.endpoint or row.environment, slot=row.slot,
+                   model_name=row.model_name, model_version=row.model_version)

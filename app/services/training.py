@@ -1,0 +1,67 @@
+"""The train job: train the configured model on a dataset version where the backend trains,
+and register the version (tagged with the job, so a redelivery reuses it)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from app.backends.base import BackendError, TrainSpec
+from app.errors import ValidationError
+from app.services.backend import backend
+from app.services.jobs import JobCancelled
+from app.services.models import pipeline
+from app.services.rollout import Reporter
+
+# train_and_register reports this percentage just before it logs and registers the version.
+REGISTRATION_PERCENT = 86
+
+
+def run_train(job: Reporter, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Train and register one version; ``params`` were checked at submit (KindSpec)."""
+    from flask import current_app
+
+    from app.ml.config import TrainingConfig
+    from app.ml.dataset import latest_version
+
+    config = pipeline()
+    model = config.model
+    if params.get("model") is not None:
+        model = TrainingConfig.from_dict({**config.model.to_dict(), **params["model"]})
+    version = params.get("dataset_version")
+    path = None
+    if version is None and latest_version(current_app.config["HOME"],
+                                          config.data.dataset) is None:
+        path = str(config.data.path)  # nothing provisioned yet: register the configured file
+
+    def progress(percent: int, step: str) -> None:
+        try:
+            job.progress(percent, step)  # logs the step; raises JobCancelled on request
+        except JobCancelled:
+            if percent <= REGISTRATION_PERCENT:
+                raise
+            # The version is registered by now: a cancelled job must not leave one behind, so
+            # finishing is the honest outcome.
+            job.log("cancellation came after the version was registered; finishing")
+
+    spec = TrainSpec(job_id=job.job_id, model=model, dataset_name=config.data.dataset,
+                     dataset_version=version, dataset_path=path,
+                     experiment=config.mlflow.experiment, tracking_uri=config.mlflow.tracking_uri)
+    try:
+        info = backend().train(spec, progress)
+    except BackendError as exc:
+        message = str(exc)
+        if version is not None and "dataset" in message.lower():
+            raise ValidationError(f"params.dataset_version: {message}",
+                                  errors=[{"field": "params.dataset_version",
+                                           "message": message}]) from None
+        raise ValidationError(message) from None
+    summary = dict(info.summary)
+    if summary.get("reused"):
+        job.log(f"version {info.version} was registered by an earlier attempt; reusing it")
+        return summary
+    job.log(f"registered {info.model_name} version {info.version} "
+            f"({summary.get('family')}, held-out ROC AUC {summary['metrics']['roc_auc']:.3f}, "
+            f"threshold {summary.get('threshold', 0):.3f}) on dataset "
+            f"{summary['dataset']['name']} v{summary['dataset']['version']} ({info.where})")
+    return summary
