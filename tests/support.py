@@ -141,3 +141,14 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str,
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def refused_at_submit(client: Any, headers: dict[str, str], kind: str,
+                      params: dict[str, Any]) -> dict[str, Any]:
+    """Post a job with bad params; require a 422 problem and no new job row; return the body."""
+    before = client.get("/api/v1/jobs?limit=200").get_json()["jobs"]
+    r = client.post("/api/v1/jobs", json={"kind": kind, "params": params}, headers=headers)
+    assert r.status_code == 422, r.get_json()
+    assert r.mimetype == "application/problem+json"
+    assert client.get("/api/v1/jobs?limit=200").get_json()["jobs"] == before
+    return dict(r.get_json())

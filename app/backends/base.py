@@ -123,8 +123,8 @@ class BackendHealth:
 class TrainSpec:
     """One training run: the model settings, the data, and the job that asks (its tag).
 
-    ``dataset_version`` None means the latest registered version; ``dataset_path`` is a file
-    to register first (a no-op for bytes already registered).
+    ``dataset_version`` None means the latest registered version, or ``dataset_path`` (the
+    configured file) registered first when none is registered yet.
     """
 
     job_id: str

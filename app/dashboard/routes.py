@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, current_app, render_template
@@ -16,16 +15,12 @@ bp = Blueprint("dashboard", __name__)
 LATEST_JOBS = 10
 
 
-def _home() -> Path:
-    return Path(current_app.config["HOME"])
-
-
 @bp.get("/")
 @signed_in
 def index() -> Any:
     """Show the dashboard (everyone signed in may read it; run buttons need MLOps.Engineer)."""
     return render_template("dashboard/index.html", stages=overview.stages(),
-                           environments=overview.environment_cards(_home()),
+                           environments=overview.environment_cards(),
                            jobs=jobs.list_jobs(limit=LATEST_JOBS),
                            last_pipeline=overview.last_job("pipeline"))
 
@@ -43,7 +38,7 @@ def state() -> Any:
 def environments() -> Any:
     """The environment cards alone, re-fetched by the page when a deploy or publish ends."""
     return render_template("dashboard/_environments.html",
-                           environments=overview.environment_cards(_home()))
+                           environments=overview.environment_cards())
 
 
 @bp.get("/dashboard/jobs")

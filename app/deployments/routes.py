@@ -3,10 +3,9 @@ deploy, rotate keys and roll back as jobs; an admin's audited key reveal."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, current_app, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
 
 from app.auth.roles import Role
@@ -16,10 +15,6 @@ from app.services import deployments, jobs
 from app.services.kinds import JobKind
 
 bp = Blueprint("deployments", __name__, url_prefix="/deployments")
-
-
-def _home() -> Path:
-    return Path(current_app.config["HOME"])
 
 
 def _environment(name: str) -> str:

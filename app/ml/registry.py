@@ -38,7 +38,6 @@ DEFAULT_MODEL_NAME = "german-credit"
 DEFAULT_EXPERIMENT = "german-credit"
 PACKAGE_ARTIFACT_PATH = "package"
 MODEL_ARTIFACT_NAME = "model"
-ALIASES: tuple[str, ...] = ("staging", "prod")
 
 # mlflow.sklearn.log_model and load_model read the process-wide tracking URI; this lock keeps
 # two registries in one process (tests, threads) from switching it under each other.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, current_app, render_template, request
@@ -14,6 +13,7 @@ from app.auth.roles import Role
 from app.auth.users import role_required
 from app.errors import AppError, BadRequest, Conflict, ValidationError
 from app.services import scoring
+from app.services.backend import environment_names
 
 bp = Blueprint("scoring", __name__, url_prefix="/score")
 log = logging.getLogger(__name__)
@@ -25,8 +25,9 @@ BATCH_MAX_ROWS = 20_000
 
 def _environment(raw: Any) -> str:
     value = str(raw or "staging")
-    if value not in scoring.ENVIRONMENTS:
-        raise ValidationError(f"unknown environment {value!r}; use staging or prod",
+    names = environment_names()
+    if value not in names:
+        raise ValidationError(f"unknown environment {value!r}; use {' or '.join(names)}",
                               errors=[{"field": "environment", "message": "unknown"}])
     return value
 
@@ -53,14 +54,14 @@ def _page(environment: str, *, values: dict[str, Any] | None = None,
     model = None
     unavailable = None
     try:
-        model = scoring.deployed_model(Path(current_app.config["HOME"]), environment)
+        model = scoring.deployed_model(environment)
     except scoring.ScoringUnavailable as exc:
         unavailable = str(exc)
     fields = scoring.form_fields(model.signature, values) if model else []
     body = outcome.request_json if outcome else (
         {"data": [scoring.example_record(model.signature)]} if model else None)
     return render_template(
-        "scoring/index.html", environment=environment, environments=scoring.ENVIRONMENTS,
+        "scoring/index.html", environment=environment, environments=environment_names(),
         model=model, unavailable=unavailable, fields=fields, outcome=outcome, url=url,
         problem=problem, sign_in_again=sign_in_again,
         raw_request=scoring.raw_request(url, body) if body else "",
@@ -86,7 +87,7 @@ def create() -> Any:
 
     environment = _environment(request.form.get("environment"))
     try:
-        model = scoring.deployed_model(Path(current_app.config["HOME"]), environment)
+        model = scoring.deployed_model(environment)
     except scoring.ScoringUnavailable as exc:
         return _page(environment, problem=str(exc), status=409)
     values = {name: request.form.get(name) for name in model.signature.feature_names}
@@ -125,7 +126,7 @@ def batch() -> Any:
         raise ValidationError(f"at most {scoring.MAX_CHUNK_ROWS} rows per chunk",
                               errors=[{"field": "rows", "message": "too many rows"}])
     try:
-        model = scoring.deployed_model(Path(current_app.config["HOME"]), environment)
+        model = scoring.deployed_model(environment)
     except scoring.ScoringUnavailable as exc:
         raise Conflict(str(exc)) from None
     token = _token()  # SignInRequired becomes a 401 problem the page turns into a prompt

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import threading
 
-from flask import current_app
+from flask import current_app, has_app_context
 
 from app.backends import get_backend
 from app.backends.base import Backend, SlotRef
 from app.db import Deployment
-from app.services.models import pipeline
+from app.pipeline_config import PipelineConfig, load_pipeline_config
+from app.services import models
 
 _EXTENSION = "modelgate.backend"
 _LOCK = threading.Lock()
@@ -28,6 +29,11 @@ def backend() -> Backend:
         if found is None:
             found = extensions[_EXTENSION] = get_backend(current_app.config)
     return found  # type: ignore[no-any-return]
+
+
+def pipeline() -> PipelineConfig:
+    """The pipeline file (cached per app; read afresh outside an app, e.g. by the CLI)."""
+    return models.pipeline() if has_app_context() else load_pipeline_config()
 
 
 def environment_names() -> tuple[str, ...]:

@@ -95,6 +95,12 @@ def pipeline() -> PipelineConfig:
         return state.config
 
 
+def package_dir(name: str, version: str) -> Path:
+    """A version's model package (signature, metrics) in the instance's package cache,
+    HOME/models/<name>/<version>, filled from the registry when a slot is created."""
+    return Path(current_app.config["HOME"]) / "models" / name / str(version)
+
+
 def default_model_name() -> str:
     """The model the pipeline trains (``model.name``)."""
     return pipeline().model.name

@@ -9,7 +9,6 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -127,9 +126,11 @@ def stage_dict(state: StageState) -> dict[str, Any]:
 # --------------------------------------------------------------------------- environments
 
 
-def package_metrics(home: Path, name: str, version: str) -> dict[str, Any]:
-    """Headline metrics of a model package (metrics.json), empty when it is not on disk."""
-    path = Path(home) / "models" / name / str(version) / "metrics.json"
+def package_metrics(name: str, version: str) -> dict[str, Any]:
+    """Headline metrics of a model package (metrics.json), empty when it is not cached."""
+    from app.services.models import package_dir
+
+    path = package_dir(name, version) / "metrics.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -141,7 +142,7 @@ def package_metrics(home: Path, name: str, version: str) -> dict[str, Any]:
             "recall_bad": heldout.get("recall_bad"), "threshold": data.get("threshold")}
 
 
-def environment_cards(home: Path) -> list[EnvironmentCard]:
+def environment_cards() -> list[EnvironmentCard]:
     """Staging and prod: deployment, model metrics, API revision and traffic."""
     from app.services import apis, deployments
 
@@ -154,7 +155,7 @@ def environment_cards(home: Path) -> list[EnvironmentCard]:
         row = deployments.active_row(env)
         if row is not None:
             deployment = deployments.to_dict(row, status)
-            model = package_metrics(home, row.model_name, row.model_version)
+            model = package_metrics(row.model_name, row.model_version)
         api = None
         api_name = apis.api_name(env)
         current = apis.current(api_name)

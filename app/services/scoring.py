@@ -13,14 +13,13 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import requests
 
 from app.ml.signature import DESIGN_EXAMPLE, FieldSpec, FieldType, Signature
+from app.services.backend import api_path, environment_names
 
-ENVIRONMENTS: tuple[str, ...] = ("staging", "prod")
 GATEWAY_TIMEOUT_SECONDS = 10.0
 MAX_CHUNK_ROWS = 100
 TOKEN_PLACEHOLDER = "<your access token>"
@@ -80,22 +79,21 @@ class ScoreOutcome:
 # --------------------------------------------------------------------------- the model
 
 
-def deployed_model(home: Path, environment: str) -> DeployedModel:
+def deployed_model(environment: str) -> DeployedModel:
     """The signature of the version active in `environment` (models/<name>/<version>/).
 
     Raises ScoringUnavailable when the environment is unknown, nothing is deployed there, or
     the package is missing.
     """
-    from app.services import deployments
+    from app.services import deployments, models
 
-    if environment not in ENVIRONMENTS:
+    if environment not in environment_names():
         raise ScoringUnavailable(f"unknown environment {environment!r}")
     active = deployments.active(environment)
     if active is None:
         raise ScoringUnavailable(f"No model is deployed to {environment} yet: an engineer runs "
                                  "the pipeline (or a deploy job) first.")
-    path = Path(home) / "models" / active.model_name / str(active.model_version) / \
-        "signature.json"
+    path = models.package_dir(active.model_name, active.model_version) / "signature.json"
     try:
         signature = Signature.load(path)
     except (OSError, ValueError, KeyError) as exc:
@@ -103,11 +101,6 @@ def deployed_model(home: Path, environment: str) -> DeployedModel:
                                  f"{active.model_version} cannot be read "
                                  f"({type(exc).__name__}).") from None
     return DeployedModel(environment, active.model_name, str(active.model_version), signature)
-
-
-def api_path(environment: str) -> str:
-    """The gateway path of an environment's API (prod: credit-risk; others: <env>/credit-risk)."""
-    return "credit-risk" if environment == "prod" else f"{environment}/credit-risk"
 
 
 def score_url(gateway_url: str, environment: str) -> str:

@@ -19,20 +19,13 @@ REGISTRATION_PERCENT = 86
 
 def run_train(job: Reporter, params: Mapping[str, Any]) -> dict[str, Any]:
     """Train and register one version; ``params`` were checked at submit (KindSpec)."""
-    from flask import current_app
-
     from app.ml.config import TrainingConfig
-    from app.ml.dataset import latest_version
 
     config = pipeline()
     model = config.model
     if params.get("model") is not None:
         model = TrainingConfig.from_dict({**config.model.to_dict(), **params["model"]})
     version = params.get("dataset_version")
-    path = None
-    if version is None and latest_version(current_app.config["HOME"],
-                                          config.data.dataset) is None:
-        path = str(config.data.path)  # nothing provisioned yet: register the configured file
 
     def progress(percent: int, step: str) -> None:
         try:
@@ -45,7 +38,7 @@ def run_train(job: Reporter, params: Mapping[str, Any]) -> dict[str, Any]:
             job.log("cancellation came after the version was registered; finishing")
 
     spec = TrainSpec(job_id=job.job_id, model=model, dataset_name=config.data.dataset,
-                     dataset_version=version, dataset_path=path,
+                     dataset_version=version, dataset_path=str(config.data.path),
                      experiment=config.mlflow.experiment, tracking_uri=config.mlflow.tracking_uri)
     try:
         info = backend().train(spec, progress)

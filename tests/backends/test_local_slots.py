@@ -8,9 +8,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from app.backends.local.slots import check_key, smoke_test
 
 from app.backends.base import SmokeTestFailed
+from app.backends.local.slots import check_key, smoke_test
 
 KEY = "k" * 43
 SIGNATURE = {"version": "3", "classes": ["bad", "good"], "example": {"Age": 30}}

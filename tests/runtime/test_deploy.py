@@ -109,9 +109,13 @@ def test_failed_deploy_leaves_the_old_slot_serving(stack: Stack) -> None:
 
 
 def test_bad_params_fail_naming_them(stack: Stack) -> None:
-    job = stack.run("deploy", {"environment": "qa"})
-    assert job["status"] == "FAILED" and "params.environment" in job["error"]
-    job = stack.run("deploy", {"version": "999"})
+    from tests.conftest import csrf_headers
+    from tests.support import refused_at_submit
+
+    client = stack.client()
+    body = refused_at_submit(client, csrf_headers(client), "deploy", {"environment": "qa"})
+    assert "params.environment" in body["detail"]  # malformed: refused at submit
+    job = stack.run("deploy", {"version": "999"})  # well-formed, but no such version
     assert job["status"] == "FAILED" and "params.version" in job["error"]
     job = stack.run("rotate-keys", {"environment": "prod"})
     assert job["status"] == "FAILED" and "no active deployment" in job["error"]

@@ -184,14 +184,20 @@ def test_identical_inputs_give_new_run_and_version_with_identical_metrics(
 @pytest.mark.parametrize("params,field", [
     ({"model": {"cv_folds": 1}}, "params.model.cv_folds"),
     ({"model": {"candidates": [{"family": "svm"}]}}, "params.model.candidates[0].family"),
-    ({"dataset_version": 99}, "params.dataset_version"),
     ({"epochs": 3}, "params.epochs"),
 ])
-def test_bad_train_params_fail_naming_the_parameter(stack: Stack, params: dict[str, Any],
-                                                    field: str) -> None:
-    job = stack.run("train", params)
+def test_malformed_train_params_are_refused_naming_the_parameter(
+        stack: Stack, params: dict[str, Any], field: str) -> None:
+    from tests.support import refused_at_submit
+
+    body = refused_at_submit(stack.client, stack.headers, "train", params)
+    assert field in body["detail"]
+
+
+def test_a_missing_dataset_version_fails_the_job_naming_it(stack: Stack) -> None:
+    job = stack.run("train", {"dataset_version": 99})
     assert job["status"] == "FAILED"
-    assert field in job["error"]
+    assert "params.dataset_version" in job["error"]
 
 
 def test_cancelled_train_job_registers_nothing(

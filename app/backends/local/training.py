@@ -20,7 +20,7 @@ def train(home: Path, spec: TrainSpec, progress: Progress) -> TrainInfo:
         BackendError: bad data or settings, or MLflow trouble (the message says which).
     """
     from app.ml.config import ConfigError
-    from app.ml.dataset import DatasetError, get_version
+    from app.ml.dataset import DatasetError, get_version, latest_version
     from app.ml.registry import RegistryError
     from app.ml.training import TrainingError
     from app.ml.workflow import train_and_register
@@ -32,9 +32,11 @@ def train(home: Path, spec: TrainSpec, progress: Progress) -> TrainInfo:
         if done is not None:
             return TrainInfo(done.name, done.version, done.run_id or "", _where(registry),
                              summary(done))
-        dataset: Any = spec.dataset_path
+        dataset: Any = None  # the latest registered version
         if spec.dataset_version is not None:
             dataset = get_version(home, spec.dataset_version, spec.dataset_name).path
+        elif latest_version(home, spec.dataset_name) is None:
+            dataset = spec.dataset_path  # nothing provisioned yet: register the configured file
         result = train_and_register(home, dataset, job_id=spec.job_id, config=spec.model,
                                     progress=progress, registry=registry,
                                     dataset_name=spec.dataset_name)
