@@ -294,6 +294,30 @@ def audit_export(fmt: str) -> None:
             click.echo(chunk, nl=False)
 
 
+# --------------------------------------------------------------------------- kubernetes
+
+
+@main.group()
+def k8s() -> None:
+    """Kubernetes manifests of the deployed slots (for a cluster instead of the runtime)."""
+
+
+@k8s.command("render")
+@click.option("--environment", default="staging", show_default=True)
+@click.option("--image", default="modelgate-scoring:latest", show_default=True,
+              help="The scoring image the Deployment runs.")
+def k8s_render(environment: str, image: str) -> None:
+    """Print the active slot of ENVIRONMENT as manifests (keys only as digests)."""
+    from app.errors import AppError
+    from app.services import deployments
+
+    with _make_app().app_context():
+        try:
+            click.echo(deployments.k8s_manifests(environment, image), nl=False)
+        except AppError as exc:
+            raise click.ClickException(exc.message) from None
+
+
 # --------------------------------------------------------------------------- CI client
 
 

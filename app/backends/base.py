@@ -35,12 +35,18 @@ DEFAULT_ENVIRONMENTS: tuple[str, ...] = ("staging", "prod")
 
 
 class Capability(enum.StrEnum):
-    """Optional features a backend may have (the panel shows what it can offer)."""
+    """Optional features a backend may have; a service needing one it lacks raises
+    CapabilityNotSupported before touching anything."""
 
-    BLUE_GREEN = "blue-green"
-    KEY_ROTATION = "key-rotation"
-    MANAGED_API_GATEWAY = "managed-api-gateway"
-    AUTOSCALE = "autoscale"
+    BLUE_GREEN = "blue-green"  # create_slot / switch_traffic / retire_slot
+    KEY_ROTATION = "key-rotation"  # regenerate_key / check_key / gateway_use_key
+
+
+def require(backend: Backend, capability: Capability) -> None:
+    """Raise CapabilityNotSupported when the backend lacks the capability."""
+    if capability not in backend.capabilities:
+        raise CapabilityNotSupported(f"the {backend.name} backend does not support "
+                                     f"{capability.value}")
 
 
 class KeyRole(enum.StrEnum):

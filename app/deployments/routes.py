@@ -77,6 +77,18 @@ def reveal(environment: str) -> Any:
     return response
 
 
+@bp.get("/<environment>/k8s.yaml")
+@role_required(Role.ENGINEER)
+def manifests(environment: str) -> Any:
+    """Download the active slot as Kubernetes manifests (key digests only)."""
+    text = deployments.k8s_manifests(_environment(environment))
+    response = make_response(text)
+    response.headers["Content-Type"] = "application/yaml; charset=utf-8"
+    response.headers["Content-Disposition"] = \
+        f'attachment; filename="modelgate-{environment}.k8s.yaml"'
+    return response
+
+
 def _queue(kind: JobKind, params: dict[str, Any]) -> Any:
     job = jobs.submit(kind, params, current_user.username, roles=current_user.roles)
     return redirect(url_for("jobs.detail", job_id=job.id))

@@ -225,6 +225,32 @@ def reveal_keys(environment: str, actor: str) -> tuple[Deployment, SlotKeys]:
     return row, keys
 
 
+DEFAULT_IMAGE = "modelgate-scoring:latest"
+
+
+def k8s_manifests(environment: str, image: str = DEFAULT_IMAGE) -> str:
+    """The active slot of an environment as Kubernetes manifests (YAML): Deployment, Service,
+    NetworkPolicy, autoscaler and a Secret with the key digests (never the keys).
+
+    Raises:
+        NotFound: nothing is deployed to the environment.
+    """
+    from app.backends.k8s import K8sSlotSpec, render_manifests, to_yaml
+    from app.serving.keys import key_digest
+
+    row = active_row(environment)
+    if row is None:
+        raise NotFound(f"{environment} has no active deployment to render")
+    try:
+        keys = backend().slot_keys(slot_ref(row))
+    except ResourceNotFound as exc:
+        raise NotFound(str(exc)) from None
+    spec = K8sSlotSpec.from_deployment(row, image=image,
+                                       primary_sha256=key_digest(keys.primary),
+                                       secondary_sha256=key_digest(keys.secondary))
+    return to_yaml(render_manifests(spec))
+
+
 # --------------------------------------------------------------------------- views
 
 

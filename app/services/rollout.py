@@ -22,7 +22,16 @@ from typing import Any, Protocol
 
 from flask import current_app
 
-from app.backends.base import Backend, BackendError, KeyRole, SlotRef, SlotSpec
+from app.backends.base import (
+    Backend,
+    BackendError,
+    Capability,
+    CapabilityNotSupported,
+    KeyRole,
+    SlotRef,
+    SlotSpec,
+    require,
+)
 from app.db import Deployment, DeploymentState
 from app.errors import AppError, ValidationError
 from app.services import audit, deployments, jobs, models
@@ -143,6 +152,7 @@ def deploy(job: Reporter, request: DeployRequest, registry: Any,
     """
     env = request.environment
     target = backend()
+    _require(target, Capability.BLUE_GREEN)
     with target.environment_lock(env):
         row = deployments.by_job(job.job_id)
         if row is None:
@@ -269,6 +279,7 @@ def rotate_keys(job: Reporter, environment: str, actor: str,
                 settings: RolloutSettings) -> dict[str, Any]:
     """Rotate the active slot's keys with no window in which the gateway's key is refused."""
     target = backend()
+    _require(target, Capability.KEY_ROTATION)
     with target.environment_lock(environment):
         row = deployments.active_row(environment)
         if row is None:
@@ -287,8 +298,8 @@ def rotate_keys(job: Reporter, environment: str, actor: str,
                 job.progress(percent, f"regenerating the {which} key")
                 old = getattr(target.slot_keys(ref), which.value)
                 fresh = target.regenerate_key(ref, which)
-                _require(target.check_key(ref, fresh), f"the new {which} key")
-                _require(not target.check_key(ref, old), f"the old {which} key",
+                _expect(target.check_key(ref, fresh), f"the new {which} key")
+                _expect(not target.check_key(ref, old), f"the old {which} key",
                          refused=True)
                 job.progress(percent + 20, f"pointing the gateway at the {which} key")
                 target.gateway_use_key(environment, fresh)
@@ -304,7 +315,14 @@ def rotate_keys(job: Reporter, environment: str, actor: str,
                 "rotated": ["secondary", "primary"]}
 
 
-def _require(ok: bool, what: str, *, refused: bool = False) -> None:
+def _require(target: Backend, capability: Capability) -> None:
+    try:
+        require(target, capability)
+    except CapabilityNotSupported as exc:
+        raise AppError(str(exc)) from None
+
+
+def _expect(ok: bool, what: str, *, refused: bool = False) -> None:
     if not ok:
         raise BackendError(f"key check: {what} is {'still accepted' if refused else 'refused'}"
                            " by the slot")
