@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from flask import Flask
 
-ROOT = Path(__file__).resolve().parent.parent
+from app.assets import asset_dir
 
 
 def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     """Build the panel app: config, extensions, blueprints, error handlers, Celery."""
-    app = Flask(__name__, template_folder=str(ROOT / "templates"),
-                static_folder=str(ROOT / "static"))
+    app = Flask(__name__, template_folder=str(asset_dir("templates")),
+                static_folder=str(asset_dir("static")))
     register_config(app, overrides)
     register_extensions(app)
     register_security(app)

@@ -16,13 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.assets import asset_dir
 from app.ml.config import ConfigError as TrainingConfigError
 from app.ml.config import TrainingConfig
 
 if TYPE_CHECKING:
     from app.ml.registry import ModelRegistry
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The shipped default's relative paths (data/…) resolve here: the checkout, or the installed
+# package's asset folder (app/assets.py).
+PROJECT_ROOT = asset_dir("data").parent
 DEFAULT_PATH = Path(__file__).resolve().parent / "backends" / "local" / "pipeline.yml"
 ENV_VAR = "MODELGATE_PIPELINE_CONFIG"
 REQUIRED_ENVIRONMENTS: tuple[str, ...] = ("staging", "prod")

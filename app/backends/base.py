@@ -27,11 +27,10 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from app.pipeline_config import REQUIRED_ENVIRONMENTS
+
 Progress = Callable[[int, str], None]
 Checkpoint = Callable[[], None]
-
-# The environment order when no pipeline file says otherwise (the shipped pipeline.yml).
-DEFAULT_ENVIRONMENTS: tuple[str, ...] = ("staging", "prod")
 
 
 class Capability(enum.StrEnum):
@@ -99,7 +98,7 @@ class ProvisionSpec:
     """What to create: a workspace with environments, from the pipeline configuration."""
 
     workspace: str
-    environments: tuple[str, ...] = DEFAULT_ENVIRONMENTS
+    environments: tuple[str, ...] = REQUIRED_ENVIRONMENTS
     settings: Mapping[str, Any] = field(default_factory=dict)
 
 

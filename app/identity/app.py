@@ -19,6 +19,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from joserfc import jwt
 from joserfc.errors import JoseError
 
+from app.assets import asset_dir
 from app.identity.credentials import (
     Client,
     ensure_dev_credentials,
@@ -47,7 +48,7 @@ from app.identity.tokens import (
 )
 
 log = logging.getLogger("modelgate.identity")
-TEMPLATES = Path(__file__).resolve().parents[2] / "templates" / "identity"
+TEMPLATES = asset_dir("templates") / "identity"
 bp = Blueprint("identity", __name__, url_prefix=ISSUER_PATH)
 csrf = CSRFProtect()
 
