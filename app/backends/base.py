@@ -271,7 +271,7 @@ class ApiRevisionInfo:
     is_current: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CallRecord:
     """One call through the gateway, as its request log has it."""
 
