@@ -20,10 +20,34 @@ def _configure_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _make_app() -> Any:
-    from app import create_app
+class NoStackError(click.ClickException):
+    """No local installation or running stack to talk to: exit 2 with where we looked."""
 
+    exit_code = 2
+
+
+def _make_app() -> Any:
+    """The panel app on this installation's database, or NoStackError naming what is missing."""
+    from app import create_app
+    from app.client import start_hint, where_home_is
+
+    home = _home()
+    missing = [name for name, env in (("secret_key", "MODELGATE_SECRET_KEY"),
+                                      ("modelgate.db", "MODELGATE_DATABASE_URL"))
+               if not os.environ.get(env) and not (home / name).exists()]
+    if missing:
+        raise NoStackError(f"no modelgate installation found: looked for {' and '.join(missing)} "
+                           f"in {where_home_is(home)}; {start_hint()}")
     return create_app()
+
+
+def _client_failure(exc: Exception) -> click.ClickException:
+    """A CLI error for a ClientError: exit 2 when no stack answered, 1 otherwise."""
+    from app.client import StackUnavailable
+
+    if isinstance(exc, StackUnavailable):
+        return NoStackError(str(exc))
+    return click.ClickException(str(exc))
 
 
 @click.group()
@@ -305,7 +329,7 @@ def token() -> None:
     try:
         click.echo(TokenSource(_home()).token())
     except ClientError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise _client_failure(exc) from None
 
 
 @main.command()
@@ -327,7 +351,7 @@ def score(file: Any, environment: str) -> None:
     try:
         answer = post_score(_home(), body, environment)
     except ClientError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise _client_failure(exc) from None
     click.echo(json.dumps(answer, indent=2))
 
 
@@ -366,7 +390,7 @@ def pipeline_run(until: str, environment: str, timeout: float) -> None:
                        f"{final.get('error') or 'cancelled'}", err=True)
             sys.exit(1)
     except ClientError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise _client_failure(exc) from None
     click.echo(f"pipeline job {job['id']} succeeded")
 
 

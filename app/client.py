@@ -32,6 +32,23 @@ class ClientError(Exception):
     """A command failed; the message is safe to print (never a token or secret)."""
 
 
+class StackUnavailable(ClientError):
+    """No running stack was found or it did not answer; the message says where we looked."""
+
+
+def where_home_is(home: Path, env: Mapping[str, str] = os.environ) -> str:
+    """How the home folder was chosen, for messages that send the user to the right one."""
+    if env.get("MODELGATE_HOME"):
+        return f"{home} (MODELGATE_HOME)"
+    return f"{home} (MODELGATE_HOME is not set, so ./instance)"
+
+
+def start_hint() -> str:
+    """What to run when no stack answers."""
+    return ("start the stack with `modelgate up` in another terminal, or set MODELGATE_HOME "
+            "to the folder `modelgate up` runs with")
+
+
 @dataclass(frozen=True)
 class Endpoints:
     """Where the running stack answers."""
@@ -81,9 +98,11 @@ def credentials(home: Path, env: Mapping[str, str] = os.environ) -> Credentials:
     try:
         secret = json.loads(path.read_text(encoding="utf-8"))["clients"][CI_CLIENT_ID]["secret"]
     except FileNotFoundError:
-        raise ClientError(f"no CI credentials: {path} does not exist (start the stack with "
-                          "`modelgate up`, or set MODELGATE_CLIENT_ID and "
-                          "MODELGATE_CLIENT_SECRET)") from None
+        raise StackUnavailable(
+            f"no running stack found: looked for {path.name} in {where_home_is(home, env)}; "
+            f"{start_hint()} (a CI system without a local stack sets MODELGATE_PANEL_URL, "
+            "MODELGATE_ISSUER_URL, MODELGATE_GATEWAY_URL and MODELGATE_CI_CLIENT_ID/_SECRET)"
+        ) from None
     except (KeyError, TypeError, ValueError):
         raise ClientError(f"{path} has no secret for the {CI_CLIENT_ID} client") from None
     return Credentials(CI_CLIENT_ID, str(secret), str(path))
@@ -127,8 +146,9 @@ class TokenSource:
                     http_client=_session(self.endpoints.verify), timeout=HTTP_TIMEOUT,
                     **{kind: self._settings.authority})
             except (requests.RequestException, ValueError) as exc:
-                raise ClientError(f"the identity provider at {self._settings.authority} "
-                                  f"cannot be reached: {exc.__class__.__name__}") from None
+                raise StackUnavailable(f"the identity provider at {self._settings.authority} "
+                                       f"cannot be reached ({exc.__class__.__name__}): "
+                                       f"{start_hint()}") from None
         return self._app
 
     def token(self) -> str:
@@ -136,8 +156,8 @@ class TokenSource:
         try:
             result = self._msal().acquire_token_for_client(self.scopes)
         except requests.RequestException as exc:
-            raise ClientError(f"the identity provider cannot be reached: "
-                              f"{exc.__class__.__name__}") from None
+            raise StackUnavailable(f"the identity provider cannot be reached "
+                                   f"({exc.__class__.__name__}): {start_hint()}") from None
         token = result.get("access_token")
         if not token:
             reason = result.get("error_description") or result.get("error") or "no token"
@@ -176,8 +196,8 @@ def score(home: Path, body: Any, environment: str = "staging",
             url, json=body, timeout=HTTP_TIMEOUT,
             headers={"Authorization": f"Bearer {tokens.token()}"})
     except requests.RequestException as exc:
-        raise ClientError(f"the gateway at {tokens.endpoints.gateway} cannot be reached: "
-                          f"{exc.__class__.__name__}") from None
+        raise StackUnavailable(f"the gateway at {tokens.endpoints.gateway} cannot be reached "
+                               f"({exc.__class__.__name__}): {start_hint()}") from None
     if response.status_code != 200:
         raise ClientError(f"POST {url}: {_problem(response)}")
     answer: dict[str, Any] = response.json()
@@ -199,8 +219,8 @@ class PanelClient:
                 method, f"{self.base}{path}", json=body, timeout=HTTP_TIMEOUT,
                 headers={"Authorization": f"Bearer {self.tokens.token()}"})
         except requests.RequestException as exc:
-            raise ClientError(f"the panel at {self.tokens.endpoints.panel} cannot be reached: "
-                              f"{exc.__class__.__name__}") from None
+            raise StackUnavailable(f"the panel at {self.tokens.endpoints.panel} cannot be "
+                                   f"reached ({exc.__class__.__name__}): {start_hint()}") from None
         if response.status_code >= 300:
             raise ClientError(f"{method} {path}: {_problem(response)}")
         return response.json()

@@ -161,11 +161,13 @@ def test_score_errors_exit_non_zero_with_the_problem_detail(parts: Parts,
         "panel": "http://127.0.0.1:9", "issuer": parts.issuer.url,
         "gateway": f"https://127.0.0.1:{free_port()}", "ca_bundle": str(parts.issuer.ca)}))
     no_creds = parts.modelgate("score", MODELGATE_HOME=str(elsewhere))
-    assert no_creds.returncode == 1 and "no CI credentials" in no_creds.stderr
+    # No stack to talk to is exit 2 (issue: the CLI says what it looked for and what to run).
+    assert no_creds.returncode == 2 and "dev-credentials.json" in no_creds.stderr
+    assert "modelgate up" in no_creds.stderr
     (elsewhere / "dev-credentials.json").write_text(
         (parts.home / "dev-credentials.json").read_text())
     down = parts.modelgate("score", MODELGATE_HOME=str(elsewhere))
-    assert down.returncode == 1 and "cannot be reached" in down.stderr
+    assert down.returncode == 2 and "cannot be reached" in down.stderr
     for result in (invalid, not_json, prod, no_creds, down):
         assert "eyJ" not in result.stdout + result.stderr
         assert parts.issuer.secret("modelgate-ci") not in result.stderr
