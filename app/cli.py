@@ -336,11 +336,20 @@ def token() -> None:
 @click.argument("file", type=click.File("r"), required=False)
 @click.option("--environment", type=click.Choice(["staging", "prod"]), default="staging",
               show_default=True)
-def score(file: Any, environment: str) -> None:
-    """Score FILE (or - for standard input; default: the seed's example record) via the gateway."""
+@click.option("--csv", "csv_file", type=click.File("r"), default=None,
+              help="Score every row of a CSV with a header row (as the score tester does).")
+def score(file: Any, environment: str, csv_file: Any) -> None:
+    """Score FILE (or - for standard input; default: the seed's example record) via the gateway.
+
+    With --csv, print one line per row: its label and probabilities, or its field errors; exit 1
+    when any row was refused.
+    """
     from app.client import EXAMPLE_REQUEST, ClientError
     from app.client import score as post_score
 
+    if csv_file is not None:
+        _score_csv(csv_file, environment)
+        return
     if file is None:
         body: Any = EXAMPLE_REQUEST
     else:
@@ -353,6 +362,27 @@ def score(file: Any, environment: str) -> None:
     except ClientError as exc:
         raise _client_failure(exc) from None
     click.echo(json.dumps(answer, indent=2))
+
+
+def _score_csv(csv_file: Any, environment: str) -> None:
+    from app.client import ClientError, score_csv
+
+    try:
+        rows = score_csv(_home(), csv_file.read(), environment)
+    except ClientError as exc:
+        raise _client_failure(exc) from None
+    refused = 0
+    for number, row in enumerate(rows, start=1):
+        if "label" in row:
+            odds = " ".join(f"p_{name}={p:.4f}" for name, p in sorted(row["probabilities"].items()))
+            click.echo(f"row {number}: {row['label']} {odds} {row['model']}".rstrip())
+        else:
+            refused += 1
+            click.echo(f"row {number}: refused: {row['error']}")
+    click.echo(f"{len(rows) - refused} of {len(rows)} rows scored"
+               + (f", {refused} refused" if refused else ""), err=True)
+    if refused:
+        sys.exit(1)
 
 
 @main.group()

@@ -8,6 +8,8 @@ printed only by `modelgate token`; nothing here logs or echoes one.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import time
@@ -202,6 +204,57 @@ def score(home: Path, body: Any, environment: str = "staging",
         raise ClientError(f"POST {url}: {_problem(response)}")
     answer: dict[str, Any] = response.json()
     return answer
+
+
+def csv_records(text: str) -> list[dict[str, Any]]:
+    """Records from a CSV with a header row, as the score tester reads one: an empty cell is a
+    missing field (no account), whole numbers become integers, other numbers floats, the rest
+    stays text; the gateway checks each value against the model's signature."""
+    rows = list(csv.reader(io.StringIO(text)))
+    if len(rows) < 2:
+        raise ClientError("the CSV needs a header row and at least one record")
+    header, records = [name.strip() for name in rows[0]], []
+    for row in rows[1:]:
+        if not any(cell.strip() for cell in row):
+            continue  # a blank line
+        record: dict[str, Any] = {}
+        for name, cell in zip(header, row, strict=False):
+            cell = cell.strip()
+            if cell:
+                record[name] = _number_or_text(cell)
+        records.append(record)
+    return records
+
+
+def _number_or_text(cell: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(cell)
+        except ValueError:
+            continue
+    return cell
+
+
+def score_csv(home: Path, text: str, environment: str = "staging",
+              env: Mapping[str, str] = os.environ) -> list[dict[str, Any]]:
+    """Score every record of a CSV through the gateway in chunks; per row, the prediction
+    (`label`, `probabilities`, `model`) or the gateway's `error` for that row."""
+    from app.services.scoring import MAX_CHUNK_ROWS, score_records
+
+    records = csv_records(text)
+    tokens = TokenSource(home, env)
+    url = f"{tokens.endpoints.gateway}/{score_path(environment)}"
+    token = tokens.token()
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(records), MAX_CHUNK_ROWS):
+        chunk = score_records(url, token, records[start:start + MAX_CHUNK_ROWS],
+                              verify=tokens.endpoints.verify)
+        if chunk.status == 0:  # no answer at all: the gateway is not there
+            raise StackUnavailable(f"the gateway at {tokens.endpoints.gateway} cannot be reached: "
+                                   f"{start_hint()}")
+        model = f"v{chunk.model_version}" if chunk.model_version else ""
+        results.extend({**row, "model": model} if "label" in row else row for row in chunk.rows)
+    return results
 
 
 class PanelClient:
