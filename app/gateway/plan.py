@@ -10,6 +10,11 @@ class PolicyError(ValueError):
     """The policy document uses something the local gateway does not support, or is invalid."""
 
 
+class UnsafePolicy(PolicyError):
+    """The policy compiles but must not be served (it could leak a secret, inject headers,
+    reach an unlisted backend or serve anonymous callers); the message names the element."""
+
+
 class ClaimMatch(Enum):
     """How the values of a required claim must match."""
 
@@ -147,6 +152,8 @@ class Policy:
     forward_timeout_s: float | None
     outbound: tuple[SetHeader, ...]
     on_error: tuple[SetHeader, ...]
+    # values (8+ characters) of the secret named values sent to the backend: no answer may
+    # contain one (the proxy checks every answer before it leaves)
     secrets: tuple[str, ...]
 
     @property
