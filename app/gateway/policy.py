@@ -22,7 +22,9 @@ so the counter is always keyed by the validated caller, never by a client-suppli
 ``{{name}}`` named values are resolved at compile time in set-header values and base-url.
 A *secret* named value may only be used in an ``<inbound>`` set-header (the request to the
 backend); anywhere else, or a literal copy of a secret's value in anything the gateway answers,
-is refused naming the element, so no policy can return a key to callers.
+is refused naming the element, so no policy can return a key to callers. Header values, reason
+phrases, cors values and base-url refuse CR, LF, NUL and other controls (no injected lines).
+Both are UnsafePolicy: publishing fails, and a stored revision is not served (503).
 """
 
 from __future__ import annotations
@@ -85,6 +87,9 @@ _MAX_XML = 256 * 1024
 # Shorter secrets are not searched for in answers (too many false positives); keys are longer.
 _MIN_GUARDED_SECRET = 8
 _ONLY_TO_BACKEND = "secret named values may only be used in <inbound> set-header to the backend"
+# CR and LF would end the header line (a policy could add Set-Cookie); NUL and the other
+# controls are not allowed in field values or reason phrases either (RFC 9110 §5.5)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class _Compiler:
@@ -97,12 +102,13 @@ class _Compiler:
         self._answered: list[tuple[str, str]] = []
 
     def text(self, raw: str | None, where: str, *, named: bool = False,
-             secret_ok: bool = False, answered: bool = False) -> str:
+             secret_ok: bool = False, answered: bool = False, one_line: bool = False) -> str:
         """Return a literal, substituting {{named values}} if allowed; refuse expressions.
 
         ``where`` names the element (e.g. ``outbound/set-header[@name='X']``); ``secret_ok``
         allows secret named values (only the request to the backend); ``answered`` marks text
-        the gateway may send to callers, checked by :meth:`check_answers`.
+        the gateway may send to callers, checked by :meth:`check_answers`; ``one_line``
+        refuses control characters (header values, reason phrases, URLs).
         """
         value = raw or ""
         if value.lstrip().startswith(("@(", "@{")):
@@ -126,6 +132,9 @@ class _Compiler:
             value = _NAMED.sub(substitute, value)
         elif _NAMED.search(value):
             raise PolicyError(f"named values are not supported in {where}")
+        if one_line and _CONTROL.search(value):
+            raise UnsafePolicy(f"{where} contains CR, LF, NUL or another control character; "
+                               "header values and reason phrases must be one line of text")
         if answered:
             self._answered.append((where, value))
         return value
@@ -212,14 +221,15 @@ def _header_name(raw: str, where: str) -> str:
 
 
 def _values(el: ET.Element, tag: str, c: _Compiler, where: str, *, named: bool = False,
-            secret_ok: bool = False, answered: bool = False) -> tuple[str, ...]:
+            secret_ok: bool = False, answered: bool = False,
+            one_line: bool = False) -> tuple[str, ...]:
     """Text of every <tag> child (the only children allowed)."""
     out = []
     for child in _children(el, {tag}):
         _attrs(child, set())
         _no_children(child)
-        out.append(c.text(child.text, where, named=named, secret_ok=secret_ok,
-                          answered=answered).strip())
+        out.append(c.text((child.text or "").strip(), where, named=named, secret_ok=secret_ok,
+                          answered=answered, one_line=one_line))
     return tuple(out)
 
 
@@ -327,7 +337,7 @@ def _set_header(el: ET.Element, c: _Compiler, section: str) -> SetHeader:
     where = f"{section}/set-header[@name='{name}']"
     to_backend = section == "inbound"
     values = _values(el, "value", c, where, named=True, secret_ok=to_backend,
-                     answered=not to_backend)
+                     answered=not to_backend, one_line=True)
     if action is not HeaderAction.DELETE and not values:
         raise PolicyError(f"{where} needs a <value>")
     return SetHeader(name, action, values)
@@ -345,22 +355,23 @@ def _cors(el: ET.Element, c: _Compiler) -> Cors:
         if child.tag == "allowed-origins":
             _attrs(child, set())
             origins = _values(child, "origin", c, "inbound/cors/allowed-origins/origin",
-                              answered=True)
+                              answered=True, one_line=True)
         elif child.tag == "allowed-methods":
             ma = _attrs(child, {"preflight-result-max-age"})
             if "preflight-result-max-age" in ma:
                 max_age = _int(ma["preflight-result-max-age"], "preflight-result-max-age", 0,
                                86400)
             methods = tuple(m.upper() for m in _values(
-                child, "method", c, "inbound/cors/allowed-methods/method", answered=True))
+                child, "method", c, "inbound/cors/allowed-methods/method", answered=True,
+                one_line=True))
         elif child.tag == "allowed-headers":
             _attrs(child, set())
             headers = _values(child, "header", c, "inbound/cors/allowed-headers/header",
-                              answered=True)
+                              answered=True, one_line=True)
         else:
             _attrs(child, set())
             expose = _values(child, "header", c, "inbound/cors/expose-headers/header",
-                             answered=True)
+                             answered=True, one_line=True)
     if not origins:
         raise PolicyError("cors needs <allowed-origins>")
     credentials = _bool(a.get("allow-credentials"), "cors allow-credentials", False)
@@ -378,7 +389,7 @@ def _return_response(el: ET.Element, c: _Compiler) -> ReturnResponse:
             sa = _attrs(child, {"code", "reason"}, {"code"})
             status = _status(sa["code"], "set-status code", 200)
             reason = c.text(sa.get("reason"), "inbound/return-response/set-status/@reason",
-                            answered=True) or None
+                            answered=True, one_line=True) or None
         elif child.tag == "set-header":
             headers.append(_set_header(child, c, "inbound/return-response"))
         else:
@@ -420,7 +431,8 @@ def _inbound_step(el: ET.Element, c: _Compiler) -> InboundStep:
     if el.tag == "set-backend-service":
         a = _attrs(el, {"base-url"}, {"base-url"})
         _no_children(el)
-        url = c.text(a["base-url"], "inbound/set-backend-service/@base-url", named=True).strip()
+        url = c.text(a["base-url"].strip(), "inbound/set-backend-service/@base-url",
+                     named=True, one_line=True)
         parts = urlsplit(url)
         if parts.scheme not in {"http", "https"} or not parts.netloc:
             raise PolicyError("set-backend-service base-url must be an absolute http(s) URL")

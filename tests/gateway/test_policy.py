@@ -277,3 +277,36 @@ def test_the_answer_guard_blocks_a_secret_from_any_source() -> None:
         assert blocked.headers["Content-Type"] == "application/problem+json"
         assert json.loads(blocked.body)["detail"] == detail
         assert b"s3cret" not in blocked.body
+
+
+@pytest.mark.parametrize(("xml", "element"), [
+    (wrap("", '<outbound><set-header name="X-A" exists-action="override"><value>1&#13;&#10;'
+              "Set-Cookie: session=evil</value></set-header></outbound>"),
+     "outbound/set-header[@name='X-A']"),
+    (wrap('<set-header name="X-To-Backend"><value>a&#10;Host: evil</value></set-header>'),
+     "inbound/set-header[@name='X-To-Backend']"),
+    # XML cannot carry NUL; a named value can
+    (wrap("", '<on-error><set-header name="X-E"><value>{{odd-value}}</value></set-header>'
+              "</on-error>"), "on-error/set-header[@name='X-E']"),
+    (wrap('<return-response><set-status code="200" reason="OK&#13;&#10;Set-Cookie: a=b" />'
+          "</return-response>"), "inbound/return-response/set-status/@reason"),
+    (wrap('<return-response><set-header name="X-R"><value>a&#13;b</value></set-header>'
+          "</return-response>"), "inbound/return-response/set-header[@name='X-R']"),
+    (wrap("<cors><allowed-origins><origin>https://a.example&#10;X: y</origin>"
+          "</allowed-origins></cors>"), "inbound/cors/allowed-origins/origin"),
+    (wrap('<set-backend-service base-url="https://a.example&#13;&#10;X: y" />'),
+     "inbound/set-backend-service/@base-url"),
+])
+def test_header_and_status_line_injection_is_refused(xml: str, element: str) -> None:
+    """Issue 13: CR, LF, NUL (&#13;&#10;&#0; in the XML) in a header value or reason: refused."""
+    with pytest.raises(UnsafePolicy, match=re.escape(element)) as caught:
+        compile_policy(xml, {**NV, "odd-value": NamedValue("a\x00b", False)})
+    assert "CR, LF, NUL" in str(caught.value)
+
+
+def test_pretty_printed_values_and_tabs_still_compile() -> None:
+    """Line breaks around a value are layout, not content; a tab inside is a legal field value."""
+    policy = compile_policy(wrap("", '<outbound><set-header name="X-A" exists-action="override">'
+                                     "<value>\n      one\ttwo\n    </value></set-header>"
+                                     "</outbound>"), NV)
+    assert policy.outbound[0].values == ("one\ttwo",)

@@ -108,3 +108,16 @@ def test_13_an_anonymous_policy_is_served_only_when_declared(stack: Stack) -> No
     with serving(stack, declared):
         assert stack.score(None, "open/score").status_code == 200
         assert stack.backend.seen[-1]["Authorization"] == f"Bearer {BACKEND_KEY}"
+
+
+def test_13_header_injection_through_a_policy_is_not_served(stack: Stack) -> None:
+    """An outbound set-header value with &#13;&#10; never becomes a Set-Cookie line: 503."""
+    injecting = extra_api(stack, "inject")
+    injecting["policy_xml"] = injecting["policy_xml"].replace(
+        "<outbound>\n    <base />", '<outbound><base /><set-header name="X-A"><value>1&#13;&#10;'
+                                    "Set-Cookie: session=evil</value></set-header>", 1)
+    assert "Set-Cookie" in injecting["policy_xml"]
+    with serving(stack, injecting):
+        resp = stack.score(stack.issuer.mint(), "inject/score")
+        assert_refused(resp)
+        assert "Set-Cookie" not in resp.headers and "X-A" not in resp.headers
