@@ -253,10 +253,11 @@ def _secret_in(policy: Policy, response: Response) -> str | None:
 def guard_answer(api: ApiRevision, response: Response, *, from_backend: bool) -> Response:
     """The last check before an answer leaves: no secret named value reaches a caller.
 
-    Publishing already refuses policies that put a secret anywhere but the request to the
-    backend, so a hit means a backend echoing its key or a policy compiled before that rule;
-    either way the answer is replaced, and the log names where, never the secret. Costs one
-    substring scan per secret the policy uses (none for policies without secrets).
+    compile_policy already refuses a secret anywhere but the request to the backend, so a hit
+    is a backend echoing its key, or a gap in those rules; either way the answer is replaced
+    (502) and the log names where, never the secret. Costs one substring scan of the body and
+    header values per secret the policy uses, as the backend check alone did before (nothing
+    for policies without secrets).
     """
     policy = api.policy
     if not policy.secrets:
