@@ -51,6 +51,7 @@ from app.gateway.plan import (
     SetHeader,
     UnsafePolicy,
     ValidateJwt,
+    resolve_counter_key,
 )
 
 __all__ = [
@@ -498,18 +499,3 @@ def compile_policy(xml_text: str, named_values: Mapping[str, NamedValue] | None 
     c.check_answers()
     return Policy(inbound, timeout, tuple(outbound), tuple(on_error), c.guarded_secrets())
 
-
-def resolve_counter_key(key: CounterKey, variables: Mapping[str, Mapping[str, object]]) -> str:
-    """Evaluate a compiled counter key against the validated tokens of this request."""
-    if key.literal is not None:
-        return key.literal
-    claims = variables.get(key.variable or "", {})
-    subject = str(claims.get("sub", ""))
-    if key.claim is None:
-        return subject
-    value = claims.get(key.claim)
-    if value is None or value == "":
-        return subject if key.default_is_subject else key.default
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    return str(value)
