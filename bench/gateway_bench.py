@@ -50,7 +50,8 @@ from bench.nginx_floor import nginx_binary, nginx_floor, worker_pids
 
 GOAL_P50_MS, GOAL_P99_MS, GOAL_RATIO = 1.5, 5.0, 0.6
 # --policy key-only: the gateway's floor (TLS, HTTP, forwarding, request log, metrics) with a
-# policy that only injects the backend key; callers still send a bearer token, unchecked
+# policy that only injects the backend key; callers still send a bearer token, unchecked (the
+# API is declared anonymous, which the gateway requires of a policy without validate-jwt)
 KEY_ONLY_POLICY = """<policies><inbound>
   <set-header name="Authorization" exists-action="override">
     <value>Bearer {{prod-backend-key}}</value>
@@ -262,7 +263,8 @@ def _bench_backend(kind: str, model_dir: Path | None, home: Path, redis_url: str
                   "operations": [{"id": "score", "method": "POST", "url_template": "/score"}],
                   "policy_xml": KEY_ONLY_POLICY if args.policy == "key-only" else
                   render_default_policy(issuer=issuer.url, environment="prod",
-                                        rate_limit=10_000_000)}],
+                                        rate_limit=10_000_000),
+                  "anonymous": args.policy == "key-only"}],
         "named_values": {
             "prod-backend-key": {"secret": True, "value": encrypt_named_value(home, backend_key)},
             "prod-backend-url": {"secret": False, "value": f"http://127.0.0.1:{backend_port}"}}})

@@ -154,17 +154,33 @@ def rollback_to(home: Path, name: str, revision: int, actor: str) -> ApiRevision
     return rollback(home, row.id, actor)
 
 
+def serving_rules(name: str) -> dict[str, Any]:
+    """What the gateway checks an API's policy against (app/gateway/safety.py): the pipeline
+    file's allowed backends and anonymous APIs, and the issuer and audience tokens carry."""
+    from flask import current_app
+
+    from app.pipeline_config import load_pipeline_config
+
+    gateway = load_pipeline_config().gateway
+    idp = issuer_settings(current_app.config)
+    return {"anonymous": name in gateway.anonymous_apis,
+            "allowed_backends": list(gateway.allowed_backends),
+            "issuer": idp.issuer, "audience": idp.audience}
+
+
 def _make_current(home: Path, row: ApiRevision, url: str) -> None:
     """Write the revision to the gateway, then mark it current; undo the row on refusal."""
     from app.gateway.config import ConfigError
     from app.gateway.policy import PolicyError
+    from app.pipeline_config import PipelineConfigError
 
     try:
         gateway_config.upsert_api(home, {
             "name": row.api_name, "path": row.path, "revision": row.revision,
             "environment": row.environment, "backend_url": url,
-            "operations": [dict(op) for op in OPERATIONS], "policy_xml": row.policy_xml})
-    except (ConfigError, PolicyError) as exc:
+            "operations": [dict(op) for op in OPERATIONS], "policy_xml": row.policy_xml,
+            **serving_rules(row.api_name)})
+    except (ConfigError, PolicyError, PipelineConfigError) as exc:
         db.session.rollback()
         raise PublishRefused(f"the gateway refused the policy: {exc}",
                              errors=[{"field": "policy", "message": str(exc)}]) from None

@@ -16,19 +16,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from app.gateway.config import default_config_path, encrypt_named_value, write_gateway_config
+from app.gateway.config import (
+    check_api,
+    default_config_path,
+    encrypt_named_value,
+    write_gateway_config,
+)
+from app.gateway.template import backend_key_name, backend_url_name
+
+__all__ = ["backend_key_name", "backend_url_name", "read", "set_backend", "set_backend_key",
+           "update", "upsert_api", "remove_api"]
 
 Mutation = Callable[[dict[str, Any]], None]
-
-
-def backend_url_name(environment: str) -> str:
-    """Named value holding an environment's active backend base URL."""
-    return f"{environment}-backend-url"
-
-
-def backend_key_name(environment: str) -> str:
-    """Secret named value holding the key the gateway presents to an environment's backend."""
-    return f"{environment}-backend-key"
 
 
 @contextmanager
@@ -87,11 +86,16 @@ def set_backend_key(home: Path, environment: str, key: str) -> None:
 
 
 def upsert_api(home: Path, api: Mapping[str, Any]) -> None:
-    """Replace the API with the same name (or add it): the switch to a new revision is atomic."""
+    """Replace the API with the same name (or add it): the switch to a new revision is atomic.
+
+    Raises:
+        PolicyError: the gateway would refuse to serve this API (the message names why).
+    """
 
     def mutate(config: dict[str, Any]) -> None:
         config["apis"] = [a for a in config["apis"] if a.get("name") != api["name"]]
         config["apis"].append(dict(api))
+        check_api(home, config, str(api["name"]))
 
     update(home, mutate)
 
