@@ -20,10 +20,34 @@ def _configure_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _make_app() -> Any:
-    from app import create_app
+class NoStackError(click.ClickException):
+    """No local installation or running stack to talk to: exit 2 with where we looked."""
 
+    exit_code = 2
+
+
+def _make_app() -> Any:
+    """The panel app on this installation's database, or NoStackError naming what is missing."""
+    from app import create_app
+    from app.client import start_hint, where_home_is
+
+    home = _home()
+    missing = [name for name, env in (("secret_key", "MODELGATE_SECRET_KEY"),
+                                      ("modelgate.db", "MODELGATE_DATABASE_URL"))
+               if not os.environ.get(env) and not (home / name).exists()]
+    if missing:
+        raise NoStackError(f"no modelgate installation found: looked for {' and '.join(missing)} "
+                           f"in {where_home_is(home)}; {start_hint()}")
     return create_app()
+
+
+def _client_failure(exc: Exception) -> click.ClickException:
+    """A CLI error for a ClientError: exit 2 when no stack answered, 1 otherwise."""
+    from app.client import StackUnavailable
+
+    if isinstance(exc, StackUnavailable):
+        return NoStackError(str(exc))
+    return click.ClickException(str(exc))
 
 
 @click.group()
@@ -329,18 +353,27 @@ def token() -> None:
     try:
         click.echo(TokenSource(_home()).token())
     except ClientError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise _client_failure(exc) from None
 
 
 @main.command()
 @click.argument("file", type=click.File("r"), required=False)
 @click.option("--environment", type=click.Choice(["staging", "prod"]), default="staging",
               show_default=True)
-def score(file: Any, environment: str) -> None:
-    """Score FILE (or - for standard input; default: the seed's example record) via the gateway."""
+@click.option("--csv", "csv_file", type=click.File("r"), default=None,
+              help="Score every row of a CSV with a header row (as the score tester does).")
+def score(file: Any, environment: str, csv_file: Any) -> None:
+    """Score FILE (or - for standard input; default: the seed's example record) via the gateway.
+
+    With --csv, print one line per row: its label and probabilities, or its field errors; exit 1
+    when any row was refused.
+    """
     from app.client import EXAMPLE_REQUEST, ClientError
     from app.client import score as post_score
 
+    if csv_file is not None:
+        _score_csv(csv_file, environment)
+        return
     if file is None:
         body: Any = EXAMPLE_REQUEST
     else:
@@ -351,8 +384,29 @@ def score(file: Any, environment: str) -> None:
     try:
         answer = post_score(_home(), body, environment)
     except ClientError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise _client_failure(exc) from None
     click.echo(json.dumps(answer, indent=2))
+
+
+def _score_csv(csv_file: Any, environment: str) -> None:
+    from app.client import ClientError, score_csv
+
+    try:
+        rows = score_csv(_home(), csv_file.read(), environment)
+    except ClientError as exc:
+        raise _client_failure(exc) from None
+    refused = 0
+    for number, row in enumerate(rows, start=1):
+        if "label" in row:
+            odds = " ".join(f"p_{name}={p:.4f}" for name, p in sorted(row["probabilities"].items()))
+            click.echo(f"row {number}: {row['label']} {odds} {row['model']}".rstrip())
+        else:
+            refused += 1
+            click.echo(f"row {number}: refused: {row['error']}")
+    click.echo(f"{len(rows) - refused} of {len(rows)} rows scored"
+               + (f", {refused} refused" if refused else ""), err=True)
+    if refused:
+        sys.exit(1)
 
 
 @main.group()
@@ -390,7 +444,7 @@ def pipeline_run(until: str, environment: str, timeout: float) -> None:
                        f"{final.get('error') or 'cancelled'}", err=True)
             sys.exit(1)
     except ClientError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise _client_failure(exc) from None
     click.echo(f"pipeline job {job['id']} succeeded")
 
 

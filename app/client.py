@@ -8,6 +8,8 @@ printed only by `modelgate token`; nothing here logs or echoes one.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import time
@@ -30,6 +32,23 @@ EXAMPLE_REQUEST: dict[str, Any] = {"data": [{
 
 class ClientError(Exception):
     """A command failed; the message is safe to print (never a token or secret)."""
+
+
+class StackUnavailable(ClientError):
+    """No running stack was found or it did not answer; the message says where we looked."""
+
+
+def where_home_is(home: Path, env: Mapping[str, str] = os.environ) -> str:
+    """How the home folder was chosen, for messages that send the user to the right one."""
+    if env.get("MODELGATE_HOME"):
+        return f"{home} (MODELGATE_HOME)"
+    return f"{home} (MODELGATE_HOME is not set, so ./instance)"
+
+
+def start_hint() -> str:
+    """What to run when no stack answers."""
+    return ("start the stack with `modelgate up` in another terminal, or set MODELGATE_HOME "
+            "to the folder `modelgate up` runs with")
 
 
 @dataclass(frozen=True)
@@ -81,9 +100,11 @@ def credentials(home: Path, env: Mapping[str, str] = os.environ) -> Credentials:
     try:
         secret = json.loads(path.read_text(encoding="utf-8"))["clients"][CI_CLIENT_ID]["secret"]
     except FileNotFoundError:
-        raise ClientError(f"no CI credentials: {path} does not exist (start the stack with "
-                          "`modelgate up`, or set MODELGATE_CLIENT_ID and "
-                          "MODELGATE_CLIENT_SECRET)") from None
+        raise StackUnavailable(
+            f"no running stack found: looked for {path.name} in {where_home_is(home, env)}; "
+            f"{start_hint()} (a CI system without a local stack sets MODELGATE_PANEL_URL, "
+            "MODELGATE_ISSUER_URL, MODELGATE_GATEWAY_URL and MODELGATE_CI_CLIENT_ID/_SECRET)"
+        ) from None
     except (KeyError, TypeError, ValueError):
         raise ClientError(f"{path} has no secret for the {CI_CLIENT_ID} client") from None
     return Credentials(CI_CLIENT_ID, str(secret), str(path))
@@ -127,8 +148,9 @@ class TokenSource:
                     http_client=_session(self.endpoints.verify), timeout=HTTP_TIMEOUT,
                     **{kind: self._settings.authority})
             except (requests.RequestException, ValueError) as exc:
-                raise ClientError(f"the identity provider at {self._settings.authority} "
-                                  f"cannot be reached: {exc.__class__.__name__}") from None
+                raise StackUnavailable(f"the identity provider at {self._settings.authority} "
+                                       f"cannot be reached ({exc.__class__.__name__}): "
+                                       f"{start_hint()}") from None
         return self._app
 
     def token(self) -> str:
@@ -136,8 +158,8 @@ class TokenSource:
         try:
             result = self._msal().acquire_token_for_client(self.scopes)
         except requests.RequestException as exc:
-            raise ClientError(f"the identity provider cannot be reached: "
-                              f"{exc.__class__.__name__}") from None
+            raise StackUnavailable(f"the identity provider cannot be reached "
+                                   f"({exc.__class__.__name__}): {start_hint()}") from None
         token = result.get("access_token")
         if not token:
             reason = result.get("error_description") or result.get("error") or "no token"
@@ -176,12 +198,63 @@ def score(home: Path, body: Any, environment: str = "staging",
             url, json=body, timeout=HTTP_TIMEOUT,
             headers={"Authorization": f"Bearer {tokens.token()}"})
     except requests.RequestException as exc:
-        raise ClientError(f"the gateway at {tokens.endpoints.gateway} cannot be reached: "
-                          f"{exc.__class__.__name__}") from None
+        raise StackUnavailable(f"the gateway at {tokens.endpoints.gateway} cannot be reached "
+                               f"({exc.__class__.__name__}): {start_hint()}") from None
     if response.status_code != 200:
         raise ClientError(f"POST {url}: {_problem(response)}")
     answer: dict[str, Any] = response.json()
     return answer
+
+
+def csv_records(text: str) -> list[dict[str, Any]]:
+    """Records from a CSV with a header row, as the score tester reads one: an empty cell is a
+    missing field (no account), whole numbers become integers, other numbers floats, the rest
+    stays text; the gateway checks each value against the model's signature."""
+    rows = list(csv.reader(io.StringIO(text)))
+    if len(rows) < 2:
+        raise ClientError("the CSV needs a header row and at least one record")
+    header, records = [name.strip() for name in rows[0]], []
+    for row in rows[1:]:
+        if not any(cell.strip() for cell in row):
+            continue  # a blank line
+        record: dict[str, Any] = {}
+        for name, cell in zip(header, row, strict=False):
+            cell = cell.strip()
+            if cell:
+                record[name] = _number_or_text(cell)
+        records.append(record)
+    return records
+
+
+def _number_or_text(cell: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(cell)
+        except ValueError:
+            continue
+    return cell
+
+
+def score_csv(home: Path, text: str, environment: str = "staging",
+              env: Mapping[str, str] = os.environ) -> list[dict[str, Any]]:
+    """Score every record of a CSV through the gateway in chunks; per row, the prediction
+    (`label`, `probabilities`, `model`) or the gateway's `error` for that row."""
+    from app.services.scoring import MAX_CHUNK_ROWS, score_records
+
+    records = csv_records(text)
+    tokens = TokenSource(home, env)
+    url = f"{tokens.endpoints.gateway}/{score_path(environment)}"
+    token = tokens.token()
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(records), MAX_CHUNK_ROWS):
+        chunk = score_records(url, token, records[start:start + MAX_CHUNK_ROWS],
+                              verify=tokens.endpoints.verify)
+        if chunk.status == 0:  # no answer at all: the gateway is not there
+            raise StackUnavailable(f"the gateway at {tokens.endpoints.gateway} cannot be reached: "
+                                   f"{start_hint()}")
+        model = f"v{chunk.model_version}" if chunk.model_version else ""
+        results.extend({**row, "model": model} if "label" in row else row for row in chunk.rows)
+    return results
 
 
 class PanelClient:
@@ -199,8 +272,8 @@ class PanelClient:
                 method, f"{self.base}{path}", json=body, timeout=HTTP_TIMEOUT,
                 headers={"Authorization": f"Bearer {self.tokens.token()}"})
         except requests.RequestException as exc:
-            raise ClientError(f"the panel at {self.tokens.endpoints.panel} cannot be reached: "
-                              f"{exc.__class__.__name__}") from None
+            raise StackUnavailable(f"the panel at {self.tokens.endpoints.panel} cannot be "
+                                   f"reached ({exc.__class__.__name__}): {start_hint()}") from None
         if response.status_code >= 300:
             raise ClientError(f"{method} {path}: {_problem(response)}")
         return response.json()

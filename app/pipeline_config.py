@@ -11,12 +11,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app.assets import asset_dir
+from app.gateway.safety import valid_backend_entry
 from app.ml.config import ConfigError as TrainingConfigError
 from app.ml.config import TrainingConfig
 
@@ -93,11 +94,16 @@ class RuntimeSettings:
 
 @dataclass(frozen=True)
 class GatewaySettings:
-    """How the scoring API is published."""
+    """How the scoring API is published, and what its policies may do beyond the defaults."""
 
     api_name: str
     api_path: str
     rate_limit_per_minute: int
+    # https hosts (host or host:port) a policy's set-backend-service may point at, besides the
+    # environment's recorded backend
+    allowed_backends: tuple[str, ...] = ()
+    # gateway API names (e.g. credit-risk-staging) whose policy may serve without validate-jwt
+    anonymous_apis: tuple[str, ...] = ()
 
     def path_for(self, environment: str) -> str:
         """Return the gateway path of an environment (prod at api_path, others prefixed)."""
@@ -338,14 +344,21 @@ def _runtime(d: Mapping[str, Any]) -> RuntimeSettings:
 
 
 def _gateway(d: Mapping[str, Any]) -> GatewaySettings:
-    _known(d, "gateway", ("api_name", "api_path", "rate_limit_per_minute"))
+    _known(d, "gateway", ("api_name", "api_path", "rate_limit_per_minute", "allowed_backends",
+                          "anonymous_apis"))
     api_path = _string(d, "api_path", "gateway")
     if not _API_PATH.match(api_path):
         raise PipelineConfigError("gateway.api_path",
                                   "must be lower-case path segments like credit-risk")
     return GatewaySettings(api_name=_name(d, "api_name", "gateway"), api_path=api_path,
                            rate_limit_per_minute=_integer(d, "rate_limit_per_minute", "gateway",
-                                                          1, 10_000_000))
+                                                          1, 10_000_000),
+                           allowed_backends=_list(d, "allowed_backends", "gateway",
+                                                  valid_backend_entry,
+                                                  "a lower-case host or host:port"),
+                           anonymous_apis=_list(d, "anonymous_apis", "gateway",
+                                                lambda v: bool(_NAME.match(v)),
+                                                "a gateway API name like credit-risk-staging"))
 
 
 def _keys(d: Mapping[str, Any]) -> KeySettings:
@@ -409,6 +422,20 @@ def _string(d: Mapping[str, Any], key: str, where: str, *, allow_empty: bool = F
         raise PipelineConfigError(f"{where}.{key}", "must be a non-empty string"
                                   if not allow_empty else "must be a string")
     return value.strip()
+
+
+def _list(d: Mapping[str, Any], key: str, where: str, valid: Callable[[str], bool],
+          what: str) -> tuple[str, ...]:
+    """An optional list of strings, each checked (missing or null: empty)."""
+    value = d.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        raise PipelineConfigError(f"{where}.{key}", f"must be a list, each item {what}")
+    for index, item in enumerate(value):
+        if not isinstance(item, str) or not valid(item):
+            raise PipelineConfigError(f"{where}.{key}[{index}]", f"must be {what}")
+    return tuple(value)
 
 
 def _name(d: Mapping[str, Any], key: str, where: str) -> str:

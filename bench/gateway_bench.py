@@ -8,11 +8,13 @@ Starts, on loopback: a private Redis (random port, password, PID checked), an HT
 minimal aiohttp stub; a scoring replica on its compiled fast path; a scoring replica serving a
 random forest through scikit-learn), the gateway in its own process exactly as it runs in
 production (``python -m app.gateway``, HTTPS, default policy: JWT + role + Redis rate limit +
-key injection), and bench/passthrough_proxy.py, a TLS proxy that checks nothing (the floor any
-Python proxy process reaches on these cores). bench/loadgen.py then drives the three paths,
-closed loop, at concurrency 1 and 8, with warm-up, and prints added p50/p99 latency and the
-throughput ratios against the goals (added p50 ≤ 1.5 ms, added p99 ≤ 5 ms, throughput ≥ 0.6×
-direct). All processes share the machine's cores with the load generator.
+key injection), bench/passthrough_proxy.py, a TLS proxy that checks nothing (the floor any
+Python proxy process reaches on these cores), and nginx as the compiled floor (bench/
+nginx_floor.py; Debian's nginx when installed, skipped with a note otherwise).
+bench/loadgen.py then drives every path, closed loop, at concurrency 1 and 8, with warm-up, and
+prints added p50/p99 latency, the throughput ratios against the goals (added p50 ≤ 1.5 ms, added
+p99 ≤ 5 ms, throughput ≥ 0.6× direct) and the gateway's throughput as a share of nginx's. All
+processes share the machine's cores with the load generator.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +46,12 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bench.loadgen import LoadResult, run_load
+from bench.nginx_floor import nginx_binary, nginx_floor, worker_pids
 
 GOAL_P50_MS, GOAL_P99_MS, GOAL_RATIO = 1.5, 5.0, 0.6
 # --policy key-only: the gateway's floor (TLS, HTTP, forwarding, request log, metrics) with a
-# policy that only injects the backend key; callers still send a bearer token, unchecked
+# policy that only injects the backend key; callers still send a bearer token, unchecked (the
+# API is declared anonymous, which the gateway requires of a policy without validate-jwt)
 KEY_ONLY_POLICY = """<policies><inbound>
   <set-header name="Authorization" exists-action="override">
     <value>Bearer {{prod-backend-key}}</value>
@@ -237,7 +241,7 @@ def _bench_backend(kind: str, model_dir: Path | None, home: Path, redis_url: str
 
     tls = ensure_tls(home)
     backend_key = secrets.token_urlsafe(32)
-    backend_port, gateway_port, floor_port = _free_port(), _free_port(), _free_port()
+    backend_port, gateway_port, floor_port, nginx_port = (_free_port() for _ in range(4))
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     body = b'{"data": [{"Age": 30}]}'
     if model_dir is not None:
@@ -259,7 +263,8 @@ def _bench_backend(kind: str, model_dir: Path | None, home: Path, redis_url: str
                   "operations": [{"id": "score", "method": "POST", "url_template": "/score"}],
                   "policy_xml": KEY_ONLY_POLICY if args.policy == "key-only" else
                   render_default_policy(issuer=issuer.url, environment="prod",
-                                        rate_limit=10_000_000)}],
+                                        rate_limit=10_000_000),
+                  "anonymous": args.policy == "key-only"}],
         "named_values": {
             "prod-backend-key": {"secret": True, "value": encrypt_named_value(home, backend_key)},
             "prod-backend-url": {"secret": False, "value": f"http://127.0.0.1:{backend_port}"}}})
@@ -268,12 +273,19 @@ def _bench_backend(kind: str, model_dir: Path | None, home: Path, redis_url: str
     floor_cmd = [sys.executable, "-m", "bench.passthrough_proxy", str(floor_port),
                  str(backend_port), str(tls.server_cert), str(tls.server_key)]
     results: list[dict[str, Any]] = []
+    nginx = nginx_binary()
     with _process(backend_cmd, env) as backend_proc, _process(gateway_cmd, env) as gw_proc, \
-            _process(floor_cmd, dict(env, BENCH_BACKEND_KEY=backend_key)) as floor_proc:
+            _process(floor_cmd, dict(env, BENCH_BACKEND_KEY=backend_key)) as floor_proc, \
+            ExitStack() as optional:
+        nginx_proc = None if nginx is None else optional.enter_context(nginx_floor(
+            nginx, home / f"nginx-{kind}", nginx_port, backend_port, tls.server_cert,
+            tls.server_key, backend_key))
         _wait_http(ready, timeout_s=120)
         _wait_http(f"https://127.0.0.1:{gateway_port}/health", verify=str(tls.ca_cert))
         ctx = ssl.create_default_context(cafile=str(tls.ca_cert))
         _wait_tls(floor_port, ctx)
+        if nginx_proc is not None:
+            _wait_tls(nginx_port, ctx)
         direct_headers = {"Authorization": f"Bearer {backend_key}",
                           "Content-Type": "application/json"}
         gated_headers = {"Authorization": f"Bearer {issuer.token()}",
@@ -284,6 +296,12 @@ def _bench_backend(kind: str, model_dir: Path | None, home: Path, redis_url: str
             gated = (body, gated_headers, c, args.duration, ctx)
             f, (floor_cpu,) = _measured(f"https://127.0.0.1:{floor_port}/credit-risk/score",
                                         *gated, pids=[floor_proc.pid])
+            n, nginx_cpu = None, None
+            if nginx_proc is not None:
+                pids = [nginx_proc.pid, *worker_pids(nginx_proc.pid)]
+                n, cpu = _measured(f"https://127.0.0.1:{nginx_port}/credit-risk/score", *gated,
+                                   pids=pids)
+                nginx_cpu = sum(cpu)
             g, (gateway_cpu, backend_cpu) = _measured(
                 f"https://127.0.0.1:{gateway_port}/credit-risk/score", *gated,
                 pids=[gw_proc.pid, backend_proc.pid])
@@ -296,7 +314,12 @@ def _bench_backend(kind: str, model_dir: Path | None, home: Path, redis_url: str
                             "added_p50_ms": g.p50_ms - d.p50_ms,
                             "added_p99_ms": g.p99_ms - d.p99_ms,
                             "throughput_ratio": g.ok_rps / d.ok_rps if d.ok_rps else 0.0,
-                            "passthrough_ratio": f.ok_rps / d.ok_rps if d.ok_rps else 0.0})
+                            "passthrough_ratio": f.ok_rps / d.ok_rps if d.ok_rps else 0.0,
+                            "nginx": n.to_dict() if n else None,
+                            "nginx_cpu_ms_per_request": nginx_cpu,
+                            "nginx_ratio": n.ok_rps / d.ok_rps if n and d.ok_rps else None,
+                            "gateway_vs_nginx": g.ok_rps / n.ok_rps if n and n.ok_rps
+                            else None})
     return results
 
 
@@ -385,8 +408,10 @@ def _print(results: list[dict[str, Any]]) -> None:
             print(f"--- backend: {backend}, policy: {r['policy']}")
             print(f"{'c':>3} {'path':<11} {'ok rps':>9} {'p50 ms':>8} {'p99 ms':>8} "
                   f"{'max ms':>8} {'failed':>6}")
-        for name in ("direct", "passthrough", "gateway"):
+        for name in ("direct", "nginx", "passthrough", "gateway"):
             x = r[name]
+            if x is None:
+                continue
             print(f"{r['concurrency']:>3} {name:<11} {x['ok_rps']:>9.0f} {x['p50_ms']:>8.2f} "
                   f"{x['p99_ms']:>8.2f} {x['max_ms']:>8.2f} {x['failed']:>6}")
         print(f"{r['concurrency']:>3} cpu         gateway {r['gateway_cpu_ms_per_request']:.3f} "
@@ -395,6 +420,13 @@ def _print(results: list[dict[str, Any]]) -> None:
         print(f"{r['concurrency']:>3} floor       passthrough reaches "
               f"{r['passthrough_ratio']:.2f}x direct (no checks at all: the most any proxy "
               "process in Python reaches here)")
+        if r["nginx"] is None:
+            print(f"{r['concurrency']:>3} nginx       not measured: Debian's nginx is not "
+                  "installed (apt-get install -y nginx-light)")
+        else:
+            print(f"{r['concurrency']:>3} nginx       reaches {r['nginx_ratio']:.2f}x direct at "
+                  f"{r['nginx_cpu_ms_per_request']:.3f} ms CPU/request; the gateway reaches "
+                  f"{r['gateway_vs_nginx']:.2f}x nginx")
         verdict = "meets goals" if _meets(r) else "MISSES goals"
         print(f"{r['concurrency']:>3} added       p50 +{r['added_p50_ms']:.2f} ms "
               f"(<= {GOAL_P50_MS}), p99 +{r['added_p99_ms']:.2f} ms (<= {GOAL_P99_MS}), "

@@ -140,51 +140,62 @@ def run_servers(args: argparse.Namespace, work: Path, server_cpus: set[int]) -> 
     finally:
         stop(ours)
 
+    # Whatever happens to the MLflow side, the figures measured so far are kept and reported.
+    try:
+        measure_mlflow(args, work, env, server_cpus, results)
+    except (OSError, RuntimeError, subprocess.CalledProcessError,
+            requests.RequestException) as exc:
+        results["mlflow_error"] = f"mlflow models serve could not be measured: {exc}"
+    return results
+
+
+def mlflow_server_env(env: dict[str, str], mlflow_python: Path) -> dict[str, str]:
+    """The environment of `mlflow models serve`: its venv's bin first on PATH, since it execs
+    `uvicorn` by name (it crashed when that folder was not on PATH)."""
+    path = env.get("PATH", "")
+    return {**env, "PATH": f"{mlflow_python.parent}{os.pathsep}{path}" if path
+            else str(mlflow_python.parent)}
+
+
+def measure_mlflow(args: argparse.Namespace, work: Path, env: dict[str, str],
+                   server_cpus: set[int], results: dict[str, Any]) -> None:
+    """Serve the same model with `mlflow models serve` and add its points to results."""
+    from tests.serving.modelpkg import EXAMPLE
+
+    package = work / "package"
     mlflow_python = Path(args.mlflow_python)
     if not mlflow_python.exists():
         results["mlflow_error"] = f"{mlflow_python} not found; see bench/README.md"
-        return results
+        return
     mlflow_model = work / "mlflow-model"
     subprocess.run(
-        [
-            str(mlflow_python),
-            "-c",
-            SAVE_MLFLOW_MODEL,
-            str(package / "model.joblib"),
-            str(mlflow_model),
-        ],
+        [str(mlflow_python), "-c", SAVE_MLFLOW_MODEL, str(package / "model.joblib"),
+         str(mlflow_model)],
         check=True,
         env=env,
         cwd=work,
     )
     port = free_port()
-    mlflow_env = {**env, "MLFLOW_TRACKING_URI": f"file:{work / 'mlruns'}"}
-    mlflow = subprocess.Popen(
-        [
-            str(mlflow_python),
-            "-m",
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            str(mlflow_model),
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-w",
-            str(args.workers),
-        ],
-        cwd=work,
-        env=mlflow_env,
-        preexec_fn=pin(server_cpus),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    mlflow_env = {**mlflow_server_env(env, mlflow_python),
+                  "MLFLOW_TRACKING_URI": f"file:{work / 'mlruns'}"}
+    log = work / "mlflow-serve.log"
+    with open(log, "wb") as out:
+        mlflow = subprocess.Popen(
+            [str(mlflow_python), "-m", "mlflow", "models", "serve", "-m", str(mlflow_model),
+             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
+             "-w", str(args.workers)],
+            cwd=work,
+            env=mlflow_env,
+            preexec_fn=pin(server_cpus),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        wait_http(f"http://127.0.0.1:{port}/ping", 120, mlflow)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/ping", 120, mlflow)
+        except RuntimeError as exc:
+            last = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+            raise RuntimeError(f"{exc}; its last line: {last[0][:300]}") from None
         body = json.dumps({"dataframe_records": [EXAMPLE]}).encode()
         headers = {"Content-Type": "application/json"}
         check = requests.post(
@@ -192,13 +203,13 @@ def run_servers(args: argparse.Namespace, work: Path, server_cpus: set[int]) -> 
         )
         check.raise_for_status()
         results["mlflow_sample_answer"] = check.json()
-        results["mlflow"] = {
-            c: measure(f"http://127.0.0.1:{port}/invocations", body, headers, c, args.duration)
-            for c in args.concurrency
-        }
+        points: dict[int, LoadResult] = {}
+        results["mlflow"] = points
+        for c in args.concurrency:
+            points[c] = measure(f"http://127.0.0.1:{port}/invocations", body, headers, c,
+                                args.duration)
     finally:
         stop(mlflow)
-    return results
 
 
 def time_per_call(func: Callable[[], object], rounds: int, inner: int) -> float:
@@ -254,12 +265,12 @@ def report(kind: str, workers: int, results: dict[str, Any], compute: dict[str, 
                 f"| {server} | {c} | {r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | "
                 f"{r.max_ms:.2f} | {r.failed} |"
             )
-    if "mlflow" in results:
-        for c in results["modelgate"]:
-            ratio = results["modelgate"][c].rps / max(results["mlflow"][c].rps, 1e-9)
+    for c, theirs in results.get("mlflow", {}).items():
+        if c in results.get("modelgate", {}):
+            ratio = results["modelgate"][c].rps / max(theirs.rps, 1e-9)
             lines.append(f"\nthroughput ratio at c={c}: {ratio:.1f}x")
-    elif "mlflow_error" in results:
-        lines.append(f"\nmlflow not measured: {results['mlflow_error']}")
+    if "mlflow_error" in results:
+        lines.append(f"\nmlflow not measured (or not at every point): {results['mlflow_error']}")
     lines += [
         "",
         "| one-row compute | µs per call |",

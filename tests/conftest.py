@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.support import RedisServer
+from tests.support import ROOT, RedisServer
 
 PG_ADMIN_URL = os.environ.get("MODELGATE_TEST_PG_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -24,6 +25,39 @@ USERS: dict[str, list[str]] = {
     "dave": ["MLOps.Admin", "Score.Invoke"],
     "erin": [],
 }
+
+
+_TREE_BEFORE = pytest.StashKey[set[str]]()
+
+
+def _tree_changes() -> set[str] | None:
+    """`git status` lines of the work tree (None outside a git checkout)."""
+    try:
+        done = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return set(done.stdout.splitlines()) if done.returncode == 0 else None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    before = _tree_changes()
+    if before is not None:
+        session.config.stash[_TREE_BEFORE] = before
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when the tests changed the work tree (tracked files or new files)."""
+    before = session.config.stash.get(_TREE_BEFORE, None)
+    after = _tree_changes()
+    if before is None or after is None:
+        return
+    new = sorted(after - before)
+    if new:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("the tests changed the work tree: " + ", ".join(new), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture

@@ -251,7 +251,8 @@ SCORE_OPERATION = ApiOperation("score", "POST", "/score")
 
 @dataclass(frozen=True)
 class ApiSpec:
-    """A revision of an environment's API: name, path, policy and operations."""
+    """A revision of an environment's API: name, path, policy and operations, and the rules
+    the gateway checks the policy against (issuer, audience, allowed backends, anonymous)."""
 
     name: str
     path: str
@@ -259,6 +260,7 @@ class ApiSpec:
     revision: int
     policy_xml: str
     operations: tuple[ApiOperation, ...] = (SCORE_OPERATION,)
+    rules: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -428,8 +430,8 @@ class Backend(Protocol):
     # -- APIs
 
     def publish_revision(self, spec: ApiSpec) -> ApiRevisionInfo:
-        """Record a revision of an API in the gateway (not yet current); idempotent by
-        (name, revision).
+        """Record a revision of an API in the gateway (not yet current), checked against
+        ``spec.rules``; idempotent by (name, revision) — publishing again re-checks it.
 
         Raises:
             PolicyRefused: the policy does not compile (the message names the element).

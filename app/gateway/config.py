@@ -2,12 +2,15 @@
 
 Format: docs/internal-contracts.md "Gateway configuration". Writers replace the file atomically
 with write_gateway_config, which refuses a configuration whose policies do not compile, so
-publishing fails loudly instead of the gateway silently skipping a policy.
+publishing fails loudly instead of the gateway silently skipping a policy. A policy that
+compiles but is unsafe (UnsafePolicy) does not stop the rest of the file: that API is loaded
+as refused and answers 503, and publishing checks its API first with check_api.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import tempfile
@@ -20,12 +23,17 @@ from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from app.gateway.policy import NamedValue, Policy, PolicyError, compile_policy
+from app.gateway.policy import NamedValue, Policy, PolicyError, UnsafePolicy, compile_policy
+from app.gateway.safety import ServingRules, check_policy, valid_backend_entry
+from app.gateway.template import backend_url_name
 from app.keyfiles import load_or_create_fernet
+
+log = logging.getLogger(__name__)
 
 _PATH = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}(/[a-z0-9][a-z0-9-]{0,62}){0,3}$")
 _TEMPLATE = re.compile(r"^/[A-Za-z0-9._~/-]{0,200}$")
 _METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
+_REFUSED_POLICY = Policy((), None, (), (), ())
 
 
 class ConfigError(ValueError):
@@ -43,7 +51,7 @@ class Operation:
 
 @dataclass(frozen=True)
 class ApiRevision:
-    """A published API revision with its compiled policy."""
+    """A published API revision with its compiled policy (or why it is refused: 503)."""
 
     name: str
     path: str
@@ -52,6 +60,7 @@ class ApiRevision:
     backend_url: str
     operations: tuple[Operation, ...]
     policy: Policy
+    refusal: str | None = None
 
 
 @dataclass(frozen=True)
@@ -148,12 +157,40 @@ def _api(raw: Any, named: Mapping[str, NamedValue]) -> ApiRevision:
     revision = raw.get("revision", 1)
     if not isinstance(revision, int) or isinstance(revision, bool):
         raise ConfigError(f"api {name!r}: revision must be an integer")
+    rules = _serving_rules(raw, name, named)
+    refusal: str | None = None
     try:
         policy = compile_policy(str(raw.get("policy_xml", "<policies/>")), named)
+        check_policy(policy, rules)
+    except UnsafePolicy as exc:
+        policy, refusal = _REFUSED_POLICY, f"api {name!r} revision {revision}: {exc}"
     except PolicyError as exc:
         raise ConfigError(f"api {name!r} revision {revision}: {exc}") from None
     return ApiRevision(name, path, revision, str(raw.get("environment", "")),
-                       backend.rstrip("/"), tuple(_operation(o, name) for o in ops), policy)
+                       backend.rstrip("/"), tuple(_operation(o, name) for o in ops), policy,
+                       refusal)
+
+
+def _serving_rules(raw: Mapping[str, Any], name: str,
+                   named: Mapping[str, NamedValue]) -> ServingRules:
+    """The API's serving rules: its environment's recorded backend and what publishing wrote."""
+    environment = str(raw.get("environment", ""))
+    anonymous = raw.get("anonymous", False)
+    if not isinstance(anonymous, bool):
+        raise ConfigError(f"api {name!r}: anonymous must be true or false")
+    allowed = raw.get("allowed_backends", [])
+    if not isinstance(allowed, list) or not all(
+            isinstance(e, str) and valid_backend_entry(e) for e in allowed):
+        raise ConfigError(f"api {name!r}: allowed_backends must be a list of host or host:port")
+    identity = {}
+    for key in ("issuer", "audience"):
+        value = raw.get(key)
+        if value is not None and not (isinstance(value, str) and value):
+            raise ConfigError(f"api {name!r}: {key} must be a non-empty string")
+        identity[key] = value
+    recorded = named.get(backend_url_name(environment))
+    return ServingRules(environment, recorded.value if recorded else None, tuple(allowed),
+                        anonymous, identity["issuer"], identity["audience"])
 
 
 def parse_config(home: Path, data: Any) -> GatewayConfig:
@@ -189,7 +226,25 @@ def load_config(home: Path, path: Path) -> GatewayConfig:
         data = json.loads(text)
     except ValueError as exc:
         raise ConfigError(f"config.json is not valid JSON: {exc}") from None
-    return parse_config(home, data)
+    config = parse_config(home, data)
+    for api in config.apis:
+        if api.refusal is not None:
+            log.error("gateway refuses to serve %s (answering 503): %s", api.name, api.refusal)
+    return config
+
+
+def check_api(home: Path, data: Mapping[str, Any], name: str) -> None:
+    """Raise PolicyError naming the problem unless the document's API ``name`` would be served.
+
+    Publishing calls this before writing, so an unsafe policy fails the job (422 on the REST
+    path) instead of becoming a 503 at the gateway.
+    """
+    config = parse_config(home, dict(data))
+    api = next((a for a in config.apis if a.name == name), None)
+    if api is None:
+        raise ConfigError(f"api {name!r} is not in the configuration")
+    if api.refusal is not None:
+        raise UnsafePolicy(api.refusal)
 
 
 def write_gateway_config(home: Path, config: Mapping[str, Any], path: Path | None = None) -> Path:

@@ -1,13 +1,20 @@
-"""The compiled policy plan: frozen dataclasses the proxy executes (built by policy.py)."""
+"""The compiled policy plan: frozen dataclasses the proxy executes (built by policy.py), and
+the counter-key evaluation the proxy runs per request."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
 
 class PolicyError(ValueError):
     """The policy document uses something the local gateway does not support, or is invalid."""
+
+
+class UnsafePolicy(PolicyError):
+    """The policy compiles but must not be served (it could leak a secret, inject headers,
+    reach an unlisted backend or serve anonymous callers); the message names the element."""
 
 
 class ClaimMatch(Enum):
@@ -147,9 +154,27 @@ class Policy:
     forward_timeout_s: float | None
     outbound: tuple[SetHeader, ...]
     on_error: tuple[SetHeader, ...]
+    # values (8+ characters) of the secret named values sent to the backend: no answer may
+    # contain one (the proxy checks every answer before it leaves)
     secrets: tuple[str, ...]
 
     @property
     def cors(self) -> Cors | None:
         """The cors step, if any."""
         return next((s for s in self.inbound if isinstance(s, Cors)), None)
+
+
+def resolve_counter_key(key: CounterKey, variables: Mapping[str, Mapping[str, object]]) -> str:
+    """Evaluate a compiled counter key against the validated tokens of this request."""
+    if key.literal is not None:
+        return key.literal
+    claims = variables.get(key.variable or "", {})
+    subject = str(claims.get("sub", ""))
+    if key.claim is None:
+        return subject
+    value = claims.get(key.claim)
+    if value is None or value == "":
+        return subject if key.default_is_subject else key.default
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)

@@ -20,6 +20,11 @@ earlier ``validate-jwt``, ``C`` = a claim name, ``D`` = a string literal)::
 
 so the counter is always keyed by the validated caller, never by a client-supplied header or IP.
 ``{{name}}`` named values are resolved at compile time in set-header values and base-url.
+A *secret* named value may only be used in an ``<inbound>`` set-header (the request to the
+backend); anywhere else, or a literal copy of a secret's value in anything the gateway answers,
+is refused naming the element, so no policy can return a key to callers. Header values, reason
+phrases, cors values and base-url refuse CR, LF, NUL and other controls (no injected lines).
+Both are UnsafePolicy: publishing fails, and a stored revision is not served (503).
 """
 
 from __future__ import annotations
@@ -44,7 +49,9 @@ from app.gateway.plan import (
     ReturnResponse,
     SetBackendService,
     SetHeader,
+    UnsafePolicy,
     ValidateJwt,
+    resolve_counter_key,
 )
 
 __all__ = [
@@ -62,6 +69,7 @@ __all__ = [
     "ReturnResponse",
     "SetBackendService",
     "SetHeader",
+    "UnsafePolicy",
     "ValidateJwt",
     "compile_policy",
     "resolve_counter_key",
@@ -77,25 +85,35 @@ _CLAIM = re.compile(
     rf'\s*,\s*(?:"([^"\\{{}}@]{{0,128}})"|{_VAR}\s*\.\s*Subject)\s*\)\s*\)$'
 )
 _MAX_XML = 256 * 1024
+# Shorter secrets are not searched for in answers (too many false positives); keys are longer.
+_MIN_GUARDED_SECRET = 8
+_ONLY_TO_BACKEND = "secret named values may only be used in <inbound> set-header to the backend"
+# CR and LF would end the header line (a policy could add Set-Cookie); NUL and the other
+# controls are not allowed in field values or reason phrases either (RFC 9110 §5.5)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class _Compiler:
-    """One compilation: named values in, used secrets and declared JWT variables tracked."""
+    """One compilation: named values in; used secrets, answer texts and JWT variables tracked."""
 
     def __init__(self, named_values: Mapping[str, NamedValue]) -> None:
         self._named = named_values
         self.secrets: set[str] = set()
         self.jwt_variables: set[str] = set()
+        self._answered: list[tuple[str, str]] = []
 
-    def text(self, raw: str | None, where: str, *, named: bool = False) -> str:
-        """Return a literal, substituting {{named values}} if allowed; refuse expressions."""
+    def text(self, raw: str | None, where: str, *, named: bool = False,
+             secret_ok: bool = False, answered: bool = False, one_line: bool = False) -> str:
+        """Return a literal, substituting {{named values}} if allowed; refuse expressions.
+
+        ``where`` names the element (e.g. ``outbound/set-header[@name='X']``); ``secret_ok``
+        allows secret named values (only the request to the backend); ``answered`` marks text
+        the gateway may send to callers, checked by :meth:`check_answers`; ``one_line``
+        refuses control characters (header values, reason phrases, URLs).
+        """
         value = raw or ""
         if value.lstrip().startswith(("@(", "@{")):
             raise PolicyError(f"policy expressions are not supported in {where}: {value[:60]!r}")
-        if not named:
-            if _NAMED.search(value):
-                raise PolicyError(f"named values are not supported in {where}")
-            return value
 
         def substitute(match: re.Match[str]) -> str:
             name = match.group(1).strip()
@@ -105,10 +123,37 @@ class _Compiler:
                 raise PolicyError(f"unknown named value {{{{{name}}}}} in {where}")
             nv = self._named[name]
             if nv.secret:
+                if not secret_ok:
+                    raise UnsafePolicy(f"{where} uses the secret named value {name}; "
+                                      f"{_ONLY_TO_BACKEND}")
                 self.secrets.add(nv.value)
             return nv.value
 
-        return _NAMED.sub(substitute, value)
+        if named:
+            value = _NAMED.sub(substitute, value)
+        elif _NAMED.search(value):
+            raise PolicyError(f"named values are not supported in {where}")
+        if one_line and _CONTROL.search(value):
+            raise UnsafePolicy(f"{where} contains CR, LF, NUL or another control character; "
+                               "header values and reason phrases must be one line of text")
+        if answered:
+            self._answered.append((where, value))
+        return value
+
+    def check_answers(self) -> None:
+        """Refuse answer texts holding a secret named value's value (a pasted key, say)."""
+        secrets = [(n, nv.value) for n, nv in self._named.items()
+                   if nv.secret and len(nv.value) >= _MIN_GUARDED_SECRET]
+        for where, value in self._answered:
+            for name, secret in secrets:
+                if secret in value:
+                    raise UnsafePolicy(f"{where} contains the value of the secret named value "
+                                      f"{name}; {_ONLY_TO_BACKEND}")
+
+    def guarded_secrets(self) -> tuple[str, ...]:
+        """The secrets sent to the backend that answers are checked for, longest first."""
+        return tuple(sorted((s for s in self.secrets if len(s) >= _MIN_GUARDED_SECRET),
+                            key=len, reverse=True))
 
 
 def _attrs(el: ET.Element, allowed: set[str],
@@ -176,14 +221,16 @@ def _header_name(raw: str, where: str) -> str:
     return raw
 
 
-def _values(el: ET.Element, tag: str, c: _Compiler, where: str, named: bool = False) -> tuple[
-        str, ...]:
+def _values(el: ET.Element, tag: str, c: _Compiler, where: str, *, named: bool = False,
+            secret_ok: bool = False, answered: bool = False,
+            one_line: bool = False) -> tuple[str, ...]:
     """Text of every <tag> child (the only children allowed)."""
     out = []
     for child in _children(el, {tag}):
         _attrs(child, set())
         _no_children(child)
-        out.append(c.text(child.text, where, named=named).strip())
+        out.append(c.text((child.text or "").strip(), where, named=named, secret_ok=secret_ok,
+                          answered=answered, one_line=one_line))
     return tuple(out)
 
 
@@ -207,13 +254,14 @@ def _validate_jwt(el: ET.Element, c: _Compiler) -> ValidateJwt:
     for child in _children(el, {"openid-config", "audiences", "issuers", "required-claims"}):
         if child.tag == "openid-config":
             url = _attrs(child, {"url"}, {"url"})["url"]
-            url = c.text(url, "openid-config url", named=True)
+            url = c.text(url, "inbound/validate-jwt/openid-config/@url", named=True)
             urls.append(_https_url(url, "openid-config url"))
             _no_children(child)
         elif child.tag == "audiences":
             audiences = _values(child, "audience", c, "audiences")
         elif child.tag == "issuers":
-            issuers = _values(child, "issuer", c, "issuers", named=True)
+            issuers = _values(child, "issuer", c, "inbound/validate-jwt/issuers/issuer",
+                              named=True)
         else:
             for claim in _children(child, {"claim"}):
                 ca = _attrs(claim, {"name", "match", "separator"}, {"name"})
@@ -238,7 +286,9 @@ def _validate_jwt(el: ET.Element, c: _Compiler) -> ValidateJwt:
         header_name=_header_name(a["header-name"], "validate-jwt header-name"),
         failed_status=_status(a.get("failed-validation-httpcode"), "failed-validation-httpcode",
                               401),
-        failed_message=c.text(a.get("failed-validation-error-message"), "error message") or None,
+        failed_message=c.text(a.get("failed-validation-error-message"),
+                              "inbound/validate-jwt/@failed-validation-error-message",
+                              answered=True) or None,
         require_expiration=_bool(a.get("require-expiration-time"), "require-expiration-time",
                                  True),
         require_scheme=c.text(scheme, "require-scheme") if scheme else None,
@@ -255,7 +305,8 @@ def _counter_key(raw: str, c: _Compiler) -> CounterKey:
     """Compile counter-key against the documented expression whitelist."""
     value = raw.strip()
     if not value.startswith("@"):
-        return CounterKey(literal=c.text(value, "counter-key", named=True))
+        return CounterKey(literal=c.text(value, "inbound/rate-limit-by-key/@counter-key",
+                                         named=True))
     m = _SUBJECT.match(value)
     key: CounterKey
     if m:
@@ -275,16 +326,21 @@ def _counter_key(raw: str, c: _Compiler) -> CounterKey:
     return key
 
 
-def _set_header(el: ET.Element, c: _Compiler) -> SetHeader:
+def _set_header(el: ET.Element, c: _Compiler, section: str) -> SetHeader:
+    """set-header in ``section``: ``inbound`` sets the request to the backend, others answers."""
     a = _attrs(el, {"name", "exists-action"}, {"name"})
     try:
         action = HeaderAction(a.get("exists-action", "override"))
     except ValueError:
         raise PolicyError(f"unsupported exists-action {a.get('exists-action')!r}") from None
-    name = _header_name(c.text(a["name"], "set-header name"), "set-header name")
-    values = _values(el, "value", c, f"set-header {name} value", named=True)
+    name = _header_name(c.text(a["name"], f"{section}/set-header/@name"),
+                        f"{section}/set-header/@name")
+    where = f"{section}/set-header[@name='{name}']"
+    to_backend = section == "inbound"
+    values = _values(el, "value", c, where, named=True, secret_ok=to_backend,
+                     answered=not to_backend, one_line=True)
     if action is not HeaderAction.DELETE and not values:
-        raise PolicyError(f"set-header {name} needs a <value>")
+        raise PolicyError(f"{where} needs a <value>")
     return SetHeader(name, action, values)
 
 
@@ -299,19 +355,24 @@ def _cors(el: ET.Element, c: _Compiler) -> Cors:
                                 "expose-headers"}):
         if child.tag == "allowed-origins":
             _attrs(child, set())
-            origins = _values(child, "origin", c, "cors origin")
+            origins = _values(child, "origin", c, "inbound/cors/allowed-origins/origin",
+                              answered=True, one_line=True)
         elif child.tag == "allowed-methods":
             ma = _attrs(child, {"preflight-result-max-age"})
             if "preflight-result-max-age" in ma:
                 max_age = _int(ma["preflight-result-max-age"], "preflight-result-max-age", 0,
                                86400)
-            methods = tuple(m.upper() for m in _values(child, "method", c, "cors method"))
+            methods = tuple(m.upper() for m in _values(
+                child, "method", c, "inbound/cors/allowed-methods/method", answered=True,
+                one_line=True))
         elif child.tag == "allowed-headers":
             _attrs(child, set())
-            headers = _values(child, "header", c, "cors header")
+            headers = _values(child, "header", c, "inbound/cors/allowed-headers/header",
+                              answered=True, one_line=True)
         else:
             _attrs(child, set())
-            expose = _values(child, "header", c, "cors expose header")
+            expose = _values(child, "header", c, "inbound/cors/expose-headers/header",
+                             answered=True, one_line=True)
     if not origins:
         raise PolicyError("cors needs <allowed-origins>")
     credentials = _bool(a.get("allow-credentials"), "cors allow-credentials", False)
@@ -328,13 +389,14 @@ def _return_response(el: ET.Element, c: _Compiler) -> ReturnResponse:
         if child.tag == "set-status":
             sa = _attrs(child, {"code", "reason"}, {"code"})
             status = _status(sa["code"], "set-status code", 200)
-            reason = c.text(sa.get("reason"), "set-status reason") or None
+            reason = c.text(sa.get("reason"), "inbound/return-response/set-status/@reason",
+                            answered=True, one_line=True) or None
         elif child.tag == "set-header":
-            headers.append(_set_header(child, c))
+            headers.append(_set_header(child, c, "inbound/return-response"))
         else:
             _attrs(child, set())
             _no_children(child)
-            body = c.text(child.text, "set-body")
+            body = c.text(child.text, "inbound/return-response/set-body", answered=True)
     return ReturnResponse(status, reason, tuple(headers), body)
 
 
@@ -345,12 +407,16 @@ def _inbound_step(el: ET.Element, c: _Compiler) -> InboundStep:
         a = _attrs(el, {"name", "failed-check-httpcode", "failed-check-error-message",
                         "ignore-case"}, {"name", "failed-check-httpcode",
                                          "failed-check-error-message", "ignore-case"})
+        name = _header_name(a["name"], "check-header name")
         return CheckHeader(
-            name=_header_name(a["name"], "check-header name"),
+            name=name,
             failed_status=_status(a["failed-check-httpcode"], "failed-check-httpcode", 401),
-            failed_message=c.text(a["failed-check-error-message"], "error message"),
+            failed_message=c.text(a["failed-check-error-message"],
+                                  f"inbound/check-header[@name='{name}']"
+                                  "/@failed-check-error-message", answered=True),
             ignore_case=_bool(a["ignore-case"], "check-header ignore-case", False),
-            values=_values(el, "value", c, "check-header value", named=True),
+            values=_values(el, "value", c, f"inbound/check-header[@name='{name}']/value",
+                           named=True),
         )
     if el.tag == "rate-limit-by-key":
         a = _attrs(el, {"calls", "renewal-period", "counter-key"},
@@ -362,11 +428,12 @@ def _inbound_step(el: ET.Element, c: _Compiler) -> InboundStep:
             counter_key=_counter_key(a["counter-key"], c),
         )
     if el.tag == "set-header":
-        return _set_header(el, c)
+        return _set_header(el, c, "inbound")
     if el.tag == "set-backend-service":
         a = _attrs(el, {"base-url"}, {"base-url"})
         _no_children(el)
-        url = c.text(a["base-url"], "set-backend-service base-url", named=True).strip()
+        url = c.text(a["base-url"].strip(), "inbound/set-backend-service/@base-url",
+                     named=True, one_line=True)
         parts = urlsplit(url)
         if parts.scheme not in {"http", "https"} or not parts.netloc:
             raise PolicyError("set-backend-service base-url must be an absolute http(s) URL")
@@ -428,22 +495,7 @@ def compile_policy(xml_text: str, named_values: Mapping[str, NamedValue] | None 
         for el in _section(root, section):
             if el.tag != "set-header":
                 raise PolicyError(f"unsupported policy element <{el.tag}> in <{section}>")
-            target.append(_set_header(el, c))
-    return Policy(inbound, timeout, tuple(outbound), tuple(on_error),
-                  tuple(sorted(c.secrets, key=len, reverse=True)))
+            target.append(_set_header(el, c, section))
+    c.check_answers()
+    return Policy(inbound, timeout, tuple(outbound), tuple(on_error), c.guarded_secrets())
 
-
-def resolve_counter_key(key: CounterKey, variables: Mapping[str, Mapping[str, object]]) -> str:
-    """Evaluate a compiled counter key against the validated tokens of this request."""
-    if key.literal is not None:
-        return key.literal
-    claims = variables.get(key.variable or "", {})
-    subject = str(claims.get("sub", ""))
-    if key.claim is None:
-        return subject
-    value = claims.get(key.claim)
-    if value is None or value == "":
-        return subject if key.default_is_subject else key.default
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    return str(value)

@@ -14,7 +14,7 @@ from typing import Any
 
 from multidict import CIMultiDict
 
-from app.gateway.config import Route
+from app.gateway.config import ApiRevision, Route
 from app.gateway.http import Request, Response, problem
 from app.gateway.jwt import TokenRejected, claims_satisfy, extract_token, validate_token
 from app.gateway.policy import (
@@ -65,6 +65,7 @@ class _Context:
     headers: CIMultiDict[str]
     variables: dict[str, dict[str, Any]] = field(default_factory=dict)
     validated: dict[tuple[object, ...], dict[str, Any]] = field(default_factory=dict)
+    from_backend: bool = False
 
 
 # Generated ids: a random per-process prefix and a counter (unique, 32 hex characters, and
@@ -236,13 +237,42 @@ def _model_version(headers: CIMultiDict[str], body: bytes) -> str | None:
     return str(version)[:64] if version is not None else None
 
 
-def _leaks_secret(policy: Policy, headers: CIMultiDict[str], body: bytes) -> bool:
-    """True if the backend's answer contains a secret named value (it must never reach callers)."""
+def _secret_in(policy: Policy, response: Response) -> str | None:
+    """Where the answer holds a secret the policy sends to the backend ("body" or a header)."""
     for secret in policy.secrets:
-        if len(secret) >= 8 and (secret.encode() in body or
-                                 any(secret in v for v in headers.values())):
-            return True
-    return False
+        if secret.encode() in response.body:
+            return "body"
+        if response.reason and secret in response.reason:
+            return "reason"
+        for name, value in response.headers.items():
+            if secret in value:
+                return name
+    return None
+
+
+def guard_answer(api: ApiRevision, response: Response, *, from_backend: bool) -> Response:
+    """The last check before an answer leaves: no secret named value reaches a caller.
+
+    compile_policy already refuses a secret anywhere but the request to the backend, so a hit
+    is a backend echoing its key, or a gap in those rules; either way the answer is replaced
+    (502) and the log names where, never the secret. Costs one substring scan of the body and
+    header values per secret the policy uses, as the backend check alone did before (nothing
+    for policies without secrets).
+    """
+    policy = api.policy
+    if not policy.secrets:
+        return response
+    where = _secret_in(policy, response)
+    if where is None:
+        return response
+    added_by_policy = {h.name.lower() for h in (*policy.outbound, *policy.on_error)}
+    if from_backend and where.lower() not in added_by_policy:
+        log.error("backend response for %s held a secret named value in %s; blocked",
+                  api.name, where)
+        return problem(502, "The backend failed.")
+    log.error("the policy of %s revision %d tried to return a secret named value in %s; "
+              "blocked", api.name, api.revision, where)
+    return problem(502, "The policy tried to return a secret.")
 
 
 async def _forward(state: GatewayState, request: Request, ctx: _Context) -> Response:
@@ -274,10 +304,7 @@ def _response(ctx: _Context, policy: Policy, status: int, raw: CIMultiDict[str],
     drop = _DROP_RESPONSE | _connection_named(raw)
     headers: CIMultiDict[str] = CIMultiDict(
         [(k, v) for k, v in raw.items() if k.lower() not in drop])
-    if _leaks_secret(policy, headers, payload):
-        log.error("backend response for %s contained a secret named value; blocked",
-                  ctx.route.api.name)
-        return problem(502, "The backend failed.")
+    ctx.from_backend = True
     _apply_headers(headers, policy.outbound)
     ctx.outcome.model_version = _model_version(headers, payload)
     return Response(status, payload, headers)
@@ -286,6 +313,8 @@ def _response(ctx: _Context, policy: Policy, status: int, raw: CIMultiDict[str],
 async def run_route(state: GatewayState, request: Request, route: Route,
                     outcome: Outcome) -> Response:
     """Run one routed request through its policy and the backend."""
+    if route.api.refusal is not None:  # logged when the config was loaded
+        return problem(503, "This API is unavailable: the gateway refused its policy.")
     ctx = _Context(route, outcome, route.api.backend_url,
                    _forward_headers(request, outcome.request_id))
     response = await _inbound(state, request, ctx)
@@ -293,4 +322,4 @@ async def run_route(state: GatewayState, request: Request, route: Route,
         response = await _forward(state, request, ctx)
     if response.status >= 400 and route.api.policy.on_error:
         _apply_headers(response.headers, route.api.policy.on_error)
-    return response
+    return guard_answer(route.api, response, from_backend=ctx.from_backend)

@@ -12,6 +12,16 @@ DEFAULT_ROLE = "Score.Invoke"
 DEFAULT_RATE_LIMIT = 6000
 
 
+def backend_url_name(environment: str) -> str:
+    """Named value holding an environment's recorded backend base URL (the deploy job's)."""
+    return f"{environment}-backend-url"
+
+
+def backend_key_name(environment: str) -> str:
+    """Secret named value holding the key the gateway presents to an environment's backend."""
+    return f"{environment}-backend-key"
+
+
 def default_rate_limit() -> int:
     """MODELGATE_RATE_LIMIT calls per minute per caller (default 6000)."""
     raw = os.environ.get("MODELGATE_RATE_LIMIT", "").strip()
@@ -31,8 +41,8 @@ def render_default_policy(
     role: str = DEFAULT_ROLE,
     rate_limit: int | None = None,
     clock_skew_s: int = 0,
-    backend_key_name: str | None = None,
-    backend_url_name: str | None = None,
+    key_name: str | None = None,
+    url_name: str | None = None,
 ) -> str:
     """Fill the default policy: issuer, audience, role, per-caller limit, backend named values.
 
@@ -47,8 +57,8 @@ def render_default_policy(
         "role": role,
         "rate_limit": str(rate_limit if rate_limit is not None else default_rate_limit()),
         "clock_skew": str(int(clock_skew_s)),
-        "backend_key_name": backend_key_name or f"{environment}-backend-key",
-        "backend_url_name": backend_url_name or f"{environment}-backend-url",
+        "backend_key_name": key_name or backend_key_name(environment),
+        "backend_url_name": url_name or backend_url_name(environment),
     }
     text = resources.files("app.gateway").joinpath("default-policy.xml").read_text("utf-8")
     safe = {k: escape(v, {'"': "&quot;", "'": "&apos;"}) for k, v in values.items()}

@@ -22,7 +22,7 @@ from app.errors import Conflict, NotFound, ValidationError
 from app.extensions import db
 from app.services import audit
 from app.services.audit import AuditAction
-from app.services.backend import api_name, api_path, backend, environment_names
+from app.services.backend import api_name, api_path, backend, environment_names, pipeline
 
 OPERATIONS: tuple[ApiOperation, ...] = (SCORE,)
 
@@ -141,12 +141,25 @@ def rollback_to(name: str, revision: int, actor: str) -> ApiRevision:
     return rollback(row.id, actor)
 
 
+def serving_rules(name: str) -> dict[str, Any]:
+    """What the gateway checks an API's policy against (app/gateway/safety.py): the pipeline
+    file's allowed backends and anonymous APIs, and the issuer and audience tokens carry."""
+    from flask import current_app
+
+    gateway = pipeline().gateway
+    idp = issuer_settings(current_app.config)
+    return {"anonymous": name in gateway.anonymous_apis,
+            "allowed_backends": list(gateway.allowed_backends),
+            "issuer": idp.issuer, "audience": idp.audience}
+
+
 def _make_current(row: ApiRevision) -> None:
-    """Publish the revision to the gateway and make it current there, then mark it current
-    here; undo the row on refusal."""
+    """Publish the revision to the gateway (checked against today's serving rules) and make it
+    current there, then mark it current here; undo the row on refusal."""
     target = backend()
     spec = ApiSpec(name=row.api_name, path=row.path, environment=row.environment,
-                   revision=row.revision, policy_xml=row.policy_xml, operations=OPERATIONS)
+                   revision=row.revision, policy_xml=row.policy_xml, operations=OPERATIONS,
+                   rules=serving_rules(row.api_name))
     try:
         target.publish_revision(spec)
         target.make_revision_current(row.api_name, row.revision)

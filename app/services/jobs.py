@@ -270,14 +270,15 @@ def claim(job_id: str, worker: str) -> Job | None:
                                    "it was lost every time (crash, kill or time limit)")
         return None
     now = utcnow()
+    # Read before the transition: it expires the session, after which job.attempts is the new count.
+    attempt = job.attempts + 1
     claimed = _transition(
         job_id, status, attempts_seen=job.attempts, status=JobStatus.RUNNING,
-        attempts=job.attempts + 1, worker=worker, heartbeat_at=now,
+        attempts=attempt, worker=worker, heartbeat_at=now,
         started_at=job.started_at or now, step="starting", error=None,
     )
     if not claimed:
         return None
-    attempt = job.attempts + 1
     append_log(job_id, f"attempt {attempt} of {job.max_attempts} started on {worker}")
     _emit(job_id)
     return get(job_id)
@@ -399,7 +400,8 @@ def append_log(job_id: str, message: str, *, level: str = "INFO") -> None:
     for _ in range(3):  # a concurrent writer may take the same seq; retry with the next one
         seq = (db.session.scalar(select(func.max(JobLog.seq)).where(JobLog.job_id == job_id))
                or 0) + 1
-        db.session.add(JobLog(job_id=job_id, seq=seq, level=level, message=message))
+        line = JobLog(job_id=job_id, seq=seq, time=utcnow(), level=level, message=message)
+        db.session.add(line)
         try:
             db.session.commit()
             break
@@ -408,9 +410,9 @@ def append_log(job_id: str, message: str, *, level: str = "INFO") -> None:
     else:
         logger.warning("could not append a log line to job %s", job_id)
         return
+    # The same shape as a reloaded page's lines (log_to_dict), time included.
     events.publish(current_app.extensions.get("redis"),
-                   {"type": "log", "job_id": job_id,
-                    "line": {"seq": seq, "level": level, "message": message}})
+                   {"type": "log", "job_id": job_id, "line": log_to_dict(line)})
 
 
 # --------------------------------------------------------------------------- reconciler

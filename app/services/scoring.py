@@ -339,7 +339,12 @@ def score_chunk(url: str, token: str, signature: Signature, columns: Sequence[st
     A 422 names the bad rows (data[i].Field): those are reported, and the others are sent
     again on their own, so one bad row does not cost the chunk.
     """
-    records = records_from_rows(signature, columns, rows)
+    return score_records(url, token, records_from_rows(signature, columns, rows), verify=verify)
+
+
+def score_records(url: str, token: str, records: Sequence[dict[str, Any]], *,
+                  verify: str | bool) -> ChunkResult:
+    """Score up to MAX_CHUNK_ROWS records; each result is a prediction or that row's errors."""
     results: list[dict[str, Any]] = [{} for _ in records]
     pending = list(range(len(records)))
     version: str | None = None

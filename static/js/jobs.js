@@ -44,9 +44,14 @@
     return final;
   }
 
+  function atBottom(list) {
+    return list.scrollHeight - list.scrollTop - list.clientHeight < 24;
+  }
+
   function appendLog(list, line) {
     var last = parseInt(list.getAttribute("data-last-seq") || "0", 10);
     if (line.seq <= last) return;
+    var follow = atBottom(list);
     var item = document.createElement("li");
     item.className = "log-" + (line.level || "info").toLowerCase();
     item.setAttribute("data-seq", line.seq);
@@ -56,6 +61,8 @@
     item.appendChild(document.createTextNode(" " + line.message));
     list.appendChild(item);
     list.setAttribute("data-last-seq", String(line.seq));
+    // Keep following the newest line unless the reader scrolled up to read older ones.
+    if (follow) list.scrollTop = list.scrollHeight;
   }
 
   function applyChildren(doc, children) {
@@ -108,6 +115,8 @@
     var childPolling = null;
     var wasFinal = ["SUCCEEDED", "FAILED", "CANCELLED"].indexOf(
       (root.querySelector('[data-field="status"] .badge') || {}).textContent) >= 0;
+    // Open on the newest line: a finished job's last line is the one a reader wants.
+    if (list) list.scrollTop = list.scrollHeight;
 
     function poll() {
       var after = list ? list.getAttribute("data-last-seq") : "0";

@@ -139,7 +139,9 @@
       var blob = new Blob([lines.join("\r\n") + "\r\n"], {type: "text/csv"});
       if (link.href && link.href.indexOf("blob:") === 0) URL.revokeObjectURL(link.href);
       link.href = URL.createObjectURL(blob);
-      text.textContent = rows.length + " records scored" + (failed ? ", " + failed + " refused (see the error column)" : "");
+      var scored = rows.length - failed;
+      text.textContent = scored + (scored === 1 ? " record" : " records") + " scored" +
+        (failed ? ", " + failed + " refused (see the error column)" : "");
       done.hidden = false;
       form.querySelector("button").disabled = false;
     }

@@ -188,3 +188,71 @@ def test_publish_is_in_the_openapi_document(panel: Panel) -> None:
     assert {"/apis", "/apis/{name}/revisions",
             "/apis/{name}/revisions/{revision}/rollback"} <= set(doc["paths"])
     assert "parent_id" in json.dumps(doc["paths"]["/jobs"]["get"])
+
+
+SECRET_RULE = ("outbound/set-header[@name='X-Debug'] uses the secret named value "
+               "staging-backend-key; secret named values may only be used in <inbound> "
+               "set-header to the backend")
+
+
+def _current_policy(panel: Panel) -> str:
+    return str(panel.gateway_apis()["credit-risk-staging"]["policy_xml"])
+
+
+def test_13_a_policy_returning_the_backend_key_fails_naming_the_element(panel: Panel) -> None:
+    """The default policy plus an outbound set-header of the key is refused at publish."""
+    revision = panel.gateway_apis()["credit-risk-staging"]["revision"]
+    leaky = _current_policy(panel).replace(
+        "<outbound>\n    <base />", '<outbound><base /><set-header name="X-Debug"><value>'
+                                    "{{staging-backend-key}}</value></set-header>", 1)
+    assert "X-Debug" in leaky
+    job = panel.run("publish", {"policy_xml": leaky})
+    assert job["status"] == "FAILED"
+    assert SECRET_RULE in job["error"], job["error"]
+    assert "backend-key-1" not in json.dumps(job)
+    assert panel.gateway_apis()["credit-risk-staging"]["revision"] == revision
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda xml: xml.replace("<value>Score.Invoke</value>", "<value>Reader</value>"),
+     "gateway.anonymous_apis"),
+    (lambda xml: xml.replace('base-url="{{staging-backend-url}}"',
+                             'base-url="https://attacker.example"'),
+     "inbound/set-backend-service/@base-url points at https://attacker.example"),
+    (lambda xml: re.sub(r'<openid-config url="[^"]+"',
+                        '<openid-config url="https://evil.example/.well-known/openid-'
+                        'configuration"', xml), "gateway.anonymous_apis"),
+])
+def test_13_a_policy_without_the_role_check_or_with_another_backend_fails(
+        panel: Panel, edit: Any, message: str) -> None:
+    """Dropping the role check, trusting another issuer or forwarding elsewhere is refused."""
+    revision = panel.gateway_apis()["credit-risk-staging"]["revision"]
+    unsafe = edit(_current_policy(panel))
+    assert unsafe != _current_policy(panel)
+    job = panel.run("publish", {"policy_xml": unsafe})
+    assert job["status"] == "FAILED"
+    assert message in job["error"], job["error"]
+    assert panel.gateway_apis()["credit-risk-staging"]["revision"] == revision
+
+
+def test_13_rollback_to_an_unsafe_stored_revision_is_refused(panel: Panel) -> None:
+    """A revision stored before the rules (no validate-jwt) cannot be made current: 422."""
+    from app.db import ApiRevision
+    from app.extensions import db
+
+    with panel.app.app_context():
+        row = ApiRevision(api_name="credit-risk-staging", path="staging/credit-risk",
+                          environment="staging", revision=99, created_by="alice",
+                          is_current=False, policy_xml=(
+                              '<policies><inbound><set-header name="Authorization" exists-action'
+                              '="override"><value>Bearer {{staging-backend-key}}</value>'
+                              "</set-header></inbound></policies>"))
+        db.session.add(row)
+        db.session.commit()
+    revision = panel.gateway_apis()["credit-risk-staging"]["revision"]
+    r = panel.client.post("/api/v1/apis/credit-risk-staging/revisions/99/rollback",
+                          headers=panel.headers)
+    assert r.status_code == 422, r.get_json()
+    assert r.headers["Content-Type"].startswith("application/problem+json")
+    assert "would serve anonymous callers" in r.get_json()["detail"]
+    assert panel.gateway_apis()["credit-risk-staging"]["revision"] == revision

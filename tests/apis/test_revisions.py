@@ -60,3 +60,44 @@ def test_revisions_on_both_databases(tmp_path: Path, redis_server: Any,
         with pytest.raises(Conflict):
             apis.rollback(first.id, "carol")
         assert apis.to_dict(back, "https://gw:1")["url"] == "https://gw:1/credit-risk"
+
+
+KEY_ONLY = ('<policies><inbound><set-header name="Authorization" exists-action="override">'
+            "<value>Bearer {{prod-backend-key}}</value></set-header></inbound></policies>")
+
+
+def test_13_pipeline_file_declarations_decide_publish_and_rollback(
+        tmp_path: Path, redis_server: Any, sqlite_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An anonymous policy publishes only while the pipeline file declares the API anonymous;
+    once the declaration is gone, rolling back to that stored revision is refused."""
+    from app.backends.local import gateway as gateway_config
+    from app.db import Deployment, DeploymentState
+    from app.extensions import db
+    from app.services import apis
+
+    declared = tmp_path / "pipeline.yml"
+    declared.write_text("gateway:\n  anonymous_apis: [credit-risk]\n")
+    app = build_app(tmp_path, sqlite_url, redis_server.url)
+    with app.app_context():
+        db.session.add(Deployment(environment="prod", slot="blue", model_name="german-credit",
+                                  model_version="1", state=DeploymentState.ACTIVE, port=9,
+                                  primary_key_enc="x", secondary_key_enc="y"))
+        db.session.commit()
+        gateway_config.set_backend(tmp_path, "prod", "http://127.0.0.1:9", "k")
+        with pytest.raises(apis.PublishRefused, match="gateway.anonymous_apis"):
+            apis.publish(environment="prod", policy_xml=KEY_ONLY, actor="alice")
+
+        monkeypatch.setenv("MODELGATE_PIPELINE_CONFIG", str(declared))
+        anonymous = apis.publish(environment="prod", policy_xml=KEY_ONLY,
+                                 actor="alice")
+        entry = gateway_config.read(tmp_path)["apis"][0]
+        assert (entry["revision"], entry["anonymous"]) == (anonymous.revision, True)
+        apis.publish(environment="prod", actor="alice",
+                     policy_xml=apis.render_policy(app.config, "prod"))
+
+        monkeypatch.delenv("MODELGATE_PIPELINE_CONFIG")
+        with pytest.raises(apis.PublishRefused, match="would serve anonymous callers"):
+            apis.rollback(anonymous.id, "alice")
+        assert _gateway_revision(tmp_path) == anonymous.revision + 1
+        assert [r.revision for r in apis.list_current()] == [anonymous.revision + 1]

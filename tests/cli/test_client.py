@@ -161,11 +161,39 @@ def test_score_errors_exit_non_zero_with_the_problem_detail(parts: Parts,
         "panel": "http://127.0.0.1:9", "issuer": parts.issuer.url,
         "gateway": f"https://127.0.0.1:{free_port()}", "ca_bundle": str(parts.issuer.ca)}))
     no_creds = parts.modelgate("score", MODELGATE_HOME=str(elsewhere))
-    assert no_creds.returncode == 1 and "no CI credentials" in no_creds.stderr
+    # No stack to talk to is exit 2 (issue: the CLI says what it looked for and what to run).
+    assert no_creds.returncode == 2 and "dev-credentials.json" in no_creds.stderr
+    assert "modelgate up" in no_creds.stderr
     (elsewhere / "dev-credentials.json").write_text(
         (parts.home / "dev-credentials.json").read_text())
     down = parts.modelgate("score", MODELGATE_HOME=str(elsewhere))
-    assert down.returncode == 1 and "cannot be reached" in down.stderr
+    assert down.returncode == 2 and "cannot be reached" in down.stderr
     for result in (invalid, not_json, prod, no_creds, down):
         assert "eyJ" not in result.stdout + result.stderr
         assert parts.issuer.secret("modelgate-ci") not in result.stderr
+
+
+def test_score_takes_a_csv_as_the_panel_does(parts: Parts, tmp_path: Path) -> None:
+    header = "Age,Sex,Job,Housing,Saving accounts,Checking account,Credit amount,Duration,Purpose"
+    rows = [f"{20 + i % 50},male,{i % 4},own,,little,{100 + i},48,radio/TV" for i in range(130)]
+    rows[3] = "12,male,0,own,little,little,100,48,radio/TV"  # Age below the minimum
+    rows[110] = "30,robot,0,own,little,little,100,48,radio/TV"  # not a category (second chunk)
+    path = tmp_path / "applicants.csv"
+    path.write_text("\r\n".join([header, *rows]) + "\r\n")
+    result = parts.modelgate("score", "--csv", str(path))
+    assert result.returncode == 1, result.stderr  # some rows were refused
+    lines = result.stdout.splitlines()
+    assert len(lines) == 130
+    assert lines[3].startswith("row 4: refused: ") and "Age" in lines[3]
+    assert lines[110].startswith("row 111: refused: ") and "Sex" in lines[110]
+    scored = [line for i, line in enumerate(lines) if i not in (3, 110)]
+    for number, line in zip((i + 1 for i in range(130) if i not in (3, 110)), scored,
+                            strict=True):
+        label, p_bad, p_good = line.split()[2:5]
+        assert line.startswith(f"row {number}: ") and label in ("good", "bad")
+        assert abs(float(p_bad.split("=")[1]) + float(p_good.split("=")[1]) - 1) < 1e-3
+    assert "128 of 130 rows scored, 2 refused" in result.stderr
+    ok = parts.modelgate("score", "--csv", "-", stdin="\n".join([header, rows[0]]))
+    assert ok.returncode == 0 and ok.stdout.startswith("row 1: ")
+    empty = parts.modelgate("score", "--csv", "-", stdin=header)
+    assert empty.returncode == 1 and "header row and at least one record" in empty.stderr

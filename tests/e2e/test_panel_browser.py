@@ -3,7 +3,7 @@
 alice runs the pipeline from the dashboard and watches the four stages turn green without a
 reload; carol scores the example record through the real gateway with her own token, and sees
 the gateway's field error beside the field she got wrong; a tester sees no engineer actions and
-a forged job POST is refused. Screenshots go to docs/screenshots/.
+a forged job POST is refused. Screenshots go outside the tree (tests/e2e/shots.py)..
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.shots import screenshot_path
 from tests.support import ROOT, wait_for
 
 pytestmark = pytest.mark.e2e
 pytest.importorskip("playwright.sync_api")
-SHOTS = ROOT / "docs" / "screenshots"
 STAGES = ("infrastructure", "model", "deployment", "api")
 PIPELINE_TIMEOUT_MS = 240_000
 
@@ -148,9 +148,9 @@ def test_alice_runs_the_pipeline_and_watches_the_stages_turn_green(context: Any,
     page.wait_for_selector("#env-staging [data-field=model-version]", timeout=30_000)
     page.wait_for_selector("#env-staging [data-field=api-revision]", timeout=30_000)
     assert "v1" in page.text_content("#env-staging [data-field=model-version]")
-    page.screenshot(path=str(SHOTS / "dashboard-live.png"), full_page=True)
+    page.screenshot(path=str(screenshot_path("dashboard-live.png")), full_page=True)
     page.set_viewport_size({"width": 820, "height": 1100})
-    page.screenshot(path=str(SHOTS / "dashboard-tablet.png"), full_page=True)
+    page.screenshot(path=str(screenshot_path("dashboard-tablet.png")), full_page=True)
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 820, f"the dashboard scrolls sideways at tablet width ({width} px)"
 
@@ -163,7 +163,7 @@ def test_alice_runs_the_pipeline_and_watches_the_stages_turn_green(context: Any,
     assert "Model german-credit version 1" in produced
     assert "API credit-risk-staging revision" in produced
     assert page.is_visible("[data-retry-form]")
-    page.screenshot(path=str(SHOTS / "job-detail.png"), full_page=True)
+    page.screenshot(path=str(screenshot_path("job-detail.png")), full_page=True)
     page.set_viewport_size({"width": 820, "height": 1100})
     assert page.evaluate("document.documentElement.scrollWidth") <= 820
 
@@ -192,7 +192,7 @@ def test_carol_scores_the_example_record_through_the_gateway(context: Any,
     assert "Bearer <your access token>" in page.text_content("#raw-request")
     assert "eyJ" not in html, "a JWT reached the page"
     assert "$MODELGATE_TOKEN" in page.text_content("#curl-snippet")
-    page.screenshot(path=str(SHOTS / "score-tester.png"), full_page=True)
+    page.screenshot(path=str(screenshot_path("score-tester.png")), full_page=True)
 
     # An invalid value: the gateway's message appears next to the field it names.
     page.fill("#field-age", "12")
@@ -201,7 +201,7 @@ def test_carol_scores_the_example_record_through_the_gateway(context: Any,
     assert "18" in page.text_content("#field-age-error")
     assert page.get_attribute("#field-age", "aria-invalid") == "true"
     assert page.text_content("#score-error").strip().startswith("422")
-    page.screenshot(path=str(SHOTS / "score-tester-error.png"), full_page=True)
+    page.screenshot(path=str(screenshot_path("score-tester-error.png")), full_page=True)
     page.set_viewport_size({"width": 820, "height": 1100})
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 820, f"the score tester scrolls sideways at tablet width ({width} px)"
@@ -234,7 +234,8 @@ def test_carol_scores_a_csv_in_chunks_and_downloads_the_predictions(context: Any
     page.click("#batch-submit")
     page.wait_for_selector("#batch-done:not([hidden])", timeout=60_000)
     assert page.evaluate("document.getElementById('batch-progress').value") == 100
-    assert "1 refused" in page.text_content("#batch-progress-text")
+    assert page.text_content("#batch-progress-text").startswith(
+        "149 records scored, 1 refused")
     with page.expect_download() as download:
         page.click("#batch-download")
     lines = Path(download.value.path()).read_text().splitlines()
@@ -251,4 +252,4 @@ def test_carol_scores_a_csv_in_chunks_and_downloads_the_predictions(context: Any
 
     wait_for(calls_shown, 30, "the staging card to show calls per minute", interval=1)
     assert page.locator("#env-staging svg.spark rect").count() >= 1
-    page.screenshot(path=str(SHOTS / "dashboard-traffic.png"), full_page=True)
+    page.screenshot(path=str(screenshot_path("dashboard-traffic.png")), full_page=True)

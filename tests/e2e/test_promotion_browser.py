@@ -18,11 +18,11 @@ import pytest
 import requests
 
 from app.client import EXAMPLE_REQUEST
+from tests.e2e.shots import screenshot_path
 from tests.support import ROOT, wait_for
 
 pytestmark = pytest.mark.e2e
 pytest.importorskip("playwright.sync_api")
-SCREENSHOTS = ROOT / "docs" / "screenshots"
 # One quick candidate; short drains so each deploy takes seconds, not half a minute.
 PIPELINE_YAML = """\
 model:
@@ -158,7 +158,7 @@ def test_request_approve_serve_rollback_timeline(stack: Stack, browser: Any) -> 
     card = bob.locator(f"[data-pending='{promotion_id}']")
     assert "v2 is better on staging" in card.inner_text()
     assert card.locator("[data-staging] .badge-succeeded").count() == 1  # v2 serves staging
-    bob.screenshot(path=str(SCREENSHOTS / "approvals-inbox.png"), full_page=True)
+    bob.screenshot(path=str(screenshot_path("approvals-inbox.png")), full_page=True)
     bob.fill(f"[data-comment='{promotion_id}']", "metrics and smoke test fine")
     bob.click(f"[data-approve='{promotion_id}']")
     bob.wait_for_url(f"{panel}/jobs/*")
@@ -185,7 +185,7 @@ def test_request_approve_serve_rollback_timeline(stack: Stack, browser: Any) -> 
               ["deployment.deployed", "1"]]
     positions = [steps.index(step, steps.index(wanted[0])) for step in wanted]
     assert positions == sorted(positions), steps
-    alice.screenshot(path=str(SCREENSHOTS / "timeline.png"), full_page=True)
+    alice.screenshot(path=str(screenshot_path("timeline.png")), full_page=True)
     alice.goto(f"{panel}/audit/timeline?environment=prod&at={while_v2}")
     assert alice.locator("#served-answer").get_attribute("data-version") == "2"
     served = alice.locator("#calls tr[data-version]").evaluate_all(

@@ -20,12 +20,12 @@ import requests
 
 from app.config import ensure_instance_secret_key
 from app.migrate import upgrade
+from tests.e2e.shots import screenshot_path
 from tests.identity_support import Issuer, free_port, start_issuer
 from tests.support import ROOT, RedisServer, child_env, wait_for
 
 pytestmark = pytest.mark.e2e
 pytest.importorskip("playwright.sync_api")
-SCREENSHOT = ROOT / "docs" / "screenshots" / "dashboard.png"
 #: Engineer actions on the dashboard: the forms that queue jobs.
 ACTIONS = "form[method=post][action='/jobs/']"
 
@@ -142,8 +142,7 @@ def test_alice_signs_in_sees_her_dashboard_and_signs_out(page: Any, stack: Stack
     cookie = next(c for c in page.context.cookies() if c["name"] == "__Host-session")
     assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Lax"
     assert cookie["path"] == "/" and cookie["domain"] == "127.0.0.1"
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    page.screenshot(path=str(screenshot_path("dashboard.png")), full_page=True)
 
     page.click("#sign-out")
     page.wait_for_url(f"{stack.panel}/auth/login*")

@@ -273,7 +273,9 @@ def feature_apis(issuer: Issuer) -> list[dict[str, Any]]:
     """APIs exercising cors, check-header, set-header, outbound/on-error, return-response."""
     jwt_step = (f'<validate-jwt header-name="Authorization" require-scheme="Bearer">'
                 f'<openid-config url="{issuer.url}/.well-known/openid-configuration" />'
-                f"<audiences><audience>{AUD}</audience></audiences></validate-jwt>")
+                f"<audiences><audience>{AUD}</audience></audiences><required-claims>"
+                '<claim name="roles" match="any"><value>Score.Invoke</value></claim>'
+                "</required-claims></validate-jwt>")
     features = (
         "<policies><inbound><base />"
         "<cors><allowed-origins><origin>https://panel.local</origin></allowed-origins>"
@@ -300,7 +302,7 @@ def feature_apis(issuer: Issuer) -> list[dict[str, Any]]:
             "backend_url": "http://127.0.0.1:9",
             "operations": [{"id": "score", "method": "POST", "url_template": "/score"}]}
     return [dict(base, path="features", policy_xml=features),
-            dict(base, name="teapot", path="teapot", policy_xml=teapot)]
+            dict(base, name="teapot", path="teapot", policy_xml=teapot, anonymous=True)]
 
 
 def named(home: Path, env: str, backend_url: str) -> dict[str, Any]:

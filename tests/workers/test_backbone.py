@@ -71,6 +71,9 @@ def test_job_runs_to_success_with_progress_and_log(stack: Any) -> None:
     assert job["attempts"] == 1
     assert job["requested_by"] == "alice"
     messages = _messages(job)
+    # The log counts attempts as the header does.
+    assert [m.split(" started")[0] for m in messages if m.startswith("attempt ")] == [
+        "attempt 1 of 3"]
     assert any("step 4 of 4" in m for m in messages)
     assert messages[-1] == "succeeded"
     assert Path(job["result"]["artifact"]).exists()
@@ -109,8 +112,8 @@ def test_poison_job_fails_after_the_attempt_cap(stack: Any) -> None:
     job = stack.wait_status(job_id, "FAILED", "SUCCEEDED", timeout=90)
     assert job["status"] == "FAILED"
     assert job["attempts"] == job["max_attempts"] == 3
-    starts = [m for m in _messages(job) if m.startswith("attempt ")]
-    assert len(starts) == 3
+    starts = [m.split(" started")[0] for m in _messages(job) if m.startswith("attempt ")]
+    assert starts == ["attempt 1 of 3", "attempt 2 of 3", "attempt 3 of 3"]
     assert "gave up after 3 attempts" in job["error"]
 
 

@@ -255,7 +255,7 @@ class LocalBackend:
                 "environment": spec.environment, "backend_url": url,
                 "operations": [{"id": op.id, "method": op.method,
                                 "url_template": op.url_template} for op in spec.operations],
-                "policy_xml": spec.policy_xml}
+                "policy_xml": spec.policy_xml, **spec.rules}
 
     # ------------------------------------------------------------------ traffic
 

@@ -17,24 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from app.gateway.config import (
+    check_api,
     default_config_path,
     encrypt_named_value,
     gateway_dir,
     parse_config,
     write_gateway_config,
 )
+from app.gateway.template import backend_key_name, backend_url_name
+
+__all__ = ["backend_key_name", "backend_url_name", "backend_url", "current_revision",
+           "load_revision", "read", "remove_api", "set_backend", "set_backend_key",
+           "store_revision", "update", "upsert_api", "validate_api"]
 
 Mutation = Callable[[dict[str, Any]], None]
-
-
-def backend_url_name(environment: str) -> str:
-    """Named value holding an environment's active backend base URL."""
-    return f"{environment}-backend-url"
-
-
-def backend_key_name(environment: str) -> str:
-    """Secret named value holding the key the gateway presents to an environment's backend."""
-    return f"{environment}-backend-key"
 
 
 @contextmanager
@@ -93,11 +89,16 @@ def set_backend_key(home: Path, environment: str, key: str) -> None:
 
 
 def upsert_api(home: Path, api: Mapping[str, Any]) -> None:
-    """Replace the API with the same name (or add it): the switch to a new revision is atomic."""
+    """Replace the API with the same name (or add it): the switch to a new revision is atomic.
+
+    Raises:
+        PolicyError: the gateway would refuse to serve this API (the message names why).
+    """
 
     def mutate(config: dict[str, Any]) -> None:
         config["apis"] = [a for a in config["apis"] if a.get("name") != api["name"]]
         config["apis"].append(dict(api))
+        check_api(home, config, str(api["name"]))
 
     update(home, mutate)
 
@@ -125,17 +126,18 @@ def _revision_path(home: Path, name: str, revision: int) -> Path:
 
 
 def validate_api(home: Path, api: Mapping[str, Any]) -> None:
-    """Compile an API document against the current named values (ConfigError if refused)."""
+    """Compile an API document against the current named values and check that the gateway
+    would serve it (ConfigError / PolicyError if refused)."""
     config = read(home)
     config["apis"] = [a for a in config["apis"] if a.get("name") != api["name"]] + [dict(api)]
     parse_config(home, config)
+    check_api(home, config, str(api["name"]))
 
 
 def store_revision(home: Path, api: Mapping[str, Any]) -> None:
-    """Keep an API revision document (written once: a revision's policy never changes)."""
+    """Keep an API revision document (its policy never changes; the rules it was last checked
+    against may)."""
     path = _revision_path(home, str(api["name"]), int(api["revision"]))
-    if path.is_file():
-        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(dict(api), sort_keys=True), encoding="utf-8")

@@ -1,0 +1,129 @@
+"""The rules a compiled policy must meet before the gateway serves it (checked at publish,
+rollback and every config load), so no policy can send the backend key to a host nobody chose
+or serve callers without a validated token carrying the scoring role.
+
+* **Backend**: every ``set-backend-service`` base-url points at the API environment's recorded
+  backend (the ``<environment>-backend-url`` named value the deploy job writes: same scheme,
+  host and port), or over https at a host listed in the pipeline file's
+  ``gateway.allowed_backends`` (``host`` or ``host:port``).
+* **Authentication**: unless the pipeline file lists the API in ``gateway.anonymous_apis``,
+  some ``validate-jwt`` in ``<inbound>``, before any ``return-response``, carries
+  ``<required-claims><claim name="roles">`` that only a token holding ``Score.Invoke`` can
+  satisfy: ``match="all"`` with ``Score.Invoke`` among its values, or ``match="any"`` with
+  ``Score.Invoke`` as its only value. When the API's trusted issuer and audience are known
+  (publishing records them), that validate-jwt must also take its keys from the issuer's
+  discovery document only (``<openid-config url="{issuer}/.well-known/openid-configuration">``)
+  and accept no other issuer or audience. Every validate-jwt already needs signed tokens and
+  ``<audiences>`` (policy.py).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import SplitResult, urlsplit
+
+from app.gateway.plan import (
+    ClaimMatch,
+    Policy,
+    ReturnResponse,
+    SetBackendService,
+    UnsafePolicy,
+    ValidateJwt,
+)
+from app.gateway.template import DEFAULT_ROLE
+
+_HOST_ENTRY = re.compile(r"^(?:[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?|\[[0-9a-f:.]{2,45}\])"
+                         r"(?::[0-9]{1,5})?$")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+@dataclass(frozen=True)
+class ServingRules:
+    """What one API's policy is checked against."""
+
+    environment: str
+    recorded_backend: str | None
+    allowed_backends: tuple[str, ...] = ()
+    anonymous: bool = False
+    issuer: str | None = None
+    audience: str | None = None
+
+
+def valid_backend_entry(entry: str) -> bool:
+    """Whether an allowed_backends entry is a lower-case ``host`` or ``host:port``."""
+    return bool(_HOST_ENTRY.match(entry))
+
+
+def _origin(parts: SplitResult) -> tuple[str, str, int | None]:
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+    except ValueError:
+        port = None
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
+def _listed(parts: SplitResult, allowed: tuple[str, ...]) -> bool:
+    """An https URL whose host (and port, when the entry gives one) an entry names."""
+    if parts.scheme != "https":
+        return False
+    _, host, port = _origin(parts)
+    netloc = f"[{host}]" if ":" in host else host
+    return any(entry in (netloc, f"{netloc}:{port}") for entry in allowed)
+
+
+def _check_backends(policy: Policy, rules: ServingRules) -> None:
+    recorded = _origin(urlsplit(rules.recorded_backend)) if rules.recorded_backend else None
+    for step in policy.inbound:
+        if not isinstance(step, SetBackendService):
+            continue
+        parts = urlsplit(step.base_url)
+        if _origin(parts) == recorded or _listed(parts, rules.allowed_backends):
+            continue
+        raise UnsafePolicy(
+            f"inbound/set-backend-service/@base-url points at {parts.scheme}://{parts.netloc}, "
+            f"which is neither the recorded backend of the {rules.environment} environment "
+            f"({rules.environment}-backend-url) nor an https host listed in "
+            "gateway.allowed_backends of the pipeline file")
+
+
+def _requires_role(step: ValidateJwt) -> bool:
+    for claim in step.required_claims:
+        if claim.name != "roles" or not claim.values:
+            continue
+        if claim.match is ClaimMatch.ALL and DEFAULT_ROLE in claim.values:
+            return True
+        if claim.match is ClaimMatch.ANY and set(claim.values) == {DEFAULT_ROLE}:
+            return True
+    return False
+
+
+def _trusts_only(step: ValidateJwt, rules: ServingRules) -> bool:
+    if rules.issuer is not None:
+        discovery = f"{rules.issuer.rstrip('/')}/.well-known/openid-configuration"
+        if set(step.openid_config_urls) != {discovery}:
+            return False
+        if not set(step.issuers) <= {rules.issuer.rstrip("/")}:
+            return False
+    return rules.audience is None or set(step.audiences) == {rules.audience}
+
+
+def _check_authentication(policy: Policy, rules: ServingRules) -> None:
+    for step in policy.inbound:
+        if isinstance(step, ReturnResponse):
+            break
+        if isinstance(step, ValidateJwt) and _requires_role(step) and _trusts_only(step, rules):
+            return
+    trusted = f" from {rules.issuer} for {rules.audience}" if rules.issuer else ""
+    raise UnsafePolicy(
+        f"inbound has no validate-jwt checking tokens{trusted} with <required-claims><claim "
+        f"name=\"roles\"> requiring {DEFAULT_ROLE} before it can answer or forward, so it "
+        "would serve anonymous callers; list the API in gateway.anonymous_apis of the "
+        "pipeline file to publish it without one")
+
+
+def check_policy(policy: Policy, rules: ServingRules) -> None:
+    """Raise UnsafePolicy naming the element unless the policy meets the serving rules."""
+    _check_backends(policy, rules)
+    if not rules.anonymous:
+        _check_authentication(policy, rules)
