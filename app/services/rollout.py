@@ -39,6 +39,7 @@ from app.services.audit import AuditAction
 from app.services.backend import backend, slot_ref
 from app.services.jobs import JobCancelled
 from app.services.models import pipeline
+from app.services.params import environment as check_environment
 
 
 class Reporter(Protocol):
@@ -95,7 +96,8 @@ def run_deploy(job: Reporter, params: Mapping[str, Any]) -> dict[str, Any]:
     from app.ml.registry import RegistryError
 
     env = str(params.get("environment", "staging"))
-    config = pipeline()
+    config = pipeline()  # a broken pipeline file fails the job here, naming its bad key
+    check_environment("params.environment", env)
     registry = models.registry()
     name = config.model.name
     rollback = bool(params.get("rollback", False))
@@ -136,6 +138,7 @@ def run_deploy(job: Reporter, params: Mapping[str, Any]) -> dict[str, Any]:
 
 def run_rotate_keys(job: Reporter, params: Mapping[str, Any]) -> dict[str, Any]:
     """The rotate-keys job: both keys of an environment's active slot, no 401 window."""
+    check_environment("params.environment", params.get("environment", "staging"))
     return rotate_keys(job, str(params.get("environment", "staging")),
                        jobs.get(job.job_id).requested_by, settings())
 
