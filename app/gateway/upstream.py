@@ -14,6 +14,7 @@ request is sent again once on a fresh connection (the usual rule for stale keep-
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +23,11 @@ from urllib.parse import urlsplit
 
 import httptools
 from multidict import CIMultiDict
+
+from app.gateway.http import InvalidMessage, encode_fields
+
+# RFC 9112 §3: method is a token; the target has no whitespace or control characters
+_REQUEST_LINE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^\x00-\x20\x7f]+")
 
 
 class UpstreamError(Exception):
@@ -38,6 +44,10 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     """The upstream answered badly or went away mid-answer."""
+
+
+class UpstreamRequestInvalid(UpstreamError):
+    """The request would not be valid HTTP (CR/LF in a header, bad name): it was not sent."""
 
 
 class _Stale(UpstreamError):
@@ -196,6 +206,25 @@ class _UpstreamConnection(asyncio.Protocol):
             self._transport.close()
 
 
+def encode_request(method: str, target: str, host: str, headers: Iterable[tuple[str, str]],
+                   body: bytes) -> bytes:
+    """Serialize a request with Content-Length framing; UpstreamRequestInvalid if it would not
+    be valid HTTP (a header with CR/LF/NUL, a name that is no token, a bad request line)."""
+    request_line = f"{method} {target}"
+    if not _REQUEST_LINE.fullmatch(request_line):
+        raise UpstreamRequestInvalid("request not sent: the method or target is not valid")
+    fields = [("Host", host), *headers]
+    if body or method in ("POST", "PUT", "PATCH"):
+        fields.append(("Content-Length", str(len(body))))
+    try:
+        head = f"{request_line} HTTP/1.1\r\n{encode_fields(fields)}\r\n".encode("latin-1")
+    except InvalidMessage as exc:
+        raise UpstreamRequestInvalid(f"request not sent: {exc}") from None
+    except UnicodeEncodeError:
+        raise UpstreamRequestInvalid("request not sent: a header value is not latin-1") from None
+    return head + body
+
+
 class UpstreamPool:
     """Keep-alive connections per origin, with a deadline per request and one stale retry."""
 
@@ -236,13 +265,8 @@ class UpstreamPool:
             headers: end-to-end headers (no Host, Content-Length or hop-by-hop ones).
             timeout_s: deadline for connect + answer.
         """
-        lines = [f"{method} {origin.prefix}{target} HTTP/1.1\r\nHost: {origin.host_header}\r\n"]
-        for name, value in headers:
-            lines.append(f"{name}: {value}\r\n")
-        if body or method in ("POST", "PUT", "PATCH"):
-            lines.append(f"Content-Length: {len(body)}\r\n")
-        lines.append("\r\n")
-        data = "".join(lines).encode("latin-1") + body
+        data = encode_request(method, f"{origin.prefix}{target}", origin.host_header, headers,
+                              body)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         for attempt in (1, 2):

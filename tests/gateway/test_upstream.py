@@ -23,6 +23,7 @@ from app.gateway.upstream import (
     UpstreamConnectError,
     UpstreamPool,
     UpstreamProtocolError,
+    UpstreamRequestInvalid,
     UpstreamResponse,
     UpstreamTimeout,
 )
@@ -579,3 +580,34 @@ def test_untrusted_tls_certificate_is_a_connect_error(
     with pytest.raises(UpstreamConnectError, match="TLS failed"):
         run(call(p, f"https://127.0.0.1:{srv.port}"))
     assert srv.accepted == 1 and srv.requests == []
+
+
+@pytest.mark.parametrize(("method", "target", "headers"), [
+    ("GET", "/", (("X-Key", "k\r\nX-Injected: 1"),)),
+    ("GET", "/", (("X-Key", "k\nX-Injected: 1"),)),
+    ("GET", "/", (("X-Key", "k\rX"),)),
+    ("GET", "/", (("X-Key", "k\x00"),)),
+    ("GET", "/", (("X Key", "k"),)),
+    ("GET", "/", (("X-Key:", "k"),)),
+    ("GET", "/", (("X-Key", "\u20ac"),)),
+    ("GET", "/a b", ()),
+    ("GET", "/a\r\nX-Injected: 1", ()),
+    ("GET /x HTTP/1.1\r\nX-Injected: 1\r\n\r\nGET", "/", ()),
+], ids=["crlf-value", "lf-value", "cr-value", "nul-value", "space-name", "colon-name",
+        "not-latin-1", "space-target", "crlf-target", "crlf-method"])
+def test_request_that_would_not_be_valid_http_is_refused_before_sending(
+        run: Run, serve: Callable[..., RawServer], method: str, target: str,
+        headers: tuple[tuple[str, str], ...]) -> None:
+    """A header with CR/LF/NUL, a name that is no token or a bad request line is never sent."""
+    srv = serve(keep_alive(OK))
+    p = pool()
+
+    async def go() -> None:
+        with pytest.raises(UpstreamRequestInvalid):
+            await call(p, srv.url, target, method=method, headers=headers)
+        answer = await call(p, srv.url, "/fine", headers=(("X-Key", "k"),))
+        assert answer.status == 200
+
+    run(go())
+    assert [raw.split(b"\r\n")[0] for raw in srv.bodies()] == [b"GET /fine HTTP/1.1"]
+    p.close()
