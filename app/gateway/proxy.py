@@ -31,7 +31,7 @@ from app.gateway.policy import (
 )
 from app.gateway.ratelimit import RateLimitUnavailable
 from app.gateway.state import GatewayState
-from app.gateway.upstream import UpstreamConnectError, UpstreamError, UpstreamTimeout
+from app.gateway.upstream import UpstreamBusy, UpstreamConnectError, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +256,9 @@ async def _forward(state: GatewayState, request: Request, ctx: _Context) -> Resp
         answer = await pool.request(
             request.method, pool.origin(ctx.backend_url), target, ctx.headers.items(),
             request.body, timeout_s=policy.forward_timeout_s or state.settings.upstream_timeout_s)
+    except UpstreamBusy:
+        # the backend's connection limit stayed full for the whole wait: nothing was sent
+        return problem(503, "The backend is busy. Try again shortly.", [("Retry-After", "1")])
     except UpstreamConnectError:
         # nothing reached the backend (the pool already tried twice)
         return problem(502, "The backend is unreachable.")
