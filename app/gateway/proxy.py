@@ -16,7 +16,7 @@ from multidict import CIMultiDict
 
 from app.gateway.config import Route
 from app.gateway.http import Request, Response, problem
-from app.gateway.jwt import TokenRejected, claims_satisfy, extract_token, validate_token
+from app.gateway.jwt import TokenRejected, claims_satisfy, validate_token
 from app.gateway.policy import (
     CheckHeader,
     Cors,
@@ -31,6 +31,7 @@ from app.gateway.policy import (
 )
 from app.gateway.ratelimit import RateLimitUnavailable
 from app.gateway.state import GatewayState
+from app.gateway.token_rules import token_from_authorization
 from app.gateway.upstream import UpstreamBusy, UpstreamConnectError, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,8 @@ def _jwt_failure(step: ValidateJwt, reason: str) -> Response:
 async def _validate_jwt(state: GatewayState, request: Request, ctx: _Context,
                         step: ValidateJwt) -> Response | None:
     try:
-        token = extract_token(request.headers.get(step.header_name), step.require_scheme)
+        token = token_from_authorization(request.headers.getall(step.header_name, []),
+                                         step.require_scheme)
         cache_key = (step.validation_key(), token)
         claims = ctx.validated.get(cache_key)
         if claims is None:
