@@ -281,6 +281,16 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._head_done = True
         self._header_map = headers = CIMultiDict(self._headers)
+        # llhttp refuses the smuggling shapes (CL with TE, two lengths, obs-fold, bare LF, bad
+        # chunk sizes, names with spaces) but lets these framing faults through (RFC 9112)
+        version = self._parser.get_http_version()
+        if version == "1.1":
+            if len(headers.getall("Host", ())) != 1:  # §3.2: exactly one Host, else 400
+                raise _Rejected(400, "The request needs exactly one Host header.")
+        elif version != "1.0":
+            raise _Rejected(400, "The request is not valid HTTP/1.1.")
+        elif "Transfer-Encoding" in headers:  # §6.1: TE in HTTP/1.0 is faulty framing
+            raise _Rejected(400, "The request is not valid HTTP/1.1.")
         length = headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > self._limits.max_body_bytes:
             raise _Rejected(413, "The request body is too large.")

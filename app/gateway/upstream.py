@@ -147,6 +147,12 @@ class _UpstreamConnection(asyncio.Protocol):
             self._fail(UpstreamProtocolError("malformed answer"))
 
     # parser callbacks
+    def on_message_begin(self) -> None:
+        if self._waiter is None or self._waiter.done():
+            # bytes after the answer, or while idle: a second answer to one request. Were the
+            # connection reused, they would be read as the next request's answer (desync).
+            raise UpstreamProtocolError("unsolicited answer")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
@@ -155,6 +161,15 @@ class _UpstreamConnection(asyncio.Protocol):
         # trailers of a chunked answer arrive after this and are left out on purpose
         self._header_map = headers = CIMultiDict(self._headers)
         status = self._parser.get_status_code()
+        version = self._parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise UpstreamProtocolError("not an HTTP/1.x answer")
+        if "Transfer-Encoding" in headers and (
+                version == "1.0" or [c.strip().lower() for v in headers.getall(
+                    "Transfer-Encoding") for c in v.split(",")] != ["chunked"]):
+            # RFC 9112 §6.1/6.3: TE in HTTP/1.0 is faulty framing; a coding other than plain
+            # chunked would reach the caller still encoded (the gateway decodes none)
+            raise UpstreamProtocolError("unsupported transfer coding")
         self._framed = ("Content-Length" in headers or "Transfer-Encoding" in headers
                         or status in (204, 304) or 100 <= status < 200)
 
