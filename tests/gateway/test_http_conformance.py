@@ -163,6 +163,19 @@ def test_smuggling_request_gets_400_close_and_never_reaches_the_handler(
     assert served.recorder.started == []
 
 
+@pytest.mark.parametrize("smuggled", ["cl-then-te", "two-lengths", "obs-fold-te", "no-host"])
+def test_smuggling_request_behind_a_valid_one_is_never_handled(served: Served,
+                                                               smuggled: str) -> None:
+    """Pipelined behind a valid request, the bad one stops the connection: the valid one is
+    answered (Connection: close), the bad one never reaches the handler."""
+    received, closed = exchange(served, b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n"
+                                + SMUGGLING[smuggled])
+    answers = h11_answers(received, ["GET", "POST"], closed)
+    assert [a["status"] for a in answers] == [200] and closed
+    assert answers[0]["headers"]["connection"] == "close"
+    assert served.recorder.started == ["/first"]
+
+
 def test_server_output_is_valid_http_by_h11(served: Served) -> None:
     """Pipelined answers of every shape the server writes parse with h11, in order."""
     requests = [
