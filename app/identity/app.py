@@ -378,8 +378,10 @@ def logout() -> Response:
     """End-session: clear the issuer session, then return to a registered or loopback URI."""
     user = flask_session.get("username")
     flask_session.clear()
-    if user:
-        log.info("signed out: user=%s", user)
+    if isinstance(user, str) and user:
+        # Signing out ends every offline grant of the user, not only this browser's session.
+        revoked = _ctx().store.revoke_user_tokens(user)
+        log.info("signed out: user=%s refresh_tokens_revoked=%d", user, revoked)
     target = request.values.get("post_logout_redirect_uri")
     if not target:
         return _page("signed_out.html")
