@@ -22,9 +22,7 @@ from joserfc.errors import JoseError
 from app.identity.credentials import (
     Client,
     ensure_dev_credentials,
-    is_loopback_http,
     load_directory,
-    redirect_uri_matches,
 )
 from app.identity.keys import KeyStore, ensure_keys
 from app.identity.settings import (
@@ -355,27 +353,45 @@ def userinfo() -> Response:
     return jsonify(user_claims(user))
 
 
-def _logout_client(id_token_hint: str | None) -> Client | None:
-    """The client named by client_id or by a (possibly expired) ID token we signed."""
+class _UnknownClient(Exception):
+    """The logout request names a client we do not know, or a hint that is not ours."""
+
+
+def _logout_client(id_token_hint: str | None, client_id: str | None) -> Client | None:
+    """The client named by client_id and/or a (possibly expired) ID token we signed.
+
+    None when neither is given; _UnknownClient when they name nobody we know or disagree.
+    """
     clients = _ctx().directory.clients
-    client_id = request.values.get("client_id")
-    if client_id:
-        return clients.get(client_id)
-    if not id_token_hint:
+    hinted = None
+    if id_token_hint:
+        try:
+            keyset = _ctx().keys.keyset()
+            claims = jwt.decode(id_token_hint, keyset, algorithms=["RS256"]).claims
+        except (JoseError, ValueError):
+            raise _UnknownClient from None
+        if claims.get("iss") != _ctx().settings.issuer:
+            raise _UnknownClient
+        hinted = str(claims.get("aud"))
+    if client_id and hinted and client_id != hinted:
+        raise _UnknownClient  # OpenID RP-Initiated Logout §2: they must name the same client
+    named = client_id or hinted
+    if not named:
         return None
-    try:
-        keyset = _ctx().keys.keyset()
-        claims = jwt.decode(id_token_hint, keyset, algorithms=["RS256"]).claims
-    except (JoseError, ValueError):
-        return None
-    if claims.get("iss") != _ctx().settings.issuer:
-        return None
-    return clients.get(str(claims.get("aud")))
+    client = clients.get(named)
+    if client is None:
+        raise _UnknownClient
+    return client
 
 
 @bp.route("/logout", methods=["GET", "POST"])
 def logout() -> Response:
-    """End-session: clear the issuer session, then return to a registered or loopback URI."""
+    """End-session: clear the issuer session and revoke the user's refresh tokens.
+
+    Returns to `post_logout_redirect_uri` only when it is registered for the client named by
+    `client_id` or `id_token_hint`; otherwise shows the signed-out page (400 when the client
+    or the address is unknown).
+    """
     user = flask_session.get("username")
     flask_session.clear()
     if isinstance(user, str) and user:
@@ -385,10 +401,18 @@ def logout() -> Response:
     target = request.values.get("post_logout_redirect_uri")
     if not target:
         return _page("signed_out.html")
-    client = _logout_client(request.values.get("id_token_hint"))
-    registered = client is not None and any(
-        redirect_uri_matches(r, target) for r in client.redirect_uris)
-    if not (registered or is_loopback_http(target)):
+    try:
+        client = _logout_client(request.values.get("id_token_hint"),
+                                request.values.get("client_id"))
+    except _UnknownClient:
+        return _page("signed_out.html", 400,
+                     note="The application that sent you here is not known to this issuer.")
+    if client is None:
+        return _page("signed_out.html",
+                     note="The application did not say who it is, so you are not sent back.")
+    if not client.check_post_logout_redirect_uri(target):
+        log.warning("logout: unregistered post_logout_redirect_uri for client=%s",
+                    client.client_id)
         return _page("signed_out.html", 400,
                      note="The application asked to return to an unregistered address.")
     state = request.values.get("state")
