@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,12 +85,17 @@ def build_app(home: Path, database_url: str, redis_url: str, **overrides: Any) -
 
 
 def sign_in(client: Any, username: str) -> None:
-    """Put a signed-in user in the client's session, as the sign-in callback does."""
+    """Open a server-side session for a user and put it in the client's cookie, as the sign-in
+    callback does (without the identity provider: the session has no tokens behind it)."""
+    from app.auth.sessions import SID_KEY, session_store
+    from app.auth.users import User
+
+    user = User(id=f"oid-{username}", name=username.title(), username=username,
+                roles=frozenset(USERS[username]))
+    session_id = session_store(client.application).create(user)
     with client.session_transaction() as session:
-        session["user"] = {"id": f"oid-{username}", "name": username.title(),
-                           "username": username, "roles": USERS[username],
-                           "signed_in_at": int(time.time())}
-        session["_user_id"] = f"oid-{username}"
+        session[SID_KEY] = session_id
+        session["_user_id"] = user.id
         session["_fresh"] = True
 
 

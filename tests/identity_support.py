@@ -95,10 +95,10 @@ def _wait_ready(url: str, ca: Path, process: subprocess.Popen[bytes], log: Path)
 
 
 @contextmanager
-def start_issuer(home: Path, **env_overrides: str) -> Iterator[Issuer]:
-    """Run `python -m app.identity` for `home` on a free port; SIGTERM it afterwards."""
+def start_issuer(home: Path, port: int = 0, **env_overrides: str) -> Iterator[Issuer]:
+    """Run `python -m app.identity` for `home` on `port` (0: a free one); SIGTERM it afterwards."""
     home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     log = home / "issuer.log"
     env = {k: v for k, v in os.environ.items()
            if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
