@@ -222,7 +222,9 @@ def run(args: argparse.Namespace, home: Path, redis_url: str) -> int:
     client = app.test_client()
     alice = User(id="oid-alice", name="Alice", username="alice",
                  roles=frozenset({"MLOps.Engineer", "Score.Invoke"}))
-    session_id = session_store(app).create(alice)
+    # No identity provider here: mark the roles checked ahead, so the run measures the steady
+    # state (one GET per request), not a re-check that could not renew any token.
+    session_id = session_store(app).create(alice, roles_checked_at=time.time() + 86400)
     with client.session_transaction() as session:
         session[SID_KEY] = session_id
         session["_user_id"] = alice.id

@@ -102,13 +102,17 @@ class SessionStore:
         """The key of the set of a user's record keys."""
         return USER_INDEX_PREFIX + _digest(username.casefold())
 
-    def create(self, user: User, now: float | None = None) -> str:
-        """Store a new session for `user`; return its id (for the cookie only)."""
-        now = time.time() if now is None else now
+    def create(self, user: User, roles_checked_at: float | None = None) -> str:
+        """Store a new session for `user`; return its id (for the cookie only).
+
+        The roles count as checked now unless `roles_checked_at` says otherwise.
+        """
+        now = time.time()
         session_id = secrets.token_urlsafe(32)
         record = SessionRecord(id=user.id, name=user.name, username=user.username,
                                roles=tuple(user.role_names), signed_in_at=now,
-                               roles_checked_at=now)
+                               roles_checked_at=now if roles_checked_at is None
+                               else roles_checked_at)
         key, index = self.key(session_id), self.user_key(user.username)
         pipe = self._redis.pipeline()
         pipe.set(key, record.to_json(), ex=self.lifetime)
