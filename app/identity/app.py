@@ -230,11 +230,13 @@ def _to_client(response: Response) -> Response:
 
 
 def _session_user() -> SignedIn | None:
-    username = flask_session.get("username")
-    user = _ctx().directory.users.get(username) if isinstance(username, str) else None
-    if user is None:
+    """The user of this browser's live session (the cookie names a row of the store)."""
+    session_id = flask_session.get("sid")
+    found = _ctx().store.session_user(session_id) if isinstance(session_id, str) else None
+    user = _ctx().directory.users.get(found[0]) if found else None
+    if user is None or found is None:
         return None
-    return SignedIn(user, int(flask_session.get("auth_time", 0)))
+    return SignedIn(user, found[1])
 
 
 def _signin_form(status: int, error: str | None = None, username: str = "",
@@ -297,7 +299,8 @@ def _sign_in(grant: Any) -> Response:
     flask_session.clear()
     flask_session.permanent = True
     auth_time = int(time.time())
-    flask_session.update(username=user.username, auth_time=auth_time)
+    lifetime = int(current_app.permanent_session_lifetime.total_seconds())
+    flask_session["sid"] = _ctx().store.open_session(user.username, auth_time, lifetime)
     log.info("signed in: user=%s ip=%s", user.username, ip)
     response: Response = _server().create_authorization_response(
         grant=grant, grant_user=SignedIn(user, auth_time))
@@ -386,18 +389,21 @@ def _logout_client(id_token_hint: str | None, client_id: str | None) -> Client |
 
 @bp.route("/logout", methods=["GET", "POST"])
 def logout() -> Response:
-    """End-session: clear the issuer session and revoke the user's refresh tokens.
+    """End-session: end the user's issuer sessions and revoke their refresh tokens.
 
     Returns to `post_logout_redirect_uri` only when it is registered for the client named by
     `client_id` or `id_token_hint`; otherwise shows the signed-out page (400 when the client
     or the address is unknown).
     """
-    user = flask_session.get("username")
+    signed_in = _session_user()
     flask_session.clear()
-    if isinstance(user, str) and user:
-        # Signing out ends every offline grant of the user, not only this browser's session.
+    if signed_in is not None:
+        # Signing out ends all the user's sessions and offline grants, not only this browser's.
+        user = signed_in.user.username
+        ended = _ctx().store.end_sessions(user)
         revoked = _ctx().store.revoke_user_tokens(user)
-        log.info("signed out: user=%s refresh_tokens_revoked=%d", user, revoked)
+        log.info("signed out: user=%s sessions_ended=%d refresh_tokens_revoked=%d", user,
+                 ended, revoked)
     target = request.values.get("post_logout_redirect_uri")
     if not target:
         return _page("signed_out.html")

@@ -1,10 +1,14 @@
-"""Authorization codes and refresh tokens in SQLite (MODELGATE_HOME/identity/issuer.db, 0600).
+"""Codes, refresh tokens and browser sessions in SQLite (MODELGATE_HOME/identity/issuer.db, 0600).
 
 SQLite rather than memory so that refresh tokens survive an issuer restart (the panel keeps
 users signed in across restarts) and so several worker processes would agree. Only SHA-256
 digests of codes and refresh tokens are stored. Codes are consumed atomically (DELETE …
 RETURNING), and so are refresh tokens (UPDATE … WHERE live RETURNING): each can be redeemed
 once even under concurrent requests.
+
+The issuer's browser session cookie holds only a random session id; the session (who signed in,
+when) is a row here, found by the id's digest, so signing out deletes it for every copy of the
+cookie.
 
 Refresh tokens form families (RFC 9700 §4.14.2): a sign-in starts one, every rotation adds the
 next token to it. Presenting a token that was already rotated is a reuse: it revokes the whole
@@ -35,6 +39,9 @@ CREATE TABLE IF NOT EXISTS refresh_tokens (
     digest TEXT PRIMARY KEY, client_id TEXT NOT NULL, username TEXT NOT NULL,
     scope TEXT NOT NULL, auth_time INTEGER NOT NULL, expires_at REAL NOT NULL,
     revoked INTEGER NOT NULL DEFAULT 0, family TEXT);
+CREATE TABLE IF NOT EXISTS browser_sessions (
+    digest TEXT PRIMARY KEY, username TEXT NOT NULL, auth_time INTEGER NOT NULL,
+    expires_at REAL NOT NULL);
 """
 # `revoked`: a live token, one used once (rotated), or one revoked with its family or user.
 LIVE, ROTATED, REVOKED = 0, 1, 2
@@ -212,4 +219,29 @@ class IssuerStore:
             cursor = self._db.execute(
                 "UPDATE refresh_tokens SET revoked = ? WHERE username = ? AND revoked = ?",
                 (REVOKED, username, LIVE))
+        return cursor.rowcount
+
+    def open_session(self, username: str, auth_time: int, ttl: int) -> str:
+        """Record a browser sign-in; return the session id for the cookie."""
+        session_id = secrets.token_urlsafe(32)
+        now = time.time()
+        with self._lock:
+            self._db.execute("DELETE FROM browser_sessions WHERE expires_at < ?", (now,))
+            self._db.execute("INSERT INTO browser_sessions VALUES (?,?,?,?)",
+                             (_digest(session_id), username, auth_time, now + ttl))
+        return session_id
+
+    def session_user(self, session_id: str) -> tuple[str, int] | None:
+        """(username, auth_time) of a live browser session, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT username, auth_time FROM browser_sessions WHERE digest = ? "
+                "AND expires_at >= ?", (_digest(session_id), time.time())).fetchone()
+        return None if row is None else (str(row[0]), int(row[1]))
+
+    def end_sessions(self, username: str) -> int:
+        """End every browser session of a user (sign-out); return how many there were."""
+        with self._lock:
+            cursor = self._db.execute("DELETE FROM browser_sessions WHERE username = ?",
+                                      (username,))
         return cursor.rowcount

@@ -1,4 +1,5 @@
-"""Refresh tokens at the real issuer: one atomic redemption, reuse revokes the family, sign-out."""
+"""Revocation at the real issuer: refresh tokens redeemed once, reuse kills the family, sign-out
+ends browser sessions and refresh tokens."""
 
 from __future__ import annotations
 
@@ -94,6 +95,25 @@ def test_signing_out_at_the_issuer_revokes_the_users_refresh_tokens(issuer: Issu
     for revoked in (token, elsewhere):
         assert _refresh(issuer, revoked).json()["error"] == "invalid_grant"
     assert _refresh(issuer, someone_else).status_code == 200
+
+
+def test_a_copied_issuer_cookie_is_dead_after_sign_out(issuer: Issuer) -> None:
+    browser = issuer.session()
+    _, challenge = pkce_pair()
+    url = authorize_url(issuer, code_challenge=challenge, code_challenge_method="S256")
+    issuer.remember(callback_params(sign_in(browser, url, "dave", issuer.password("dave")))
+                    ["code"])
+    thief = issuer.session()
+    thief.cookies.update(browser.cookies)
+    # While the session lives, a copy of the cookie signs in without a password.
+    issuer.remember(callback_params(thief.get(url, allow_redirects=False, timeout=10))["code"])
+    elsewhere = issuer.session()  # dave in another browser
+    issuer.remember(callback_params(sign_in(elsewhere, url, "dave", issuer.password("dave")))
+                    ["code"])
+    assert browser.get(f"{issuer.url}/logout", timeout=10).status_code == 200
+    for copy in (thief, elsewhere):
+        again = copy.get(url, allow_redirects=False, timeout=10)
+        assert again.status_code == 200 and 'name="password"' in again.text  # the form
 
 
 def test_a_token_rotated_into_a_revoked_family_is_born_revoked(tmp_path: Any) -> None:
