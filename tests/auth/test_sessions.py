@@ -173,3 +173,11 @@ def test_an_admin_ends_all_of_a_users_sessions_from_the_command_line(
     [event] = _audit(app, "auth.sessions-revoked")
     assert event.target == "user:alice" and event.details == {"ended": 2}
     assert event.actor.startswith("cli:")
+
+
+@pytest.mark.parametrize("value", [-1, "soon", True])
+def test_a_bad_role_bound_refuses_to_start(tmp_path: Path, sqlite_url: str, value: Any) -> None:
+    from app.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="MODELGATE_SESSION_ROLE_TTL_SECONDS"):
+        build_app(tmp_path, sqlite_url, "redis://127.0.0.1:9/0", SESSION_ROLE_TTL_SECONDS=value)
