@@ -147,3 +147,13 @@ def post_form(browser: requests.Session, page: requests.Response, username: str,
     # check on HTTPS requires it.
     return browser.post(urljoin(page.url, action), data=fields, timeout=10,
                         allow_redirects=False, headers={"Referer": page.url})
+
+
+def sign_out(browser: requests.Session, issuer_url: str) -> requests.Response:
+    """Sign out at the issuer as a person does: open /logout, press "Sign out" on its page."""
+    page = browser.get(f"{issuer_url}/logout", timeout=10)
+    assert page.status_code == 200 and 'name="confirm"' in page.text, page.text[:300]
+    action = html.unescape(_ACTION.search(page.text)["action"])  # type: ignore[index]
+    fields = {m["name"]: html.unescape(m["value"]) for m in _INPUT.finditer(page.text)}
+    return browser.post(urljoin(page.url, action), data=fields, timeout=10,
+                        allow_redirects=False, headers={"Referer": page.url})

@@ -15,9 +15,10 @@ from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import OAuth2Error
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, render_template, request
 from flask import session as flask_session
-from flask_wtf.csrf import CSRFError, CSRFProtect
+from flask_wtf.csrf import CSRFError, CSRFProtect, validate_csrf
 from joserfc import jwt
 from joserfc.errors import JoseError
+from wtforms import ValidationError
 
 from app.identity.credentials import (
     Client,
@@ -360,42 +361,72 @@ class _UnknownClient(Exception):
     """The logout request names a client we do not know, or a hint that is not ours."""
 
 
-def _logout_client(id_token_hint: str | None, client_id: str | None) -> Client | None:
-    """The client named by client_id and/or a (possibly expired) ID token we signed.
+def _hint_claims(id_token_hint: str) -> dict[str, Any]:
+    """The claims of an ID token we signed (expired or not); _UnknownClient otherwise."""
+    try:
+        claims = jwt.decode(id_token_hint, _ctx().keys.keyset(), algorithms=["RS256"]).claims
+    except (JoseError, ValueError):
+        raise _UnknownClient from None
+    if claims.get("iss") != _ctx().settings.issuer:
+        raise _UnknownClient
+    return claims
 
-    None when neither is given; _UnknownClient when they name nobody we know or disagree.
+
+def _logout_client(hint: dict[str, Any] | None, client_id: str | None) -> Client | None:
+    """The client named by client_id and/or the hint; None when neither names one.
+
+    Raises _UnknownClient when they name nobody we know or disagree.
     """
-    clients = _ctx().directory.clients
-    hinted = None
-    if id_token_hint:
-        try:
-            keyset = _ctx().keys.keyset()
-            claims = jwt.decode(id_token_hint, keyset, algorithms=["RS256"]).claims
-        except (JoseError, ValueError):
-            raise _UnknownClient from None
-        if claims.get("iss") != _ctx().settings.issuer:
-            raise _UnknownClient
-        hinted = str(claims.get("aud"))
+    hinted = str(hint.get("aud")) if hint else None
     if client_id and hinted and client_id != hinted:
         raise _UnknownClient  # OpenID RP-Initiated Logout §2: they must name the same client
     named = client_id or hinted
     if not named:
         return None
-    client = clients.get(named)
+    client = _ctx().directory.clients.get(named)
     if client is None:
         raise _UnknownClient
     return client
+
+
+def _confirmed(signed_in: SignedIn, hint: dict[str, Any] | None) -> bool:
+    """A client's logout naming this very user, or the user's own click on our confirm form."""
+    if hint is not None and hint.get("sub") == signed_in.user.oid:
+        return True
+    if request.method != "POST" or request.form.get("confirm") != "yes":
+        return False
+    try:
+        validate_csrf(request.form.get("csrf_token"))
+    except ValidationError:
+        return False
+    return True
 
 
 @bp.route("/logout", methods=["GET", "POST"])
 def logout() -> Response:
     """End-session: end the user's issuer sessions and revoke their refresh tokens.
 
-    Returns to `post_logout_redirect_uri` only when it is registered for the client named by
-    `client_id` or `id_token_hint`; otherwise shows the signed-out page (400 when the client
-    or the address is unknown).
+    Without an `id_token_hint` naming the signed-in user, the user confirms first (a POST with
+    a CSRF token), so another site cannot sign them out. Returns to `post_logout_redirect_uri`
+    only when it is registered for the client named by `client_id` and/or `id_token_hint`;
+    otherwise shows the signed-out page (400 when the client or the address is unknown).
     """
     signed_in = _session_user()
+    raw_hint = request.values.get("id_token_hint")
+    target = request.values.get("post_logout_redirect_uri")
+    try:
+        hint = _hint_claims(raw_hint) if raw_hint else None
+        client = _logout_client(hint, request.values.get("client_id"))
+    except _UnknownClient:
+        hint, client, unknown = None, None, True
+    else:
+        unknown = False
+    if signed_in is not None and not _confirmed(signed_in, hint):
+        fields = [(name, value) for name, value in (
+            ("post_logout_redirect_uri", target), ("state", request.values.get("state")),
+            ("client_id", client.client_id if client else None)) if value]
+        return _page("confirm_logout.html", username=signed_in.user.username, fields=fields,
+                     action=request.path)
     flask_session.clear()
     if signed_in is not None:
         # Signing out ends all the user's sessions and offline grants, not only this browser's.
@@ -404,13 +435,9 @@ def logout() -> Response:
         revoked = _ctx().store.revoke_user_tokens(user)
         log.info("signed out: user=%s sessions_ended=%d refresh_tokens_revoked=%d", user,
                  ended, revoked)
-    target = request.values.get("post_logout_redirect_uri")
     if not target:
         return _page("signed_out.html")
-    try:
-        client = _logout_client(request.values.get("id_token_hint"),
-                                request.values.get("client_id"))
-    except _UnknownClient:
+    if unknown:
         return _page("signed_out.html", 400,
                      note="The application that sent you here is not known to this issuer.")
     if client is None:

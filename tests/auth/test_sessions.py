@@ -13,7 +13,7 @@ from sqlalchemy import select
 from app.db import AuditEvent
 from tests.auth.conftest import PANEL_URL, full_sign_in, page_csrf, session_user
 from tests.conftest import build_app, sign_in
-from tests.identity_support import Issuer, start_issuer
+from tests.identity_support import Issuer, sign_out, start_issuer
 
 
 def _copy_cookie(app: Any, source: Any) -> Any:
@@ -144,7 +144,7 @@ def test_a_role_change_reaches_the_session_within_the_bound(
         # which revokes her refresh tokens), the session ends.
         browser = restarted.session()
         full_sign_in(app.test_client(), restarted, "alice", browser=browser)
-        browser.get(f"{restarted.url}/logout", timeout=10)
+        assert sign_out(browser, restarted.url).status_code == 200
         with caplog.at_level(logging.INFO, logger="app.auth.sessions"):
             assert client.get("/").status_code == 302
         assert "session ended: roles could not be re-checked (invalid_grant) user=alice" in (

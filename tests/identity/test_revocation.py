@@ -18,6 +18,7 @@ from tests.identity.conftest import (
     pkce_pair,
     sign_in,
 )
+from tests.identity_support import sign_out
 
 
 def _signed_in(issuer: Issuer, user: str,
@@ -90,8 +91,7 @@ def test_signing_out_at_the_issuer_revokes_the_users_refresh_tokens(issuer: Issu
     token = _signed_in(issuer, "carol", browser)["refresh_token"]
     elsewhere = _signed_in(issuer, "carol")["refresh_token"]  # carol in another browser
     someone_else = _signed_in(issuer, "erin")["refresh_token"]
-    out = browser.get(f"{issuer.url}/logout", timeout=10, allow_redirects=False)
-    assert out.status_code == 200
+    assert sign_out(browser, issuer.url).status_code == 200
     for revoked in (token, elsewhere):
         assert _refresh(issuer, revoked).json()["error"] == "invalid_grant"
     assert _refresh(issuer, someone_else).status_code == 200
@@ -110,10 +110,36 @@ def test_a_copied_issuer_cookie_is_dead_after_sign_out(issuer: Issuer) -> None:
     elsewhere = issuer.session()  # dave in another browser
     issuer.remember(callback_params(sign_in(elsewhere, url, "dave", issuer.password("dave")))
                     ["code"])
-    assert browser.get(f"{issuer.url}/logout", timeout=10).status_code == 200
+    assert sign_out(browser, issuer.url).status_code == 200
     for copy in (thief, elsewhere):
         again = copy.get(url, allow_redirects=False, timeout=10)
         assert again.status_code == 200 and 'name="password"' in again.text  # the form
+
+
+def test_another_site_cannot_sign_a_user_out(issuer: Issuer) -> None:
+    """A cross-site GET (an <img> pointing at /logout) only shows the confirmation page."""
+    browser = issuer.session()
+    token = _signed_in(issuer, "alice", browser)["refresh_token"]
+    bob_hint = _signed_in(issuer, "bob")["id_token"]
+    for params in ({}, {"post_logout_redirect_uri": "http://127.0.0.1:5555/auth/login",
+                        "client_id": "modelgate-panel"}, {"id_token_hint": bob_hint}):
+        page = browser.get(f"{issuer.url}/logout", params=params, timeout=10,
+                           allow_redirects=False)
+        assert page.status_code == 200 and "Sign out?" in page.text
+        assert bob_hint not in page.text
+    forged = browser.post(f"{issuer.url}/logout", timeout=10, allow_redirects=False,
+                          data={"confirm": "yes", "csrf_token": "forged"})
+    assert forged.status_code == 200 and "Sign out?" in forged.text
+    _, challenge = pkce_pair()
+    url = authorize_url(issuer, code_challenge=challenge, code_challenge_method="S256")
+    issuer.remember(callback_params(browser.get(url, allow_redirects=False, timeout=10))["code"])
+    token = _refresh(issuer, token).json()["refresh_token"]  # alice is still signed in
+    # alice's own ID token as the hint is the application's sign-out: no question asked.
+    alice_hint = _signed_in(issuer, "alice", browser)["id_token"]
+    out = browser.get(f"{issuer.url}/logout", timeout=10, allow_redirects=False, params={
+        "id_token_hint": alice_hint, "post_logout_redirect_uri": "http://127.0.0.1:5555/auth/login"})
+    assert out.status_code == 302
+    assert _refresh(issuer, token).json()["error"] == "invalid_grant"
 
 
 def test_a_token_rotated_into_a_revoked_family_is_born_revoked(tmp_path: Any) -> None:
