@@ -11,7 +11,14 @@ import pytest
 from sqlalchemy import select
 
 from app.db import AuditEvent
-from tests.auth.conftest import PANEL_URL, full_sign_in, page_csrf, session_user
+from tests.auth.conftest import (
+    PANEL_URL,
+    full_sign_in,
+    issuer_redirect,
+    page_csrf,
+    session_user,
+    start_login,
+)
 from tests.conftest import build_app, sign_in
 from tests.identity_support import Issuer, sign_out, start_issuer
 
@@ -96,6 +103,17 @@ def test_redis_down_fails_closed(tmp_path: Path, redis_server: Any, sqlite_url: 
         as_text=True)
     assert "session check failed: the session store (Redis) is unreachable" in caplog.text
     assert "sign-out not completed" in caplog.text
+
+
+def test_sign_in_with_redis_down_answers_503(oidc_app: Any, issuer: Issuer,
+                                             redis_server: Any) -> None:
+    client = oidc_app.test_client()
+    callback = issuer_redirect(issuer.session(), start_login(client), issuer, "erin")
+    redis_server.kill()
+    response = client.get(callback)
+    assert response.status_code == 503
+    assert "Sessions cannot be stored right now" in response.get_data(as_text=True)
+    assert client.get("/").status_code == 302  # nobody signed in
 
 
 @pytest.fixture
