@@ -283,6 +283,32 @@ def jobs_cancel(job_id: str) -> None:
                    + (" (cancellation requested)" if job.status == "RUNNING" else ""))
 
 
+# --------------------------------------------------------------------------- sessions
+
+
+@main.group()
+def sessions() -> None:
+    """Signed-in panel sessions (records in Redis)."""
+
+
+@sessions.command("end")
+@click.argument("username")
+def sessions_end(username: str) -> None:
+    """End every panel session of USERNAME now (e.g. right after changing their roles)."""
+    import getpass
+
+    import redis
+
+    from app.auth.sessions import end_user_sessions
+
+    with _make_app().app_context():
+        try:
+            ended = end_user_sessions(username, f"cli:{getpass.getuser()}")
+        except redis.RedisError as exc:
+            raise click.ClickException(f"Redis is unreachable ({type(exc).__name__})") from None
+    click.echo(f"{username}: {ended} panel session(s) ended")
+
+
 # --------------------------------------------------------------------------- audit
 
 

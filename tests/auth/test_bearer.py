@@ -9,7 +9,7 @@ from typing import Any
 import msal
 import pytest
 
-from tests.auth.conftest import full_sign_in, page_csrf
+from tests.auth.conftest import full_sign_in, page_csrf, session_user
 from tests.identity_support import Issuer
 
 
@@ -67,8 +67,7 @@ def test_bad_bearer_tokens_get_401_without_echo(oidc_app: Any, ci_token: str,
 def test_id_token_is_not_an_access_token(oidc_app: Any, issuer: Issuer) -> None:
     client = oidc_app.test_client()
     full_sign_in(client, issuer, "alice")
-    with client.session_transaction() as sess:
-        user_id = sess["user"]["id"]
+    user_id = session_user(oidc_app, client).id
     with oidc_app.app_context():
         from app.auth import session_tokens
 
@@ -102,11 +101,10 @@ def test_user_token_acts_as_the_user(oidc_app: Any, issuer: Issuer) -> None:
 
     client = oidc_app.test_client()
     full_sign_in(client, issuer, "carol")
-    with client.session_transaction() as sess:
-        data = sess["user"]
+    data = session_user(oidc_app, client)
     with oidc_app.app_context():
         token = session_tokens.user_access_token(User(
-            id=data["id"], name=data["name"], username=data["username"], roles=frozenset()))
+            id=data.id, name=data.name, username=data.username, roles=frozenset()))
     issuer.remember(token)
     api = oidc_app.test_client()
     auth = {"Authorization": f"Bearer {token}"}
