@@ -47,7 +47,9 @@ def index() -> Any:
                            now=utcnow(),
                            metric_rows=promotions.metric_rows,
                            can_decide=current_user.can(Role.APPROVER),
-                           can_request=current_user.can(Role.ENGINEER))
+                           can_request=current_user.can(Role.ENGINEER),
+                           rolled_back=rollbacks.recent() if current_user.can(Role.APPROVER)
+                           else [])
 
 
 @bp.get("/mine")

@@ -199,17 +199,23 @@ def approve(promotion_id: str, actor: str, *, roles: frozenset[str],
     text = _comment(comment)
     if not _move(row.id, PromotionState.APPROVED, actor, audit_it=False, comment=text):
         raise Conflict(f"promotion request {row.id} was decided by someone else just now")
+    def link(job: Job) -> None:
+        # The grant: the worker runs a protected environment's job only when an APPROVED
+        # promotion names it, so the link is written before the job is queued.
+        _set(row.id, PromotionState.APPROVED, deploy_job_id=job.id)
+
     try:
-        # roles=None: the approver need not be an engineer; four eyes were checked above.
-        job = jobs.submit(JobKind.DEPLOY, {"environment": row.environment,
-                                           "version": row.model_version},
-                          actor, roles=None)
+        # Not jobs.submit: that refuses protected changes to everyone; this job is the
+        # approved promotion's (four eyes were checked above; the approver need not be an
+        # engineer).
+        job = jobs.submit_granted(JobKind.DEPLOY, {"environment": row.environment,
+                                                   "version": row.model_version},
+                                  actor, link)
     except Exception:
         # Not queued: put the request back so it can be approved again once the queue is up.
         _set(row.id, PromotionState.APPROVED, state=PromotionState.PENDING.value,
-             decided_by=None, decided_at=None, comment=None)
+             decided_by=None, decided_at=None, comment=None, deploy_job_id=None)
         raise
-    _set(row.id, PromotionState.APPROVED, deploy_job_id=job.id)
     audit.record(actor, AuditAction.PROMOTION_APPROVED, f"promotion:{row.id}",
                  {"environment": row.environment, "model_version": row.model_version,
                   "requested_by": row.requested_by, "comment": text, "deploy_job_id": job.id})

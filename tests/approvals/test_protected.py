@@ -1,0 +1,252 @@
+"""Protected environments: every direct change of prod is refused at submit, for every role and
+surface (panel forms, REST with session or the CI client's real bearer token); only the approved
+promotion's job and the engineer's break-glass rollback get through, and the worker re-checks."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msal
+import pytest
+
+from app.db import ApiRevision, Job
+from app.extensions import db
+from app.services import audit, promotions, protected, rollbacks
+from app.services.kinds import JobKind
+from tests.approvals.conftest import record_deploy
+from tests.conftest import USERS, build_app
+from tests.identity_support import Issuer, start_issuer
+from tests.support import RedisServer
+
+ENGINEER_APPROVER = ["MLOps.Engineer", "MLOps.Approver", "Score.Invoke"]
+PRINCIPALS = {"alice": USERS["alice"], "dave": USERS["dave"], "frank": ENGINEER_APPROVER,
+              "bob": USERS["bob"]}
+
+
+@pytest.fixture(scope="module")
+def issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Issuer]:
+    with start_issuer(tmp_path_factory.mktemp("protected-issuer")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def ci_token(issuer: Issuer) -> str:
+    """A real client-credentials token of modelgate-ci (MLOps.Engineer + Score.Invoke)."""
+    app = msal.ConfidentialClientApplication(
+        "modelgate-ci", client_credential=issuer.secret("modelgate-ci"),
+        oidc_authority=issuer.url, http_client=issuer.session())
+    token: str = app.acquire_token_for_client(["api://modelgate/.default"])["access_token"]
+    issuer.remember(token)
+    return token
+
+
+@pytest.fixture
+def panel(tmp_path: Path, sqlite_url: str, redis_server: RedisServer, issuer: Issuer,
+          registered_versions: dict[str, Any]) -> Any:
+    return build_app(tmp_path, sqlite_url, redis_server.url, WTF_CSRF_ENABLED=True,
+                     ISSUER_URL=issuer.url, CA_BUNDLE=str(issuer.ca),
+                     CLIENT_SECRET=issuer.secret("modelgate-panel"))
+
+
+def signed_in(panel: Any, username: str) -> tuple[Any, str]:
+    """A session for `username` with its roles (frank holds Engineer and Approver); its CSRF."""
+    client = panel.test_client()
+    with client.session_transaction() as session:
+        session["user"] = {"id": f"oid-{username}", "name": username.title(),
+                           "username": username, "roles": PRINCIPALS[username],
+                           "signed_in_at": int(time.time())}
+        session["_user_id"] = f"oid-{username}"
+        session["_fresh"] = True
+    page = client.get("/").get_data(as_text=True)
+    match = re.search(r'name="csrf-token" content="([^"]+)"', page)
+    assert match
+    return client, match.group(1)
+
+
+def _prod_revisions(home: Path) -> None:
+    """prod serving v1 with API revisions 1 and 2 (2 current), as the jobs record them."""
+    record_deploy(home, "prod", "1", "job-prod-1")
+    for number in (1, 2):
+        db.session.add(ApiRevision(api_name="credit-risk", path="credit-risk",
+                                   environment="prod", revision=number,
+                                   policy_xml="<policies/>", created_by="bob",
+                                   is_current=number == 2, job_id=f"publish-{number}"))
+    db.session.commit()
+
+
+def _job_count(panel: Any) -> int:
+    with panel.app_context():
+        return db.session.query(Job).count()
+
+
+def _assert_protected_403(response: Any, where: str) -> None:
+    assert response.status_code == 403, (where, response.status_code,
+                                         response.get_data(as_text=True)[:300])
+    text = response.get_data(as_text=True)
+    assert "/approvals/new" in text, where
+    if response.mimetype == "application/problem+json":
+        body = response.get_json()
+        assert body["status"] == 403 and "request a promotion" in body["detail"].lower()
+        assert "protected environment" in body["detail"]
+        assert response.headers["Link"].startswith("</approvals/new>")
+
+
+DIRECT_JOBS = [
+    ("deploy", {"environment": "prod"}),
+    ("deploy", {"environment": "prod", "version": "2"}),
+    ("deploy", {"environment": "prod", "rollback": True}),
+    ("publish", {"environment": "prod"}),
+    ("publish", {"environment": "prod", "policy_xml": "<policies/>"}),
+    ("pipeline", {"environment": "prod"}),
+    ("pipeline", {"environment": "prod", "until": "deploy"}),
+]
+
+
+def test_direct_prod_changes_are_refused_at_submit_for_every_principal(
+        panel: Any, tmp_path: Path, ci_token: str) -> None:
+    with panel.app_context():
+        _prod_revisions(tmp_path)
+        approved = promotions.request("2", "prod", "for the crafted id", "alice",
+                                      roles=frozenset(USERS["alice"]))
+    crafted = [("deploy", {"environment": "prod", "version": "2",
+                           "promotion_id": approved.id})]
+    for username in PRINCIPALS:
+        client, token = signed_in(panel, username)
+        headers = {"X-CSRFToken": token}
+        approver_only = username == "bob"
+        for kind, params in DIRECT_JOBS + crafted:
+            where = f"{username} REST {kind} {params}"
+            response = client.post("/api/v1/jobs", headers=headers,
+                                   json={"kind": kind, "params": params})
+            if approver_only:  # refused by role before the environment is even looked at
+                assert response.status_code == 403, where
+            else:
+                _assert_protected_403(response, where)
+            form = client.post("/jobs/", data={"csrf_token": token, "kind": kind,
+                                               "params": json.dumps(params)})
+            assert form.status_code == 403, f"{username} form {kind} {params}"
+        deploy_form = client.post("/deployments/prod/deploy",
+                                  data={"csrf_token": token, "version": "2"})
+        if approver_only:
+            assert deploy_form.status_code == 403
+        else:
+            _assert_protected_403(deploy_form, f"{username} deployments form")
+        api_rest = client.post("/api/v1/apis/credit-risk/revisions/1/rollback", headers=headers,
+                               json={})
+        api_form = client.post("/apis/revisions/1/rollback", data={"csrf_token": token})
+        if approver_only:
+            assert (api_rest.status_code, api_form.status_code) == (403, 403)
+        else:
+            _assert_protected_403(api_rest, f"{username} API rollback REST")
+            _assert_protected_403(api_form, f"{username} API rollback form")
+    bearer = {"Authorization": f"Bearer {ci_token}"}
+    ci = panel.test_client()
+    for kind, params in DIRECT_JOBS + crafted:
+        _assert_protected_403(ci.post("/api/v1/jobs", headers=bearer,
+                                      json={"kind": kind, "params": params}),
+                              f"CI client {kind} {params}")
+    _assert_protected_403(ci.post("/api/v1/apis/credit-risk/revisions/1/rollback",
+                                  headers=bearer, json={}), "CI client API rollback")
+    assert _job_count(panel) == 0
+    with panel.app_context():
+        assert promotions.get(approved.id).state == "PENDING"
+        current = db.session.query(ApiRevision).filter_by(is_current=True).one()
+        assert current.revision == 2
+    # Staging and key rotation of prod stay engineer actions.
+    ok = ci.post("/api/v1/jobs", headers=bearer,
+                 json={"kind": "deploy", "params": {"environment": "staging"}})
+    assert ok.status_code == 202, ok.get_json()
+    rotate = ci.post("/api/v1/jobs", headers=bearer,
+                     json={"kind": "rotate-keys", "params": {"environment": "prod"}})
+    assert rotate.status_code == 202, rotate.get_json()
+    assert _job_count(panel) == 2
+
+
+def test_the_approved_promotion_is_the_way_through(panel: Any, tmp_path: Path) -> None:
+    frank, f_token = signed_in(panel, "frank")
+    headers = {"X-CSRFToken": f_token}
+    created = frank.post("/api/v1/promotions", headers=headers,
+                         json={"version": "2", "reason": "v2 on staging is better"})
+    assert created.status_code == 201
+    pid = created.get_json()["id"]
+    # Holding both roles does not let frank decide his own request.
+    own = frank.post(f"/api/v1/promotions/{pid}/approve", headers=headers, json={})
+    assert own.status_code == 403 and "someone else" in own.get_json()["detail"]
+    assert _job_count(panel) == 0
+    bob, b_token = signed_in(panel, "bob")
+    approved = bob.post(f"/api/v1/promotions/{pid}/approve", headers={"X-CSRFToken": b_token},
+                        json={"comment": "ok"})
+    assert approved.status_code == 200
+    job_id = approved.get_json()["deploy_job_id"]
+    job = bob.get(f"/api/v1/jobs/{job_id}").get_json()
+    assert (job["kind"], job["params"], job["status"]) == (
+        "deploy", {"environment": "prod", "version": "2"}, "QUEUED")
+    with panel.app_context():
+        grant = protected.authorize_run(job_id, JobKind.DEPLOY, "prod")
+        assert grant is not None and (grant.kind, grant.reference, grant.actor) == (
+            "promotion", pid, "bob")
+    # Retrying the approved job once it failed is a new direct submit: refused like any other.
+    with panel.app_context():
+        db.session.query(Job).filter_by(id=job_id).update({"status": "FAILED"})
+        db.session.commit()
+    alice, a_token = signed_in(panel, "alice")
+    retry = alice.post(f"/jobs/{job_id}/retry", data={"csrf_token": a_token})
+    assert retry.status_code == 403
+    assert _job_count(panel) == 1
+
+
+def test_the_worker_refuses_a_prod_job_without_a_grant(panel: Any) -> None:
+    """A row that reached the queue some other way (replayed message, edited database) fails."""
+    with panel.app_context():
+        stray = Job(kind="deploy", status="QUEUED", params={"environment": "prod"},
+                    requested_by="mallory", max_attempts=1, step="queued")
+        db.session.add(stray)
+        db.session.commit()
+        with pytest.raises(protected.ProtectedEnvironment, match="approved promotion"):
+            protected.authorize_run(stray.id, JobKind.DEPLOY, "prod")
+        with pytest.raises(protected.ProtectedEnvironment):
+            protected.authorize_run(stray.id, JobKind.PUBLISH, "prod")
+        assert protected.authorize_run(stray.id, JobKind.DEPLOY, "staging") is None
+        # A rejected promotion naming the job grants nothing either.
+        row = promotions.request("3", "prod", "r", "alice", roles=frozenset(USERS["alice"]))
+        promotions.reject(row.id, "bob", roles=frozenset(USERS["bob"]))
+        db.session.query(promotions.Promotion).filter_by(id=row.id).update(
+            {"deploy_job_id": stray.id})
+        db.session.commit()
+        with pytest.raises(protected.ProtectedEnvironment):
+            protected.authorize_run(stray.id, JobKind.DEPLOY, "prod")
+
+
+def test_rollback_is_a_break_glass_to_versions_that_served(panel: Any, tmp_path: Path) -> None:
+    with panel.app_context():
+        record_deploy(tmp_path, "prod", "1", "job-1")
+        record_deploy(tmp_path, "prod", "2", "job-2")
+    alice, token = signed_in(panel, "alice")
+    never = alice.post("/deployments/prod/rollback",
+                       data={"csrf_token": token, "version": "3", "reason": "try v3"})
+    _assert_protected_403(never, "rollback to a version that never served prod")
+    never_inbox = alice.post("/approvals/rollback", data={"csrf_token": token, "version": "3",
+                                                          "reason": "try v3"})
+    assert never_inbox.status_code == 403
+    assert _job_count(panel) == 0
+    bob, b_token = signed_in(panel, "bob")
+    assert bob.post("/deployments/prod/rollback", data={
+        "csrf_token": b_token, "version": "1", "reason": "x"}).status_code == 403
+    done = alice.post("/deployments/prod/rollback",
+                      data={"csrf_token": token, "version": "1", "reason": "v2 misbehaves"})
+    assert done.status_code == 302
+    job_id = done.headers["Location"].rstrip("/").rsplit("/", 1)[1]
+    with panel.app_context():
+        event = audit.events(action="deployment.rolled-back")[0]
+        assert (event.actor, event.details["deploy_job_id"]) == ("alice", job_id)
+        grant = protected.authorize_run(job_id, JobKind.DEPLOY, "prod")
+        assert grant is not None and (grant.kind, grant.actor) == ("rollback", "alice")
+        assert rollbacks.recent()[0]["reason"] == "v2 misbehaves"
+    inbox = bob.get("/approvals/").get_data(as_text=True)
+    assert "rolled back by alice: v2 misbehaves" in inbox
+    assert f'data-rollback-job="{job_id}"' in inbox
