@@ -45,7 +45,8 @@ def index() -> Any:
     decided = [r for r in rows if r.state != promotions.PromotionState.PENDING]
     return render_template("approvals/index.html", pending=pending, decided=decided[:50],
                            now=utcnow(),
-                           metric_rows=promotions.metric_rows,
+                           metric_rows=promotions.metric_rows, plan=promotions.plan,
+                           policy_diff=promotions.policy_diff,
                            can_decide=current_user.can(Role.APPROVER),
                            can_request=current_user.can(Role.ENGINEER),
                            rolled_back=rollbacks.recent() if current_user.can(Role.APPROVER)
@@ -65,7 +66,7 @@ def mine() -> Any:
 @role_required(Role.ENGINEER)
 def new() -> Any:
     """The request form: a version from the registry, a reason; and prod's rollback targets."""
-    from app.services import deployments, models
+    from app.services import apis, deployments, models
 
     versions: list[Any] = []
     try:
@@ -74,6 +75,7 @@ def new() -> Any:
         flash(f"The model registry cannot be read: {exc.message}", "error")
     return render_template("approvals/new.html", versions=versions,
                            current=deployments.active("prod"),
+                           api=apis.current(apis.api_name("prod")),
                            targets=rollbacks.targets("prod"),
                            selected=request.args.get("version", ""))
 
@@ -82,11 +84,10 @@ def new() -> Any:
 @role_required(Role.ENGINEER)
 def create() -> Any:
     """Record a promotion request from the form."""
-    row = promotions.request(request.form.get("version"), request.form.get("environment", "prod"),
-                             request.form.get("reason"), current_user.username,
-                             roles=current_user.roles)
-    flash(f"Promotion of v{row.model_version} to {row.environment} requested; "
-          "an approver has to decide on it.", "success")
+    row = promotions.request_from(request.form, current_user.username, roles=current_user.roles)
+    what = (f"A new {row.model_name} revision" if row.kind == promotions.PromotionKind.API_REVISION
+            else f"Promotion of v{row.model_version}")
+    flash(f"{what} for {row.environment} requested; an approver has to decide on it.", "success")
     return redirect(url_for("approvals.detail", promotion_id=row.id))
 
 
@@ -97,6 +98,7 @@ def detail(promotion_id: str) -> Any:
     row = promotions.get(promotion_id)
     return render_template("approvals/detail.html", row=row,
                            metric_rows=promotions.metric_rows(row.evidence or {}),
+                           plan=promotions.plan(row), diff=promotions.policy_diff(row),
                            can_decide=current_user.can(Role.APPROVER))
 
 
@@ -108,7 +110,7 @@ def decide(promotion_id: str, decision: str) -> Any:
     row = decide_fn(promotion_id, current_user.username, roles=current_user.roles,
                     comment=request.form.get("comment", ""))
     if row.deploy_job_id:
-        flash(f"Approved: deploying v{row.model_version} to {row.environment} "
+        flash(f"Approved: {row.environment} {'; '.join(promotions.plan(row))} "
               f"(job {row.deploy_job_id}).", "success")
         return redirect(url_for("jobs.detail", job_id=row.deploy_job_id))
     flash(f"Request {row.id} is now {row.state.lower()}.", "success")

@@ -31,8 +31,22 @@ logger = logging.getLogger(__name__)
 
 MAX_REASON = 2000
 MAX_COMMENT = 2000
-# Promotion targets: staging is deployed directly by engineers; only prod needs four eyes.
-PROMOTABLE_ENVIRONMENTS: tuple[str, ...] = ("prod",)
+# A policy travels to the publish job as a parameter (jobs.MAX_PARAMS_BYTES, JSON-escaped).
+MAX_POLICY = 12_000
+
+
+class PromotionKind(enum.StrEnum):
+    """What an approval changes: a model version (a deploy) or an API revision (a publish)."""
+
+    MODEL = "model"
+    API_REVISION = "api-revision"
+
+
+def promotable_environments() -> tuple[str, ...]:
+    """Promotion targets: the protected environments (staging is changed directly)."""
+    from app.services import protected
+
+    return tuple(sorted(protected.protected_environments()))
 
 
 class PromotionState(enum.StrEnum):
@@ -107,9 +121,13 @@ def pending_count() -> int:
 
 def to_dict(row: Promotion) -> dict[str, Any]:
     """Serialise a request for the REST API and webhooks."""
+    what: dict[str, Any] = (
+        {"api": {"name": row.model_name, "policy_xml": row.policy_xml}}
+        if row.kind == PromotionKind.API_REVISION else
+        {"model": {"name": row.model_name, "version": row.model_version}})
     return {
-        "id": row.id, "environment": row.environment,
-        "model": {"name": row.model_name, "version": row.model_version},
+        "id": row.id, "kind": row.kind, "environment": row.environment, **what,
+        "plan": plan(row),
         "reason": row.reason, "state": row.state, "requested_by": row.requested_by,
         "requested_at": row.requested_at.isoformat(), "expires_at": row.expires_at.isoformat(),
         "evidence": row.evidence or {}, "decided_by": row.decided_by,
@@ -143,40 +161,146 @@ def request(version: Any, environment: Any, reason: Any, actor: str, *,
         Forbidden: the caller is neither MLOps.Engineer nor MLOps.Admin.
         ValidationError: unknown version or environment, or a missing reason.
     """
-    if not has_role(roles, Role.ENGINEER):
-        raise Forbidden(f"requesting a promotion needs the {Role.ENGINEER.value} role")
-    environment = environment or "prod"
-    if environment not in PROMOTABLE_ENVIRONMENTS:
-        raise ValidationError(f"environment: promotions go to {', '.join(PROMOTABLE_ENVIRONMENTS)}",
-                              errors=[{"field": "environment", "message": "not promotable"}])
+    environment = _check_requester(environment, roles)
     if not isinstance(version, str | int) or not str(version).strip().isdigit():
         raise ValidationError("version: give a registered model version number",
                               errors=[{"field": "version", "message": "required, a number"}])
-    if not isinstance(reason, str) or not reason.strip():
-        raise ValidationError("reason: say why this version should go to production",
-                              errors=[{"field": "reason", "message": "required"}])
-    if len(reason) > MAX_REASON:
-        raise ValidationError(f"reason: at most {MAX_REASON} characters",
-                              errors=[{"field": "reason", "message": "too long"}])
+    reason = _check_reason(reason)
     version = str(version).strip()
     name, evidence = _evidence(environment, version)
     if (evidence.get("current") or {}).get("version") == version:
         raise ValidationError(f"version: {environment} already serves v{version}",
                               errors=[{"field": "version", "message": "already serving"}])
+    return _record(PromotionKind.MODEL, environment, name, version, None, reason, actor,
+                   evidence, {"model": name, "model_version": version,
+                              "current_version": (evidence.get("current") or {}).get("version")})
+
+
+def request_from(fields: Any, actor: str, *, roles: frozenset[str]) -> Promotion:
+    """Record a request from a form or a JSON body (``kind``: model or api-revision)."""
+    raw_kind = fields.get("kind") or PromotionKind.MODEL.value
+    try:
+        kind = PromotionKind(raw_kind)
+    except ValueError:
+        raise ValidationError(f"kind: use one of {', '.join(k.value for k in PromotionKind)}",
+                              errors=[{"field": "kind", "message": "unknown kind"}]) from None
+    environment = fields.get("environment") or "prod"
+    if kind is PromotionKind.API_REVISION:
+        return request_api_revision(environment, fields.get("policy_xml"), fields.get("reason"),
+                                    actor, roles=roles)
+    return request(fields.get("version"), environment, fields.get("reason"), actor, roles=roles)
+
+
+def request_api_revision(environment: Any, policy_xml: Any, reason: Any, actor: str, *,
+                         roles: frozenset[str]) -> Promotion:
+    """Record a PENDING request to publish a new API revision of a protected environment.
+
+    Without `policy_xml` the new revision carries the environment's default policy.
+
+    Raises:
+        Forbidden: the caller is neither MLOps.Engineer nor MLOps.Admin.
+        ValidationError: unknown environment, no reason, or a policy that is not text.
+    """
+    from flask import current_app
+
+    from app.services import apis
+
+    environment = _check_requester(environment, roles)
+    reason = _check_reason(reason)
+    if policy_xml in (None, ""):
+        policy_xml = apis.render_policy(current_app.config, environment)
+    if not isinstance(policy_xml, str) or not policy_xml.strip():
+        raise ValidationError("policy_xml: give the policy document as text",
+                              errors=[{"field": "policy_xml", "message": "not a string"}])
+    if len(policy_xml) > MAX_POLICY:
+        raise ValidationError(f"policy_xml: at most {MAX_POLICY} characters",
+                              errors=[{"field": "policy_xml", "message": "too long"}])
+    name = apis.api_name(environment)
+    current = apis.current(name)
+    if current is not None and current.policy_xml == policy_xml:
+        raise ValidationError(f"policy_xml: {name} revision {current.revision} already serves "
+                              "this policy", errors=[{"field": "policy_xml",
+                                                      "message": "no change"}])
+    evidence = {"current": ({"revision": current.revision, "policy_xml": current.policy_xml}
+                            if current else None)}
+    return _record(PromotionKind.API_REVISION, environment, name, "", policy_xml, reason,
+                   actor, evidence, {"api": name, "current_revision":
+                                     current.revision if current else None})
+
+
+def plan(row: Promotion) -> list[str]:
+    """What approving does, step by step, as the approver reads it before deciding."""
+    from app.services import apis
+
+    name = apis.api_name(row.environment)
+    revisions = apis.revisions_of(name)
+    next_revision = revisions[0].revision + 1 if revisions else 1
+    if row.kind == PromotionKind.API_REVISION:
+        return [f"publishes {name} revision {next_revision} to {row.environment} with the "
+                "requested policy"]
+    steps = [f"deploys v{row.model_version} to {row.environment} blue/green"]
+    if apis.current(name) is None:
+        steps.append(f"then publishes {name} revision {next_revision} (the default policy)")
+    return steps
+
+
+def policy_diff(row: Promotion) -> list[str]:
+    """The requested policy against the revision it replaces (unified diff lines)."""
+    import difflib
+
+    from app.services import apis
+
+    if row.kind != PromotionKind.API_REVISION:
+        return []
+    base = (row.evidence or {}).get("current") or {}
+    if row.state == PromotionState.PENDING:
+        live = apis.current(row.model_name)
+        base = {"revision": live.revision, "policy_xml": live.policy_xml} if live else {}
+    before = str(base.get("policy_xml") or "")
+    label = f"revision {base['revision']} (current)" if base.get("revision") else "(no revision)"
+    return list(difflib.unified_diff(before.splitlines(), (row.policy_xml or "").splitlines(),
+                                     label, "requested", lineterm=""))
+
+
+def _check_requester(environment: Any, roles: frozenset[str]) -> str:
+    if not has_role(roles, Role.ENGINEER):
+        raise Forbidden(f"requesting a promotion needs the {Role.ENGINEER.value} role")
+    environment = environment or "prod"
+    allowed = promotable_environments()
+    if environment not in allowed:
+        raise ValidationError(f"environment: promotions go to the protected environments "
+                              f"({', '.join(allowed)})",
+                              errors=[{"field": "environment", "message": "not promotable"}])
+    return str(environment)
+
+
+def _check_reason(reason: Any) -> str:
+    if not isinstance(reason, str) or not reason.strip():
+        raise ValidationError("reason: say why this change should go to production",
+                              errors=[{"field": "reason", "message": "required"}])
+    if len(reason) > MAX_REASON:
+        raise ValidationError(f"reason: at most {MAX_REASON} characters",
+                              errors=[{"field": "reason", "message": "too long"}])
+    return reason.strip()
+
+
+def _record(kind: PromotionKind, environment: str, name: str, version: str,
+            policy_xml: str | None, reason: str, actor: str, evidence: dict[str, Any],
+            details: dict[str, Any]) -> Promotion:
+    """Store a PENDING request, audit and announce it, supersede older ones of its kind."""
     now = utcnow()
-    row = Promotion(environment=environment, model_name=name, model_version=version,
-                    reason=reason.strip(), state=PromotionState.PENDING.value,
-                    requested_by=actor, requested_at=now, expires_at=now + ttl(),
-                    evidence=evidence, updated_at=now)
+    row = Promotion(kind=kind.value, environment=environment, model_name=name,
+                    model_version=version, policy_xml=policy_xml, reason=reason,
+                    state=PromotionState.PENDING.value, requested_by=actor, requested_at=now,
+                    expires_at=now + ttl(), evidence=evidence, updated_at=now)
     db.session.add(row)
     db.session.commit()
     audit.record(actor, AuditAction.PROMOTION_REQUESTED, f"promotion:{row.id}",
-                 {"environment": environment, "model": name, "model_version": version,
-                  "reason": row.reason, "expires_at": row.expires_at.isoformat(),
-                  "current_version": (evidence.get("current") or {}).get("version")})
+                 {"kind": kind.value, "environment": environment, **details,
+                  "reason": row.reason, "expires_at": row.expires_at.isoformat()})
     older = db.session.scalars(select(Promotion.id).where(
-        Promotion.environment == environment, Promotion.state == PromotionState.PENDING.value,
-        Promotion.id != row.id)).all()
+        Promotion.environment == environment, Promotion.kind == kind.value,
+        Promotion.state == PromotionState.PENDING.value, Promotion.id != row.id)).all()
     for old_id in older:
         _move(old_id, PromotionState.SUPERSEDED, "modelgate", superseded_by=row.id)
     notifications.notify("promotion.requested", to_dict(row))
@@ -185,7 +309,8 @@ def request(version: Any, environment: Any, reason: Any, actor: str, *,
 
 def approve(promotion_id: str, actor: str, *, roles: frozenset[str],
             comment: Any = "") -> Promotion:
-    """Approve a pending request and queue the deploy job for its environment and version.
+    """Approve a pending request and queue its job: the deploy of its version (which also
+    publishes the environment's API when it has none) or the publish of its API revision.
 
     Raises:
         Forbidden: missing role, or the approver is the requester.
@@ -208,9 +333,14 @@ def approve(promotion_id: str, actor: str, *, roles: frozenset[str],
         # Not jobs.submit: that refuses protected changes to everyone; this job is the
         # approved promotion's (four eyes were checked above; the approver need not be an
         # engineer).
-        job = jobs.submit_granted(JobKind.DEPLOY, {"environment": row.environment,
-                                                   "version": row.model_version},
-                                  actor, link)
+        if row.kind == PromotionKind.API_REVISION:
+            job = jobs.submit_granted(JobKind.PUBLISH, {"environment": row.environment,
+                                                        "policy_xml": row.policy_xml},
+                                      actor, link)
+        else:
+            job = jobs.submit_granted(JobKind.DEPLOY, {"environment": row.environment,
+                                                       "version": row.model_version},
+                                      actor, link)
     except Exception:
         # Not queued: put the request back so it can be approved again once the queue is up.
         _set(row.id, PromotionState.APPROVED, state=PromotionState.PENDING.value,

@@ -9,7 +9,7 @@ from tests.runtime.conftest import EXAMPLE, Stack
 
 def test_prod_deploy_runs_two_replicas_sharing_a_port(deployed: Stack) -> None:
     stack = deployed
-    job = stack.run("deploy", {"environment": "prod", "version": stack.versions[1]})
+    job = stack.promote(stack.versions[1])  # prod is protected: an approved promotion deploys
     assert job["status"] == "SUCCEEDED", job
     assert job["result"]["replicas"] == 2 and job["result"]["environment"] == "prod"
     entry = stack.status()["deployments"][job["result"]["deployment_id"]]
