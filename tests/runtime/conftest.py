@@ -177,12 +177,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     db_url = f"sqlite:///{home / 'modelgate.db'}"
     pipeline = home / "pipeline.yml"
     pipeline.write_text(PIPELINE_YAML.format(ready=60))
-    app = build_app(home, db_url, redis.url, DEPLOY_DRAIN_SECONDS=2,
-                    KEY_SWITCH_GRACE_SECONDS=1.5)
-    env = child_env(home, db_url, redis.url, PIPELINE_CONFIG=str(pipeline),
-                    DEPLOY_DRAIN_SECONDS=2, KEY_SWITCH_GRACE_SECONDS=1.5)
     loop = LoopThread()
     issuer = Issuer(loop, home)
+    # The publish step of an approved promotion renders the default policy for this issuer.
+    app = build_app(home, db_url, redis.url, DEPLOY_DRAIN_SECONDS=2,
+                    KEY_SWITCH_GRACE_SECONDS=1.5, ISSUER_URL=issuer.url)
+    env = child_env(home, db_url, redis.url, PIPELINE_CONFIG=str(pipeline),
+                    DEPLOY_DRAIN_SECONDS=2, KEY_SWITCH_GRACE_SECONDS=1.5,
+                    ISSUER_URL=issuer.url)
     processes: list[Process] = []
     worker = WorkerProcess(home, env, concurrency=1)
     try:
