@@ -300,7 +300,10 @@ def to_dict(row: Deployment, status: dict[str, Any]) -> dict[str, Any]:
 
 def overview(home: Path) -> list[dict[str, Any]]:
     """Every environment with its active slot, slots still running, and the last ones."""
+    from app.services import protected
+
     status = read_status(home)
+    guarded = protected.protected_environments()
     out = []
     for env in environments():
         rows = history(env, limit=10)
@@ -313,5 +316,6 @@ def overview(home: Path) -> list[dict[str, Any]]:
             "history": [to_dict(r, status) for r in rows],
             "previous_version": prev.model_version if prev else None,
             "runtime_reporting": bool(status.get("fresh")),
+            "protected": env in guarded,
         })
     return out

@@ -5,7 +5,11 @@ promotion's job and the engineer's break-glass rollback get through, and the wor
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +25,7 @@ from app.services.kinds import JobKind
 from tests.approvals.conftest import record_deploy
 from tests.conftest import USERS, build_app
 from tests.identity_support import Issuer, start_issuer
-from tests.support import RedisServer
+from tests.support import ROOT, RedisServer, wait_for
 
 ENGINEER_APPROVER = ["MLOps.Engineer", "MLOps.Approver", "Score.Invoke"]
 PRINCIPALS = {"alice": USERS["alice"], "dave": USERS["dave"], "frank": ENGINEER_APPROVER,
@@ -250,3 +254,71 @@ def test_rollback_is_a_break_glass_to_versions_that_served(panel: Any, tmp_path:
     inbox = bob.get("/approvals/").get_data(as_text=True)
     assert "rolled back by alice: v2 misbehaves" in inbox
     assert f'data-rollback-job="{job_id}"' in inbox
+
+
+@pytest.fixture
+def served(panel: Any) -> Iterator[str]:
+    """The panel over real HTTP on a free loopback port (the CLI talks to it as CI does)."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, panel, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+
+
+def _cli_env(tmp_path: Path, issuer: Issuer, panel_url: str) -> dict[str, str]:
+    home = tmp_path / "ci-home"
+    home.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELGATE_")}
+    env.update(MODELGATE_HOME=str(home), MODELGATE_PANEL_URL=panel_url,
+               MODELGATE_ISSUER_URL=issuer.url, MODELGATE_CA_BUNDLE=str(issuer.ca),
+               MODELGATE_CI_CLIENT_ID="modelgate-ci",
+               MODELGATE_CI_CLIENT_SECRET=issuer.secret("modelgate-ci"))
+    return env
+
+
+def test_cli_pipeline_on_prod_requests_a_promotion_and_waits_for_the_decision(
+        panel: Any, served: str, issuer: Issuer, tmp_path: Path) -> None:
+    env = _cli_env(tmp_path, issuer, served)
+    argv = [sys.executable, "-m", "app", "pipeline", "run", "--environment", "prod"]
+    bare = subprocess.run(argv, env=env, cwd=str(ROOT), capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert bare.returncode != 0 and "--reason" in bare.stderr, bare.stdout + bare.stderr
+    with panel.app_context():
+        assert promotions.list_promotions() == []
+    waiting = subprocess.Popen(argv + ["--version", "2", "--reason", "CI run 41", "--wait",
+                                       "--timeout", "120"],
+                               env=env, cwd=str(ROOT), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        def pending() -> Any:
+            with panel.app_context():
+                rows = promotions.list_promotions(state="PENDING")
+                return rows[0] if rows else None
+
+        row = wait_for(pending, 60, "the CLI's promotion request")
+        assert (row.requested_by, row.model_version, row.reason) == (
+            "modelgate-ci", "2", "CI run 41")
+        with panel.app_context():
+            promotions.reject(row.id, "bob", roles=frozenset(USERS["bob"]),
+                              comment="metrics not convincing")
+        out, err = waiting.communicate(timeout=60)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+    assert waiting.returncode == 1, out + err
+    assert f"promotion {row.id} requested" in out and "waiting for an approver" in out
+    assert "rejected by bob: metrics not convincing" in out
+    assert "metrics not convincing" in err
+    assert _job_count(panel) == 0
+    queued = subprocess.run(argv + ["--version", "3", "--reason", "CI run 42"], env=env,
+                            cwd=str(ROOT), capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert queued.returncode == 0, queued.stdout + queued.stderr
+    assert "deploys v3 to prod blue/green" in queued.stdout
+    assert _job_count(panel) == 0
