@@ -298,6 +298,15 @@ def to_dict(row: Deployment, status: dict[str, Any]) -> dict[str, Any]:
             "error": row.error}
 
 
+def _grant(job_id: str | None) -> dict[str, str] | None:
+    """Who let the serving slot's job change a protected environment (approver or rollback)."""
+    from app.services import protected
+
+    grant = protected.grant_of(job_id) if job_id else None
+    return None if grant is None else {"kind": grant.kind, "reference": grant.reference,
+                                       "actor": grant.actor}
+
+
 def overview(home: Path) -> list[dict[str, Any]]:
     """Every environment with its active slot, slots still running, and the last ones."""
     from app.services import protected
@@ -317,5 +326,6 @@ def overview(home: Path) -> list[dict[str, Any]]:
             "previous_version": prev.model_version if prev else None,
             "runtime_reporting": bool(status.get("fresh")),
             "protected": env in guarded,
+            "serving_grant": _grant(current.job_id if current else None),
         })
     return out

@@ -322,3 +322,41 @@ def test_cli_pipeline_on_prod_requests_a_promotion_and_waits_for_the_decision(
     assert queued.returncode == 0, queued.stdout + queued.stderr
     assert "deploys v3 to prod blue/green" in queued.stdout
     assert _job_count(panel) == 0
+
+
+def test_panel_offers_promotion_on_protected_cards_and_names_the_approver(
+        panel: Any, tmp_path: Path) -> None:
+    alice, token = signed_in(panel, "alice")
+    created = alice.post("/api/v1/promotions", headers={"X-CSRFToken": token},
+                         json={"version": "2", "reason": "better"})
+    pid = created.get_json()["id"]
+    bob, b_token = signed_in(panel, "bob")
+    job_id = bob.post(f"/api/v1/promotions/{pid}/approve", headers={"X-CSRFToken": b_token},
+                      json={}).get_json()["deploy_job_id"]
+    with panel.app_context():
+        record_deploy(tmp_path, "prod", "2", job_id)  # what the approved job records
+        record_deploy(tmp_path, "staging", "3", "job-staging-3")
+    page = alice.get("/deployments/").get_data(as_text=True)
+    prod = page[page.index('id="env-prod"'):]
+    staging = page[page.index('id="env-staging"'):page.index('id="env-prod"')]
+    assert 'data-action="request-promotion"' in prod and 'data-action="deploy"' not in prod
+    assert 'data-action="deploy"' in staging and 'data-action="request-promotion"' not in staging
+    assert 'data-figure="approved-by">bob' in prod and f"promotion {pid}" in prod
+    assert 'data-action="rotate-keys"' in prod  # key rotation stays an engineer action
+    dashboard = alice.get("/").get_data(as_text=True)
+    cards = re.findall(r'<li class="stage[^"]*" data-stage="[^"]+" data-kind="([a-z]+)"'
+                       r'[^>]*data-job-id="([^"]*)"[^>]*data-environment="([a-z]+)"', dashboard)
+    assert [(kind, env) for kind, _, env in cards] == [
+        ("provision", "staging"), ("train", "staging"), ("deploy", "staging"),
+        ("publish", "staging")]
+    assert job_id not in dashboard.split('class="stages"')[1].split("</ol>")[0]
+    assert dashboard.count('data-field="environment">on staging') == 4
+    env_cards = alice.get("/dashboard/environments").get_data(as_text=True)
+    prod_card = env_cards[env_cards.index('id="env-prod"'):]
+    assert 'data-field="protected"' in prod_card
+    assert 'data-action="request-promotion"' in prod_card
+    listed = {e["environment"]: e for e in
+              alice.get("/api/v1/deployments").get_json()["environments"]}
+    assert listed["prod"]["protected"] and not listed["staging"]["protected"]
+    assert listed["prod"]["serving_grant"] == {"kind": "promotion", "reference": pid,
+                                               "actor": "bob"}
