@@ -110,8 +110,8 @@ def decide(promotion_id: str, decision: str) -> Any:
     row = decide_fn(promotion_id, current_user.username, roles=current_user.roles,
                     comment=request.form.get("comment", ""))
     if row.deploy_job_id:
-        flash(f"Approved: {row.environment} {'; '.join(promotions.plan(row))} "
-              f"(job {row.deploy_job_id}).", "success")
+        flash(f"Approved: job {row.deploy_job_id} {', '.join(promotions.plan(row))}.",
+              "success")
         return redirect(url_for("jobs.detail", job_id=row.deploy_job_id))
     flash(f"Request {row.id} is now {row.state.lower()}.", "success")
     return redirect(url_for("approvals.index"))

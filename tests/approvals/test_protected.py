@@ -360,3 +360,39 @@ def test_panel_offers_promotion_on_protected_cards_and_names_the_approver(
     assert listed["prod"]["protected"] and not listed["staging"]["protected"]
     assert listed["prod"]["serving_grant"] == {"kind": "promotion", "reference": pid,
                                                "actor": "bob"}
+
+
+def test_api_revision_request_from_the_form_shows_the_diff(panel: Any, tmp_path: Path) -> None:
+    with panel.app_context():
+        _prod_revisions(tmp_path)  # revision 2 (current) serves "<policies/>"
+    alice, token = signed_in(panel, "alice")
+    new_page = alice.get("/approvals/new").get_data(as_text=True)
+    assert 'id="api-revision-form"' in new_page and "credit-risk revision 2" in new_page
+    policy = "<policies>\n  <inbound>\n    <base />\n  </inbound>\n</policies>"
+    done = alice.post("/approvals/", data={"csrf_token": token, "kind": "api-revision",
+                                           "environment": "prod", "policy_xml": policy,
+                                           "reason": "explicit inbound section"})
+    assert done.status_code == 302
+    pid = done.headers["Location"].rstrip("/").rsplit("/", 1)[1]
+    same = alice.post("/approvals/", data={"csrf_token": token, "kind": "api-revision",
+                                           "environment": "prod", "policy_xml": "<policies/>",
+                                           "reason": "no change"})
+    assert same.status_code == 422  # the current revision already serves it
+    bob, b_token = signed_in(panel, "bob")
+    page = bob.get(f"/approvals/{pid}").get_data(as_text=True)
+    assert "revision 2 (current)" in page and '<span class="diff-del">-&lt;policies/&gt;' in page
+    assert '<span class="diff-add">+  &lt;inbound&gt;</span>' in page
+    assert "publishes credit-risk revision 3 to prod with the requested policy" in page
+    assert f'data-approve="{pid}"' in page
+    with panel.app_context():
+        row = promotions.get(pid)
+        assert (row.kind, row.state, row.model_name) == ("api-revision", "PENDING",
+                                                        "credit-risk")
+    approved = bob.post(f"/approvals/{pid}/approve", data={"csrf_token": b_token})
+    assert approved.status_code == 302
+    job = bob.get(approved.headers["Location"].replace("/jobs/", "/api/v1/jobs/")).get_json()
+    assert (job["kind"], job["params"]) == ("publish", {"environment": "prod",
+                                                        "policy_xml": policy})
+    with panel.app_context():
+        grant = protected.authorize_run(job["id"], JobKind.PUBLISH, "prod")
+        assert grant is not None and grant.reference == pid
