@@ -34,19 +34,39 @@ PRINCIPALS = {"alice": USERS["alice"], "dave": USERS["dave"], "frank": ENGINEER_
 
 @pytest.fixture(scope="module")
 def issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Issuer]:
-    with start_issuer(tmp_path_factory.mktemp("protected-issuer")) as running:
+    """The real local issuer, whose credentials add `release-bot`: a confidential client
+    holding both MLOps.Engineer and MLOps.Approver."""
+    from app.identity.credentials import default_credentials
+
+    home = tmp_path_factory.mktemp("protected-issuer")
+    document = default_credentials()
+    document["clients"]["release-bot"] = {"secret": "r" * 32,
+                                          "roles": ENGINEER_APPROVER}
+    (home / "dev-credentials.json").write_text(json.dumps(document))
+    (home / "dev-credentials.json").chmod(0o600)
+    with start_issuer(home) as running:
         yield running
+
+
+def _client_token(issuer: Issuer, client_id: str) -> str:
+    app = msal.ConfidentialClientApplication(
+        client_id, client_credential=issuer.secret(client_id),
+        oidc_authority=issuer.url, http_client=issuer.session())
+    token: str = app.acquire_token_for_client(["api://modelgate/.default"])["access_token"]
+    issuer.remember(token)
+    return token
 
 
 @pytest.fixture(scope="module")
 def ci_token(issuer: Issuer) -> str:
     """A real client-credentials token of modelgate-ci (MLOps.Engineer + Score.Invoke)."""
-    app = msal.ConfidentialClientApplication(
-        "modelgate-ci", client_credential=issuer.secret("modelgate-ci"),
-        oidc_authority=issuer.url, http_client=issuer.session())
-    token: str = app.acquire_token_for_client(["api://modelgate/.default"])["access_token"]
-    issuer.remember(token)
-    return token
+    return _client_token(issuer, "modelgate-ci")
+
+
+@pytest.fixture(scope="module")
+def bot_token(issuer: Issuer) -> str:
+    """A real token of release-bot (MLOps.Engineer + MLOps.Approver)."""
+    return _client_token(issuer, "release-bot")
 
 
 @pytest.fixture
@@ -112,13 +132,13 @@ DIRECT_JOBS = [
 
 
 def test_direct_prod_changes_are_refused_at_submit_for_every_principal(
-        panel: Any, tmp_path: Path, ci_token: str) -> None:
+        panel: Any, tmp_path: Path, ci_token: str, bot_token: str) -> None:
     with panel.app_context():
         _prod_revisions(tmp_path)
-        approved = promotions.request("2", "prod", "for the crafted id", "alice",
+        requested = promotions.request("2", "prod", "for the crafted id", "alice",
                                       roles=frozenset(USERS["alice"]))
     crafted = [("deploy", {"environment": "prod", "version": "2",
-                           "promotion_id": approved.id})]
+                           "promotion_id": requested.id})]
     for username in PRINCIPALS:
         client, token = signed_in(panel, username)
         headers = {"X-CSRFToken": token}
@@ -148,17 +168,27 @@ def test_direct_prod_changes_are_refused_at_submit_for_every_principal(
         else:
             _assert_protected_403(api_rest, f"{username} API rollback REST")
             _assert_protected_403(api_form, f"{username} API rollback form")
-    bearer = {"Authorization": f"Bearer {ci_token}"}
     ci = panel.test_client()
-    for kind, params in DIRECT_JOBS + crafted:
-        _assert_protected_403(ci.post("/api/v1/jobs", headers=bearer,
-                                      json={"kind": kind, "params": params}),
-                              f"CI client {kind} {params}")
-    _assert_protected_403(ci.post("/api/v1/apis/credit-risk/revisions/1/rollback",
-                                  headers=bearer, json={}), "CI client API rollback")
+    for client_id, token in (("modelgate-ci", ci_token), ("release-bot", bot_token)):
+        bearer = {"Authorization": f"Bearer {token}"}
+        for kind, params in DIRECT_JOBS + crafted:
+            _assert_protected_403(ci.post("/api/v1/jobs", headers=bearer,
+                                          json={"kind": kind, "params": params}),
+                                  f"{client_id} {kind} {params}")
+        _assert_protected_403(ci.post("/api/v1/apis/credit-risk/revisions/1/rollback",
+                                      headers=bearer, json={}), f"{client_id} API rollback")
+    assert _job_count(panel) == 0
+    # The bot holds both roles, and still cannot approve its own request.
+    bot = {"Authorization": f"Bearer {bot_token}"}
+    own = ci.post("/api/v1/promotions", headers=bot, json={"version": "3", "reason": "bot"})
+    assert own.status_code == 201 and own.get_json()["requested_by"] == "release-bot"
+    refused = ci.post(f"/api/v1/promotions/{own.get_json()['id']}/approve", headers=bot,
+                      json={})
+    assert refused.status_code == 403 and "someone else" in refused.get_json()["detail"]
+    bearer = {"Authorization": f"Bearer {ci_token}"}
     assert _job_count(panel) == 0
     with panel.app_context():
-        assert promotions.get(approved.id).state == "PENDING"
+        assert promotions.get(requested.id).state == "SUPERSEDED"  # by the bot's request
         current = db.session.query(ApiRevision).filter_by(is_current=True).one()
         assert current.revision == 2
     # Staging and key rotation of prod stay engineer actions.
