@@ -264,14 +264,11 @@ def follow_promotion(panel: PanelClient, promotion_id: str, out: Callable[[str],
                                                                                None]:
     """Wait for a decision, then for the approved job; return (promotion, job or None)."""
     deadline = time.monotonic() + timeout
-    announced = False
+    out(f"promotion {promotion_id}: waiting for an approver's decision")
     while True:
         row = panel.call("GET", f"/promotions/{promotion_id}")
         if row["state"] != "PENDING":
             break
-        if not announced:
-            out(f"promotion {promotion_id}: waiting for an approver's decision")
-            announced = True
         if time.monotonic() > deadline:
             raise ClientError(f"promotion {promotion_id} was not decided within {timeout:.0f} s")
         time.sleep(interval)

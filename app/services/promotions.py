@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import logging
 from typing import Any
 
 from flask import current_app
 from sqlalchemy import func, select, update
 
 from app.auth.roles import Role, has_role
-from app.db import Job, JobStatus, Promotion, utcnow
+from app.db import Job, Promotion, utcnow
 from app.errors import Conflict, Forbidden, NotFound, ValidationError
 from app.extensions import db
-from app.services import audit, notifications
+from app.services import audit, notifications, promotion_evidence
 from app.services.audit import AuditAction
-
-logger = logging.getLogger(__name__)
+from app.services.promotion_evidence import metric_rows as metric_rows  # shown by the pages
 
 MAX_REASON = 2000
 MAX_COMMENT = 2000
@@ -137,19 +135,6 @@ def to_dict(row: Promotion) -> dict[str, Any]:
     }
 
 
-def metric_rows(evidence: dict[str, Any]) -> list[dict[str, Any]]:
-    """Metrics of the candidate next to the current version's, with the difference."""
-    candidate = (evidence.get("candidate") or {}).get("metrics") or {}
-    current = (evidence.get("current") or {}).get("metrics") or {}
-    rows = []
-    for name in sorted(set(candidate) | set(current)):
-        new, old = candidate.get(name), current.get(name)
-        delta = new - old if isinstance(new, int | float) and isinstance(old, int | float) \
-            else None
-        rows.append({"name": name, "candidate": new, "current": old, "delta": delta})
-    return rows
-
-
 # --------------------------------------------------------------------------- transitions
 
 
@@ -167,7 +152,7 @@ def request(version: Any, environment: Any, reason: Any, actor: str, *,
                               errors=[{"field": "version", "message": "required, a number"}])
     reason = _check_reason(reason)
     version = str(version).strip()
-    name, evidence = _evidence(environment, version)
+    name, evidence = promotion_evidence.model_evidence(environment, version)
     if (evidence.get("current") or {}).get("version") == version:
         raise ValidationError(f"version: {environment} already serves v{version}",
                               errors=[{"field": "version", "message": "already serving"}])
@@ -324,23 +309,22 @@ def approve(promotion_id: str, actor: str, *, roles: frozenset[str],
     text = _comment(comment)
     if not _move(row.id, PromotionState.APPROVED, actor, audit_it=False, comment=text):
         raise Conflict(f"promotion request {row.id} was decided by someone else just now")
+
     def link(job: Job) -> None:
         # The grant: the worker runs a protected environment's job only when an APPROVED
         # promotion names it, so the link is written before the job is queued.
         _set(row.id, PromotionState.APPROVED, deploy_job_id=job.id)
 
+    if row.kind == PromotionKind.API_REVISION:
+        kind, params = JobKind.PUBLISH, {"environment": row.environment,
+                                         "policy_xml": row.policy_xml}
+    else:
+        kind, params = JobKind.DEPLOY, {"environment": row.environment,
+                                        "version": row.model_version}
     try:
-        # Not jobs.submit: that refuses protected changes to everyone; this job is the
-        # approved promotion's (four eyes were checked above; the approver need not be an
-        # engineer).
-        if row.kind == PromotionKind.API_REVISION:
-            job = jobs.submit_granted(JobKind.PUBLISH, {"environment": row.environment,
-                                                        "policy_xml": row.policy_xml},
-                                      actor, link)
-        else:
-            job = jobs.submit_granted(JobKind.DEPLOY, {"environment": row.environment,
-                                                       "version": row.model_version},
-                                      actor, link)
+        # Not jobs.submit, which refuses protected changes to everyone: this is the approved
+        # promotion's job (four eyes were checked above; the approver need not be an engineer).
+        job = jobs.submit_granted(kind, params, actor, link)
     except Exception:
         # Not queued: put the request back so it can be approved again once the queue is up.
         _set(row.id, PromotionState.APPROVED, state=PromotionState.PENDING.value,
@@ -449,59 +433,3 @@ def _set(promotion_id: str, from_state: PromotionState, **values: Any) -> bool:
     db.session.commit()
     db.session.expire_all()
     return bool(result.rowcount)  # type: ignore[attr-defined]
-
-
-def _evidence(environment: str, version: str) -> tuple[str, dict[str, Any]]:
-    """What the approver needs: the candidate's and the current version's metrics, and the
-    staging smoke results of the candidate (frozen at request time)."""
-    from app.services import deployments, models
-
-    name = models.default_model_name()
-    try:
-        candidate = models.get_version(name, version)
-    except NotFound:
-        raise ValidationError(f"version: {name} has no version {version}",
-                              errors=[{"field": "version", "message": "no such version"}]
-                              ) from None
-    evidence: dict[str, Any] = {
-        "candidate": {"version": version, "metrics": dict(candidate.metrics),
-                      "created_at": candidate.created_at.isoformat()},
-        "current": None, "staging": _staging_evidence(version)}
-    active = deployments.active(environment)
-    if active is not None:
-        current: dict[str, Any] = {"version": active.model_version, "metrics": {}}
-        try:
-            current["metrics"] = dict(models.get_version(active.model_name,
-                                                         active.model_version).metrics)
-        except NotFound:
-            logger.info("current %s version %s is not in the registry", environment,
-                        active.model_version)
-        evidence["current"] = current
-    return name, evidence
-
-
-def _staging_evidence(version: str) -> dict[str, Any]:
-    """Whether staging serves the version, and the smoke test of its last staging deploy."""
-    from app.services import deployments, jobs
-    from app.services.kinds import JobKind
-
-    active = deployments.active("staging")
-    out: dict[str, Any] = {"serving": bool(active and active.model_version == version),
-                           "serving_version": active.model_version if active else None,
-                           "deploy_job_id": None, "deploy_status": None, "smoke": None}
-    recent = db.session.scalars(select(Job).where(Job.kind == JobKind.DEPLOY.value)
-                                .order_by(Job.created_at.desc()).limit(100))
-    for job in recent:
-        result = job.result or {}
-        params = job.params or {}
-        env = result.get("environment") or params.get("environment") or "staging"
-        ran = str((result.get("model") or {}).get("version") or params.get("version") or "")
-        if env != "staging" or ran != version:
-            continue
-        out.update(deploy_job_id=job.id, deploy_status=job.status,
-                   finished_at=job.finished_at.isoformat() if job.finished_at else None)
-        smoke = [line.message for line in jobs.logs(job.id) if "smoke test" in line.message]
-        out["smoke"] = smoke[-1] if smoke else None
-        if job.status == JobStatus.SUCCEEDED:
-            break
-    return out
