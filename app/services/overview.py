@@ -338,9 +338,11 @@ def produced(job: Job, children: list[Job] | None = None) -> list[Link]:
                 else "dashboard.index")
         links.append(Link(f"Deployment: {result.get('slot', '?')} slot of "
                           f"{result['environment']}", page, {}, f"env-{result['environment']}"))
-    if job.kind == "publish" and result.get("api"):
-        links.append(Link(f"API {result['api']} revision {result.get('revision', '?')}",
-                          "apis.list", {}, f"api-{result['api']}"))
+    # A publish job's revision, or the one an approved promotion's deploy published (stage 2).
+    published = result if job.kind == "publish" else result.get("published")
+    if isinstance(published, dict) and published.get("api"):
+        links.append(Link(f"API {published['api']} revision {published.get('revision', '?')}",
+                          "apis.list", {}, f"api-{published['api']}"))
     for child in children or []:
         links.extend(produced(child))
     unique: dict[tuple[str, str, str | None], Link] = {}

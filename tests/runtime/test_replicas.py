@@ -31,6 +31,8 @@ def test_prod_deploy_runs_two_replicas_sharing_a_port(deployed: Stack) -> None:
     logged = [line["message"] for line in job["log"]]
     assert any(m.startswith("stage 1/2: deploying") for m in logged), logged
     assert any(m.startswith("stage 2/2:") for m in logged), logged
+    detail = stack.client("bob").get(f"/jobs/{job['id']}").get_data(as_text=True)
+    assert "API credit-risk revision 1" in detail  # one job, both stages' results linked
     answer = wait_for(lambda: (a := stack.score("credit-risk")).status_code == 200 and a, 10,
                       "prod answering through the gateway")
     assert answer.json()["model"]["version"] == stack.versions[1]
