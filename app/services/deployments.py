@@ -22,6 +22,7 @@ from app.db import Deployment, DeploymentState, new_id, utcnow
 from app.errors import NotFound
 from app.extensions import db
 from app.keyfiles import load_or_create_fernet
+from app.services import protected
 from app.serving.keys import generate_keys, write_keys_file
 
 RUNTIME_HOST = "127.0.0.1"
@@ -300,8 +301,6 @@ def to_dict(row: Deployment, status: dict[str, Any]) -> dict[str, Any]:
 
 def _grant(job_id: str | None) -> dict[str, str] | None:
     """Who let the serving slot's job change a protected environment (approver or rollback)."""
-    from app.services import protected
-
     grant = protected.grant_of(job_id) if job_id else None
     return None if grant is None else {"kind": grant.kind, "reference": grant.reference,
                                        "actor": grant.actor}
@@ -309,8 +308,6 @@ def _grant(job_id: str | None) -> dict[str, str] | None:
 
 def overview(home: Path) -> list[dict[str, Any]]:
     """Every environment with its active slot, slots still running, and the last ones."""
-    from app.services import protected
-
     status = read_status(home)
     guarded = protected.protected_environments()
     out = []

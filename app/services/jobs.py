@@ -26,7 +26,7 @@ from sqlalchemy import func, select, update
 from app.db import Job, JobLog, JobStatus, utcnow
 from app.errors import Conflict, Forbidden, NotFound, ServiceUnavailable, ValidationError
 from app.extensions import db
-from app.services import audit, events
+from app.services import audit, events, protected
 from app.services.audit import AuditAction
 from app.services.kinds import KIND_SPECS, JobKind
 
@@ -153,7 +153,6 @@ def submit(kind: JobKind, params: dict[str, Any] | None, requested_by: str, *,
         ServiceUnavailable: the queue (Redis) cannot be reached.
     """
     from app.auth.roles import has_role
-    from app.services import protected
 
     spec = KIND_SPECS[kind]
     if roles is not None and not has_role(roles, spec.role):

@@ -23,7 +23,7 @@ from app.auth.roles import Role, has_role
 from app.db import Job, Promotion, utcnow
 from app.errors import Conflict, Forbidden, NotFound, ValidationError
 from app.extensions import db
-from app.services import audit, notifications, promotion_evidence
+from app.services import audit, notifications, promotion_evidence, protected
 from app.services.audit import AuditAction
 from app.services.promotion_evidence import metric_rows as metric_rows  # shown by the pages
 
@@ -42,8 +42,6 @@ class PromotionKind(enum.StrEnum):
 
 def promotable_environments() -> tuple[str, ...]:
     """Promotion targets: the protected environments (staging is changed directly)."""
-    from app.services import protected
-
     return tuple(sorted(protected.protected_environments()))
 
 

@@ -25,6 +25,9 @@ from sqlalchemy import select
 from app.db import Promotion
 from app.errors import Forbidden
 from app.extensions import db
+from app.pipeline_config import PipelineConfigError, load_pipeline_config
+from app.services import audit
+from app.services.audit import AuditAction
 from app.services.kinds import JobKind
 
 logger = logging.getLogger(__name__)
@@ -70,8 +73,6 @@ def protected_environments() -> frozenset[str]:
     A file that cannot be read fails closed: prod stays protected (the jobs then fail on the
     file, naming the bad key).
     """
-    from app.pipeline_config import PipelineConfigError, load_pipeline_config
-
     try:
         return load_pipeline_config().protected_environments
     except PipelineConfigError as exc:
@@ -119,9 +120,6 @@ def check_api_rollback(environment: str) -> None:
 
 def grant_of(job_id: str) -> Grant | None:
     """The approved promotion or the audited rollback that queued this job, if any."""
-    from app.services import audit
-    from app.services.audit import AuditAction
-
     promotion = db.session.scalar(select(Promotion).where(Promotion.deploy_job_id == job_id))
     if promotion is not None:
         db.session.refresh(promotion)
