@@ -73,9 +73,15 @@ def new() -> Any:
         versions = models.list_versions(models.default_model_name())
     except AppError as exc:
         flash(f"The model registry cannot be read: {exc.message}", "error")
+    # An API rollback of prod is a request to publish the earlier revision's policy again.
+    api = apis.current(apis.api_name("prod"))
+    wanted = request.args.get("api_revision", type=int)
+    earlier = next((r for r in apis.revisions_of(api.api_name) if r.revision == wanted),
+                   None) if api is not None and wanted else None
     return render_template("approvals/new.html", versions=versions,
                            current=deployments.active("prod"),
-                           api=apis.current(apis.api_name("prod")),
+                           api=api, api_policy=(earlier or api).policy_xml if api else "",
+                           api_earlier=earlier,
                            targets=rollbacks.targets("prod"),
                            selected=request.args.get("version", ""))
 

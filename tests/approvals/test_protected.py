@@ -398,6 +398,11 @@ def test_api_revision_request_from_the_form_shows_the_diff(panel: Any, tmp_path:
     alice, token = signed_in(panel, "alice")
     new_page = alice.get("/approvals/new").get_data(as_text=True)
     assert 'id="api-revision-form"' in new_page and "credit-risk revision 2" in new_page
+    # prod's API rollback button is a request to publish the earlier revision's policy again.
+    apis_page = alice.get("/apis/").get_data(as_text=True)
+    assert 'data-request-promotion="1"' in apis_page and 'data-rollback="1"' not in apis_page
+    again = alice.get("/approvals/new?api_revision=1").get_data(as_text=True)
+    assert 'value="return to revision 1"' in again
     policy = "<policies>\n  <inbound>\n    <base />\n  </inbound>\n</policies>"
     done = alice.post("/approvals/", data={"csrf_token": token, "kind": "api-revision",
                                            "environment": "prod", "policy_xml": policy,
