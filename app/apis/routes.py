@@ -10,7 +10,7 @@ from flask_login import current_user
 
 from app.auth.roles import Role
 from app.auth.users import role_required, signed_in
-from app.services import api_metrics, apis
+from app.services import api_metrics, apis, protected
 
 bp = Blueprint("apis", __name__, url_prefix="/apis")
 
@@ -29,7 +29,8 @@ def list() -> Any:  # noqa: A001  (view names follow the list/detail/create conv
                            traffic=api_metrics.traffic(home),
                            window_minutes=api_metrics.WINDOW_SECONDS // 60,
                            gateway=str(current_app.config["GATEWAY_URL"]).rstrip("/"),
-                           can_publish=current_user.can(Role.ENGINEER))
+                           can_publish=current_user.can(Role.ENGINEER),
+                           protected_environments=protected.protected_environments())
 
 
 @bp.post("/revisions/<int:revision_id>/rollback")

@@ -18,7 +18,7 @@ from sqlalchemy import func, select, update
 from app.db import ApiRevision
 from app.errors import Conflict, NotFound, ValidationError
 from app.extensions import db
-from app.services import audit, gateway_config
+from app.services import audit, gateway_config, protected
 from app.services.audit import AuditAction
 
 API_BASE_NAME = "credit-risk"
@@ -131,10 +131,15 @@ def publish(home: Path, *, environment: str, policy_xml: str, actor: str,
 
 
 def rollback(home: Path, revision_id: int, actor: str) -> ApiRevision:
-    """Make an earlier revision current again (its stored policy, re-validated)."""
+    """Make an earlier revision current again (its stored policy, re-validated).
+
+    Raises:
+        ProtectedEnvironment: the API serves a protected environment (request a promotion).
+    """
     row = db.session.get(ApiRevision, revision_id)
     if row is None:
         raise NotFound(f"API revision {revision_id} does not exist")
+    protected.check_api_rollback(row.environment)
     if row.is_current:
         raise Conflict(f"{row.api_name} revision {row.revision} is already current")
     previous = current(row.api_name)

@@ -22,6 +22,7 @@ from app.db import Deployment, DeploymentState, new_id, utcnow
 from app.errors import NotFound
 from app.extensions import db
 from app.keyfiles import load_or_create_fernet
+from app.services import protected
 from app.serving.keys import generate_keys, write_keys_file
 
 RUNTIME_HOST = "127.0.0.1"
@@ -298,9 +299,17 @@ def to_dict(row: Deployment, status: dict[str, Any]) -> dict[str, Any]:
             "error": row.error}
 
 
+def _grant(job_id: str | None) -> dict[str, str] | None:
+    """Who let the serving slot's job change a protected environment (approver or rollback)."""
+    grant = protected.grant_of(job_id) if job_id else None
+    return None if grant is None else {"kind": grant.kind, "reference": grant.reference,
+                                       "actor": grant.actor}
+
+
 def overview(home: Path) -> list[dict[str, Any]]:
     """Every environment with its active slot, slots still running, and the last ones."""
     status = read_status(home)
+    guarded = protected.protected_environments()
     out = []
     for env in environments():
         rows = history(env, limit=10)
@@ -313,5 +322,7 @@ def overview(home: Path) -> list[dict[str, Any]]:
             "history": [to_dict(r, status) for r in rows],
             "previous_version": prev.model_version if prev else None,
             "runtime_reporting": bool(status.get("fresh")),
+            "protected": env in guarded,
+            "serving_grant": _grant(current.job_id if current else None),
         })
     return out

@@ -23,10 +23,14 @@ def _publish(ctx: JobContext) -> dict[str, Any]:
     from flask import current_app
 
     from app.errors import ValidationError
-    from app.services import apis
+    from app.services import apis, protected
+    from app.services.kinds import JobKind
 
     check_params(ctx.params, ("environment", "rate_limit", "policy_xml"))
     environment = apis.check_environment(ctx.params.get("environment", "staging"))
+    grant = protected.authorize_run(ctx.job_id, JobKind.PUBLISH, environment)
+    if grant is not None:
+        ctx.log(f"{environment} is protected; running under {grant.describe()}")
     rate_limit = ctx.params.get("rate_limit")
     if rate_limit is not None and (not isinstance(rate_limit, int) or isinstance(rate_limit, bool)
                                    or not 1 <= rate_limit <= MAX_RATE_LIMIT):

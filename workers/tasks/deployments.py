@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from celery import shared_task
@@ -72,15 +73,48 @@ def _settings(ready_timeout: float) -> Any:
                            key_switch_grace_seconds=float(config["KEY_SWITCH_GRACE_SECONDS"]))
 
 
+@dataclass
+class _Stage:
+    """One stage of a staged job: its progress mapped into [start, start + span] percent."""
+
+    ctx: JobContext
+    start: int
+    span: int
+    label: str
+
+    @property
+    def job_id(self) -> str:
+        return self.ctx.job_id
+
+    def progress(self, percent: int, step: str) -> None:
+        self.ctx.progress(self.start + percent * self.span // 100, f"{self.label}: {step}")
+
+    def log(self, message: str, *, level: str = "INFO") -> None:
+        self.ctx.log(message, level=level)
+
+    def check_cancelled(self) -> None:
+        self.ctx.check_cancelled()
+
+
 def _deploy(ctx: JobContext) -> dict[str, Any]:
-    """Deploy a registered version (default: the latest) to an environment, blue/green."""
+    """Deploy a registered version (default: the latest) to an environment, blue/green.
+
+    In a protected environment the job runs only under its grant (an approved promotion or a
+    break-glass rollback), and when the environment has no current API revision it goes on to
+    publish the default policy, so an approved promotion ends with the environment answering.
+    """
     from app.errors import ValidationError
     from app.ml.registry import RegistryError
     from app.pipeline_config import model_registry
-    from app.services import deployments, jobs, rollout
+    from app.services import apis, deployments, jobs, protected, rollout
+    from app.services.kinds import JobKind
 
     check_params(ctx.params, ("environment", "version", "rollback"))
     env = _environment(ctx)
+    grant = protected.authorize_run(ctx.job_id, JobKind.DEPLOY, env)
+    publish_after = grant is not None and apis.current(apis.api_name(env)) is None
+    if grant is not None:
+        ctx.log(f"{env} is protected; running under {grant.describe()}")
     config = pipeline_config()
     registry = model_registry(config.mlflow, ctx.home)
     name = config.model.name
@@ -122,9 +156,33 @@ def _deploy(ctx: JobContext) -> dict[str, Any]:
         environment=env, model_name=name, model_version=str(version), replicas=size.replicas,
         resources={"cpu": size.cpu, "memory_mb": size.memory_mb},
         requested_by=jobs.get(ctx.job_id).requested_by, rollback=rollback)
-    ctx.log(f"deploying {name} v{version} to {env} ({size.replicas} replica(s))")
-    return rollout.deploy(ctx.home, ctx, request, registry,
-                          _settings(config.runtime.ready_timeout_seconds))
+    total = 2 if publish_after else 1
+    ctx.log(f"stage 1/{total}: deploying {name} v{version} to {env} blue/green "
+            f"({size.replicas} replica(s))")
+    stage = _Stage(ctx, 0, 80 if publish_after else 100, f"deploy (1/{total})")
+    result = rollout.deploy(ctx.home, stage, request, registry,
+                            _settings(config.runtime.ready_timeout_seconds))
+    if publish_after:
+        ctx.log(f"stage 2/2: {env} has no API yet; publishing the default policy")
+        result["published"] = publish_default(_Stage(ctx, 80, 20, "publish (2/2)"), env)
+    return result
+
+
+def publish_default(stage: Any, environment: str) -> dict[str, Any]:
+    """Publish the default policy of an environment as a new revision (a stage of a job)."""
+    from flask import current_app
+
+    from app.services import apis, jobs
+
+    stage.progress(0, f"rendering the default policy for {environment}")
+    policy_xml = apis.render_policy(current_app.config, environment)
+    stage.progress(40, "compiling the policy and switching the gateway")
+    row = apis.publish(stage.ctx.home, environment=environment, policy_xml=policy_xml,
+                       actor=jobs.get(stage.job_id).requested_by, job_id=stage.job_id)
+    url = f"{str(current_app.config['GATEWAY_URL']).rstrip('/')}/{row.path}"
+    stage.log(f"published {row.api_name} revision {row.revision} at {url}/score")
+    return {"api": row.api_name, "revision": row.revision, "environment": environment,
+            "path": row.path, "url": url}
 
 
 def _rotate_keys(ctx: JobContext) -> dict[str, Any]:
