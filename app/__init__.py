@@ -32,7 +32,7 @@ def register_config(app: Flask, overrides: dict[str, Any] | None) -> None:
 
 def register_extensions(app: Flask) -> None:
     """Bind the database, login manager, CSRF protection and Redis client."""
-    from app.auth.users import init_login
+    from app.auth.sessions import init_login
     from app.extensions import csrf, db
     from app.services.events import make_redis
 

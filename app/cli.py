@@ -283,6 +283,32 @@ def jobs_cancel(job_id: str) -> None:
                    + (" (cancellation requested)" if job.status == "RUNNING" else ""))
 
 
+# --------------------------------------------------------------------------- sessions
+
+
+@main.group()
+def sessions() -> None:
+    """Signed-in panel sessions (records in Redis)."""
+
+
+@sessions.command("end")
+@click.argument("username")
+def sessions_end(username: str) -> None:
+    """End every panel session of USERNAME now (e.g. right after changing their roles)."""
+    import getpass
+
+    import redis
+
+    from app.auth.sessions import end_user_sessions
+
+    with _make_app().app_context():
+        try:
+            ended = end_user_sessions(username, f"cli:{getpass.getuser()}")
+        except redis.RedisError as exc:
+            raise click.ClickException(f"Redis is unreachable ({type(exc).__name__})") from None
+    click.echo(f"{username}: {ended} panel session(s) ended")
+
+
 # --------------------------------------------------------------------------- audit
 
 
@@ -419,33 +445,82 @@ def pipeline() -> None:
               default="publish", show_default=True, help="Last stage to run.")
 @click.option("--environment", type=click.Choice(["staging", "prod"]), default="staging",
               show_default=True)
+@click.option("--version", default=None,
+              help="Protected environment: the version to promote (default: what staging serves).")
+@click.option("--reason", default=None,
+              help="Protected environment: why (required; the approver reads it).")
+@click.option("--wait/--no-wait", default=False,
+              help="Protected environment: wait for the decision and the approved job.")
 @click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds.")
-def pipeline_run(until: str, environment: str, timeout: float) -> None:
-    """Queue the pipeline on the running stack as the CI client and follow it."""
-    from app.client import STAGES, ClientError, PanelClient, failing_child, follow_pipeline
+def pipeline_run(until: str, environment: str, version: str | None, reason: str | None,
+                 wait: bool, timeout: float) -> None:
+    """Queue the pipeline on the running stack as the CI client and follow it.
 
-    stages = STAGES[: STAGES.index(until) + 1]
+    A protected environment (prod by default) is never changed directly: this requests a
+    promotion of VERSION instead, and with --wait waits for an approver's decision and the
+    approved job (exit 0 when it succeeded, 1 on rejection, expiry or failure).
+    """
+    from app.client import ClientError, PanelClient, is_protected
+
     try:
         panel = PanelClient(_home())
-        job = panel.call("POST", "/jobs", {"kind": "pipeline",
-                                           "params": {"until": until,
-                                                      "environment": environment}})
-        click.echo(f"pipeline job {job['id']} queued: {' → '.join(stages)} on {environment}")
-        try:
-            final = follow_pipeline(panel, job["id"], stages, click.echo, timeout=timeout)
-        except KeyboardInterrupt:
-            panel.call("POST", f"/jobs/{job['id']}/cancel")
-            click.echo(f"pipeline job {job['id']}: cancellation requested", err=True)
-            sys.exit(130)
-        if final["status"] != "SUCCEEDED":
-            child = failing_child(panel, job["id"])
-            where = f" ({child['kind']} job {child['id']})" if child else ""
-            click.echo(f"pipeline {final['status'].lower()}{where}: "
-                       f"{final.get('error') or 'cancelled'}", err=True)
-            sys.exit(1)
+        if is_protected(panel, environment):
+            _request_promotion(panel, environment, version, reason, wait, timeout)
+        else:
+            _run_pipeline(panel, until, environment, timeout)
     except ClientError as exc:
         raise _client_failure(exc) from None
+
+
+def _run_pipeline(panel: Any, until: str, environment: str, timeout: float) -> None:
+    from app.client import STAGES, failing_child, follow_pipeline
+
+    stages = STAGES[: STAGES.index(until) + 1]
+    job = panel.call("POST", "/jobs", {"kind": "pipeline",
+                                       "params": {"until": until, "environment": environment}})
+    click.echo(f"pipeline job {job['id']} queued: {' → '.join(stages)} on {environment}")
+    try:
+        final = follow_pipeline(panel, job["id"], stages, click.echo, timeout=timeout)
+    except KeyboardInterrupt:
+        panel.call("POST", f"/jobs/{job['id']}/cancel")
+        click.echo(f"pipeline job {job['id']}: cancellation requested", err=True)
+        sys.exit(130)
+    if final["status"] != "SUCCEEDED":
+        child = failing_child(panel, job["id"])
+        where = f" ({child['kind']} job {child['id']})" if child else ""
+        click.echo(f"pipeline {final['status'].lower()}{where}: "
+                   f"{final.get('error') or 'cancelled'}", err=True)
+        sys.exit(1)
     click.echo(f"pipeline job {job['id']} succeeded")
+
+
+def _request_promotion(panel: Any, environment: str, version: str | None, reason: str | None,
+                       wait: bool, timeout: float) -> None:
+    from app.client import follow_promotion, promotion_version
+
+    if not reason or not reason.strip():
+        raise click.ClickException(f"{environment} is protected: the pipeline requests a "
+                                   "promotion, which needs --reason (the approver reads it)")
+    version = promotion_version(panel, environment, version)
+    row = panel.call("POST", "/promotions", {"version": version, "environment": environment,
+                                             "reason": reason})
+    click.echo(f"{environment} is protected: promotion {row['id']} requested "
+               f"(v{version} → {environment}); approving it {', '.join(row.get('plan') or [])}")
+    click.echo(f"an approver decides at {panel.tokens.endpoints.panel}/approvals/{row['id']}")
+    if not wait:
+        return
+    final, job = follow_promotion(panel, row["id"], click.echo, timeout=timeout)
+    if job is None:
+        why = final.get("comment") or {"EXPIRED": "nobody decided in time",
+                                       "SUPERSEDED": "a newer request replaced it"}.get(
+            final["state"], "no reason given")
+        click.echo(f"promotion {row['id']} {final['state'].lower()}: {why}", err=True)
+        sys.exit(1)
+    if job["status"] != "SUCCEEDED":
+        click.echo(f"{job['kind']} job {job['id']} {job['status'].lower()}: "
+                   f"{job.get('error') or 'cancelled'}", err=True)
+        sys.exit(1)
+    click.echo(f"promotion {row['id']}: {job['kind']} job {job['id']} succeeded")
 
 
 if __name__ == "__main__":

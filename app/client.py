@@ -314,6 +314,59 @@ def follow_pipeline(panel: PanelClient, job_id: str, stages: tuple[str, ...],
         time.sleep(interval)
 
 
+def promotion_version(panel: PanelClient, environment: str, version: str | None) -> str:
+    """The version to promote: the one given, else the one staging serves (what CI tested)."""
+    if version:
+        return version
+    for env in panel.call("GET", "/deployments")["environments"]:
+        if env["environment"] == "staging" and env.get("active"):
+            return str(env["active"]["model"]["version"])
+    raise ClientError(f"staging serves nothing, so there is nothing to promote to {environment}; "
+                      "deploy a version to staging first or give --version")
+
+
+def is_protected(panel: PanelClient, environment: str) -> bool:
+    """Whether the panel changes `environment` only through approved promotions."""
+    return any(env["environment"] == environment and env.get("protected")
+               for env in panel.call("GET", "/deployments")["environments"])
+
+
+def follow_promotion(panel: PanelClient, promotion_id: str, out: Callable[[str], None], *,
+                     interval: float = 2.0, timeout: float = 3600.0) -> tuple[dict[str, Any],
+                                                                               dict[str, Any] |
+                                                                               None]:
+    """Wait for a decision, then for the approved job; return (promotion, job or None)."""
+    deadline = time.monotonic() + timeout
+    out(f"promotion {promotion_id}: waiting for an approver's decision")
+    while True:
+        row = panel.call("GET", f"/promotions/{promotion_id}")
+        if row["state"] != "PENDING":
+            break
+        if time.monotonic() > deadline:
+            raise ClientError(f"promotion {promotion_id} was not decided within {timeout:.0f} s")
+        time.sleep(interval)
+    who = f" by {row['decided_by']}" if row.get("decided_by") else ""
+    comment = f": {row['comment']}" if row.get("comment") else ""
+    out(f"promotion {promotion_id}: {row['state'].lower()}{who}{comment}")
+    if row["state"] != "APPROVED" or not row.get("deploy_job_id"):
+        return dict(row), None
+    job_id = row["deploy_job_id"]
+    shown: tuple[str, int, str] | None = None
+    while True:
+        job = panel.call("GET", f"/jobs/{job_id}")
+        state = (job["status"], int(job["progress"]), str(job["step"]))
+        if state != shown:
+            shown = state
+            out(f"{job['kind']:<10} [{bar(state[1])}] {state[1]:>3}%  {state[0]:<9} "
+                f"{state[2]}  (job {job_id})")
+        if job["status"] in FINAL:
+            return dict(row), dict(job)
+        if time.monotonic() > deadline:
+            raise ClientError(f"job {job_id} did not finish within {timeout:.0f} s "
+                              f"(it is still {job['status']})")
+        time.sleep(interval / 2)
+
+
 def failing_child(panel: PanelClient, job_id: str) -> dict[str, Any] | None:
     """The child job that failed (or was cancelled), if any."""
     children = panel.call("GET", f"/jobs?parent_id={job_id}&limit=50")["jobs"]

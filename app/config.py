@@ -71,6 +71,8 @@ class BaseConfig:
     SESSION_COOKIE_HTTPONLY = True
     SESSION_COOKIE_SAMESITE = "Lax"
     PERMANENT_SESSION_LIFETIME = 10 * 3600
+    # How old a panel session's roles may get before they are re-read from a renewed ID token.
+    SESSION_ROLE_TTL_SECONDS = 300
     MAX_CONTENT_LENGTH = 1024 * 1024
     WTF_CSRF_TIME_LIMIT = None
     WTF_CSRF_SSL_STRICT = False

@@ -248,6 +248,9 @@ class Promotion(Base):
     __tablename__ = "promotions"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    # "model": deploy model_version; "api-revision": publish policy_xml (model_name holds the
+    # API name, model_version is empty).
+    kind: Mapped[str] = mapped_column(String(16), default="model", server_default="model")
     environment: Mapped[str] = mapped_column(String(64), index=True)
     model_name: Mapped[str] = mapped_column(String(128))
     model_version: Mapped[str] = mapped_column(String(32))
@@ -261,6 +264,7 @@ class Promotion(Base):
     decided_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
     decided_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
     comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    policy_xml: Mapped[str | None] = mapped_column(Text, nullable=True)
     deploy_job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     superseded_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)

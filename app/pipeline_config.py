@@ -76,12 +76,13 @@ class MlflowSettings:
 
 @dataclass(frozen=True)
 class EnvironmentSettings:
-    """One scoring environment's size."""
+    """One scoring environment's size, and whether it changes only through a promotion."""
 
     name: str
     replicas: int
     cpu: float
     memory_mb: int
+    protected: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,11 @@ class PipelineConfig:
         """Configured environment names, in file order."""
         return tuple(env.name for env in self.environments)
 
+    @property
+    def protected_environments(self) -> frozenset[str]:
+        """Environments that change only through an approved promotion."""
+        return frozenset(env.name for env in self.environments if env.protected)
+
     def to_dict(self) -> dict[str, Any]:
         """Return the mapping form (paths absolute) accepted by :func:`parse_pipeline_config`."""
         return {
@@ -174,7 +180,8 @@ class PipelineConfig:
             "mlflow": vars(self.mlflow).copy(),
             "model": self.model.to_dict(),
             "environments": {e.name: {"replicas": e.replicas, "cpu": e.cpu,
-                                      "memory_mb": e.memory_mb} for e in self.environments},
+                                      "memory_mb": e.memory_mb, "protected": e.protected}
+                             for e in self.environments},
             "runtime": vars(self.runtime).copy(),
             "gateway": vars(self.gateway).copy(),
             "keys": vars(self.keys).copy(),
@@ -321,12 +328,16 @@ def _environments(d: Mapping[str, Any]) -> tuple[EnvironmentSettings, ...]:
                                              "digits and dashes, starting with a letter")
         if not isinstance(raw, Mapping):
             raise PipelineConfigError(where, "must be a mapping with replicas, cpu, memory_mb")
-        _known(raw, where, ("replicas", "cpu", "memory_mb"))
+        _known(raw, where, ("replicas", "cpu", "memory_mb", "protected"))
+        protected = raw.get("protected", False)
+        if not isinstance(protected, bool):
+            raise PipelineConfigError(f"{where}.protected", "must be true or false")
         out.append(EnvironmentSettings(
             name=name,
             replicas=_integer(raw, "replicas", where, 1, 10),
             cpu=_number(raw, "cpu", where, 0.05, 64),
             memory_mb=_integer(raw, "memory_mb", where, 64, 262144),
+            protected=protected,
         ))
     return tuple(out)
 

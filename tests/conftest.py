@@ -120,12 +120,23 @@ def build_app(home: Path, database_url: str, redis_url: str, **overrides: Any) -
 
 
 def sign_in(client: Any, username: str) -> None:
-    """Put a signed-in user in the client's session, as the sign-in callback does."""
+    """Open a server-side session for a user and put it in the client's cookie, as the sign-in
+    callback does, but without the identity provider.
+
+    Such a session has no tokens behind it, so its roles could not be re-checked: they are
+    marked checked a day ahead, so that long module-scoped tests keep their user. Tests of the
+    re-check sign in through the real issuer (tests/auth/test_sessions.py).
+    """
+    from app.auth.sessions import SID_KEY, session_store
+    from app.auth.users import User
+
+    user = User(id=f"oid-{username}", name=username.title(), username=username,
+                roles=frozenset(USERS[username]))
+    store = session_store(client.application)
+    session_id = store.create(user, roles_checked_at=time.time() + 86400)
     with client.session_transaction() as session:
-        session["user"] = {"id": f"oid-{username}", "name": username.title(),
-                           "username": username, "roles": USERS[username],
-                           "signed_in_at": int(time.time())}
-        session["_user_id"] = f"oid-{username}"
+        session[SID_KEY] = session_id
+        session["_user_id"] = user.id
         session["_fresh"] = True
 
 

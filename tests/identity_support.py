@@ -95,10 +95,10 @@ def _wait_ready(url: str, ca: Path, process: subprocess.Popen[bytes], log: Path)
 
 
 @contextmanager
-def start_issuer(home: Path, **env_overrides: str) -> Iterator[Issuer]:
-    """Run `python -m app.identity` for `home` on a free port; SIGTERM it afterwards."""
+def start_issuer(home: Path, port: int = 0, **env_overrides: str) -> Iterator[Issuer]:
+    """Run `python -m app.identity` for `home` on `port` (0: a free one); SIGTERM it afterwards."""
     home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     log = home / "issuer.log"
     env = {k: v for k, v in os.environ.items()
            if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
@@ -145,5 +145,15 @@ def post_form(browser: requests.Session, page: requests.Response, username: str,
     fields.update(username=username, password=password)
     # A browser sends the form page as Referer (Referrer-Policy same-origin); the CSRF
     # check on HTTPS requires it.
+    return browser.post(urljoin(page.url, action), data=fields, timeout=10,
+                        allow_redirects=False, headers={"Referer": page.url})
+
+
+def sign_out(browser: requests.Session, issuer_url: str) -> requests.Response:
+    """Sign out at the issuer as a person does: open /logout, press "Sign out" on its page."""
+    page = browser.get(f"{issuer_url}/logout", timeout=10)
+    assert page.status_code == 200 and 'name="confirm"' in page.text, page.text[:300]
+    action = html.unescape(_ACTION.search(page.text)["action"])  # type: ignore[index]
+    fields = {m["name"]: html.unescape(m["value"]) for m in _INPUT.finditer(page.text)}
     return browser.post(urljoin(page.url, action), data=fields, timeout=10,
                         allow_redirects=False, headers={"Referer": page.url})

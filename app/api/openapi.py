@@ -44,7 +44,10 @@ def document() -> dict[str, Any]:
                          "responses": {"202": {"description": "Queued", "content": {
                              "application/json": {"schema": job_ref}}},
                              "400": _error("Malformed body"), "401": _error("Not signed in"),
-                             "403": _error("Missing role"), "422": _error("Invalid request"),
+                             "403": _error("Missing role, or a deploy/publish/pipeline of a "
+                                           "protected environment (request a promotion at "
+                                           "/approvals/new; nothing is queued)"),
+                             "422": _error("Invalid request"),
                              "503": _error("Queue unreachable; nothing was queued")}},
             },
             "/jobs/{job_id}": {"get": {
@@ -82,8 +85,9 @@ def document() -> dict[str, Any]:
                                 "schema": {"type": "integer"}}],
                 "responses": {"200": {"description": "The revision, now current", "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/Api"}}}},
-                    "403": _error("Missing role"), "404": _error("No such revision"),
-                    "409": _error("Already current"),
+                    "403": _error("Missing role, or the API of a protected environment "
+                                  "(request an api-revision promotion)"),
+                    "404": _error("No such revision"), "409": _error("Already current"),
                     "422": _error("The gateway refused it (no deployment, policy error)")}}},
             "/deployments": {"get": {
                 "summary": "Environments with slot, model version, replica health, traffic and "

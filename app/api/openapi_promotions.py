@@ -44,11 +44,18 @@ def paths() -> dict[str, Any]:
                         "application/json": {"schema": {"type": "object", "properties": {
                             "promotions": {"type": "array", "items": _PROMOTION}}}}}},
                         "401": _error("Not signed in")}},
-            "post": {"summary": "Request promotion of a model version (four-eyes)",
+            "post": {"summary": "Request promotion of a model version, or of a new API revision "
+                                "(kind api-revision), to a protected environment (four-eyes)",
                      "requestBody": {"required": True, "content": {"application/json": {
-                         "schema": {"type": "object", "required": ["version", "reason"],
+                         "schema": {"type": "object", "required": ["reason"],
                                     "properties": {
-                                        "version": {"type": ["string", "integer"]},
+                                        "kind": {"enum": ["model", "api-revision"],
+                                                 "default": "model"},
+                                        "version": {"type": ["string", "integer"],
+                                                    "description": "kind model: required"},
+                                        "policy_xml": {"type": "string", "maxLength": 12000,
+                                                       "description": "kind api-revision: "
+                                                       "default the default policy"},
                                         "environment": {"enum": ["prod"], "default": "prod"},
                                         "reason": {"type": "string", "maxLength": 2000}}}}}},
                      "responses": {"201": {"description": "Pending request", "content": {
@@ -64,7 +71,8 @@ def paths() -> dict[str, Any]:
             "responses": {"200": {"description": "The request", "content": {
                 "application/json": {"schema": _PROMOTION}}}, "404": _error("No such request")}}},
         "/promotions/{promotion_id}/approve": _decision(
-            "Approve (never your own request); queues the deploy job", "Approved"),
+            "Approve (never your own request); queues the deploy job (which also publishes the "
+            "default policy when the environment has no API) or the publish job", "Approved"),
         "/promotions/{promotion_id}/reject": _decision(
             "Reject (never your own request); closes it", "Rejected"),
     }
@@ -73,9 +81,14 @@ def paths() -> dict[str, Any]:
 def schemas() -> dict[str, Any]:
     """Component schemas of the promotion endpoints."""
     return {"Promotion": {"type": "object", "properties": {
-        "id": {"type": "string"}, "environment": {"type": "string"},
+        "id": {"type": "string"}, "kind": {"enum": ["model", "api-revision"]},
+        "environment": {"type": "string"},
         "model": {"type": "object", "properties": {"name": {"type": "string"},
                                                    "version": {"type": "string"}}},
+        "api": {"type": "object", "properties": {"name": {"type": "string"},
+                                                 "policy_xml": {"type": "string"}}},
+        "plan": {"type": "array", "items": {"type": "string"},
+                 "description": "what approving does, step by step"},
         "reason": {"type": "string"},
         "state": {"enum": ["PENDING", "APPROVED", "REJECTED", "EXPIRED", "SUPERSEDED"]},
         "requested_by": {"type": "string"},

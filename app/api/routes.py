@@ -171,12 +171,15 @@ def list_promotions() -> Any:
 @bp.post("/promotions")
 @role_required(Role.ENGINEER)
 def create_promotion() -> Any:
-    """Request a promotion: 201; 403 without MLOps.Engineer; 422 bad version or no reason."""
+    """Request a promotion: 201; 403 without MLOps.Engineer; 422 bad version or no reason.
+
+    ``kind`` "model" (default) promotes ``version``; "api-revision" publishes ``policy_xml``
+    (default: the environment's default policy) as a new API revision.
+    """
     from app.services import promotions
 
     body = _json_body()
-    row = promotions.request(body.get("version"), body.get("environment", "prod"),
-                             body.get("reason"), current_user.username, roles=current_user.roles)
+    row = promotions.request_from(body, current_user.username, roles=current_user.roles)
     return promotions.to_dict(row), 201, {"Location": f"/api/v1/promotions/{row.id}"}
 
 

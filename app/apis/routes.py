@@ -10,7 +10,7 @@ from flask_login import current_user
 
 from app.auth.roles import Role
 from app.auth.users import role_required, signed_in
-from app.services import apis, traffic
+from app.services import apis, protected, traffic
 
 bp = Blueprint("apis", __name__, url_prefix="/apis")
 
@@ -26,7 +26,8 @@ def list() -> Any:  # noqa: A001  (view names follow the list/detail/create conv
                            traffic=traffic.per_api(),
                            window_minutes=traffic.WINDOW_SECONDS // 60,
                            gateway=str(current_app.config["GATEWAY_URL"]).rstrip("/"),
-                           can_publish=current_user.can(Role.ENGINEER))
+                           can_publish=current_user.can(Role.ENGINEER),
+                           protected_environments=protected.protected_environments())
 
 
 @bp.post("/revisions/<int:revision_id>/rollback")

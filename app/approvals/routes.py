@@ -45,9 +45,12 @@ def index() -> Any:
     decided = [r for r in rows if r.state != promotions.PromotionState.PENDING]
     return render_template("approvals/index.html", pending=pending, decided=decided[:50],
                            now=utcnow(),
-                           metric_rows=promotions.metric_rows,
+                           metric_rows=promotions.metric_rows, plan=promotions.plan,
+                           policy_diff=promotions.policy_diff,
                            can_decide=current_user.can(Role.APPROVER),
-                           can_request=current_user.can(Role.ENGINEER))
+                           can_request=current_user.can(Role.ENGINEER),
+                           rolled_back=rollbacks.recent() if current_user.can(Role.APPROVER)
+                           else [])
 
 
 @bp.get("/mine")
@@ -63,15 +66,22 @@ def mine() -> Any:
 @role_required(Role.ENGINEER)
 def new() -> Any:
     """The request form: a version from the registry, a reason; and prod's rollback targets."""
-    from app.services import deployments, models
+    from app.services import apis, deployments, models
 
     versions: list[Any] = []
     try:
         versions = models.list_versions(models.default_model_name())
     except AppError as exc:
         flash(f"The model registry cannot be read: {exc.message}", "error")
+    # An API rollback of prod is a request to publish the earlier revision's policy again.
+    api = apis.current(apis.api_name("prod"))
+    wanted = request.args.get("api_revision", type=int)
+    earlier = next((r for r in apis.revisions_of(api.api_name) if r.revision == wanted),
+                   None) if api is not None and wanted else None
     return render_template("approvals/new.html", versions=versions,
                            current=deployments.active("prod"),
+                           api=api, api_policy=(earlier or api).policy_xml if api else "",
+                           api_earlier=earlier,
                            targets=rollbacks.targets("prod"),
                            selected=request.args.get("version", ""))
 
@@ -80,11 +90,10 @@ def new() -> Any:
 @role_required(Role.ENGINEER)
 def create() -> Any:
     """Record a promotion request from the form."""
-    row = promotions.request(request.form.get("version"), request.form.get("environment", "prod"),
-                             request.form.get("reason"), current_user.username,
-                             roles=current_user.roles)
-    flash(f"Promotion of v{row.model_version} to {row.environment} requested; "
-          "an approver has to decide on it.", "success")
+    row = promotions.request_from(request.form, current_user.username, roles=current_user.roles)
+    what = (f"A new {row.model_name} revision" if row.kind == promotions.PromotionKind.API_REVISION
+            else f"Promotion of v{row.model_version}")
+    flash(f"{what} for {row.environment} requested; an approver has to decide on it.", "success")
     return redirect(url_for("approvals.detail", promotion_id=row.id))
 
 
@@ -95,6 +104,7 @@ def detail(promotion_id: str) -> Any:
     row = promotions.get(promotion_id)
     return render_template("approvals/detail.html", row=row,
                            metric_rows=promotions.metric_rows(row.evidence or {}),
+                           plan=promotions.plan(row), diff=promotions.policy_diff(row),
                            can_decide=current_user.can(Role.APPROVER))
 
 
@@ -106,8 +116,8 @@ def decide(promotion_id: str, decision: str) -> Any:
     row = decide_fn(promotion_id, current_user.username, roles=current_user.roles,
                     comment=request.form.get("comment", ""))
     if row.deploy_job_id:
-        flash(f"Approved: deploying v{row.model_version} to {row.environment} "
-              f"(job {row.deploy_job_id}).", "success")
+        flash(f"Approved: job {row.deploy_job_id} {', '.join(promotions.plan(row))}.",
+              "success")
         return redirect(url_for("jobs.detail", job_id=row.deploy_job_id))
     flash(f"Request {row.id} is now {row.state.lower()}.", "success")
     return redirect(url_for("approvals.index"))

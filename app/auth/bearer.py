@@ -7,11 +7,9 @@ import logging
 from app.auth.oidc import TokenValidationError, validate_access_token
 from app.auth.users import User
 from app.errors import Unauthorized
+from app.gateway.token_rules import TokenRejected, token_from_authorization
 
 log = logging.getLogger(__name__)
-
-#: Longer headers are refused before any parsing (real tokens are ~1–3 KB).
-MAX_TOKEN_LENGTH = 8192
 
 
 def _refuse(error: str = "invalid_token") -> Unauthorized:
@@ -21,13 +19,17 @@ def _refuse(error: str = "invalid_token") -> Unauthorized:
 
 
 def user_from_bearer(header: str) -> User:
-    """Return the user an `Authorization: Bearer` header proves, or raise Unauthorized."""
+    """Return the user an `Authorization: Bearer` header proves, or raise Unauthorized.
+
+    `header` is the field's value as the WSGI server hands it over: repeated fields arrive
+    joined with commas, which the token syntax refuses (as the gateway refuses two fields).
+    """
     from app.auth.session_tokens import identity_client
 
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme != "Bearer" or not token or len(token) > MAX_TOKEN_LENGTH:
-        raise _refuse("invalid_request")
+    try:
+        token = token_from_authorization([header], "Bearer")
+    except TokenRejected:
+        raise _refuse("invalid_request") from None
     client = identity_client()
     try:
         claims = validate_access_token(

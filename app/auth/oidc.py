@@ -2,8 +2,10 @@
 
 MSAL (1.38+) does not check an ID token's signature, issuer, audience or expiry, so the panel
 calls `validate_id_token` on every sign-in. `validate_access_token` checks the bearer tokens of
-the panel REST API the way the gateway does: RS256/PS256 only, required exp/iat/iss/aud/sub,
-`typ` at+jwt, keys from the issuer's JWKS by `kid` (never from token headers such as jku/jwk).
+the panel REST API with the gateway's own rules (app.gateway.token_rules): RS256/PS256 only,
+each key with the algorithm it is published for, required exp/iat/iss/aud/sub of the right
+JSON types, `typ` at+jwt, keys from the issuer's JWKS by `kid` (never from token headers such
+as jku/jwk).
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ import jwt
 import msal
 import requests
 
-ALGORITHMS = ["RS256", "PS256"]
+from app.gateway import token_rules
+from app.gateway.token_rules import TokenRejected
+
+ALGORITHMS = list(token_rules.ALGORITHMS)
 LOCAL_API_AUDIENCE = "api://modelgate"
 ENTRA_LOGIN = "https://login.microsoftonline.com"
 #: Clock skew accepted on exp/nbf/iat. APIM uses 0; the panel also takes Entra-issued tokens
@@ -177,18 +182,17 @@ def _decode(token: str, *, jwks_client: jwt.PyJWKClient, issuer: str | Sequence[
             audience: str | Iterable[str], leeway: float, require: list[str],
             typ: str | None) -> dict[str, Any]:
     try:
-        header = jwt.get_unverified_header(token)
-        if header.get("alg") not in ALGORITHMS:
-            raise TokenValidationError("token algorithm not allowed")
-        if typ is not None and str(header.get("typ", "")).lower() != typ.lower():
-            raise TokenValidationError("unexpected token type")
-        key = jwks_client.get_signing_key_from_jwt(token)
+        alg, kid = token_rules.check_header(jwt.get_unverified_header(token), typ)
+        key = jwks_client.get_signing_key(kid)
+        # PyJWT reads a JWK's alg, or RS256 for an RSA key naming none, as token_rules does
+        token_rules.check_key_algorithm(alg, key.algorithm_name)
         claims: dict[str, Any] = jwt.decode(
-            token, key.key, algorithms=ALGORITHMS, audience=audience, issuer=issuer,
+            token, key, algorithms=[alg], audience=audience, issuer=issuer,
             leeway=leeway, options={"require": require},
         )
-    except TokenValidationError:
-        raise
+        token_rules.check_claim_types(claims)
+    except TokenRejected as exc:
+        raise TokenValidationError(f"invalid token ({exc})") from None
     except (jwt.PyJWTError, ValueError, TypeError) as exc:
         # The class name says what failed (expired, audience…) without echoing the token.
         raise TokenValidationError(f"invalid token ({type(exc).__name__})") from None
@@ -230,9 +234,7 @@ def validate_access_token(token: str, *, jwks_client: jwt.PyJWKClient,
     """
     claims = _decode(token, jwks_client=jwks_client, issuer=issuer, audience=audience,
                      leeway=leeway, require=["exp", "iat", "iss", "aud", "sub"], typ=typ)
-    roles = claims.get("roles", [])
-    if not isinstance(roles, list):
-        raise TokenValidationError("malformed roles claim")
+    roles = claims.get("roles", [])  # a list of strings, if present (check_claim_types)
     missing = [r for r in (required_roles or []) if r not in roles]
     if missing:
         raise MissingRoleError(missing)

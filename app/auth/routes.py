@@ -1,4 +1,4 @@
-"""Sign-in and sign-out: thin views over app.auth.session_tokens."""
+"""Sign-in and sign-out: thin views over app.auth.session_tokens and app.auth.sessions."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_user, logout_user
 
-from app.auth import session_tokens
+from app.auth import session_tokens, sessions
 from app.security import safe_next
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
@@ -39,9 +39,7 @@ def callback() -> Any:
         log.warning("sign-in refused: %s", exc.reason)
         return render_template("auth/error.html", message=exc.message), 400
     # A fresh session: nothing from before the sign-in (including the CSRF token) survives.
-    session.clear()
-    session.permanent = True
-    session["user"] = user.to_session()
+    sessions.start(user)
     login_user(user)
     log.info("signed in: user=%s roles=%s", user.username, ",".join(user.role_names) or "-")
     target = safe_next(target)
@@ -54,8 +52,11 @@ def callback() -> Any:
 
 @bp.post("/logout")
 def logout() -> Any:
-    """End the panel session, forget the user's tokens, then end the provider's session."""
+    """End the user's panel sessions, forget their tokens, then end the provider's session."""
     user = current_user._get_current_object() if current_user.is_authenticated else None
+    if user is not None and user.via != "session":
+        user = None
+    sessions.end(user)
     end_session_url = session_tokens.sign_out(user)
     if user is not None:
         log.info("signed out: user=%s", user.username)

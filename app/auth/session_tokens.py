@@ -39,6 +39,7 @@ from app.auth.oidc import (
     SessionJWKClient,
     TokenValidationError,
     build_msal_app,
+    validate_access_token,
     validate_id_token,
 )
 from app.auth.users import User
@@ -75,6 +76,15 @@ class SignInRequired(Unauthorized):
     def __init__(self) -> None:
         """A fixed, user-facing message."""
         super().__init__("Your sign-in has expired for this action: sign out and sign in again.")
+
+
+class RenewalError(Exception):
+    """The user's tokens could not be renewed silently; `reason` is for the log (no secrets)."""
+
+    def __init__(self, reason: str) -> None:
+        """Keep the reason."""
+        super().__init__(reason)
+        self.reason = reason
 
 
 class OutboundSession(requests.Session):
@@ -352,6 +362,40 @@ def user_access_token(user: User) -> str:
                  _code((result or {}).get("error", "no_cached_account")))
         raise SignInRequired()
     return str(result["access_token"])
+
+
+def renewed_id_token_claims(user: User) -> dict[str, Any]:
+    """Renew the user's tokens with their refresh token; return the new ID token's claims.
+
+    This is how a session's roles are re-checked: the provider puts the user's current roles
+    in the ID token it returns with the renewed tokens. The ID token is validated like the
+    sign-in's (signature against the JWKS, RS256/PS256, `typ` JWT, iss, aud = our client id,
+    exp, iat, sub; a refresh carries no nonce) and must name the same user.
+    Raises RenewalError (or ServiceUnavailable when the provider or Redis is unreachable).
+    """
+    client = identity_client()
+    with client.store.locked(user.id):
+        cache = client.store.load(user.id)
+        msal_app = client.msal_app(cache)
+        accounts = msal_app.get_accounts()
+        if not accounts:
+            raise RenewalError("no cached account")
+        result = msal_app.acquire_token_silent_with_error(
+            client.settings.scopes, account=accounts[0], force_refresh=True)
+        client.store.save(user.id, cache)
+    if not result or not result.get("id_token"):
+        raise RenewalError(_code((result or {}).get("error", "no_id_token")))
+    try:
+        # validate_access_token's checks with typ JWT and our client id as audience are the
+        # ID-token checks minus the nonce, which only the sign-in's ID token carries.
+        claims = validate_access_token(str(result["id_token"]), jwks_client=client.jwks,
+                                       issuer=client.settings.issuer,
+                                       audience=client.settings.client_id, typ="JWT")
+    except TokenValidationError as exc:
+        raise RenewalError(f"ID token rejected: {exc}") from None
+    if User.from_claims(claims).id != user.id:
+        raise RenewalError("the renewed ID token names another user")
+    return claims
 
 
 def sign_out(user: User | None) -> str | None:

@@ -182,12 +182,14 @@ def create_gateway_app(home: Path, *, redis_url: str, config_path: Path | None =
     upstream = UpstreamPool(ssl_context=client_ssl_context(settings.ca_file or
                                                            ensure_tls(home).ca_cert),
                             connect_timeout_s=settings.connect_timeout_s,
-                            max_idle_per_origin=settings.pool_size)
+                            max_idle_per_origin=settings.pool_size,
+                            max_connections_per_origin=settings.max_backend_connections,
+                            queue_timeout_s=settings.backend_wait_s)
     return Gateway(GatewayState(
         home, path, settings, config,
         jwks=JwksRegistry(upstream, settings.jwks),
         limiter=create_rate_limiter(redis_url, settings.redis_timeout_s),
-        metrics=GatewayMetrics(),
+        metrics=GatewayMetrics(upstream),
         request_log=RequestLog(home / "logs" / "gateway-requests.jsonl",
                                settings.log_flush_interval_s),
         upstream=upstream,
@@ -218,6 +220,7 @@ def serve(home: Path, host: str = "127.0.0.1", port: int = 8000,
     url = redis_url or os.environ.get("MODELGATE_REDIS_URL")
     if not url:
         raise ValueError("the gateway needs a Redis URL (--redis-url or MODELGATE_REDIS_URL)")
+    settings = settings or GatewaySettings.from_env(os.environ)
     gateway = create_gateway_app(Path(home), redis_url=url, settings=settings)
     loop = _new_loop()
     try:

@@ -17,6 +17,7 @@ import asyncio
 import collections
 import json
 import logging
+import re
 import ssl
 import time
 from collections.abc import Callable, Coroutine, Iterable
@@ -35,6 +36,12 @@ _REASONS = {s.value: s.phrase for s in HTTPStatus}
 # headers the server writes itself; a handler's values for them are ignored
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "date", "keep-alive"})
 _MAX_PIPELINED = 16
+# What may reach the wire (RFC 9110 §5.1, §5.5; RFC 9112 §4): a header name is a token, and no
+# value or reason phrase holds CR, LF or NUL. Checked with C string scans on the joined block
+# (a regex over every byte costs several times more); names are few, so valid ones are cached.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_VALID_NAMES: set[str] = set()
+_MAX_VALID_NAMES = 4096
 _LINGER_S, _LINGER_BYTES = 2.0, 8 * 1024 * 1024
 
 
@@ -89,13 +96,56 @@ class _Date:
         return cls.value
 
 
+class InvalidMessage(ValueError):
+    """A message would not be valid HTTP on the wire (e.g. CR/LF in a header value).
+
+    The message never names the offending value: it may be a secret injected by a policy.
+    """
+
+
+def _check_name(name: str) -> None:
+    if not _TOKEN.fullmatch(name):
+        raise InvalidMessage("a header name is not a token")
+    if len(_VALID_NAMES) < _MAX_VALID_NAMES:
+        _VALID_NAMES.add(name)
+
+
+def encode_fields(fields: Iterable[tuple[str, str]]) -> str:
+    """Header lines for the wire (each name: value CR LF).
+
+    Raises InvalidMessage if a name is not a token or a value holds CR, LF or NUL (which would
+    end the line early and let the rest be read as more headers: response splitting).
+    """
+    out = []
+    for name, value in fields:
+        if name not in _VALID_NAMES:
+            _check_name(name)
+        out.append(f"{name}: {value}\r\n")
+    block = "".join(out)
+    expected = len(out)
+    if block.count("\n") != expected or block.count("\r") != expected or "\x00" in block:
+        raise InvalidMessage("a header value contains CR, LF or NUL")
+    return block
+
+
 def encode_response(response: Response, *, keep_alive: bool, head: bool = False) -> bytes:
-    """Serialize a response for HTTP/1.1 (Content-Length framing, never chunked)."""
+    """Serialize a response for HTTP/1.1 (Content-Length framing, never chunked).
+
+    Raises InvalidMessage (nothing is written) for a header or reason phrase that would break
+    the framing: CR, LF or NUL in a value or the reason, a name that is not a token, or a
+    character that latin-1 cannot carry.
+    """
     status = response.status
-    parts = [f"HTTP/1.1 {status} {response.reason or _REASONS.get(status, 'Unknown')}\r\n"]
-    for name, value in response.headers.items():
-        if name.lower() not in _FRAMING:
-            parts.append(f"{name}: {value}\r\n")
+    reason = response.reason
+    if not reason:
+        reason = _REASONS.get(status, "Unknown")
+    elif "\r" in reason or "\n" in reason or "\x00" in reason:
+        raise InvalidMessage("the reason phrase contains CR, LF or NUL")
+    if not 100 <= status <= 999:
+        raise InvalidMessage("the status code is not three digits")
+    parts = [f"HTTP/1.1 {status} {reason}\r\n",
+             encode_fields((name, value) for name, value in response.headers.items()
+                           if name.lower() not in _FRAMING)]
     body = response.body
     if status == 204 or status == 304:
         body = b""
@@ -105,7 +155,10 @@ def encode_response(response: Response, *, keep_alive: bool, head: bool = False)
     if not keep_alive:
         parts.append("Connection: close\r\n")
     parts.append("\r\n")
-    head_bytes = "".join(parts).encode("latin-1")
+    try:
+        head_bytes = "".join(parts).encode("latin-1")
+    except UnicodeEncodeError:
+        raise InvalidMessage("a header value is not latin-1") from None
     return head_bytes if head or not body else head_bytes + body
 
 
@@ -228,6 +281,16 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._head_done = True
         self._header_map = headers = CIMultiDict(self._headers)
+        # llhttp refuses the smuggling shapes (CL with TE, two lengths, obs-fold, bare LF, bad
+        # chunk sizes, names with spaces) but lets these framing faults through (RFC 9112)
+        version = self._parser.get_http_version()
+        if version == "1.1":
+            if len(headers.getall("Host", ())) != 1:  # §3.2: exactly one Host, else 400
+                raise _Rejected(400, "The request needs exactly one Host header.")
+        elif version != "1.0":
+            raise _Rejected(400, "The request is not valid HTTP/1.1.")
+        elif "Transfer-Encoding" in headers:  # §6.1: TE in HTTP/1.0 is faulty framing
+            raise _Rejected(400, "The request is not valid HTTP/1.1.")
         length = headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) > self._limits.max_body_bytes:
             raise _Rejected(413, "The request body is too large.")
@@ -293,8 +356,16 @@ class _Connection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         keep_alive = request.keep_alive and not self._server.stopping
-        transport.write(encode_response(response, keep_alive=keep_alive,
-                                        head=request.method == "HEAD"))
+        head = request.method == "HEAD"
+        try:
+            data = encode_response(response, keep_alive=keep_alive, head=head)
+        except InvalidMessage as exc:
+            # never write a header or status line that would split into more (response
+            # splitting, RFC 9112 §11.1): answer 502, as aiohttp, h11 and uvicorn refuse too
+            log.error("handler response for %s not sent: %s", request.path, exc)
+            data = encode_response(problem(502, "The gateway could not forward the answer."),
+                                   keep_alive=keep_alive, head=head)
+        transport.write(data)
         self.last_active = self._loop.time()
         if not keep_alive:
             transport.close()

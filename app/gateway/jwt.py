@@ -1,10 +1,12 @@
 """Strict access-token validation: pinned RS256/PS256, JWKS from openid-config, explicit skew.
 
-Rules (RFC 8725, RFC 9068, OWASP ASVS V9): the algorithm allow-list is fixed (never ``none``,
-never HMAC), ``kid`` is only a length-capped dictionary key into the cached JWKS, ``jku``/``x5u``/
-``jwk`` headers are ignored (never fetched), ``typ`` must be ``at+jwt`` so ID tokens are refused,
-``exp`` is required unless the policy says otherwise, ``nbf``/``iat`` are honoured, and issuer and
-audience come from allow-lists. Keys are bound to the issuer whose discovery document served them.
+Rules (RFC 8725, RFC 9068, OWASP ASVS V9), shared with the panel through
+app.gateway.token_rules: the algorithm allow-list is fixed (never ``none``, never HMAC), a key
+verifies only with the algorithm it is published for, ``kid`` is only a length-capped dictionary
+key into the cached JWKS, ``jku``/``x5u``/``jwk`` headers are ignored (never fetched), ``typ``
+must be ``at+jwt`` so ID tokens are refused, ``exp`` is required unless the policy says
+otherwise, ``nbf``/``iat`` are honoured and must be numbers, and issuer and audience come from
+allow-lists. Keys are bound to the issuer whose discovery document served them.
 """
 
 from __future__ import annotations
@@ -24,19 +26,20 @@ from urllib.parse import urlsplit
 import jwt as pyjwt
 
 from app.gateway.policy import ClaimMatch, RequiredClaim, ValidateJwt
+from app.gateway.token_rules import (
+    ACCESS_TOKEN_TYPE,
+    MAX_KID_LENGTH,
+    TokenRejected,
+    check_claim_types,
+    check_header,
+    key_algorithm,
+)
 from app.gateway.upstream import UpstreamError, UpstreamPool
 
 log = logging.getLogger(__name__)
 
-_MAX_KID = 256
-_MAX_TOKEN = 16 * 1024
 _MAX_DOC = 1024 * 1024
-_TYPES = {"at+jwt", "application/at+jwt"}
 _B64URL = re.compile(r"[A-Za-z0-9_-]+")
-
-
-class TokenRejected(Exception):
-    """The token is not acceptable; the reason is for logs and metrics only, never the caller."""
 
 
 @dataclass(frozen=True)
@@ -133,23 +136,18 @@ class JwksCache:
         jwks = await self._get_json(jwks_uri)
         keys: dict[str, dict[str, pyjwt.PyJWK]] = {}
         for raw in jwks.get("keys", []):
-            if not isinstance(raw, dict) or raw.get("kty") != "RSA" or raw.get("use", "sig") != \
-                    "sig" or not isinstance(raw.get("kid"), str) or len(raw["kid"]) > _MAX_KID:
+            if not isinstance(raw, dict) or not isinstance(raw.get("kid"), str) or \
+                    len(raw["kid"]) > MAX_KID_LENGTH:
                 continue
-            # a key that names its alg is usable with that alg only
-            algs = [raw["alg"]] if "alg" in raw else list(self._settings.algorithms)
-            by_alg: dict[str, pyjwt.PyJWK] = {}
-            for alg in algs:
-                if alg not in self._settings.algorithms:
-                    continue
-                try:
-                    key = pyjwt.PyJWK(raw, algorithm=alg)
-                except pyjwt.PyJWTError:
-                    continue
-                if getattr(key.key, "key_size", 0) >= 2048:
-                    by_alg[alg] = key
-            if by_alg:
-                keys[raw["kid"]] = by_alg
+            alg = key_algorithm(raw)  # the one algorithm this key verifies
+            if alg is None or alg not in self._settings.algorithms:
+                continue
+            try:
+                key = pyjwt.PyJWK(raw, algorithm=alg)
+            except pyjwt.PyJWTError:
+                continue
+            if getattr(key.key, "key_size", 0) >= 2048:
+                keys[raw["kid"]] = {alg: key}
         return _KeySet(issuer if isinstance(issuer, str) else None, keys)
 
 
@@ -221,23 +219,6 @@ class JwksRegistry:
         return sum(c.fetches for c in self._caches.values())
 
 
-def extract_token(header_value: str | None, scheme: str | None) -> str:
-    """Take the token out of the header, enforcing require-scheme exactly (case-sensitive)."""
-    if not header_value:
-        raise TokenRejected("missing")
-    if scheme is not None:
-        prefix = scheme + " "
-        if not header_value.startswith(prefix):
-            raise TokenRejected("scheme")
-        token = header_value[len(prefix):].strip()
-    else:
-        token = header_value[7:].strip() if header_value[:7].lower() == "bearer " else \
-            header_value.strip()
-    if not token or len(token) > _MAX_TOKEN or token.count(".") != 2:
-        raise TokenRejected("format")
-    return token
-
-
 def _unverified_header(token: str) -> dict[str, Any]:
     """Decode the JOSE header only to pick the key (PyJWT re-parses and checks it on decode).
 
@@ -245,7 +226,7 @@ def _unverified_header(token: str) -> dict[str, Any]:
     validation, and this runs on every request.
     """
     segment = token.split(".", 1)[0]
-    if len(segment) > 4 * _MAX_KID or not _B64URL.fullmatch(segment):
+    if len(segment) > 4 * MAX_KID_LENGTH or not _B64URL.fullmatch(segment):
         raise TokenRejected("header")
     try:
         header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
@@ -258,14 +239,9 @@ def _unverified_header(token: str) -> dict[str, Any]:
 
 async def validate_token(token: str, step: ValidateJwt, registry: JwksRegistry) -> dict[str, Any]:
     """Verify signature and registered claims; return the claims or raise TokenRejected."""
-    header = _unverified_header(token)
-    alg, kid, typ = header.get("alg"), header.get("kid"), header.get("typ")
+    alg, kid = check_header(_unverified_header(token), ACCESS_TOKEN_TYPE)
     if alg not in registry.settings.algorithms:
         raise TokenRejected("alg")
-    if not isinstance(typ, str) or typ.lower() not in _TYPES:
-        raise TokenRejected("typ")
-    if not isinstance(kid, str) or not kid or len(kid) > _MAX_KID:
-        raise TokenRejected("kid")
     caches = [registry.cache(url) for url in step.openid_config_urls]
     key: pyjwt.PyJWK | None = None
     bound_issuers: set[str] = set()
@@ -293,6 +269,7 @@ async def validate_token(token: str, step: ValidateJwt, registry: JwksRegistry) 
         )
     except pyjwt.PyJWTError as exc:
         raise TokenRejected(type(exc).__name__) from None
+    check_claim_types(claims)
     if bound_issuers and claims.get("iss") not in bound_issuers:
         raise TokenRejected("issuer-key-binding")
     registry.verified.put(cache_key, key, claims)

@@ -11,8 +11,15 @@ from pathlib import Path
 from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Gauge
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+
+from app.gateway.upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +50,7 @@ class _Histogram:
 
 
 class GatewayMetrics:
-    """Requests by api/status, total and backend latency histograms.
+    """Requests by api/status, total and backend latency histograms, backend connections.
 
     Counted in plain dicts on the request path and turned into Prometheus families only when
     scraped: prometheus_client's labelled metrics take a lock and walk the buckets per
@@ -52,8 +59,9 @@ class GatewayMetrics:
 
     _MAX_SERIES = 10_000
 
-    def __init__(self) -> None:
+    def __init__(self, upstream: UpstreamPool | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._upstream = upstream
         self._requests: dict[tuple[str, int], int] = {}
         self._latency: dict[str, _Histogram] = {}
         self._backend: dict[str, _Histogram] = {}
@@ -96,6 +104,20 @@ class GatewayMetrics:
                 buckets, total = histogram.exposition()
                 family.add_metric([api], buckets, total)
             yield family
+        if self._upstream is not None:
+            refused = CounterMetricFamily(
+                "modelgate_gateway_backend_busy",
+                "Requests answered 503 because the backend's connection limit stayed full",
+                labels=["origin"])
+            for origin, count in sorted(self._upstream.busy_refusals().items()):
+                refused.add_metric([origin], count)
+            yield refused
+            open_now = GaugeMetricFamily("modelgate_gateway_backend_connections",
+                                         "Open connections per backend origin",
+                                         labels=["origin"])
+            for origin, count in sorted(self._upstream.open_connections().items()):
+                open_now.add_metric([origin], count)
+            yield open_now
 
 
 class _Families(Collector):

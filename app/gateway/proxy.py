@@ -16,7 +16,7 @@ from multidict import CIMultiDict
 
 from app.gateway.config import ApiRevision, Route
 from app.gateway.http import Request, Response, problem
-from app.gateway.jwt import TokenRejected, claims_satisfy, extract_token, validate_token
+from app.gateway.jwt import TokenRejected, claims_satisfy, validate_token
 from app.gateway.policy import (
     CheckHeader,
     Cors,
@@ -31,7 +31,8 @@ from app.gateway.policy import (
 )
 from app.gateway.ratelimit import RateLimitUnavailable
 from app.gateway.state import GatewayState
-from app.gateway.upstream import UpstreamConnectError, UpstreamError, UpstreamTimeout
+from app.gateway.token_rules import token_from_authorization
+from app.gateway.upstream import UpstreamBusy, UpstreamConnectError, UpstreamError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,8 @@ def _jwt_failure(step: ValidateJwt, reason: str) -> Response:
 async def _validate_jwt(state: GatewayState, request: Request, ctx: _Context,
                         step: ValidateJwt) -> Response | None:
     try:
-        token = extract_token(request.headers.get(step.header_name), step.require_scheme)
+        token = token_from_authorization(request.headers.getall(step.header_name, []),
+                                         step.require_scheme)
         cache_key = (step.validation_key(), token)
         claims = ctx.validated.get(cache_key)
         if claims is None:
@@ -286,6 +288,9 @@ async def _forward(state: GatewayState, request: Request, ctx: _Context) -> Resp
         answer = await pool.request(
             request.method, pool.origin(ctx.backend_url), target, ctx.headers.items(),
             request.body, timeout_s=policy.forward_timeout_s or state.settings.upstream_timeout_s)
+    except UpstreamBusy:
+        # the backend's connection limit stayed full for the whole wait: nothing was sent
+        return problem(503, "The backend is busy. Try again shortly.", [("Retry-After", "1")])
     except UpstreamConnectError:
         # nothing reached the backend (the pool already tried twice)
         return problem(502, "The backend is unreachable.")

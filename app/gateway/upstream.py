@@ -1,8 +1,11 @@
 """The gateway's client to backends and issuers: pooled keep-alive HTTP/1.1 on asyncio protocols.
 
 One request at a time per connection; idle connections are reused per origin (scheme, host,
-port). Errors are classified for the caller's status codes:
+port). At most ``max_connections_per_origin`` connections (in use, idle or being opened) exist
+per origin: a request that finds none free waits for one up to ``queue_timeout_s``, in order.
+Errors are classified for the caller's status codes:
 
+- UpstreamBusy: every connection to the origin stayed busy for the whole wait (not sent);
 - UpstreamConnectError: the request never reached the backend (refused, unreachable);
 - UpstreamTimeout: no complete answer within the deadline (connect included);
 - UpstreamProtocolError: the backend broke the exchange (reset mid-answer, malformed, too big).
@@ -14,14 +17,21 @@ request is sent again once on a fresh connection (the usual rule for stale keep-
 from __future__ import annotations
 
 import asyncio
+import collections
+import re
 import ssl
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
 from multidict import CIMultiDict
+
+from app.gateway.http import InvalidMessage, encode_fields
+
+# RFC 9112 §3: method is a token; the target has no whitespace or control characters
+_REQUEST_LINE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^\x00-\x20\x7f]+")
 
 
 class UpstreamError(Exception):
@@ -40,6 +50,14 @@ class UpstreamProtocolError(UpstreamError):
     """The upstream answered badly or went away mid-answer."""
 
 
+class UpstreamBusy(UpstreamError):
+    """The origin's connection limit stayed reached for the whole wait: the request was not sent."""
+
+
+class UpstreamRequestInvalid(UpstreamError):
+    """The request would not be valid HTTP (CR/LF in a header, bad name): it was not sent."""
+
+
 class _Stale(UpstreamError):
     """A reused connection closed before any answer byte (safe to send again)."""
 
@@ -53,6 +71,21 @@ class Origin:
     port: int
     host_header: str
     prefix: str
+
+
+OriginKey = tuple[str, str, int]  # (scheme, host, port): what the connection limit counts by
+
+
+@dataclass(slots=True)
+class _Slots:
+    """One origin's connections: idle ones, how many exist, requests waiting for one."""
+
+    idle: list[_UpstreamConnection] = field(default_factory=list)
+    open: int = 0  # in use, idle or being opened
+    # each waiter gets an idle connection, or None: the right to open one in a freed slot
+    waiters: collections.deque[asyncio.Future[_UpstreamConnection | None]] = field(
+        default_factory=collections.deque)
+    refused: int = 0  # requests answered UpstreamBusy
 
 
 @dataclass(slots=True)
@@ -114,6 +147,12 @@ class _UpstreamConnection(asyncio.Protocol):
             self._fail(UpstreamProtocolError("malformed answer"))
 
     # parser callbacks
+    def on_message_begin(self) -> None:
+        if self._waiter is None or self._waiter.done():
+            # bytes after the answer, or while idle: a second answer to one request. Were the
+            # connection reused, they would be read as the next request's answer (desync).
+            raise UpstreamProtocolError("unsolicited answer")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
@@ -122,6 +161,15 @@ class _UpstreamConnection(asyncio.Protocol):
         # trailers of a chunked answer arrive after this and are left out on purpose
         self._header_map = headers = CIMultiDict(self._headers)
         status = self._parser.get_status_code()
+        version = self._parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            raise UpstreamProtocolError("not an HTTP/1.x answer")
+        if "Transfer-Encoding" in headers and (
+                version == "1.0" or [c.strip().lower() for v in headers.getall(
+                    "Transfer-Encoding") for c in v.split(",")] != ["chunked"]):
+            # RFC 9112 §6.1/6.3: TE in HTTP/1.0 is faulty framing; a coding other than plain
+            # chunked would reach the caller still encoded (the gateway decodes none)
+            raise UpstreamProtocolError("unsupported transfer coding")
         self._framed = ("Content-Length" in headers or "Transfer-Encoding" in headers
                         or status in (204, 304) or 100 <= status < 200)
 
@@ -196,16 +244,40 @@ class _UpstreamConnection(asyncio.Protocol):
             self._transport.close()
 
 
+def encode_request(method: str, target: str, host: str, headers: Iterable[tuple[str, str]],
+                   body: bytes) -> bytes:
+    """Serialize a request with Content-Length framing; UpstreamRequestInvalid if it would not
+    be valid HTTP (a header with CR/LF/NUL, a name that is no token, a bad request line)."""
+    request_line = f"{method} {target}"
+    if not _REQUEST_LINE.fullmatch(request_line):
+        raise UpstreamRequestInvalid("request not sent: the method or target is not valid")
+    fields = [("Host", host), *headers]
+    if body or method in ("POST", "PUT", "PATCH"):
+        fields.append(("Content-Length", str(len(body))))
+    try:
+        head = f"{request_line} HTTP/1.1\r\n{encode_fields(fields)}\r\n".encode("latin-1")
+    except InvalidMessage as exc:
+        raise UpstreamRequestInvalid(f"request not sent: {exc}") from None
+    except UnicodeEncodeError:
+        raise UpstreamRequestInvalid("request not sent: a header value is not latin-1") from None
+    return head + body
+
+
 class UpstreamPool:
-    """Keep-alive connections per origin, with a deadline per request and one stale retry."""
+    """Bounded keep-alive connections per origin, a deadline per request, one stale retry."""
 
     def __init__(self, *, ssl_context: ssl.SSLContext, connect_timeout_s: float = 2.0,
-                 max_idle_per_origin: int = 100, max_body_bytes: int = 16 * 1024 * 1024) -> None:
+                 max_idle_per_origin: int = 100, max_connections_per_origin: int = 256,
+                 queue_timeout_s: float = 1.0, max_body_bytes: int = 16 * 1024 * 1024) -> None:
+        if max_connections_per_origin < 1:
+            raise ValueError("max_connections_per_origin must be at least 1")
         self._ssl = ssl_context
         self._connect_timeout = connect_timeout_s
         self._max_idle = max_idle_per_origin
+        self._max_open = max_connections_per_origin
+        self._queue_timeout = queue_timeout_s
         self._max_body = max_body_bytes
-        self._idle: dict[Origin, list[_UpstreamConnection]] = {}
+        self._slots: dict[OriginKey, _Slots] = {}
         self._origins: dict[str, Origin] = {}
 
     def origin(self, base_url: str) -> Origin:
@@ -236,47 +308,86 @@ class UpstreamPool:
             headers: end-to-end headers (no Host, Content-Length or hop-by-hop ones).
             timeout_s: deadline for connect + answer.
         """
-        lines = [f"{method} {origin.prefix}{target} HTTP/1.1\r\nHost: {origin.host_header}\r\n"]
-        for name, value in headers:
-            lines.append(f"{name}: {value}\r\n")
-        if body or method in ("POST", "PUT", "PATCH"):
-            lines.append(f"Content-Length: {len(body)}\r\n")
-        lines.append("\r\n")
-        data = "".join(lines).encode("latin-1") + body
+        data = encode_request(method, f"{origin.prefix}{target}", origin.host_header, headers,
+                              body)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        for attempt in (1, 2):
-            # the retry after a stale connection goes on a new connection: other pooled ones
-            # may be just as stale (e.g. the backend restarted), and would fail it again
-            conn = self._take(origin) if attempt == 1 else None
-            if conn is None:
-                conn = await self._connect(loop, origin, deadline, retry=attempt == 1)
-            try:
-                answer = await conn.exchange(data, max(deadline - loop.time(), 0.001))
-            except _Stale:
-                if attempt == 2:
-                    raise UpstreamProtocolError("connection closed before the answer") from None
-                continue
-            self._give_back(origin, conn)
-            return answer
-        raise AssertionError("unreachable")  # pragma: no cover
+        slots = self._slots.get((origin.scheme, origin.host, origin.port))
+        if slots is None:
+            slots = self._slots[(origin.scheme, origin.host, origin.port)] = _Slots()
+        conn = await self._acquire(loop, slots, deadline)
+        try:
+            for attempt in (1, 2):
+                if conn is None:
+                    conn = await self._connect(loop, origin, deadline, retry=attempt == 1)
+                try:
+                    return await conn.exchange(data, max(deadline - loop.time(), 0.001))
+                except _Stale:
+                    if attempt == 2:
+                        raise UpstreamProtocolError(
+                            "connection closed before the answer") from None
+                    # the retry keeps this slot but goes on a new connection: other pooled
+                    # ones may be just as stale (e.g. the backend restarted), and would fail it
+                    conn = None
+            raise AssertionError("unreachable")  # pragma: no cover
+        finally:
+            self._release(slots, conn)
 
-    def _take(self, origin: Origin) -> _UpstreamConnection | None:
-        idle = self._idle.get(origin)
+    async def _acquire(self, loop: asyncio.AbstractEventLoop, slots: _Slots,
+                       deadline: float) -> _UpstreamConnection | None:
+        """An idle connection, or None with a slot reserved to open one; waits when full."""
+        idle = slots.idle
         while idle:
             conn = idle.pop()
             if conn.reusable:
                 return conn
-        return None
+            slots.open -= 1  # the backend closed it while idle
+        if slots.open < self._max_open:
+            slots.open += 1
+            return None
+        waiter: asyncio.Future[_UpstreamConnection | None] = loop.create_future()
+        slots.waiters.append(waiter)
+        budget = min(self._queue_timeout, deadline - loop.time())
+        timer = loop.call_later(max(budget, 0.0), _refuse_busy, waiter)
+        try:
+            return await waiter
+        except UpstreamBusy:
+            slots.refused += 1
+            raise
+        except asyncio.CancelledError:
+            # cancelled just after a connection or slot was handed over: pass it on
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._release(slots, waiter.result())
+            raise
+        finally:
+            timer.cancel()
 
-    def _give_back(self, origin: Origin, conn: _UpstreamConnection) -> None:
-        if not conn.reusable:
-            return
-        idle = self._idle.setdefault(origin, [])
-        if len(idle) < self._max_idle:
-            idle.append(conn)
+    def _release(self, slots: _Slots, conn: _UpstreamConnection | None) -> None:
+        """Hand a finished connection (or its freed slot) to the next waiter, else keep it idle."""
+        if conn is not None and not conn.reusable:
+            conn = None
+        while slots.waiters:
+            waiter = slots.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)  # None: the waiter opens a connection in this slot
+                return
+        if conn is None:
+            slots.open -= 1
+        elif len(slots.idle) < self._max_idle:
+            slots.idle.append(conn)
         else:
+            slots.open -= 1
             conn.close()
+
+    def busy_refusals(self) -> dict[str, int]:
+        """Requests refused per origin ("scheme://host:port") because its limit stayed full."""
+        return {f"{scheme}://{host}:{port}": slots.refused
+                for (scheme, host, port), slots in self._slots.items() if slots.refused}
+
+    def open_connections(self) -> dict[str, int]:
+        """Connections per origin (in use, idle or being opened)."""
+        return {f"{scheme}://{host}:{port}": slots.open
+                for (scheme, host, port), slots in self._slots.items()}
 
     async def _connect(self, loop: asyncio.AbstractEventLoop, origin: Origin, deadline: float,
                        *, retry: bool) -> _UpstreamConnection:
@@ -302,7 +413,13 @@ class UpstreamPool:
 
     def close(self) -> None:
         """Close every idle connection."""
-        for idle in self._idle.values():
-            for conn in idle:
+        for slots in self._slots.values():
+            for conn in slots.idle:
                 conn.close()
-        self._idle.clear()
+            slots.open -= len(slots.idle)
+            slots.idle.clear()
+
+
+def _refuse_busy(waiter: asyncio.Future[_UpstreamConnection | None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(UpstreamBusy("every connection to the backend stayed busy"))

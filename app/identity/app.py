@@ -15,17 +15,16 @@ from authlib.common.urls import add_params_to_uri
 from authlib.oauth2 import OAuth2Error
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, render_template, request
 from flask import session as flask_session
-from flask_wtf.csrf import CSRFError, CSRFProtect
+from flask_wtf.csrf import CSRFError, CSRFProtect, validate_csrf
 from joserfc import jwt
 from joserfc.errors import JoseError
+from wtforms import ValidationError
 
 from app.assets import asset_dir
 from app.identity.credentials import (
     Client,
     ensure_dev_credentials,
-    is_loopback_http,
     load_directory,
-    redirect_uri_matches,
 )
 from app.identity.keys import KeyStore, ensure_keys
 from app.identity.settings import (
@@ -233,11 +232,13 @@ def _to_client(response: Response) -> Response:
 
 
 def _session_user() -> SignedIn | None:
-    username = flask_session.get("username")
-    user = _ctx().directory.users.get(username) if isinstance(username, str) else None
-    if user is None:
+    """The user of this browser's live session (the cookie names a row of the store)."""
+    session_id = flask_session.get("sid")
+    found = _ctx().store.session_user(session_id) if isinstance(session_id, str) else None
+    user = _ctx().directory.users.get(found[0]) if found else None
+    if user is None or found is None:
         return None
-    return SignedIn(user, int(flask_session.get("auth_time", 0)))
+    return SignedIn(user, found[1])
 
 
 def _signin_form(status: int, error: str | None = None, username: str = "",
@@ -300,7 +301,8 @@ def _sign_in(grant: Any) -> Response:
     flask_session.clear()
     flask_session.permanent = True
     auth_time = int(time.time())
-    flask_session.update(username=user.username, auth_time=auth_time)
+    lifetime = int(current_app.permanent_session_lifetime.total_seconds())
+    flask_session["sid"] = _ctx().store.open_session(user.username, auth_time, lifetime)
     log.info("signed in: user=%s ip=%s", user.username, ip)
     response: Response = _server().create_authorization_response(
         grant=grant, grant_user=SignedIn(user, auth_time))
@@ -356,38 +358,95 @@ def userinfo() -> Response:
     return jsonify(user_claims(user))
 
 
-def _logout_client(id_token_hint: str | None) -> Client | None:
-    """The client named by client_id or by a (possibly expired) ID token we signed."""
-    clients = _ctx().directory.clients
-    client_id = request.values.get("client_id")
-    if client_id:
-        return clients.get(client_id)
-    if not id_token_hint:
-        return None
+class _UnknownClient(Exception):
+    """The logout request names a client we do not know, or a hint that is not ours."""
+
+
+def _hint_claims(id_token_hint: str) -> dict[str, Any]:
+    """The claims of an ID token we signed (expired or not); _UnknownClient otherwise."""
     try:
-        keyset = _ctx().keys.keyset()
-        claims = jwt.decode(id_token_hint, keyset, algorithms=["RS256"]).claims
+        claims = jwt.decode(id_token_hint, _ctx().keys.keyset(), algorithms=["RS256"]).claims
     except (JoseError, ValueError):
-        return None
+        raise _UnknownClient from None
     if claims.get("iss") != _ctx().settings.issuer:
+        raise _UnknownClient
+    return claims
+
+
+def _logout_client(hint: dict[str, Any] | None, client_id: str | None) -> Client | None:
+    """The client named by client_id and/or the hint; None when neither names one.
+
+    Raises _UnknownClient when they name nobody we know or disagree.
+    """
+    hinted = str(hint.get("aud")) if hint else None
+    if client_id and hinted and client_id != hinted:
+        raise _UnknownClient  # OpenID RP-Initiated Logout §2: they must name the same client
+    named = client_id or hinted
+    if not named:
         return None
-    return clients.get(str(claims.get("aud")))
+    client = _ctx().directory.clients.get(named)
+    if client is None:
+        raise _UnknownClient
+    return client
+
+
+def _confirmed(signed_in: SignedIn, hint: dict[str, Any] | None) -> bool:
+    """A client's logout naming this very user, or the user's own click on our confirm form."""
+    if hint is not None and hint.get("sub") == signed_in.user.oid:
+        return True
+    if request.method != "POST" or request.form.get("confirm") != "yes":
+        return False
+    try:
+        validate_csrf(request.form.get("csrf_token"))
+    except ValidationError:
+        return False
+    return True
 
 
 @bp.route("/logout", methods=["GET", "POST"])
 def logout() -> Response:
-    """End-session: clear the issuer session, then return to a registered or loopback URI."""
-    user = flask_session.get("username")
-    flask_session.clear()
-    if user:
-        log.info("signed out: user=%s", user)
+    """End-session: end the user's issuer sessions and revoke their refresh tokens.
+
+    Without an `id_token_hint` naming the signed-in user, the user confirms first (a POST with
+    a CSRF token), so another site cannot sign them out. Returns to `post_logout_redirect_uri`
+    only when it is registered for the client named by `client_id` and/or `id_token_hint`;
+    otherwise shows the signed-out page (400 when the client or the address is unknown).
+    """
+    signed_in = _session_user()
+    raw_hint = request.values.get("id_token_hint")
     target = request.values.get("post_logout_redirect_uri")
+    try:
+        hint = _hint_claims(raw_hint) if raw_hint else None
+        client = _logout_client(hint, request.values.get("client_id"))
+    except _UnknownClient:
+        hint, client, unknown = None, None, True
+    else:
+        unknown = False
+    if signed_in is not None and not _confirmed(signed_in, hint):
+        fields = [(name, value) for name, value in (
+            ("post_logout_redirect_uri", target), ("state", request.values.get("state")),
+            ("client_id", client.client_id if client else None)) if value]
+        return _page("confirm_logout.html", username=signed_in.user.username, fields=fields,
+                     action=request.path)
+    flask_session.clear()
+    if signed_in is not None:
+        # Signing out ends all the user's sessions and offline grants, not only this browser's.
+        user = signed_in.user.username
+        ended = _ctx().store.end_sessions(user)
+        revoked = _ctx().store.revoke_user_tokens(user)
+        log.info("signed out: user=%s sessions_ended=%d refresh_tokens_revoked=%d", user,
+                 ended, revoked)
     if not target:
         return _page("signed_out.html")
-    client = _logout_client(request.values.get("id_token_hint"))
-    registered = client is not None and any(
-        redirect_uri_matches(r, target) for r in client.redirect_uris)
-    if not (registered or is_loopback_http(target)):
+    if unknown:
+        return _page("signed_out.html", 400,
+                     note="The application that sent you here is not known to this issuer.")
+    if client is None:
+        return _page("signed_out.html",
+                     note="The application did not say who it is, so you are not sent back.")
+    if not client.check_post_logout_redirect_uri(target):
+        log.warning("logout: unregistered post_logout_redirect_uri for client=%s",
+                    client.client_id)
         return _page("signed_out.html", 400,
                      note="The application asked to return to an unregistered address.")
     state = request.values.get("state")

@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 PANEL_CLIENT_ID = "modelgate-panel"
 CI_CLIENT_ID = "modelgate-ci"
 PANEL_REDIRECT_URI = "http://127.0.0.1/auth/callback"
+#: Where the panel asks to return after signing out at the issuer (any loopback port).
+PANEL_POST_LOGOUT_REDIRECT_URI = "http://127.0.0.1/auth/login"
 
 DEFAULT_USERS: dict[str, list[str]] = {
     "alice": ["MLOps.Engineer", "Score.Invoke"],
@@ -103,6 +105,7 @@ class Client:
     oid: str
     secret_digest: bytes = field(repr=False)
     redirect_uris: tuple[str, ...] = ()
+    post_logout_redirect_uris: tuple[str, ...] = ()
 
     @property
     def grant_types(self) -> frozenset[str]:
@@ -126,6 +129,10 @@ class Client:
     def check_redirect_uri(self, redirect_uri: str) -> bool:
         """A registered redirect URI, with loopback port variance."""
         return any(redirect_uri_matches(r, redirect_uri) for r in self.redirect_uris)
+
+    def check_post_logout_redirect_uri(self, uri: str) -> bool:
+        """A registered post-logout redirect URI, with loopback port variance."""
+        return any(redirect_uri_matches(r, uri) for r in self.post_logout_redirect_uris)
 
     def check_client_secret(self, client_secret: str) -> bool:
         """Compare digests in constant time (hides the secret's length too)."""
@@ -186,7 +193,8 @@ def default_credentials() -> dict[str, Any]:
 
 
 def _panel_entry() -> dict[str, Any]:
-    return {"secret": _new_secret(), "roles": [], "redirect_uris": [PANEL_REDIRECT_URI]}
+    return {"secret": _new_secret(), "roles": [], "redirect_uris": [PANEL_REDIRECT_URI],
+            "post_logout_redirect_uris": [PANEL_POST_LOGOUT_REDIRECT_URI]}
 
 
 def _write_private_json(path: Path, doc: Mapping[str, Any]) -> None:
@@ -199,7 +207,10 @@ def _write_private_json(path: Path, doc: Mapping[str, Any]) -> None:
 
 
 def ensure_dev_credentials(home: Path) -> Path:
-    """Create dev-credentials.json (0600) if missing; add the panel client if it is absent."""
+    """Create dev-credentials.json (0600) if missing; add the panel client if it is absent.
+
+    A panel client from before post-logout redirect URIs were registered gets the default one.
+    """
     path = Path(home) / "dev-credentials.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
@@ -207,8 +218,14 @@ def ensure_dev_credentials(home: Path) -> Path:
         return path
     doc = _read(path)
     clients = doc.setdefault("clients", {})
-    if isinstance(clients, dict) and PANEL_CLIENT_ID not in clients:
+    if not isinstance(clients, dict):
+        return path
+    panel = clients.get(PANEL_CLIENT_ID)
+    if panel is None:
         clients[PANEL_CLIENT_ID] = _panel_entry()
+        _write_private_json(path, doc)
+    elif isinstance(panel, dict) and "post_logout_redirect_uris" not in panel:
+        panel["post_logout_redirect_uris"] = [PANEL_POST_LOGOUT_REDIRECT_URI]
         _write_private_json(path, doc)
     return path
 
@@ -228,6 +245,13 @@ def _roles(entry: Mapping[str, Any], where: str) -> tuple[str, ...]:
     if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
         raise CredentialsError(f"{where}: 'roles' must be a list of strings")
     return tuple(roles)
+
+
+def _uris(entry: Mapping[str, Any], key: str, where: str, path: Path) -> tuple[str, ...]:
+    uris = entry.get(key, [])
+    if not isinstance(uris, list) or not all(isinstance(u, str) for u in uris):
+        raise CredentialsError(f"{path}: {where}.{key} must be a list of strings")
+    return tuple(uris)
 
 
 def _entries(doc: Mapping[str, Any], key: str, path: Path) -> Mapping[str, Any]:
@@ -263,14 +287,13 @@ def load_directory(home: Path) -> Directory:
         secret = entry.get("secret")
         if not isinstance(secret, str) or len(secret) < 16:
             raise CredentialsError(f"{path}: clients.{cid}.secret must be >= 16 characters")
-        uris = entry.get("redirect_uris", [])
-        if not isinstance(uris, list) or not all(isinstance(u, str) for u in uris):
-            raise CredentialsError(f"{path}: clients.{cid}.redirect_uris must be a list")
         clients[cid] = Client(
             client_id=cid,
             roles=_roles(entry, f"clients.{cid}"),
             oid=object_id("client", cid),
             secret_digest=hashlib.sha256(secret.encode("utf-8")).digest(),
-            redirect_uris=tuple(uris),
+            redirect_uris=_uris(entry, "redirect_uris", f"clients.{cid}", path),
+            post_logout_redirect_uris=_uris(entry, "post_logout_redirect_uris",
+                                            f"clients.{cid}", path),
         )
     return Directory(users=users, clients=clients)

@@ -142,11 +142,14 @@ class LocalAuthorizationServer(AuthorizationServer):  # type: ignore[misc]
         refresh = token.get("refresh_token")
         if not refresh:
             return
-        source = getattr(request, "refresh_token", None) or request.authorization_code
+        rotated: RefreshToken | None = getattr(request, "refresh_token", None)
+        source = rotated or request.authorization_code
+        # A rotation continues the family of the token it replaces; a sign-in starts one.
         self.ctx.store.save_refresh_token(
             refresh,
             RefreshToken("", request.client.client_id, _as_user(request.user).username,
-                         token.get("scope", ""), source.auth_time),
+                         token.get("scope", ""), source.auth_time,
+                         rotated.family if rotated else ""),
             self.ctx.settings.refresh_token_ttl,
         )
 
@@ -200,15 +203,20 @@ class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
 
 
 class RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
-    """Refresh tokens rotate: each one is usable once and is replaced by a new one."""
+    """Refresh tokens rotate: each one is usable once and is replaced by a new one.
+
+    The token is used up as it is looked up (one atomic statement), so of several concurrent
+    requests with the same token exactly one succeeds; the others count as reuse and revoke
+    the token's family.
+    """
 
     TOKEN_ENDPOINT_AUTH_METHODS = CLIENT_AUTH_METHODS
     INCLUDE_NEW_REFRESH_TOKEN = True
 
     def authenticate_refresh_token(self, refresh_token: str) -> RefreshToken | None:
-        """A live refresh token from the store."""
-        found: RefreshToken | None = self.server.ctx.store.find_refresh_token(refresh_token)
-        return found
+        """Redeem a live refresh token of the authenticated client (it is used up now)."""
+        store: IssuerStore = self.server.ctx.store
+        return store.redeem_refresh_token(refresh_token, self.request.client.client_id)
 
     def authenticate_user(self, refresh_token: RefreshToken) -> User | None:
         """Roles are re-read from the directory, so edits apply at the next refresh."""
@@ -216,8 +224,7 @@ class RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
         return user
 
     def revoke_old_credential(self, refresh_token: RefreshToken) -> None:
-        """Revoke the used refresh token."""
-        self.server.ctx.store.revoke_refresh_token(refresh_token.digest)
+        """Nothing to do: authenticate_refresh_token used the token up already."""
 
 
 class AppGrant(ClientCredentialsGrant):  # type: ignore[misc]

@@ -20,7 +20,7 @@ from app.backends.base import ApiOperation, ApiSpec, PolicyRefused, ResourceNotF
 from app.db import ApiRevision
 from app.errors import Conflict, NotFound, ValidationError
 from app.extensions import db
-from app.services import audit
+from app.services import audit, protected
 from app.services.audit import AuditAction
 from app.services.backend import api_name, api_path, backend, environment_names, pipeline
 
@@ -117,10 +117,15 @@ def publish(*, environment: str, policy_xml: str, actor: str,
 
 
 def rollback(revision_id: int, actor: str) -> ApiRevision:
-    """Make an earlier revision current again (its stored policy, re-validated)."""
+    """Make an earlier revision current again (its stored policy, re-validated).
+
+    Raises:
+        ProtectedEnvironment: the API serves a protected environment (request a promotion).
+    """
     row = db.session.get(ApiRevision, revision_id)
     if row is None:
         raise NotFound(f"API revision {revision_id} does not exist")
+    protected.check_api_rollback(row.environment)
     if row.is_current:
         raise Conflict(f"{row.api_name} revision {row.revision} is already current")
     previous = current(row.api_name)
@@ -222,8 +227,12 @@ def run_publish(job: Any, params: Mapping[str, Any]) -> dict[str, Any]:
     from flask import current_app
 
     from app.services import jobs
+    from app.services.kinds import JobKind
 
     environment = check_environment(params.get("environment", "staging"))
+    grant = protected.authorize_run(job.job_id, JobKind.PUBLISH, environment)
+    if grant is not None:
+        job.log(f"{environment} is protected; running under {grant.describe()}")
     custom = params.get("policy_xml")
     job.progress(10, f"rendering the policy for {environment}")
     config = current_app.config
@@ -237,3 +246,20 @@ def run_publish(job: Any, params: Mapping[str, Any]) -> dict[str, Any]:
     job.log(f"published {row.api_name} revision {row.revision} at {url}/score")
     return {"api": row.api_name, "revision": row.revision, "environment": environment,
             "path": row.path, "url": url, "custom_policy": custom is not None}
+
+
+def publish_default(stage: Any, environment: str) -> dict[str, Any]:
+    """Publish the default policy of an environment as a new revision (a stage of a job)."""
+    from flask import current_app
+
+    from app.services import jobs
+
+    stage.progress(0, f"rendering the default policy for {environment}")
+    policy_xml = render_policy(current_app.config, environment)
+    stage.progress(40, "compiling the policy and switching the gateway")
+    row = publish(environment=environment, policy_xml=policy_xml,
+                  actor=jobs.get(stage.job_id).requested_by, job_id=stage.job_id)
+    url = f"{str(current_app.config['GATEWAY_URL']).rstrip('/')}/{row.path}"
+    stage.log(f"published {row.api_name} revision {row.revision} at {url}/score")
+    return {"api": row.api_name, "revision": row.revision, "environment": environment,
+            "path": row.path, "url": url}

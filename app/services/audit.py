@@ -32,6 +32,8 @@ class AuditAction(enum.StrEnum):
 
     SIGN_IN = "auth.sign-in"
     SIGN_OUT = "auth.sign-out"
+    ROLES_CHANGED = "auth.roles-changed"
+    SESSIONS_REVOKED = "auth.sessions-revoked"
     JOB_QUEUED = "job.queued"
     JOB_SUCCEEDED = "job.succeeded"
     JOB_FAILED = "job.failed"

@@ -18,7 +18,7 @@ from app.backends.base import ResourceNotFound, SlotInfo, SlotKeys, SlotsReport
 from app.db import Deployment, DeploymentState, new_id, utcnow
 from app.errors import NotFound
 from app.extensions import db
-from app.services import audit
+from app.services import audit, protected
 from app.services.audit import AuditAction
 from app.services.backend import backend, environment_names, slot_ref
 
@@ -281,9 +281,17 @@ def to_dict(row: Deployment, status: SlotsReport) -> dict[str, Any]:
             "error": row.error}
 
 
+def _grant(job_id: str | None) -> dict[str, str] | None:
+    """Who let the serving slot's job change a protected environment (approver or rollback)."""
+    grant = protected.grant_of(job_id) if job_id else None
+    return None if grant is None else {"kind": grant.kind, "reference": grant.reference,
+                                       "actor": grant.actor}
+
+
 def overview() -> list[dict[str, Any]]:
     """Every environment with its active slot, slots still running, and the last ones."""
     status = backend().slots_report()
+    guarded = protected.protected_environments()
     out = []
     for env in environments():
         rows = history(env, limit=10)
@@ -296,5 +304,7 @@ def overview() -> list[dict[str, Any]]:
             "history": [to_dict(r, status) for r in rows],
             "previous_version": prev.model_version if prev else None,
             "runtime_reporting": status.reporting,
+            "protected": env in guarded,
+            "serving_grant": _grant(current.job_id if current else None),
         })
     return out

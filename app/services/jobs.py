@@ -17,6 +17,7 @@ import datetime as dt
 import logging
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from flask import current_app
@@ -25,7 +26,7 @@ from sqlalchemy import func, select, update
 from app.db import Job, JobLog, JobStatus, utcnow
 from app.errors import Conflict, Forbidden, NotFound, ServiceUnavailable, ValidationError
 from app.extensions import db
-from app.services import audit, events
+from app.services import audit, events, protected
 from app.services.audit import AuditAction
 from app.services.kinds import KIND_SPECS, JobKind
 
@@ -134,15 +135,20 @@ def submit(kind: JobKind, params: dict[str, Any] | None, requested_by: str, *,
            roles: frozenset[str] | None = None, parent_id: str | None = None) -> Job:
     """Record a QUEUED job and enqueue its id; if enqueueing fails, no row is left behind.
 
+    Every route, the CLI and internal callers (pipeline stages, the scheduler) submit here, so
+    the protected-environment rule (app.services.protected) applies to all of them.
+
     Args:
         kind: what to run.
         params: JSON object of parameters, checked against the kind's schema (KindSpec).
         requested_by: who asked (a user's name or a client id).
-        roles: the caller's roles; None skips the check (internal callers such as a pipeline).
+        roles: the caller's roles; None skips the role check (internal callers such as a
+            pipeline); it never skips the protected-environment rule.
         parent_id: the pipeline job this job belongs to.
 
     Raises:
         Forbidden: the caller lacks the kind's role.
+        ProtectedEnvironment: the job would change a protected environment (403).
         ValidationError: bad params (naming the field); no job row is written.
         ServiceUnavailable: the queue (Redis) cannot be reached.
     """
@@ -153,12 +159,51 @@ def submit(kind: JobKind, params: dict[str, Any] | None, requested_by: str, *,
         raise Forbidden(f"queuing a {kind.value} job needs the {spec.role.value} role")
     params = _check_params(params)
     spec.check_params(params)
+    protected.check_submit(kind, params)
+    job = _record(kind, params, requested_by, parent_id)
+    _enqueue(job, kind, requested_by)
+    return job
 
+
+def submit_granted(kind: JobKind, params: dict[str, Any], requested_by: str,
+                   link: Callable[[Job], None]) -> Job:
+    """Queue the job of an approved promotion or a break-glass rollback (services only).
+
+    `link` records the grant that lets the job change a protected environment (the promotion's
+    job id, or the rollback's audit record) after the row exists and before the job is queued,
+    so the worker's check (protected.authorize_run) never races the grant. No route calls this;
+    routes submit through :func:`submit`, which refuses protected changes.
+
+    Raises:
+        ServiceUnavailable: the queue is down; the row is removed, the caller undoes its link.
+    """
+    params = _check_params(params)
+    KIND_SPECS[kind].check_params(params)
+    job = _record(kind, params, requested_by, None)
+    try:
+        link(job)
+    except Exception:
+        db.session.rollback()
+        db.session.delete(db.session.merge(job))
+        db.session.commit()
+        raise
+    _enqueue(job, kind, requested_by)
+    return job
+
+
+def _record(kind: JobKind, params: dict[str, Any], requested_by: str,
+            parent_id: str | None) -> Job:
     job = Job(kind=kind.value, status=JobStatus.QUEUED, params=params, requested_by=requested_by,
               max_attempts=int(current_app.config["JOB_MAX_ATTEMPTS"]), parent_id=parent_id,
               step="queued")
     db.session.add(job)
     db.session.commit()
+    return job
+
+
+def _enqueue(job: Job, kind: JobKind, requested_by: str) -> None:
+    """Send the job's id to its task; on failure delete the row and raise ServiceUnavailable."""
+    spec = KIND_SPECS[kind]
     try:
         result = current_app.extensions["celery"].send_task(spec.task_name, args=[job.id])
     except Exception as exc:  # kombu raises OperationalError and friends; all mean "not queued"
@@ -174,9 +219,8 @@ def submit(kind: JobKind, params: dict[str, Any] | None, requested_by: str, *,
     db.session.commit()
     append_log(job.id, f"queued by {requested_by}")
     audit.record(requested_by, AuditAction.JOB_QUEUED, f"job:{job.id}",
-                 {"kind": kind.value, "params": params, "parent_id": parent_id})
+                 {"kind": kind.value, "params": job.params, "parent_id": job.parent_id})
     _emit(job.id)
-    return job
 
 
 def _check_params(params: dict[str, Any] | None) -> dict[str, Any]:

@@ -32,6 +32,8 @@ class Stage:
     title: str
     what: str
     action: str
+    # The pipeline runs on staging; prod changes only through promotions (never a stage card).
+    environment: str = "staging"
 
 
 STAGES: tuple[Stage, ...] = (
@@ -69,15 +71,22 @@ class EnvironmentCard:
     api: Mapping[str, Any] | None = None
     traffic: Any = None
     series: tuple[SeriesPoint, ...] = ()
+    protected: bool = False
 
 
 # --------------------------------------------------------------------------- stages
 
 
-def last_job(kind: str) -> Job | None:
-    """The newest job of a kind, whether queued alone or by a pipeline."""
-    return db.session.scalar(select(Job).where(Job.kind == kind)
-                             .order_by(Job.created_at.desc(), Job.id).limit(1))
+def last_job(kind: str, environment: str | None = None) -> Job | None:
+    """The newest job of a kind, whether queued alone or by a pipeline; with `environment`,
+    the newest one acting on that environment (params.environment, staging by default)."""
+    query = select(Job).where(Job.kind == kind).order_by(Job.created_at.desc(), Job.id)
+    if environment is None:
+        return db.session.scalar(query.limit(1))
+    for job in db.session.scalars(query.limit(200)):
+        if (job.params or {}).get("environment", "staging") == environment:
+            return job
+    return None
 
 
 def job_summary(job: Job | None) -> str:
@@ -109,7 +118,8 @@ def stages() -> list[StageState]:
     """The four stages with their last jobs."""
     out = []
     for stage in STAGES:
-        job = last_job(stage.kind)
+        acts_on_environment = stage.kind in ("deploy", "publish")
+        job = last_job(stage.kind, stage.environment if acts_on_environment else None)
         out.append(StageState(stage, job, job_summary(job)))
     return out
 
@@ -119,6 +129,7 @@ def stage_dict(state: StageState) -> dict[str, Any]:
     from app.services import jobs
 
     return {"key": state.stage.key, "kind": state.stage.kind, "status": state.status,
+            "environment": state.stage.environment,
             "summary": state.summary,
             "job": None if state.job is None else jobs.to_dict(state.job)}
 
@@ -144,10 +155,11 @@ def package_metrics(name: str, version: str) -> dict[str, Any]:
 
 def environment_cards() -> list[EnvironmentCard]:
     """Staging and prod: deployment, model metrics, API revision and traffic."""
-    from app.services import apis, deployments
+    from app.services import apis, deployments, protected
 
     status = backend().slots_report()
     figures, series = traffic.per_minute()
+    guarded = protected.protected_environments()
     cards = []
     for env in environment_names():
         deployment = None
@@ -165,7 +177,8 @@ def environment_cards() -> list[EnvironmentCard]:
                    "published_at": current.created_at, "job_id": current.job_id}
         cards.append(EnvironmentCard(
             name=env, deployment=deployment, model_metrics=model, api=api,
-            traffic=figures.get(api_name), series=series.get(api_name, ())))
+            traffic=figures.get(api_name), series=series.get(api_name, ()),
+            protected=env in guarded))
     return cards
 
 
@@ -199,9 +212,11 @@ def produced(job: Job, children: list[Job] | None = None) -> list[Link]:
                 else "dashboard.index")
         links.append(Link(f"Deployment: {result.get('slot', '?')} slot of "
                           f"{result['environment']}", page, {}, f"env-{result['environment']}"))
-    if job.kind == "publish" and result.get("api"):
-        links.append(Link(f"API {result['api']} revision {result.get('revision', '?')}",
-                          "apis.list", {}, f"api-{result['api']}"))
+    # A publish job's revision, or the one an approved promotion's deploy published (stage 2).
+    published = result if job.kind == "publish" else result.get("published")
+    if isinstance(published, dict) and published.get("api"):
+        links.append(Link(f"API {published['api']} revision {published.get('revision', '?')}",
+                          "apis.list", {}, f"api-{published['api']}"))
     for child in children or []:
         links.extend(produced(child))
     unique: dict[tuple[str, str, str | None], Link] = {}

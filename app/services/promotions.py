@@ -14,25 +14,35 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import logging
 from typing import Any
 
 from flask import current_app
 from sqlalchemy import func, select, update
 
 from app.auth.roles import Role, has_role
-from app.db import Job, JobStatus, Promotion, utcnow
+from app.db import Job, Promotion, utcnow
 from app.errors import Conflict, Forbidden, NotFound, ValidationError
 from app.extensions import db
-from app.services import audit, notifications
+from app.services import audit, notifications, promotion_evidence, protected
 from app.services.audit import AuditAction
-
-logger = logging.getLogger(__name__)
+from app.services.promotion_evidence import metric_rows as metric_rows  # shown by the pages
 
 MAX_REASON = 2000
 MAX_COMMENT = 2000
-# Promotion targets: staging is deployed directly by engineers; only prod needs four eyes.
-PROMOTABLE_ENVIRONMENTS: tuple[str, ...] = ("prod",)
+# A policy travels to the publish job as a parameter (jobs.MAX_PARAMS_BYTES, JSON-escaped).
+MAX_POLICY = 12_000
+
+
+class PromotionKind(enum.StrEnum):
+    """What an approval changes: a model version (a deploy) or an API revision (a publish)."""
+
+    MODEL = "model"
+    API_REVISION = "api-revision"
+
+
+def promotable_environments() -> tuple[str, ...]:
+    """Promotion targets: the protected environments (staging is changed directly)."""
+    return tuple(sorted(protected.protected_environments()))
 
 
 class PromotionState(enum.StrEnum):
@@ -107,9 +117,13 @@ def pending_count() -> int:
 
 def to_dict(row: Promotion) -> dict[str, Any]:
     """Serialise a request for the REST API and webhooks."""
+    what: dict[str, Any] = (
+        {"api": {"name": row.model_name, "policy_xml": row.policy_xml}}
+        if row.kind == PromotionKind.API_REVISION else
+        {"model": {"name": row.model_name, "version": row.model_version}})
     return {
-        "id": row.id, "environment": row.environment,
-        "model": {"name": row.model_name, "version": row.model_version},
+        "id": row.id, "kind": row.kind, "environment": row.environment, **what,
+        "plan": plan(row),
         "reason": row.reason, "state": row.state, "requested_by": row.requested_by,
         "requested_at": row.requested_at.isoformat(), "expires_at": row.expires_at.isoformat(),
         "evidence": row.evidence or {}, "decided_by": row.decided_by,
@@ -117,19 +131,6 @@ def to_dict(row: Promotion) -> dict[str, Any]:
         "comment": row.comment, "deploy_job_id": row.deploy_job_id,
         "superseded_by": row.superseded_by,
     }
-
-
-def metric_rows(evidence: dict[str, Any]) -> list[dict[str, Any]]:
-    """Metrics of the candidate next to the current version's, with the difference."""
-    candidate = (evidence.get("candidate") or {}).get("metrics") or {}
-    current = (evidence.get("current") or {}).get("metrics") or {}
-    rows = []
-    for name in sorted(set(candidate) | set(current)):
-        new, old = candidate.get(name), current.get(name)
-        delta = new - old if isinstance(new, int | float) and isinstance(old, int | float) \
-            else None
-        rows.append({"name": name, "candidate": new, "current": old, "delta": delta})
-    return rows
 
 
 # --------------------------------------------------------------------------- transitions
@@ -143,40 +144,146 @@ def request(version: Any, environment: Any, reason: Any, actor: str, *,
         Forbidden: the caller is neither MLOps.Engineer nor MLOps.Admin.
         ValidationError: unknown version or environment, or a missing reason.
     """
-    if not has_role(roles, Role.ENGINEER):
-        raise Forbidden(f"requesting a promotion needs the {Role.ENGINEER.value} role")
-    environment = environment or "prod"
-    if environment not in PROMOTABLE_ENVIRONMENTS:
-        raise ValidationError(f"environment: promotions go to {', '.join(PROMOTABLE_ENVIRONMENTS)}",
-                              errors=[{"field": "environment", "message": "not promotable"}])
+    environment = _check_requester(environment, roles)
     if not isinstance(version, str | int) or not str(version).strip().isdigit():
         raise ValidationError("version: give a registered model version number",
                               errors=[{"field": "version", "message": "required, a number"}])
+    reason = _check_reason(reason)
+    version = str(version).strip()
+    name, evidence = promotion_evidence.model_evidence(environment, version)
+    if (evidence.get("current") or {}).get("version") == version:
+        raise ValidationError(f"version: {environment} already serves v{version}",
+                              errors=[{"field": "version", "message": "already serving"}])
+    return _record(PromotionKind.MODEL, environment, name, version, None, reason, actor,
+                   evidence, {"model": name, "model_version": version,
+                              "current_version": (evidence.get("current") or {}).get("version")})
+
+
+def request_from(fields: Any, actor: str, *, roles: frozenset[str]) -> Promotion:
+    """Record a request from a form or a JSON body (``kind``: model or api-revision)."""
+    raw_kind = fields.get("kind") or PromotionKind.MODEL.value
+    try:
+        kind = PromotionKind(raw_kind)
+    except ValueError:
+        raise ValidationError(f"kind: use one of {', '.join(k.value for k in PromotionKind)}",
+                              errors=[{"field": "kind", "message": "unknown kind"}]) from None
+    environment = fields.get("environment") or "prod"
+    if kind is PromotionKind.API_REVISION:
+        return request_api_revision(environment, fields.get("policy_xml"), fields.get("reason"),
+                                    actor, roles=roles)
+    return request(fields.get("version"), environment, fields.get("reason"), actor, roles=roles)
+
+
+def request_api_revision(environment: Any, policy_xml: Any, reason: Any, actor: str, *,
+                         roles: frozenset[str]) -> Promotion:
+    """Record a PENDING request to publish a new API revision of a protected environment.
+
+    Without `policy_xml` the new revision carries the environment's default policy.
+
+    Raises:
+        Forbidden: the caller is neither MLOps.Engineer nor MLOps.Admin.
+        ValidationError: unknown environment, no reason, or a policy that is not text.
+    """
+    from flask import current_app
+
+    from app.services import apis
+
+    environment = _check_requester(environment, roles)
+    reason = _check_reason(reason)
+    if policy_xml in (None, ""):
+        policy_xml = apis.render_policy(current_app.config, environment)
+    if not isinstance(policy_xml, str) or not policy_xml.strip():
+        raise ValidationError("policy_xml: give the policy document as text",
+                              errors=[{"field": "policy_xml", "message": "not a string"}])
+    if len(policy_xml) > MAX_POLICY:
+        raise ValidationError(f"policy_xml: at most {MAX_POLICY} characters",
+                              errors=[{"field": "policy_xml", "message": "too long"}])
+    name = apis.api_name(environment)
+    current = apis.current(name)
+    if current is not None and current.policy_xml == policy_xml:
+        raise ValidationError(f"policy_xml: {name} revision {current.revision} already serves "
+                              "this policy", errors=[{"field": "policy_xml",
+                                                      "message": "no change"}])
+    evidence = {"current": ({"revision": current.revision, "policy_xml": current.policy_xml}
+                            if current else None)}
+    return _record(PromotionKind.API_REVISION, environment, name, "", policy_xml, reason,
+                   actor, evidence, {"api": name, "current_revision":
+                                     current.revision if current else None})
+
+
+def plan(row: Promotion) -> list[str]:
+    """What approving does, step by step, as the approver reads it before deciding."""
+    from app.services import apis
+
+    name = apis.api_name(row.environment)
+    revisions = apis.revisions_of(name)
+    next_revision = revisions[0].revision + 1 if revisions else 1
+    if row.kind == PromotionKind.API_REVISION:
+        return [f"publishes {name} revision {next_revision} to {row.environment} with the "
+                "requested policy"]
+    steps = [f"deploys v{row.model_version} to {row.environment} blue/green"]
+    if apis.current(name) is None:
+        steps.append(f"then publishes {name} revision {next_revision} (the default policy)")
+    return steps
+
+
+def policy_diff(row: Promotion) -> list[str]:
+    """The requested policy against the revision it replaces (unified diff lines)."""
+    import difflib
+
+    from app.services import apis
+
+    if row.kind != PromotionKind.API_REVISION:
+        return []
+    base = (row.evidence or {}).get("current") or {}
+    if row.state == PromotionState.PENDING:
+        live = apis.current(row.model_name)
+        base = {"revision": live.revision, "policy_xml": live.policy_xml} if live else {}
+    before = str(base.get("policy_xml") or "")
+    label = f"revision {base['revision']} (current)" if base.get("revision") else "(no revision)"
+    return list(difflib.unified_diff(before.splitlines(), (row.policy_xml or "").splitlines(),
+                                     label, "requested", lineterm=""))
+
+
+def _check_requester(environment: Any, roles: frozenset[str]) -> str:
+    if not has_role(roles, Role.ENGINEER):
+        raise Forbidden(f"requesting a promotion needs the {Role.ENGINEER.value} role")
+    environment = environment or "prod"
+    allowed = promotable_environments()
+    if environment not in allowed:
+        raise ValidationError(f"environment: promotions go to the protected environments "
+                              f"({', '.join(allowed)})",
+                              errors=[{"field": "environment", "message": "not promotable"}])
+    return str(environment)
+
+
+def _check_reason(reason: Any) -> str:
     if not isinstance(reason, str) or not reason.strip():
-        raise ValidationError("reason: say why this version should go to production",
+        raise ValidationError("reason: say why this change should go to production",
                               errors=[{"field": "reason", "message": "required"}])
     if len(reason) > MAX_REASON:
         raise ValidationError(f"reason: at most {MAX_REASON} characters",
                               errors=[{"field": "reason", "message": "too long"}])
-    version = str(version).strip()
-    name, evidence = _evidence(environment, version)
-    if (evidence.get("current") or {}).get("version") == version:
-        raise ValidationError(f"version: {environment} already serves v{version}",
-                              errors=[{"field": "version", "message": "already serving"}])
+    return reason.strip()
+
+
+def _record(kind: PromotionKind, environment: str, name: str, version: str,
+            policy_xml: str | None, reason: str, actor: str, evidence: dict[str, Any],
+            details: dict[str, Any]) -> Promotion:
+    """Store a PENDING request, audit and announce it, supersede older ones of its kind."""
     now = utcnow()
-    row = Promotion(environment=environment, model_name=name, model_version=version,
-                    reason=reason.strip(), state=PromotionState.PENDING.value,
-                    requested_by=actor, requested_at=now, expires_at=now + ttl(),
-                    evidence=evidence, updated_at=now)
+    row = Promotion(kind=kind.value, environment=environment, model_name=name,
+                    model_version=version, policy_xml=policy_xml, reason=reason,
+                    state=PromotionState.PENDING.value, requested_by=actor, requested_at=now,
+                    expires_at=now + ttl(), evidence=evidence, updated_at=now)
     db.session.add(row)
     db.session.commit()
     audit.record(actor, AuditAction.PROMOTION_REQUESTED, f"promotion:{row.id}",
-                 {"environment": environment, "model": name, "model_version": version,
-                  "reason": row.reason, "expires_at": row.expires_at.isoformat(),
-                  "current_version": (evidence.get("current") or {}).get("version")})
+                 {"kind": kind.value, "environment": environment, **details,
+                  "reason": row.reason, "expires_at": row.expires_at.isoformat()})
     older = db.session.scalars(select(Promotion.id).where(
-        Promotion.environment == environment, Promotion.state == PromotionState.PENDING.value,
-        Promotion.id != row.id)).all()
+        Promotion.environment == environment, Promotion.kind == kind.value,
+        Promotion.state == PromotionState.PENDING.value, Promotion.id != row.id)).all()
     for old_id in older:
         _move(old_id, PromotionState.SUPERSEDED, "modelgate", superseded_by=row.id)
     notifications.notify("promotion.requested", to_dict(row))
@@ -185,7 +292,8 @@ def request(version: Any, environment: Any, reason: Any, actor: str, *,
 
 def approve(promotion_id: str, actor: str, *, roles: frozenset[str],
             comment: Any = "") -> Promotion:
-    """Approve a pending request and queue the deploy job for its environment and version.
+    """Approve a pending request and queue its job: the deploy of its version (which also
+    publishes the environment's API when it has none) or the publish of its API revision.
 
     Raises:
         Forbidden: missing role, or the approver is the requester.
@@ -199,17 +307,27 @@ def approve(promotion_id: str, actor: str, *, roles: frozenset[str],
     text = _comment(comment)
     if not _move(row.id, PromotionState.APPROVED, actor, audit_it=False, comment=text):
         raise Conflict(f"promotion request {row.id} was decided by someone else just now")
+
+    def link(job: Job) -> None:
+        # The grant: the worker runs a protected environment's job only when an APPROVED
+        # promotion names it, so the link is written before the job is queued.
+        _set(row.id, PromotionState.APPROVED, deploy_job_id=job.id)
+
+    if row.kind == PromotionKind.API_REVISION:
+        kind, params = JobKind.PUBLISH, {"environment": row.environment,
+                                         "policy_xml": row.policy_xml}
+    else:
+        kind, params = JobKind.DEPLOY, {"environment": row.environment,
+                                        "version": row.model_version}
     try:
-        # roles=None: the approver need not be an engineer; four eyes were checked above.
-        job = jobs.submit(JobKind.DEPLOY, {"environment": row.environment,
-                                           "version": row.model_version},
-                          actor, roles=None)
+        # Not jobs.submit, which refuses protected changes to everyone: this is the approved
+        # promotion's job (four eyes were checked above; the approver need not be an engineer).
+        job = jobs.submit_granted(kind, params, actor, link)
     except Exception:
         # Not queued: put the request back so it can be approved again once the queue is up.
         _set(row.id, PromotionState.APPROVED, state=PromotionState.PENDING.value,
-             decided_by=None, decided_at=None, comment=None)
+             decided_by=None, decided_at=None, comment=None, deploy_job_id=None)
         raise
-    _set(row.id, PromotionState.APPROVED, deploy_job_id=job.id)
     audit.record(actor, AuditAction.PROMOTION_APPROVED, f"promotion:{row.id}",
                  {"environment": row.environment, "model_version": row.model_version,
                   "requested_by": row.requested_by, "comment": text, "deploy_job_id": job.id})
@@ -313,59 +431,3 @@ def _set(promotion_id: str, from_state: PromotionState, **values: Any) -> bool:
     db.session.commit()
     db.session.expire_all()
     return bool(result.rowcount)  # type: ignore[attr-defined]
-
-
-def _evidence(environment: str, version: str) -> tuple[str, dict[str, Any]]:
-    """What the approver needs: the candidate's and the current version's metrics, and the
-    staging smoke results of the candidate (frozen at request time)."""
-    from app.services import deployments, models
-
-    name = models.default_model_name()
-    try:
-        candidate = models.get_version(name, version)
-    except NotFound:
-        raise ValidationError(f"version: {name} has no version {version}",
-                              errors=[{"field": "version", "message": "no such version"}]
-                              ) from None
-    evidence: dict[str, Any] = {
-        "candidate": {"version": version, "metrics": dict(candidate.metrics),
-                      "created_at": candidate.created_at.isoformat()},
-        "current": None, "staging": _staging_evidence(version)}
-    active = deployments.active(environment)
-    if active is not None:
-        current: dict[str, Any] = {"version": active.model_version, "metrics": {}}
-        try:
-            current["metrics"] = dict(models.get_version(active.model_name,
-                                                         active.model_version).metrics)
-        except NotFound:
-            logger.info("current %s version %s is not in the registry", environment,
-                        active.model_version)
-        evidence["current"] = current
-    return name, evidence
-
-
-def _staging_evidence(version: str) -> dict[str, Any]:
-    """Whether staging serves the version, and the smoke test of its last staging deploy."""
-    from app.services import deployments, jobs
-    from app.services.kinds import JobKind
-
-    active = deployments.active("staging")
-    out: dict[str, Any] = {"serving": bool(active and active.model_version == version),
-                           "serving_version": active.model_version if active else None,
-                           "deploy_job_id": None, "deploy_status": None, "smoke": None}
-    recent = db.session.scalars(select(Job).where(Job.kind == JobKind.DEPLOY.value)
-                                .order_by(Job.created_at.desc()).limit(100))
-    for job in recent:
-        result = job.result or {}
-        params = job.params or {}
-        env = result.get("environment") or params.get("environment") or "staging"
-        ran = str((result.get("model") or {}).get("version") or params.get("version") or "")
-        if env != "staging" or ran != version:
-            continue
-        out.update(deploy_job_id=job.id, deploy_status=job.status,
-                   finished_at=job.finished_at.isoformat() if job.finished_at else None)
-        smoke = [line.message for line in jobs.logs(job.id) if "smoke test" in line.message]
-        out["smoke"] = smoke[-1] if smoke else None
-        if job.status == JobStatus.SUCCEEDED:
-            break
-    return out

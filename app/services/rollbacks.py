@@ -8,7 +8,7 @@ from typing import Any
 from app.auth.roles import Role, has_role
 from app.db import Job
 from app.errors import Forbidden, ValidationError
-from app.services import audit, notifications
+from app.services import audit, notifications, protected
 from app.services.audit import AuditAction
 
 MAX_REASON = 2000
@@ -48,7 +48,9 @@ def rollback(environment: str, version: Any, reason: Any, actor: str, *,
 
     Raises:
         Forbidden: the caller is neither MLOps.Engineer nor MLOps.Admin.
-        ValidationError: no reason, or a version that never served the environment.
+        ValidationError: no reason, the version serves now, or (unprotected environment) it
+            never served the environment.
+        ProtectedEnvironment: the environment is protected and the version never served it.
         ServiceUnavailable: the job queue is down.
     """
     from app.services import deployments, jobs
@@ -70,16 +72,39 @@ def rollback(environment: str, version: Any, reason: Any, actor: str, *,
         version = earlier[0].model_version
     version = str(version)
     if version not in {t.model_version for t in earlier}:
-        raise ValidationError(f"version: v{version} never served {environment} before "
-                              "(or serves it now)",
+        if current is not None and current.model_version == version:
+            raise ValidationError(f"version: {environment} serves v{version} now",
+                                  errors=[{"field": "version", "message": "serves it now"}])
+        if protected.is_protected(environment):
+            # Break-glass restores an approved state; a version that never served prod is a
+            # promotion, with four eyes.
+            raise protected.ProtectedEnvironment(
+                environment, f"a rollback to v{version}, which never served {environment} "
+                             "(a deploy like any other),")
+        raise ValidationError(f"version: v{version} never served {environment} before",
                               errors=[{"field": "version", "message": "not an earlier version"}])
-    # An explicit version, not the deploy job's `rollback` flag: the person chose this version,
-    # and the job must deploy it even if another deploy changes "previous" meanwhile.
-    job = jobs.submit(JobKind.DEPLOY, {"environment": environment, "version": version}, actor,
-                      roles=None)
     details = {"environment": environment, "model_version": version,
                "from_version": current.model_version if current else None,
-               "reason": reason.strip(), "deploy_job_id": job.id, "phase": "queued"}
-    audit.record(actor, AuditAction.ROLLED_BACK, f"environment:{environment}", details)
-    notifications.notify(AuditAction.ROLLED_BACK.value, details)
+               "reason": reason.strip(), "phase": "queued"}
+
+    def link(job: Job) -> None:
+        # The audit record is the break-glass grant the worker checks, so it comes first.
+        details["deploy_job_id"] = job.id
+        audit.record(actor, AuditAction.ROLLED_BACK, f"environment:{environment}", details)
+
+    # An explicit version, not the deploy job's `rollback` flag: the person chose this version,
+    # and the job must deploy it even if another deploy changes "previous" meanwhile.
+    job = jobs.submit_granted(JobKind.DEPLOY, {"environment": environment, "version": version},
+                              actor, link)
+    notifications.notify(AuditAction.ROLLED_BACK.value, {**details, "rolled_back_by": actor})
     return job
+
+
+def recent(limit: int = 10) -> list[dict[str, Any]]:
+    """The latest break-glass rollbacks, newest first (for the approvers' inbox)."""
+    return [{"actor": e.actor, "time": e.time, "environment": (e.details or {}).get("environment"),
+             "model_version": (e.details or {}).get("model_version"),
+             "from_version": (e.details or {}).get("from_version"),
+             "reason": (e.details or {}).get("reason"),
+             "deploy_job_id": (e.details or {}).get("deploy_job_id")}
+            for e in audit.events(action=AuditAction.ROLLED_BACK.value, limit=limit)]

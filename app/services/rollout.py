@@ -34,10 +34,11 @@ from app.backends.base import (
 )
 from app.db import Deployment, DeploymentState
 from app.errors import AppError, ValidationError
-from app.services import audit, deployments, jobs, models
+from app.services import apis, audit, deployments, jobs, models, protected
 from app.services.audit import AuditAction
 from app.services.backend import backend, slot_ref
 from app.services.jobs import JobCancelled
+from app.services.kinds import JobKind
 from app.services.models import pipeline
 from app.services.params import environment as check_environment
 
@@ -88,16 +89,46 @@ def settings() -> RolloutSettings:
         key_switch_grace_seconds=float(config["KEY_SWITCH_GRACE_SECONDS"]))
 
 
+@dataclass
+class Stage:
+    """One stage of a staged job: its progress mapped into [start, start + span] percent."""
+
+    job: Reporter
+    start: int
+    span: int
+    label: str
+
+    @property
+    def job_id(self) -> str:
+        return self.job.job_id
+
+    def progress(self, percent: int, step: str) -> None:
+        self.job.progress(self.start + percent * self.span // 100, f"{self.label}: {step}")
+
+    def log(self, message: str, *, level: str = "INFO") -> None:
+        self.job.log(message, level=level)
+
+    def check_cancelled(self) -> None:
+        self.job.check_cancelled()
+
+
 def run_deploy(job: Reporter, params: Mapping[str, Any]) -> dict[str, Any]:
     """The deploy job: a registered version (default: the latest) to an environment.
 
-    ``params`` were checked at submit (KindSpec); what exists is checked here.
+    ``params`` were checked at submit (KindSpec); what exists is checked here. In a protected
+    environment the job runs only under its grant (an approved promotion or a break-glass
+    rollback), and when the environment has no current API revision it goes on to publish the
+    default policy, so an approved promotion ends with the environment answering.
     """
     from app.ml.registry import RegistryError
 
     env = str(params.get("environment", "staging"))
     config = pipeline()  # a broken pipeline file fails the job here, naming its bad key
     check_environment("params.environment", env)
+    grant = protected.authorize_run(job.job_id, JobKind.DEPLOY, env)
+    publish_after = grant is not None and apis.current(apis.api_name(env)) is None
+    if grant is not None:
+        job.log(f"{env} is protected; running under {grant.describe()}")
     registry = models.registry()
     name = config.model.name
     rollback = bool(params.get("rollback", False))
@@ -132,8 +163,15 @@ def run_deploy(job: Reporter, params: Mapping[str, Any]) -> dict[str, Any]:
         environment=env, model_name=name, model_version=str(version), replicas=size.replicas,
         resources={"cpu": size.cpu, "memory_mb": size.memory_mb},
         requested_by=jobs.get(job.job_id).requested_by, rollback=rollback)
-    job.log(f"deploying {name} v{version} to {env} ({size.replicas} replica(s))")
-    return deploy(job, request, registry, settings())
+    total = 2 if publish_after else 1
+    job.log(f"stage 1/{total}: deploying {name} v{version} to {env} blue/green "
+            f"({size.replicas} replica(s))")
+    stage = Stage(job, 0, 80 if publish_after else 100, f"deploy (1/{total})")
+    result = deploy(stage, request, registry, settings())
+    if publish_after:
+        job.log(f"stage 2/2: {env} has no API yet; publishing the default policy")
+        result["published"] = apis.publish_default(Stage(job, 80, 20, "publish (2/2)"), env)
+    return result
 
 
 def run_rotate_keys(job: Reporter, params: Mapping[str, Any]) -> dict[str, Any]:

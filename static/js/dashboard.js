@@ -121,7 +121,10 @@
       var last = doc.querySelector('[data-last-pipeline="' + job.id + '"] [data-field="status"]');
       if (last) { last.textContent = ""; last.appendChild(badge(doc, job.status)); }
       var card = root.querySelector('.stage[data-kind="' + job.kind + '"]');
-      if (card) applyStage(card, job);
+      // Stage cards follow the pipeline's environment only (a prod deploy is a promotion's).
+      var env = (job.params || {}).environment || "staging";
+      var acts = job.kind === "deploy" || job.kind === "publish";
+      if (card && (!acts || env === card.getAttribute("data-environment"))) applyStage(card, job);
       var row = jobsTarget && jobsTarget.querySelector('tr[data-job-id="' + job.id + '"]');
       if (row) applyRow(row, job); else refreshJobs();
       if (isFinal(job.status) && ENV_KINDS.indexOf(job.kind) >= 0) refreshEnvironments();

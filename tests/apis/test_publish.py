@@ -80,9 +80,10 @@ def _audit_actions(panel: Panel) -> list[str]:
 
 
 def test_publish_is_refused_without_a_deployment(panel: Panel) -> None:
-    job = panel.run("publish", {"environment": "prod"})
+    # staging: a direct publish to prod (protected) is refused at submit, before this check.
+    job = panel.run("publish", {"environment": "staging"})
     assert job["status"] == "FAILED"
-    assert "prod has no active deployment" in job["error"]
+    assert "staging has no active deployment" in job["error"]
     assert not (panel.home / "gateway" / "config.json").exists() or not panel.gateway_apis()
 
 

@@ -21,12 +21,17 @@ def _gateway_revision(home: Path) -> int:
 
 
 def test_revisions_on_both_databases(tmp_path: Path, redis_server: Any,
-                                     database_url: str) -> None:
+                                     database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from app.backends.local import gateway as gateway_config
     from app.db import ApiRevision, Deployment, DeploymentState
     from app.extensions import db
     from app.services import apis
 
+    # The revision mechanics on prod's API name, with prod not marked protected (a protected
+    # prod refuses the direct rollback below: tests/approvals/test_protected.py).
+    unprotected = tmp_path / "pipeline.yml"
+    unprotected.write_text("environments:\n  prod: {protected: false}\n")
+    monkeypatch.setenv("MODELGATE_PIPELINE_CONFIG", str(unprotected))
     app = build_app(tmp_path, database_url, redis_server.url)
     with app.app_context():
         with pytest.raises(apis.PublishRefused, match="prod has no active deployment"):

@@ -108,3 +108,35 @@ def test_no_webhook_configured_sends_nothing(tmp_path: Path, sqlite_url: str) ->
         notifications.notify("promotion.requested", {"id": "x"})  # refused URL: no queue call
         assert notifications.sign("s", b"{}") == "sha256=" + hmac.new(
             b"s", b"{}", hashlib.sha256).hexdigest()
+
+
+def test_break_glass_rollback_is_sent_to_its_webhook(tmp_path: Path, sqlite_url: str,
+                                                     redis_server: RedisServer,
+                                                     registered_versions: dict[str, Any]) -> None:
+    from app.services import rollbacks
+    from tests.approvals.conftest import record_deploy
+
+    with Hook([]) as server:
+        hooks = {"deployment.rolled-back": server.url}
+        app = build_app(tmp_path, sqlite_url, redis_server.url, WEBHOOKS=hooks,
+                        WEBHOOK_SECRET=SECRET)
+        worker = WorkerProcess(tmp_path, child_env(
+            tmp_path, sqlite_url, redis_server.url, WEBHOOKS=json.dumps(hooks),
+            WEBHOOK_SECRET=SECRET), concurrency=2).start()  # one slot runs the deploy job
+        try:
+            with app.app_context():
+                record_deploy(tmp_path, "prod", "1", "job-1")
+                record_deploy(tmp_path, "prod", "2", "job-2")
+                job = rollbacks.rollback("prod", "1", "v2 answers slowly", "alice",
+                                         roles=frozenset(USERS["alice"]))
+            wait_for(lambda: server.received, 30, "the rollback webhook")
+        finally:
+            worker.stop()
+    headers, body = server.received[0]
+    event = json.loads(body)
+    assert event["type"] == headers["X-Modelgate-Event"] == "deployment.rolled-back"
+    assert event["data"] == {"environment": "prod", "model_version": "1", "from_version": "2",
+                             "reason": "v2 answers slowly", "phase": "queued",
+                             "deploy_job_id": job.id, "rolled_back_by": "alice"}
+    expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert headers["X-Modelgate-Signature"] == expected

@@ -31,6 +31,17 @@ def oidc_app(issuer: Issuer, tmp_path: Path, redis_server: Any) -> Any:
                      ISSUER_URL=issuer.url, PANEL_URL=PANEL_URL, CA_BUNDLE=str(issuer.ca))
 
 
+def session_user(app: Any, client: Any) -> Any:
+    """The user of the client's session, read from its server-side record (not the cookie)."""
+    from app.auth.sessions import SID_KEY, session_store
+
+    with client.session_transaction() as sess:
+        session_id = sess[SID_KEY]
+    record = session_store(app).get(session_id)
+    assert record is not None, "no live session record"
+    return record.user()
+
+
 def placeholder(converter: Any) -> Any:
     """A value every URL converter accepts (the view then answers 404 for unknown ids)."""
     from werkzeug.routing import AnyConverter, FloatConverter, IntegerConverter, UUIDConverter

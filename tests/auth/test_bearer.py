@@ -9,7 +9,7 @@ from typing import Any
 import msal
 import pytest
 
-from tests.auth.conftest import full_sign_in, page_csrf
+from tests.auth.conftest import full_sign_in, page_csrf, session_user
 from tests.identity_support import Issuer
 
 
@@ -44,13 +44,12 @@ def test_client_credentials_token_queues_a_job_without_csrf(oidc_app: Any,
     assert client.get_cookie(oidc_app.config["SESSION_COOKIE_NAME"]) is None
 
 
-@pytest.mark.parametrize("case", ["garbage", "lowercase", "basic", "tampered", "stripped",
-                                  "oversized", "empty"])
+@pytest.mark.parametrize("case", ["garbage", "basic", "tampered", "stripped", "oversized",
+                                  "empty"])
 def test_bad_bearer_tokens_get_401_without_echo(oidc_app: Any, ci_token: str,
                                                 case: str) -> None:
     header = {
         "garbage": "Bearer not.a.token",
-        "lowercase": f"bearer {ci_token}",
         "basic": "Basic bW9kZWxnYXRlOnNlY3JldA==",
         "tampered": f"Bearer {_tamper(ci_token)}",
         "stripped": "Bearer " + ci_token.rsplit(".", 1)[0] + ".",
@@ -68,8 +67,7 @@ def test_bad_bearer_tokens_get_401_without_echo(oidc_app: Any, ci_token: str,
 def test_id_token_is_not_an_access_token(oidc_app: Any, issuer: Issuer) -> None:
     client = oidc_app.test_client()
     full_sign_in(client, issuer, "alice")
-    with client.session_transaction() as sess:
-        user_id = sess["user"]["id"]
+    user_id = session_user(oidc_app, client).id
     with oidc_app.app_context():
         from app.auth import session_tokens
 
@@ -103,11 +101,10 @@ def test_user_token_acts_as_the_user(oidc_app: Any, issuer: Issuer) -> None:
 
     client = oidc_app.test_client()
     full_sign_in(client, issuer, "carol")
-    with client.session_transaction() as sess:
-        data = sess["user"]
+    data = session_user(oidc_app, client)
     with oidc_app.app_context():
         token = session_tokens.user_access_token(User(
-            id=data["id"], name=data["name"], username=data["username"], roles=frozenset()))
+            id=data.id, name=data.name, username=data.username, roles=frozenset()))
     issuer.remember(token)
     api = oidc_app.test_client()
     auth = {"Authorization": f"Bearer {token}"}

@@ -6,12 +6,14 @@ import re
 import secrets
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from app.auth.sessions import session_store
 from app.security import safe_next
 from tests.auth.conftest import PANEL_URL, full_sign_in, route_urls
 from tests.conftest import build_app, csrf_headers, sign_in
@@ -72,11 +74,17 @@ def test_absolute_session_lifetime(tmp_path: Path, redis_server: Any, sqlite_url
     app = build_app(tmp_path, sqlite_url, redis_server.url)
     client = app.test_client()
     sign_in(client, "alice")
+    assert client.get("/").status_code == 200
     with client.session_transaction() as sess:
-        user = dict(sess["user"])
-        user["signed_in_at"] = int(time.time()) - 10 * 3600 - 5
-        sess["user"] = user
+        session_id = sess["sid"]
+    store = session_store(app)
+    record = store.get(session_id)
+    assert record is not None
+    signed_in_long_ago = replace(record, signed_in_at=time.time() - 10 * 3600 - 5)
+    store.update(session_id, signed_in_long_ago)
     assert client.get("/").status_code == 302
+    # Redis forgets the record by itself at the same moment.
+    assert 10 * 3600 - 60 < app.extensions["redis"].ttl(store.key(session_id)) <= 10 * 3600
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 import msal
 import pytest
 
-from tests.auth.conftest import issuer_redirect, page_csrf, start_login
+from tests.auth.conftest import issuer_redirect, page_csrf, session_user, start_login
 from tests.identity_support import Issuer, sign_in
 
 
@@ -25,8 +25,9 @@ def test_no_password_secret_code_or_token_is_logged(oidc_app: Any, issuer: Issue
     code = parse_qs(urlsplit(callback).query)["code"][0]
     assert client.get(callback).status_code == 302
     with client.session_transaction() as sess:
-        data = sess["user"]
-    user = User(id=data["id"], name=data["name"], username=data["username"], roles=frozenset())
+        session_id = sess["sid"]
+    data = session_user(oidc_app, client)
+    user = User(id=data.id, name=data.name, username=data.username, roles=frozenset())
     with oidc_app.app_context():
         store = session_tokens.identity_client().store
         first = session_tokens.user_access_token(user)
@@ -52,6 +53,7 @@ def test_no_password_secret_code_or_token_is_logged(oidc_app: Any, issuer: Issue
         "panel client secret": issuer.secret("modelgate-panel"),
         "CI client secret": issuer.secret("modelgate-ci"),
         "authorization code": code,
+        "panel session id": session_id,
         "access token": first, "renewed access token": second,
         "SECRET_KEY": oidc_app.config["SECRET_KEY"],
         "Redis password": urlsplit(oidc_app.config["REDIS_URL"]).password or "",

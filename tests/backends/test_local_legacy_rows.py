@@ -1,4 +1,4 @@
-"""Deployments recorded before the seam keep working: migration 0007 fills backend, endpoint and
+"""Deployments recorded before the seam keep working: migration 0008 fills backend, endpoint and
 scoring URI, and the local backend still reads their keys from the row's encrypted columns."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from app.migrate import upgrade
 
 def test_a_pre_seam_row_is_migrated_and_its_keys_stay_readable(tmp_path: Path,
                                                                 database_url: str) -> None:
-    upgrade(database_url, "0006")
+    upgrade(database_url, "0007")
     fernet = load_or_create_fernet(tmp_path / "secrets" / "deployment-keys.key")
     engine = create_engine(database_url)
     with engine.begin() as conn:

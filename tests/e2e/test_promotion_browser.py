@@ -1,6 +1,8 @@
-"""The promotion flow in a real browser on the whole stack (`modelgate up`): alice requests
-promotion of v2, bob approves, prod serves v2 through the gateway, alice rolls back, prod serves
-v1 again, and the timeline shows all of it in order."""
+"""The promotion flow in a real browser on the whole stack (`modelgate up`): CI requests v1 for
+prod (`modelgate pipeline run --environment prod --wait`), bob approves, and the approval alone
+makes prod answer carol's score tester; alice requests v2, bob approves, carol's tester answers
+with v2 (no REST call in between); alice rolls back, prod serves v1 again, and the timeline
+shows all of it in order."""
 
 from __future__ import annotations
 
@@ -133,17 +135,73 @@ def _signed_in(browser: Any, stack: Stack, user: str) -> Any:
     return page
 
 
+def _approve(bob: Any, panel: str, promotion_id: str, comment: str) -> str:
+    """bob approves from the inbox, follows the job page until it succeeded; the job's id."""
+    bob.goto(f"{panel}/approvals/")
+    bob.fill(f"[data-comment='{promotion_id}']", comment)
+    bob.click(f"[data-approve='{promotion_id}']")
+    bob.wait_for_url(f"{panel}/jobs/*")
+    # The job page follows the job live; the browser waits for the final badge.
+    bob.wait_for_selector("[data-field=status] .badge-succeeded", timeout=300_000)
+    return str(bob.url.rstrip("/").rsplit("/", 1)[1])
+
+
+def _tester_answer(carol: Any, panel: str) -> tuple[str, str]:
+    """carol scores the example record on prod in the score tester: (label, model line)."""
+    carol.goto(f"{panel}/score/?environment=prod")
+    carol.click("#score-submit")
+    carol.wait_for_selector("#score-label")
+    return carol.text_content("#score-label").strip(), carol.text_content("#score-model")
+
+
 def test_request_approve_serve_rollback_timeline(stack: Stack, browser: Any) -> None:
     panel = stack.endpoints["panel"]
-    # v1 on staging (pipeline), then on prod with its API; v2 trained and on staging.
+    # v1 on staging with its API (the pipeline; staging is not protected).
     stack.modelgate("pipeline", "run", timeout=900)
-    stack.job("deploy", {"environment": "prod", "version": "1"})
-    stack.job("publish", {"environment": "prod"})
-    assert stack.prod_version() == "1"
+    # prod is protected: a direct deploy is refused at submit, and nothing is queued.
+    refused = stack.http.post(panel + "/api/v1/jobs", timeout=30,
+                              json={"kind": "deploy", "params": {"environment": "prod"}},
+                              headers={"Authorization": f"Bearer {stack.token}"})
+    assert refused.status_code == 403 and "/approvals/new" in refused.json()["detail"]
+    # CI asks for v1 (what staging serves) on prod and waits for the decision and the job.
+    ci = subprocess.Popen([sys.executable, "-m", "app", "pipeline", "run", "--environment",
+                           "prod", "--reason", "first release", "--wait", "--timeout", "600"],
+                          cwd=str(ROOT), env=stack.env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    try:
+        bob = _signed_in(browser, stack, "bob")
+
+        def requested() -> str | None:
+            bob.goto(f"{panel}/approvals/")
+            pending = bob.locator("[data-pending]")
+            return pending.get_attribute("data-pending") if pending.count() == 1 else None
+
+        first = wait_for(requested, 60, "the CI's promotion request in the inbox")
+        plan = bob.locator(f"[data-plan='{first}']").inner_text()
+        assert "deploys v1 to prod blue/green" in plan
+        assert "then publishes credit-risk revision 1" in plan
+        _approve(bob, panel, first, "first release")
+        out, err = ci.communicate(timeout=300)
+    finally:
+        if ci.poll() is None:
+            ci.kill()
+            ci.wait()
+    assert ci.returncode == 0, out + err
+    assert "approved by bob" in out and "succeeded" in out
+    # The approval alone made prod callable: carol's tester answers from v1.
+    carol = _signed_in(browser, stack, "carol")
+    label, model = _tester_answer(carol, panel)
+    assert label in ("good", "bad") and "german-credit version 1" in model
     stack.job("train", {}, timeout=600)
     stack.job("deploy", {"environment": "staging", "version": "2"})
 
+    # From here on only the browser: request, approve, score.
     alice = _signed_in(browser, stack, "alice")
+    alice.goto(f"{panel}/deployments/")
+    prod_card = alice.locator("#env-prod")
+    assert prod_card.locator("[data-action=request-promotion]").count() == 1
+    assert prod_card.locator("[data-action=deploy]").count() == 0
+    assert "bob" in prod_card.locator("[data-figure=approved-by]").inner_text()
     alice.goto(f"{panel}/approvals/new")
     alice.select_option("#promotion-version", "2")
     alice.fill("#promotion-reason", "v2 is better on staging")
@@ -152,18 +210,17 @@ def test_request_approve_serve_rollback_timeline(stack: Stack, browser: Any) -> 
     assert alice.locator("[data-state=PENDING]").count() == 1
     promotion_id = alice.url.rstrip("/").rsplit("/", 1)[1]
 
-    bob = _signed_in(browser, stack, "bob")
+    bob.goto(f"{panel}/")
     assert bob.locator("#approvals-badge").inner_text().strip() == "1"
     bob.goto(f"{panel}/approvals/")
     card = bob.locator(f"[data-pending='{promotion_id}']")
     assert "v2 is better on staging" in card.inner_text()
     assert card.locator("[data-staging] .badge-succeeded").count() == 1  # v2 serves staging
+    assert "deploys v2 to prod blue/green" in card.locator("[data-plan]").inner_text()
     bob.screenshot(path=str(screenshot_path("approvals-inbox.png")), full_page=True)
-    bob.fill(f"[data-comment='{promotion_id}']", "metrics and smoke test fine")
-    bob.click(f"[data-approve='{promotion_id}']")
-    bob.wait_for_url(f"{panel}/jobs/*")
-    deploy_job = bob.url.rstrip("/").rsplit("/", 1)[1]
-    stack.wait_job(deploy_job)
+    _approve(bob, panel, promotion_id, "metrics and smoke test fine")
+    label, model = _tester_answer(carol, panel)
+    assert label in ("good", "bad") and "german-credit version 2" in model
     assert stack.prod_version() == "2"
     while_v2 = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
 
@@ -175,6 +232,9 @@ def test_request_approve_serve_rollback_timeline(stack: Stack, browser: Any) -> 
     alice.wait_for_url(f"{panel}/jobs/*")
     stack.wait_job(alice.url.rstrip("/").rsplit("/", 1)[1])
     assert stack.prod_version() == "1"
+    bob.goto(f"{panel}/approvals/")
+    assert "rolled back by alice: rolling back to check a complaint" in \
+        bob.locator("#rollbacks").inner_text()
 
     alice.goto(f"{panel}/audit/timeline?environment=prod")
     steps = alice.locator("#timeline li").evaluate_all(

@@ -14,6 +14,7 @@ import requests
 
 from app.gateway.app import create_gateway_app, server_ssl_context
 from app.gateway.config import ConfigError, write_gateway_config
+from app.gateway.state import GatewaySettings
 from tests.gateway.conftest import (
     BACKEND_KEY,
     SigningKey,
@@ -368,3 +369,46 @@ def test_revision_switch_under_load_drops_nothing(stack: Stack) -> None:
         write_gateway_config(stack.home, stack.config)
     assert len(codes) > 20
     assert set(codes) == {200}
+
+
+def test_backend_connection_limit_answers_503_with_retry_after_and_counts_it(
+        stack: Stack) -> None:
+    """Over the per-backend connection limit a request waits, then gets 503 + Retry-After."""
+    settings = GatewaySettings(upstream_timeout_s=5.0, max_backend_connections=1,
+                               backend_wait_s=0.2)
+    app = create_gateway_app(stack.home, redis_url=stack.redis_url, settings=settings)
+    port = stack.loop.run(app.start("127.0.0.1", 0, server_ssl_context(stack.home)))
+    url = f"https://127.0.0.1:{port}/slow/credit-risk/slow"
+    auth = {"Authorization": f"Bearer {stack.issuer.mint()}"}
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(requests.post, url, json={}, headers=auth, verify=stack.ca,
+                                timeout=10)
+            time.sleep(0.5)  # the first holds the only connection (the backend takes 3 s)
+            second = requests.post(url, json={}, headers=auth, verify=stack.ca, timeout=10)
+            assert first.result().status_code == 200
+        assert second.status_code == 503, second.text
+        assert second.headers["Retry-After"] == "1"
+        assert second.headers["Content-Type"] == "application/problem+json"
+        assert second.json()["status"] == 503
+        text = requests.get(f"https://127.0.0.1:{port}/metrics", verify=stack.ca,
+                            timeout=5).text
+        origin = stack.backend.url
+        assert f'modelgate_gateway_backend_busy_total{{origin="{origin}"}} 1.0' in text
+        assert f'modelgate_gateway_backend_connections{{origin="{origin}"}} 1.0' in text
+    finally:
+        stack.loop.run(app.stop())
+
+
+def test_backend_connection_settings_from_the_environment() -> None:
+    """MODELGATE_GATEWAY_* set the connection limit and wait; a bad value is named."""
+    settings = GatewaySettings.from_env({"MODELGATE_GATEWAY_MAX_BACKEND_CONNECTIONS": "8",
+                                         "MODELGATE_GATEWAY_BACKEND_WAIT_SECONDS": "0.5"})
+    assert (settings.max_backend_connections, settings.backend_wait_s) == (8, 0.5)
+    assert GatewaySettings.from_env({}) == GatewaySettings()
+    for name, value in (("MODELGATE_GATEWAY_MAX_BACKEND_CONNECTIONS", "0"),
+                        ("MODELGATE_GATEWAY_MAX_BACKEND_CONNECTIONS", "many"),
+                        ("MODELGATE_GATEWAY_BACKEND_WAIT_SECONDS", "-1"),
+                        ("MODELGATE_GATEWAY_BACKEND_WAIT_SECONDS", "nan")):
+        with pytest.raises(ValueError, match=name):
+            GatewaySettings.from_env({name: value})

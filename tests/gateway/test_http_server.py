@@ -27,6 +27,20 @@ from app.pki import ensure_tls
 
 T = TypeVar("T")
 LOOPS = ["asyncio", "uvloop"]
+INJECTED = "Set-Cookie: session=attacker"
+# answers a handler may build (e.g. from a policy) that must never reach the wire as they are
+BAD_ANSWERS: dict[str, Response] = {
+    "crlf-in-value": Response(200, b"x", CIMultiDict({"X-Note": f"a\r\n{INJECTED}"})),
+    "lf-in-value": Response(200, b"x", CIMultiDict({"X-Note": f"a\n{INJECTED}"})),
+    "cr-in-value": Response(200, b"x", CIMultiDict({"X-Note": "a\rb"})),
+    "nul-in-value": Response(200, b"x", CIMultiDict({"X-Note": "a\x00b"})),
+    "space-in-name": Response(200, b"x", CIMultiDict({"X Note": "1"})),
+    "crlf-in-name": Response(200, b"x", CIMultiDict({f"{INJECTED}\r\nX-Note": "1"})),
+    "empty-name": Response(200, b"x", CIMultiDict({"": "1"})),
+    "crlf-in-reason": Response(200, b"x", reason=f"OK\r\n{INJECTED}"),
+    "lf-in-reason": Response(418, b"x", reason=f"teapot\n{INJECTED}"),
+    "not-latin-1": Response(200, b"x", CIMultiDict({"X-Note": "\u20ac"})),
+}
 
 
 def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
@@ -60,6 +74,8 @@ class Recorder:
             return Response(204, b"dropped", CIMultiDict({"X-Empty": "1"}))
         elif request.path == "/fixed":
             return Response(200, b"0123456789", CIMultiDict({"Content-Type": "text/plain"}))
+        elif request.path == "/bad-answer":
+            return BAD_ANSWERS[params["kind"][0]]
         echo = {"method": request.method, "path": request.path, "query": request.query_string,
                 "body": request.body.decode("latin-1"), "scheme": request.scheme,
                 "keep_alive": request.keep_alive,
@@ -550,3 +566,25 @@ def test_stop_past_grace_aborts_the_request_and_returns(served: Served) -> None:
     while served.server.in_flight and time.monotonic() < deadline:
         time.sleep(0.01)
     assert served.server.in_flight == 0 and served.server.connections == set()
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_ANSWERS))
+def test_header_or_reason_that_would_split_the_answer_gets_502(served: Served,
+                                                               kind: str) -> None:
+    """CR/LF/NUL in a header value or reason, or a name that is no token, is never written.
+
+    The client gets a 502 problem+json instead (no injected Set-Cookie), and the connection
+    keeps working.
+    """
+    c = connect(served)
+    c.send(get(f"/bad-answer?kind={kind}"))
+    reply = c.reply()
+    assert reply.status == 502, (reply.reason, reply.headers)
+    assert reply.reason == "Bad Gateway"
+    assert "set-cookie" not in reply.headers and "x-note" not in reply.headers
+    assert reply.headers["content-type"] == "application/problem+json"
+    assert reply.json()["status"] == 502
+    assert c.buf == b""
+    c.send(get("/after"))
+    assert c.reply().json()["path"] == "/after"
+    c.close()

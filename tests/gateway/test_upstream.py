@@ -20,9 +20,11 @@ import pytest
 
 from app.gateway.app import client_ssl_context, server_ssl_context
 from app.gateway.upstream import (
+    UpstreamBusy,
     UpstreamConnectError,
     UpstreamPool,
     UpstreamProtocolError,
+    UpstreamRequestInvalid,
     UpstreamResponse,
     UpstreamTimeout,
 )
@@ -579,3 +581,106 @@ def test_untrusted_tls_certificate_is_a_connect_error(
     with pytest.raises(UpstreamConnectError, match="TLS failed"):
         run(call(p, f"https://127.0.0.1:{srv.port}"))
     assert srv.accepted == 1 and srv.requests == []
+
+
+@pytest.mark.parametrize(("method", "target", "headers"), [
+    ("GET", "/", (("X-Key", "k\r\nX-Injected: 1"),)),
+    ("GET", "/", (("X-Key", "k\nX-Injected: 1"),)),
+    ("GET", "/", (("X-Key", "k\rX"),)),
+    ("GET", "/", (("X-Key", "k\x00"),)),
+    ("GET", "/", (("X Key", "k"),)),
+    ("GET", "/", (("X-Key:", "k"),)),
+    ("GET", "/", (("X-Key", "\u20ac"),)),
+    ("GET", "/a b", ()),
+    ("GET", "/a\r\nX-Injected: 1", ()),
+    ("GET /x HTTP/1.1\r\nX-Injected: 1\r\n\r\nGET", "/", ()),
+], ids=["crlf-value", "lf-value", "cr-value", "nul-value", "space-name", "colon-name",
+        "not-latin-1", "space-target", "crlf-target", "crlf-method"])
+def test_request_that_would_not_be_valid_http_is_refused_before_sending(
+        run: Run, serve: Callable[..., RawServer], method: str, target: str,
+        headers: tuple[tuple[str, str], ...]) -> None:
+    """A header with CR/LF/NUL, a name that is no token or a bad request line is never sent."""
+    srv = serve(keep_alive(OK))
+    p = pool()
+
+    async def go() -> None:
+        with pytest.raises(UpstreamRequestInvalid):
+            await call(p, srv.url, target, method=method, headers=headers)
+        answer = await call(p, srv.url, "/fine", headers=(("X-Key", "k"),))
+        assert answer.status == 200
+
+    run(go())
+    assert [raw.split(b"\r\n")[0] for raw in srv.bodies()] == [b"GET /fine HTTP/1.1"]
+    p.close()
+
+
+def gated(answer: bytes, gate: threading.Event) -> Script:
+    """A keep-alive script that holds each answer until the test opens the gate."""
+    def script(peer: Peer) -> None:
+        while peer.read_request() is not None:
+            gate.wait(10)
+            peer.send(answer)
+    return script
+
+
+def test_connection_limit_refuses_a_burst_beyond_it_after_the_wait(
+        run: Run, serve: Callable[..., RawServer]) -> None:
+    """With 2 connections allowed, a third concurrent request waits, then is refused unsent."""
+    gate = threading.Event()
+    srv = serve(gated(OK, gate))
+    p = pool(max_connections_per_origin=2, queue_timeout_s=0.2)
+
+    async def go() -> list[UpstreamResponse | BaseException]:
+        calls = [asyncio.create_task(call(p, srv.url, f"/r{i}")) for i in range(3)]
+        done, _ = await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
+        assert done == {calls[2]}  # refused while the other two still hold their connections
+        gate.set()
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = run(go())
+    assert isinstance(results[2], UpstreamBusy)
+    assert [(r.status, r.body) for r in results[:2]] == [(200, b"ok")] * 2  # type: ignore[union-attr]
+    assert srv.accepted == 2 and len(srv.requests) == 2
+    assert p.busy_refusals() == {f"http://127.0.0.1:{srv.port}": 1}
+    assert p.open_connections() == {f"http://127.0.0.1:{srv.port}": 2}
+    p.close()
+
+
+def test_waiting_request_gets_the_first_connection_freed(
+        run: Run, serve: Callable[..., RawServer]) -> None:
+    """A request over the limit waits for a connection that comes back, and reuses it."""
+    srv = serve(keep_alive(OK))
+    gate = threading.Event()
+    slow = serve(gated(OK, gate))
+    p = pool(max_connections_per_origin=1, queue_timeout_s=5)
+
+    async def go() -> list[UpstreamResponse]:
+        first = asyncio.create_task(call(p, slow.url, "/first"))
+        second = asyncio.create_task(call(p, slow.url, "/second"))
+        other = await call(p, srv.url, "/other")  # another origin is not held up
+        assert not first.done() and not second.done()
+        gate.set()
+        return [await first, await second, other]
+
+    answers = run(go())
+    assert [a.status for a in answers] == [200, 200, 200]
+    assert slow.accepted == 1
+    assert [raw.split(b" ")[1] for raw in slow.bodies()] == [b"/first", b"/second"]
+    assert p.busy_refusals() == {}
+    p.close()
+
+
+def test_failed_connects_free_their_slots(run: Run) -> None:
+    """Connections that could not be opened do not count against the limit afterwards."""
+    p = pool(max_connections_per_origin=1, queue_timeout_s=0.1)
+    url = f"http://127.0.0.1:{free_port()}"
+
+    async def go() -> list[BaseException]:
+        return [exc for exc in await asyncio.gather(
+            *(call(p, url) for _ in range(3)), return_exceptions=True)
+                if isinstance(exc, BaseException)]
+
+    errors = run(go())
+    assert errors and all(isinstance(e, (UpstreamConnectError, UpstreamBusy)) for e in errors)
+    assert p.open_connections() == {url: 0}
+    p.close()

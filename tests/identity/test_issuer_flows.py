@@ -23,6 +23,7 @@ from tests.identity.conftest import (
     sign_in,
     verify_with_jwks,
 )
+from tests.identity_support import sign_out
 
 API = "api://modelgate"
 
@@ -161,10 +162,18 @@ def test_userinfo_and_logout(issuer: Issuer) -> None:
     assert info.status_code == 200 and info.json()["preferred_username"] == "carol"
     bad = s.get(f"{issuer.url}/userinfo", headers={"Authorization": "Bearer x.y.z"}, timeout=5)
     assert bad.status_code == 401
+    loopback = s.get(f"{issuer.url}/logout", allow_redirects=False, timeout=5, params={
+        "id_token_hint": result["id_token"], "post_logout_redirect_uri": "http://127.0.0.1:5555/"})
+    assert loopback.status_code == 400 and "Location" not in loopback.headers  # unregistered
+    other = s.get(f"{issuer.url}/logout", allow_redirects=False, timeout=5, params={
+        "id_token_hint": result["id_token"], "client_id": "modelgate-ci",
+        "post_logout_redirect_uri": "http://127.0.0.1:5555/auth/login"})
+    assert other.status_code == 400 and "Location" not in other.headers  # hint names another
     out = s.get(f"{issuer.url}/logout", allow_redirects=False, timeout=5, params={
         "id_token_hint": result["id_token"], "state": "s1",
-        "post_logout_redirect_uri": "http://127.0.0.1:5555/"})
-    assert out.status_code == 302 and out.headers["Location"] == "http://127.0.0.1:5555/?state=s1"
+        "post_logout_redirect_uri": "http://127.0.0.1:5555/auth/login"})
+    assert out.status_code == 302
+    assert out.headers["Location"] == "http://127.0.0.1:5555/auth/login?state=s1"
     evil = s.get(f"{issuer.url}/logout", allow_redirects=False, timeout=5, params={
         "client_id": "modelgate-panel", "post_logout_redirect_uri": "https://evil.example/"})
     assert evil.status_code == 400 and "Location" not in evil.headers
@@ -177,7 +186,7 @@ def test_session_sso_and_logout_ends_it(issuer: Issuer) -> None:
     callback_params(sign_in(browser, url, "dave", issuer.password("dave")))
     again = browser.get(url, allow_redirects=False, timeout=5)  # signed in: straight back
     issuer.remember(callback_params(again)["code"])
-    browser.get(f"{issuer.url}/logout", timeout=5)
+    assert sign_out(browser, issuer.url).status_code == 200
     assert browser.get(url, allow_redirects=False, timeout=5).status_code == 200  # the form
 
 

@@ -36,6 +36,7 @@ def test_dev_credentials_shape_and_mode(tmp_path: Path) -> None:
     assert doc["clients"]["modelgate-ci"]["roles"] == ["MLOps.Engineer", "Score.Invoke"]
     panel = doc["clients"]["modelgate-panel"]
     assert panel["roles"] == [] and panel["redirect_uris"] == ["http://127.0.0.1/auth/callback"]
+    assert panel["post_logout_redirect_uris"] == ["http://127.0.0.1/auth/login"]
     assert len(panel["secret"]) >= 32
     # A second start keeps the file; a file without the panel client gains one.
     assert ensure_dev_credentials(tmp_path).read_text() == path.read_text()
@@ -164,19 +165,47 @@ def test_bad_client_or_redirect_never_redirects(app: Flask, extra: dict[str, str
 
 
 @pytest.mark.parametrize(("target", "status"), [
-    ("http://127.0.0.1:5005/", 302),
-    ("http://localhost:5005/bye", 302),
+    ("http://127.0.0.1:5005/auth/login", 302),
+    ("http://127.0.0.1:5005/", 400),  # loopback, but not the address the panel registered
+    ("http://localhost:5005/bye", 400),
     ("https://evil.example/", 400),
     ("javascript:alert(1)", 400),
     ("//evil.example/", 400),
 ])
-def test_logout_redirects_only_to_registered_or_loopback(app: Flask, target: str,
-                                                         status: int) -> None:
-    response = app.test_client().get(
-        "/local/logout?" + urlencode({"post_logout_redirect_uri": target}), base_url=BASE)
+def test_logout_redirects_only_to_the_clients_registered_addresses(app: Flask, target: str,
+                                                                    status: int) -> None:
+    response = app.test_client().get("/local/logout?" + urlencode(
+        {"post_logout_redirect_uri": target, "client_id": "modelgate-panel"}), base_url=BASE)
     assert response.status_code == status
     if status == 400:
         assert "Location" not in response.headers
+    else:
+        assert response.headers["Location"] == target
+
+
+@pytest.mark.parametrize(("extra", "status"), [
+    ({}, 200),  # nobody to return to: the signed-out page
+    ({"client_id": "nobody"}, 400),
+    ({"client_id": "modelgate-ci"}, 400),  # a known client, but it registered no such address
+    ({"id_token_hint": "not.a.token"}, 400),
+])
+def test_logout_without_a_known_client_never_redirects(app: Flask, extra: dict[str, str],
+                                                       status: int) -> None:
+    query = {"post_logout_redirect_uri": "http://127.0.0.1:5005/auth/login", **extra}
+    response = app.test_client().get("/local/logout?" + urlencode(query), base_url=BASE)
+    assert response.status_code == status and "Location" not in response.headers
+    assert "You are signed out" in response.get_data(as_text=True)
+
+
+def test_old_credentials_get_the_panels_post_logout_address(tmp_path: Path) -> None:
+    path = ensure_dev_credentials(tmp_path)
+    doc = json.loads(path.read_text())
+    del doc["clients"]["modelgate-panel"]["post_logout_redirect_uris"]
+    path.write_text(json.dumps(doc))
+    ensure_dev_credentials(tmp_path)
+    panel = load_directory(tmp_path).clients["modelgate-panel"]
+    assert panel.post_logout_redirect_uris == ("http://127.0.0.1/auth/login",)
+    assert panel.check_post_logout_redirect_uri("http://127.0.0.1:5000/auth/login")
 
 
 def _sign_in(client: FlaskClient, password: str) -> tuple[int, str]:

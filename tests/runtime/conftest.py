@@ -103,6 +103,19 @@ class Stack:
     def run(self, kind: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         return self.finish(self.submit(kind, params))
 
+    def promote(self, version: str, environment: str = "prod") -> dict[str, Any]:
+        """Deploy to a protected environment the only way there is: alice requests, bob
+        approves; return the approval's job once it ended."""
+        alice, bob = self.client("alice"), self.client("bob")
+        r = alice.post("/api/v1/promotions", headers=csrf_headers(alice),
+                       json={"version": version, "environment": environment,
+                             "reason": "tested on staging"})
+        assert r.status_code == 201, r.get_json()
+        r = bob.post(f"/api/v1/promotions/{r.get_json()['id']}/approve",
+                     headers=csrf_headers(bob), json={})
+        assert r.status_code == 200, r.get_json()
+        return self.finish(str(r.get_json()["deploy_job_id"]))
+
     def token(self) -> str:
         return self.issuer.mint(roles=["Score.Invoke"], exp=int(time.time()) + 1800)
 
@@ -166,12 +179,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     db_url = f"sqlite:///{home / 'modelgate.db'}"
     pipeline = home / "pipeline.yml"
     pipeline.write_text(PIPELINE_YAML.format(ready=60))
-    app = build_app(home, db_url, redis.url, DEPLOY_DRAIN_SECONDS=2,
-                    KEY_SWITCH_GRACE_SECONDS=1.5)
-    env = child_env(home, db_url, redis.url, PIPELINE_CONFIG=str(pipeline),
-                    DEPLOY_DRAIN_SECONDS=2, KEY_SWITCH_GRACE_SECONDS=1.5)
     loop = LoopThread()
     issuer = Issuer(loop, home)
+    # The publish step of an approved promotion renders the default policy for this issuer.
+    app = build_app(home, db_url, redis.url, DEPLOY_DRAIN_SECONDS=2,
+                    KEY_SWITCH_GRACE_SECONDS=1.5, ISSUER_URL=issuer.url)
+    env = child_env(home, db_url, redis.url, PIPELINE_CONFIG=str(pipeline),
+                    DEPLOY_DRAIN_SECONDS=2, KEY_SWITCH_GRACE_SECONDS=1.5,
+                    ISSUER_URL=issuer.url)
     processes: list[Process] = []
     worker = WorkerProcess(home, env, concurrency=1)
     try:

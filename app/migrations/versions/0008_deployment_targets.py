@@ -4,15 +4,15 @@ Existing rows are local slots: backend ``local``, the endpoint is the environmen
 scoring URI is the loopback port the runtime chose. Their encrypted keys stay readable (the
 local backend falls back to them); new rows leave the key columns empty.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-06
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

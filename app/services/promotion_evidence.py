@@ -1,0 +1,84 @@
+"""What an approver decides on, frozen when a promotion is requested: the candidate's metrics
+next to those of the version the environment serves, and the candidate's staging smoke test."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import select
+
+from app.db import Job, JobStatus
+from app.errors import NotFound, ValidationError
+from app.extensions import db
+
+logger = logging.getLogger(__name__)
+
+
+def metric_rows(evidence: dict[str, Any]) -> list[dict[str, Any]]:
+    """Metrics of the candidate next to the current version's, with the difference."""
+    candidate = (evidence.get("candidate") or {}).get("metrics") or {}
+    current = (evidence.get("current") or {}).get("metrics") or {}
+    rows = []
+    for name in sorted(set(candidate) | set(current)):
+        new, old = candidate.get(name), current.get(name)
+        delta = new - old if isinstance(new, int | float) and isinstance(old, int | float) \
+            else None
+        rows.append({"name": name, "candidate": new, "current": old, "delta": delta})
+    return rows
+
+
+def model_evidence(environment: str, version: str) -> tuple[str, dict[str, Any]]:
+    """What the approver needs: the candidate's and the current version's metrics, and the
+    staging smoke results of the candidate (frozen at request time)."""
+    from app.services import deployments, models
+
+    name = models.default_model_name()
+    try:
+        candidate = models.get_version(name, version)
+    except NotFound:
+        raise ValidationError(f"version: {name} has no version {version}",
+                              errors=[{"field": "version", "message": "no such version"}]
+                              ) from None
+    evidence: dict[str, Any] = {
+        "candidate": {"version": version, "metrics": dict(candidate.metrics),
+                      "created_at": candidate.created_at.isoformat()},
+        "current": None, "staging": staging_evidence(version)}
+    active = deployments.active(environment)
+    if active is not None:
+        current: dict[str, Any] = {"version": active.model_version, "metrics": {}}
+        try:
+            current["metrics"] = dict(models.get_version(active.model_name,
+                                                         active.model_version).metrics)
+        except NotFound:
+            logger.info("current %s version %s is not in the registry", environment,
+                        active.model_version)
+        evidence["current"] = current
+    return name, evidence
+
+
+def staging_evidence(version: str) -> dict[str, Any]:
+    """Whether staging serves the version, and the smoke test of its last staging deploy."""
+    from app.services import deployments, jobs
+    from app.services.kinds import JobKind
+
+    active = deployments.active("staging")
+    out: dict[str, Any] = {"serving": bool(active and active.model_version == version),
+                           "serving_version": active.model_version if active else None,
+                           "deploy_job_id": None, "deploy_status": None, "smoke": None}
+    recent = db.session.scalars(select(Job).where(Job.kind == JobKind.DEPLOY.value)
+                                .order_by(Job.created_at.desc()).limit(100))
+    for job in recent:
+        result = job.result or {}
+        params = job.params or {}
+        env = result.get("environment") or params.get("environment") or "staging"
+        ran = str((result.get("model") or {}).get("version") or params.get("version") or "")
+        if env != "staging" or ran != version:
+            continue
+        out.update(deploy_job_id=job.id, deploy_status=job.status,
+                   finished_at=job.finished_at.isoformat() if job.finished_at else None)
+        smoke = [line.message for line in jobs.logs(job.id) if "smoke test" in line.message]
+        out["smoke"] = smoke[-1] if smoke else None
+        if job.status == JobStatus.SUCCEEDED:
+            break
+    return out
