@@ -17,6 +17,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     register_config(app, overrides)
     register_extensions(app)
     register_security(app)
+    register_converters(app)
     register_blueprints(app)
     register_error_handlers(app)
     register_celery(app)
@@ -48,6 +49,13 @@ def register_security(app: Flask) -> None:
     from app.security import init_security
 
     init_security(app)
+
+
+def register_converters(app: Flask) -> None:
+    """URL converters shared by the blueprints (`<id:…>`: bounded integer ids)."""
+    from app.params import register_converters as register
+
+    register(app)
 
 
 def register_blueprints(app: Flask) -> None:

@@ -21,6 +21,7 @@ from flask_login import current_user
 from app.auth.roles import Role
 from app.auth.users import role_required, signed_in
 from app.errors import Conflict, ServiceUnavailable
+from app.params import int_arg
 from app.security import safe_next
 from app.services import events, jobs, overview
 from app.services.kinds import KIND_SPECS
@@ -104,7 +105,7 @@ def cancel(job_id: str) -> Any:
 @signed_in
 def status(job_id: str) -> Any:
     """Return the job and its log lines after ?after=N (the polling fallback of the live view)."""
-    after = request.args.get("after", default=0, type=int)
+    after = int_arg("after", 0)
     job = jobs.get(job_id)
     body: dict[str, Any] = {
         "job": jobs.to_dict(job),
