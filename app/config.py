@@ -57,6 +57,8 @@ class BaseConfig:
     DEPLOY_DRAIN_SECONDS = 30.0
     KEY_SWITCH_GRACE_SECONDS = 2.0
     KEY_ROTATION_CHECK_SECONDS = 3600.0
+    # Fault injection for crash tests (docs/internal-contracts.md): empty = inert.
+    FAULT_AT = ""
     # Promotions: how long a request waits for a decision; webhooks per event type (JSON object
     # {"promotion.requested": "https://…"}), the HMAC secret that signs them, retry backoff base.
     PROMOTION_TTL_HOURS = 72.0
