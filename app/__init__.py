@@ -37,11 +37,14 @@ def register_extensions(app: Flask) -> None:
     from app.auth.users import init_login
     from app.extensions import csrf, db
     from app.services.events import make_redis
+    from app.services.streams import StreamSlots
 
     db.init_app(app)
     csrf.init_app(app)
     init_login(app)
     app.extensions["redis"] = make_redis(app.config["REDIS_URL"])
+    app.extensions["stream_slots"] = StreamSlots(
+        int(app.config["PANEL_THREADS"]) - int(app.config["SSE_RESERVED_THREADS"]))
 
 
 def register_security(app: Flask) -> None:

@@ -60,8 +60,10 @@ def panel(host: str, port: int, workers: int) -> None:
     from app.wsgi import serve_wsgi
 
     _configure_logging()
-    _make_app()  # fail fast on bad configuration before forking workers
-    serve_wsgi(_make_app, host=host, port=port, workers=workers)
+    app = _make_app()  # fail fast on bad configuration before forking workers
+    # One thread count for gunicorn and for the stream cap derived from it (app.services.streams).
+    serve_wsgi(_make_app, host=host, port=port, workers=workers,
+               threads=int(app.config["PANEL_THREADS"]))
 
 
 @main.command()
