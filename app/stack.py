@@ -177,20 +177,20 @@ class Stack:
     def _supervise(self) -> None:
         """Restart children that die, with exponential backoff, until asked to stop."""
         while not self.stopping:
-            self.supervise_once()
+            self._supervise_once()
             time.sleep(0.2)
 
-    def supervise_once(self) -> None:
+    def _supervise_once(self) -> None:
         """One supervision pass: end the group of each exited child, restart those due."""
         for service in self.services:
             proc = service.process
             if proc is None or proc.poll() is None or self.stopping:
                 continue
-            now = time.monotonic()
             if service.next_start == 0.0:
                 # The leader is gone, but what it forked is still in its group.
                 if not end_group(proc.pid, grace=RESTART_GRACE):
                     self.out(f"{service.name}: some of its processes would not die")
+                now = time.monotonic()
                 uptime = now - service.started_at
                 if uptime > 30:
                     service.restarts = 0
@@ -198,7 +198,7 @@ class Stack:
                 service.next_start = now + delay
                 self.out(f"{service.name} exited with code {proc.returncode}; "
                          f"restarting in {delay:.1f} s")
-            elif now >= service.next_start:
+            elif time.monotonic() >= service.next_start:
                 service.restarts += 1
                 service.next_start = 0.0
                 self._spawn(service)

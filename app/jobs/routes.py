@@ -27,6 +27,7 @@ from app.services import events, jobs, overview, streams
 from app.services.kinds import KIND_SPECS
 
 bp = Blueprint("jobs", __name__, url_prefix="/jobs")
+KEEP_ALIVE_SECONDS = 5.0
 
 
 @bp.get("/")
@@ -132,7 +133,10 @@ def stream() -> Any:
 
     def generate() -> Iterator[str]:
         yield "retry: 2000\n\n"
-        for event in events.subscribe(client, max_seconds=max_seconds):
+        # A short keep-alive: a write is how the server learns the browser left, and only
+        # then is the stream's slot and lease freed for the user's next page.
+        for event in events.subscribe(client, max_seconds=max_seconds,
+                                      heartbeat_seconds=KEEP_ALIVE_SECONDS):
             if event is None:
                 yield ": keep-alive\n\n"
                 continue
