@@ -135,3 +135,22 @@ def test_streams_never_take_a_process_s_last_request_threads(panel: Panel) -> No
     # 2 worker processes × (8 threads − 2 kept for ordinary requests).
     assert 0 < statuses.count(200) <= 12, statuses
     assert statuses.count(200) + statuses.count(503) == STREAMS, statuses
+
+
+def test_a_refused_stream_says_why_and_when_to_retry(tmp_path: Path, redis_server: Any) -> None:
+    """429 problem+json with Retry-After; closing a stream gives its user's slot back."""
+    app = build_app(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", redis_server.url)
+    client = app.test_client()
+    sign_in(client, "erin")
+    first, second = (client.get("/jobs/events", buffered=False) for _ in range(2))
+    assert (first.status_code, second.status_code) == (200, 200)
+    refused = client.get("/jobs/events", headers={"Accept": "application/json"})
+    assert refused.status_code == 429
+    assert refused.headers["Retry-After"] == str(round(app.config["SSE_MAX_SECONDS"]))
+    assert refused.mimetype == "application/problem+json"
+    assert "2 live streams per user" in refused.get_json()["detail"]
+    first.close()
+    again = client.get("/jobs/events", buffered=False)
+    assert again.status_code == 200
+    again.close()
+    second.close()
