@@ -121,6 +121,9 @@ def deploy(home: Path, job: Reporter, request: DeployRequest, registry: Any,
             raise AppError(f"slot {row.id} of this job already failed: {row.error}")
         else:
             job.log(f"resuming slot {row.id} ({row.state})")
+            if row.state != DeploymentState.STARTING:
+                # Switched already: whatever happened since, the gateway follows the active slot.
+                reassert_gateway(home, env)
         if row.state == DeploymentState.STARTING:
             _bring_up_and_switch(home, job, row.id, settings)
         return _finish(home, job, row.id, request, registry, settings)
