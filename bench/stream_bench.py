@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import socket
 import statistics
 import subprocess
@@ -209,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             panel.wait(30)
         redis.terminate()
         redis.wait(10)
+        shutil.rmtree(home, ignore_errors=True)
 
     ratio = phases["streams"]["p99_ms"] / phases["idle"]["p99_ms"]
     report = {"streams": args.streams, "users": args.users, "stream_answers": outcome,
