@@ -6,6 +6,11 @@ backend URL and key in one atomic write → drain, then stop the old slot → se
 A failure before the switch stops the new slot and leaves the old one serving. Each step is
 keyed by the job id, so a redelivered job resumes its own slot instead of creating another.
 
+The database's active slot is the truth for the gateway: a worker lost between the switch and
+the activation leaves the gateway on a slot that is not active, so every resume that does not
+switch again, every failed bring-up and every key rotation re-asserts the gateway's URL and
+key together, in one write, from the active slot.
+
 Key rotation never leaves the gateway holding a key the replicas refuse: regenerate the
 secondary → point the gateway at it → regenerate the primary → point the gateway at it, each
 new key checked directly against the slot before the gateway uses it, and each gateway change
@@ -15,6 +20,7 @@ given KEY_SWITCH_GRACE_SECONDS to be picked up before the key it replaced is dro
 from __future__ import annotations
 
 import fcntl
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +36,8 @@ from app.services import audit, deployments
 from app.services.audit import AuditAction
 from app.services.jobs import JobCancelled
 from app.serving.keys import generate_keys
+
+FAULT_WAIT_SECONDS = 600.0
 
 
 class Reporter(Protocol):
@@ -51,6 +59,7 @@ class RolloutSettings:
     ready_timeout_seconds: float = 60.0
     drain_seconds: float = 30.0
     key_switch_grace_seconds: float = 2.0
+    fault_at: str = ""  # a fault-injection point name (see fault_point); empty = none
 
 
 @dataclass(frozen=True)
@@ -107,9 +116,14 @@ def deploy(home: Path, job: Reporter, request: DeployRequest, registry: Any,
                     f"({row.replicas} replica(s))")
         elif row.deployment_state in (DeploymentState.FAILED, DeploymentState.STOPPED) \
                 and row.activated_at is None:
+            # An earlier attempt may have switched the gateway to this slot before it died.
+            reassert_gateway(home, env)
             raise AppError(f"slot {row.id} of this job already failed: {row.error}")
         else:
             job.log(f"resuming slot {row.id} ({row.state})")
+            if row.state != DeploymentState.STARTING:
+                # Switched already: whatever happened since, the gateway follows the active slot.
+                reassert_gateway(home, env)
         if row.state == DeploymentState.STARTING:
             _bring_up_and_switch(home, job, row.id, settings)
         return _finish(home, job, row.id, request, registry, settings)
@@ -133,6 +147,8 @@ def _bring_up_and_switch(home: Path, job: Reporter, deployment_id: str,
     except (BackendError, JobCancelled) as exc:
         reason = "cancelled" if isinstance(exc, JobCancelled) else str(exc)
         deployments.stop([row.id], failed=reason)
+        # A lost earlier attempt may have switched the gateway to this slot already.
+        reassert_gateway(home, row.environment)
         current = deployments.active(row.environment)
         job.log(f"stopped the new slot; {row.environment} keeps serving "
                 + (f"{current.slot} (v{current.model_version})" if current else "nothing"),
@@ -142,6 +158,7 @@ def _bring_up_and_switch(home: Path, job: Reporter, deployment_id: str,
         raise AppError(reason) from None
     job.progress(70, "switching traffic")
     local.point_gateway(home, row.environment, endpoint.url, primary)
+    fault_point(home, settings.fault_at, "rollout.after-switch", job.job_id)
     replaced = deployments.activate(row.id)
     audit.record("modelgate", AuditAction.TRAFFIC_SWITCHED, f"environment:{row.environment}",
                  {"deployment": row.id, "slot": row.slot, "model_version": row.model_version,
@@ -186,6 +203,32 @@ def _progress_after_switch(job: Reporter, percent: int, step: str) -> None:
                 level="WARNING")
 
 
+def reassert_gateway(home: Path, environment: str) -> None:
+    """Point the gateway at the active slot's URL and primary key in one write (if any)."""
+    row = deployments.active_row(environment)
+    if row is None:
+        return
+    primary, _ = deployments.keys_of(home, row)
+    local.point_gateway(home, environment, deployments.url_of(row.port), primary)
+
+
+def fault_point(home: Path, armed: str, name: str, job_id: str) -> None:
+    """A fault-injection point for crash tests; inert unless MODELGATE_FAULT_AT names it.
+
+    Armed, the first attempt of a job to reach it writes run/fault.<name>.<job id> (holding
+    this process's pid) and waits there, so a test can kill the worker at exactly this step;
+    a later attempt of the same job goes on.
+    """
+    if armed != name:
+        return
+    marker = Path(home) / "run" / f"fault.{name}.{job_id}"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(str(os.getpid()))
+    time.sleep(FAULT_WAIT_SECONDS)
+
+
 # --------------------------------------------------------------------------- keys
 
 
@@ -204,10 +247,11 @@ def rotate_keys(home: Path, job: Reporter, environment: str, actor: str,
         grace = settings.key_switch_grace_seconds
         try:
             primary, secondary = deployments.keys_of(home, row)
-            # Re-sync first: after an interrupted rotation the database is the truth.
-            job.progress(5, "re-syncing the keys file and the gateway to the primary key")
+            # Re-sync first: after an interrupted rotation or deploy the database is the truth,
+            # for the URL (a deploy lost after its switch) as for the key.
+            job.progress(5, "re-syncing the keys file and the gateway to the active slot")
             deployments.store_keys(home, row.id, primary, secondary)
-            local.point_gateway_key(home, environment, primary)
+            local.point_gateway(home, environment, url, primary)
             time.sleep(grace)
 
             job.progress(20, "regenerating the secondary key")
@@ -216,7 +260,7 @@ def rotate_keys(home: Path, job: Reporter, environment: str, actor: str,
             local.check_key(url, secondary, signature, 200)
             local.check_key(url, old_secondary, signature, 401)
             job.progress(40, "pointing the gateway at the secondary key")
-            local.point_gateway_key(home, environment, secondary)
+            local.point_gateway(home, environment, url, secondary)
             time.sleep(grace)
 
             job.progress(60, "regenerating the primary key")
@@ -225,7 +269,7 @@ def rotate_keys(home: Path, job: Reporter, environment: str, actor: str,
             local.check_key(url, primary, signature, 200)
             local.check_key(url, old_primary, signature, 401)
             job.progress(80, "pointing the gateway at the primary key")
-            local.point_gateway_key(home, environment, primary)
+            local.point_gateway(home, environment, url, primary)
             time.sleep(grace)
         except BackendError as exc:
             raise AppError(f"key rotation of {environment} stopped: {exc}") from None

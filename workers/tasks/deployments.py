@@ -70,7 +70,8 @@ def _settings(ready_timeout: float) -> Any:
     config = current_app.config
     return RolloutSettings(ready_timeout_seconds=ready_timeout,
                            drain_seconds=float(config["DEPLOY_DRAIN_SECONDS"]),
-                           key_switch_grace_seconds=float(config["KEY_SWITCH_GRACE_SECONDS"]))
+                           key_switch_grace_seconds=float(config["KEY_SWITCH_GRACE_SECONDS"]),
+                           fault_at=str(config["FAULT_AT"]))
 
 
 @dataclass
