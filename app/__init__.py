@@ -16,6 +16,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     register_config(app, overrides)
     register_extensions(app)
     register_security(app)
+    register_converters(app)
     register_blueprints(app)
     register_error_handlers(app)
     register_celery(app)
@@ -35,11 +36,14 @@ def register_extensions(app: Flask) -> None:
     from app.auth.sessions import init_login
     from app.extensions import csrf, db
     from app.services.events import make_redis
+    from app.services.streams import StreamSlots
 
     db.init_app(app)
     csrf.init_app(app)
     init_login(app)
     app.extensions["redis"] = make_redis(app.config["REDIS_URL"])
+    app.extensions["stream_slots"] = StreamSlots(
+        int(app.config["PANEL_THREADS"]) - int(app.config["SSE_RESERVED_THREADS"]))
 
 
 def register_security(app: Flask) -> None:
@@ -47,6 +51,13 @@ def register_security(app: Flask) -> None:
     from app.security import init_security
 
     init_security(app)
+
+
+def register_converters(app: Flask) -> None:
+    """URL converters shared by the blueprints (`<id:…>`: bounded integer ids)."""
+    from app.params import register_converters as register
+
+    register(app)
 
 
 def register_blueprints(app: Flask) -> None:

@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+BEAT_PROCESS_NAME = "modelgate-beat"
+
 
 def _home() -> Path:
     return Path(os.environ.get("MODELGATE_HOME", "./instance")).expanduser().resolve()
@@ -82,8 +84,10 @@ def panel(host: str, port: int, workers: int) -> None:
     from app.wsgi import serve_wsgi
 
     _configure_logging()
-    _make_app()  # fail fast on bad configuration before forking workers
-    serve_wsgi(_make_app, host=host, port=port, workers=workers)
+    app = _make_app()  # fail fast on bad configuration before forking workers
+    # One thread count for gunicorn and for the stream cap derived from it (app.services.streams).
+    serve_wsgi(_make_app, host=host, port=port, workers=workers,
+               threads=int(app.config["PANEL_THREADS"]))
 
 
 @main.command()
@@ -92,8 +96,9 @@ def panel(host: str, port: int, workers: int) -> None:
 @click.option("--queues", default="modelgate", show_default=True)
 def worker(concurrency: int, beat: bool, queues: str) -> None:
     """Run a Celery worker for the job queue."""
-    from celery.signals import worker_ready
+    from celery.signals import beat_init, worker_ready
 
+    from app.processes import name_this_process
     from workers.main import celery_app, flask_app
 
     run_dir = Path(flask_app.config["HOME"]) / "run"
@@ -103,6 +108,11 @@ def worker(concurrency: int, beat: bool, queues: str) -> None:
     @worker_ready.connect(weak=False)
     def _mark_ready(**_: Any) -> None:
         marker.touch()
+
+    @beat_init.connect(weak=False)
+    def _name_beat(**_: Any) -> None:
+        # The embedded scheduler is a fork with the worker's command line; name it apart.
+        name_this_process(BEAT_PROCESS_NAME)
 
     argv = ["worker", "--loglevel", "INFO", "--concurrency", str(concurrency),
             "--queues", queues, "--hostname", f"modelgate-{os.getpid()}@%h",
@@ -118,10 +128,12 @@ def worker(concurrency: int, beat: bool, queues: str) -> None:
 @main.command()
 def beat() -> None:
     """Run the periodic scheduler alone (when several workers share one Redis)."""
+    from app.processes import name_this_process
     from workers.main import celery_app, flask_app
 
     schedule = Path(flask_app.config["HOME"]) / "run" / "celerybeat-schedule"
     schedule.parent.mkdir(parents=True, exist_ok=True)
+    name_this_process(BEAT_PROCESS_NAME)
     celery_app.start(["beat", "--loglevel", "INFO", "--schedule", str(schedule)])
 
 

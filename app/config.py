@@ -50,13 +50,21 @@ class BaseConfig:
     # Visibility timeout must exceed the longest job, or Redis redelivers it while it runs.
     BROKER_VISIBILITY_TIMEOUT = 2 * 3600
     BROKER_RESTORE_INTERVAL = 10
-    SSE_MAX_SECONDS = 60.0
+    # The panel under gunicorn: request threads per worker process. Live-update streams each
+    # hold one for up to SSE_MAX_SECONDS, so a process admits at most PANEL_THREADS -
+    # SSE_RESERVED_THREADS of them, and a user at most SSE_STREAMS_PER_USER over all processes.
+    PANEL_THREADS = 8
+    SSE_RESERVED_THREADS = 2
+    SSE_STREAMS_PER_USER = 2
+    SSE_MAX_SECONDS = 30.0
     # Deployments: how long a replaced slot keeps serving after the switch (in-flight requests
     # and the gateway's reload, which takes up to a second), how long a key change is given to
     # reach the gateway before the next step, and how often beat looks for keys due rotation.
     DEPLOY_DRAIN_SECONDS = 30.0
     KEY_SWITCH_GRACE_SECONDS = 2.0
     KEY_ROTATION_CHECK_SECONDS = 3600.0
+    # Fault injection for crash tests (docs/internal-contracts.md): empty = inert.
+    FAULT_AT = ""
     # Promotions: how long a request waits for a decision; webhooks per event type (JSON object
     # {"promotion.requested": "https://…"}), the HMAC secret that signs them, retry backoff base.
     PROMOTION_TTL_HOURS = 72.0

@@ -59,6 +59,11 @@ class ValidationError(AppError):
     title = "Validation failed"
 
 
+class TooManyRequests(AppError):
+    status = 429
+    title = "Too many requests"
+
+
 class ServiceUnavailable(AppError):
     status = 503
     title = "Service unavailable"

@@ -2,8 +2,9 @@
 
 Children run in their own sessions (so Ctrl-C reaches only the supervisor, which then stops
 them in order) and die with the supervisor if it is killed (PR_SET_PDEATHSIG). A child that
-exits is restarted with backoff. endpoints.json is written once every service is ready and
-removed on stop.
+exits has its whole process group ended (what it forked, e.g. Celery's embedded beat, would
+otherwise live on beside its replacement) and is restarted with backoff. endpoints.json is
+written once every service is ready and removed on stop.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from pathlib import Path
 import requests
 
 from app.pki import ensure_tls
-from app.processes import die_with_parent
+from app.processes import die_with_parent, end_group, signal_group, wait_group_empty
 from app.redis_server import RedisSpec, free_port, make_spec, wait_until_ours
 
 logger = logging.getLogger(__name__)
 
 READY_TIMEOUT = 60.0
 STOP_GRACE = 10.0
+RESTART_GRACE = 5.0
 MAX_BACKOFF = 30.0
 
 
@@ -175,46 +177,54 @@ class Stack:
     def _supervise(self) -> None:
         """Restart children that die, with exponential backoff, until asked to stop."""
         while not self.stopping:
-            now = time.monotonic()
-            for service in self.services:
-                proc = service.process
-                if proc is None or proc.poll() is None or self.stopping:
-                    continue
-                if service.next_start == 0.0:
-                    uptime = now - service.started_at
-                    if uptime > 30:
-                        service.restarts = 0
-                    delay = min(MAX_BACKOFF, 0.5 * 2 ** service.restarts)
-                    service.next_start = now + delay
-                    self.out(f"{service.name} exited with code {proc.returncode}; "
-                             f"restarting in {delay:.1f} s")
-                elif now >= service.next_start:
-                    service.restarts += 1
-                    service.next_start = 0.0
-                    self._spawn(service)
+            self._supervise_once()
             time.sleep(0.2)
 
+    def _supervise_once(self) -> None:
+        """One supervision pass: end the group of each exited child, restart those due."""
+        for service in self.services:
+            proc = service.process
+            if proc is None or proc.poll() is None or self.stopping:
+                continue
+            if service.next_start == 0.0:
+                # The leader is gone, but what it forked is still in its group.
+                if not end_group(proc.pid, grace=RESTART_GRACE):
+                    self.out(f"{service.name}: some of its processes would not die")
+                now = time.monotonic()
+                uptime = now - service.started_at
+                if uptime > 30:
+                    service.restarts = 0
+                delay = min(MAX_BACKOFF, 0.5 * 2 ** service.restarts)
+                service.next_start = now + delay
+                self.out(f"{service.name} exited with code {proc.returncode}; "
+                         f"restarting in {delay:.1f} s")
+            elif time.monotonic() >= service.next_start:
+                service.restarts += 1
+                service.next_start = 0.0
+                self._spawn(service)
+
     def stop(self) -> None:
-        """Stop children in reverse order: SIGTERM to each process group, then SIGKILL."""
+        """Stop children in reverse order: SIGTERM to each process group, then SIGKILL.
+
+        Returns once every process of every child's group is gone (a child's leader may
+        already be dead while what it forked lives on in its group).
+        """
         self.stopping = True
         (self.home / "endpoints.json").unlink(missing_ok=True)
-        for service in reversed(self.services):
-            proc = service.process
-            if proc is None or proc.poll() is not None:
-                continue
-            _signal_group(proc, signal.SIGTERM)
+        started = [s for s in reversed(self.services) if s.process is not None]
+        for service in started:
+            assert service.process is not None
+            signal_group(service.process.pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE
-        for service in reversed(self.services):
-            proc = service.process
-            if proc is None:
-                continue
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+        for service in started:
+            assert service.process is not None
+            pgid = service.process.pid
+            if not wait_group_empty(pgid, max(0.1, deadline - time.monotonic())):
                 self.out(f"{service.name} did not stop in {STOP_GRACE:.0f} s; killing it")
-            # Kill stragglers in the group too (pool children, gunicorn workers).
-            _signal_group(proc, signal.SIGKILL)
-            proc.poll()
+            # Kill stragglers in the group too (pool children, gunicorn workers, beat).
+            if not end_group(pgid, grace=0.0):
+                self.out(f"{service.name}: some of its processes would not die")
+            service.process.poll()
 
     # ------------------------------------------------------------------ readiness
 
@@ -277,13 +287,6 @@ def _http_ready(url: str, verify: str | bool = True) -> Callable[[subprocess.Pop
         except requests.RequestException:
             return False
     return ready
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _redact(url: str) -> str:

@@ -119,7 +119,7 @@ def build_app(home: Path, database_url: str, redis_url: str, **overrides: Any) -
     return app
 
 
-def sign_in(client: Any, username: str) -> None:
+def sign_in(client: Any, username: str, roles: list[str] | None = None) -> None:
     """Open a server-side session for a user and put it in the client's cookie, as the sign-in
     callback does, but without the identity provider.
 
@@ -131,7 +131,7 @@ def sign_in(client: Any, username: str) -> None:
     from app.auth.users import User
 
     user = User(id=f"oid-{username}", name=username.title(), username=username,
-                roles=frozenset(USERS[username]))
+                roles=frozenset(USERS[username] if roles is None else roles))
     store = session_store(client.application)
     session_id = store.create(user, roles_checked_at=time.time() + 86400)
     with client.session_transaction() as session:

@@ -6,6 +6,7 @@ from typing import Any
 
 from app.api import openapi_promotions as promotion_openapi
 from app.db import JobStatus
+from app.params import SQL_INT_MAX
 from app.services.kinds import JobKind
 
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
@@ -32,7 +33,8 @@ def document() -> dict[str, Any]:
                             {"name": "status", "in": "query", "schema": {"type": "string"}},
                             {"name": "kind", "in": "query", "schema": {"type": "string"}},
                             {"name": "parent_id", "in": "query", "schema": {"type": "string"}},
-                            {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+                            {"name": "limit", "in": "query", "schema": {
+                                "type": "integer", "minimum": 1, "maximum": SQL_INT_MAX}}],
                         "responses": {"200": {"description": "Jobs", "content": {
                             "application/json": {"schema": {
                                 "type": "object", "properties": {
@@ -82,7 +84,8 @@ def document() -> dict[str, Any]:
                 "parameters": [{"name": "name", "in": "path", "required": True,
                                 "schema": {"type": "string"}},
                                {"name": "revision", "in": "path", "required": True,
-                                "schema": {"type": "integer"}}],
+                                "schema": {"type": "integer", "minimum": 1,
+                                           "maximum": SQL_INT_MAX}}],
                 "responses": {"200": {"description": "The revision, now current", "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/Api"}}}},
                     "403": _error("Missing role, or the API of a protected environment "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.params import SQL_INT_MAX
+
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
 _PROMOTION = {"$ref": "#/components/schemas/Promotion"}
 
@@ -39,7 +41,8 @@ def paths() -> dict[str, Any]:
                         {"name": "state", "in": "query", "schema": {"type": "string"}},
                         {"name": "requested_by", "in": "query", "schema": {"type": "string"}},
                         {"name": "environment", "in": "query", "schema": {"type": "string"}},
-                        {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+                        {"name": "limit", "in": "query", "schema": {
+                            "type": "integer", "minimum": 1, "maximum": SQL_INT_MAX}}],
                     "responses": {"200": {"description": "Requests", "content": {
                         "application/json": {"schema": {"type": "object", "properties": {
                             "promotions": {"type": "array", "items": _PROMOTION}}}}}},

@@ -11,6 +11,7 @@ from app.auth.roles import Role
 from app.auth.users import role_required, signed_in
 from app.errors import BadRequest, ValidationError
 from app.extensions import csrf
+from app.params import int_arg
 from app.services import jobs
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -43,7 +44,7 @@ def _json_body() -> dict[str, Any]:
 @signed_in
 def list_jobs() -> Any:
     """List jobs, newest first (?status=, ?kind=, ?parent_id=, ?limit=)."""
-    limit = request.args.get("limit", default=50, type=int)
+    limit = int_arg("limit", 50, minimum=1)
     found = jobs.list_jobs(limit=limit, status=request.args.get("status"),
                            kind=request.args.get("kind"),
                            parent_id=request.args.get("parent_id"))
@@ -130,7 +131,7 @@ def list_api_revisions(name: str) -> Any:
     return {"name": name, "revisions": [apis.to_dict(row, gateway) for row in rows]}
 
 
-@bp.post("/apis/<name>/revisions/<int:revision>/rollback")
+@bp.post("/apis/<name>/revisions/<id:revision>/rollback")
 @role_required(Role.ENGINEER)
 def rollback_api(name: str, revision: int) -> Any:
     """Make an earlier revision current again: 200 with it, 409 if it already is."""
@@ -164,7 +165,7 @@ def list_promotions() -> Any:
     found = promotions.list_promotions(
         state=request.args.get("state"), requested_by=request.args.get("requested_by"),
         environment=request.args.get("environment"),
-        limit=request.args.get("limit", default=100, type=int))
+        limit=int_arg("limit", 100, minimum=1))
     return {"promotions": [promotions.to_dict(row) for row in found]}
 
 

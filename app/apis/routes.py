@@ -30,7 +30,7 @@ def list() -> Any:  # noqa: A001  (view names follow the list/detail/create conv
                            protected_environments=protected.protected_environments())
 
 
-@bp.post("/revisions/<int:revision_id>/rollback")
+@bp.post("/revisions/<id:revision_id>/rollback")
 @role_required(Role.ENGINEER)
 def rollback(revision_id: int) -> Any:
     """Make an earlier revision current again (audited)."""

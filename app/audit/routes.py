@@ -15,6 +15,7 @@ from flask import Blueprint, Response, render_template, request, stream_with_con
 from app.auth.roles import Role
 from app.auth.users import role_required, signed_in
 from app.db import utcnow
+from app.params import int_arg
 from app.services import audit, timeline
 
 bp = Blueprint("audit", __name__, url_prefix="/audit")
@@ -26,7 +27,7 @@ def index() -> Any:
     """Recent events, newest first, filtered by action prefix, actor or target."""
     filters = {k: (request.args.get(k) or "").strip() or None
                for k in ("action", "actor", "target")}
-    rows = audit.events(limit=request.args.get("limit", default=200, type=int),
+    rows = audit.events(limit=int_arg("limit", 200, minimum=1),
                         action=filters["action"], actor=filters["actor"],
                         target=filters["target"])
     return render_template("audit/index.html", rows=rows, filters=filters, report=None)

@@ -20,12 +20,14 @@ from flask_login import current_user
 
 from app.auth.roles import Role
 from app.auth.users import role_required, signed_in
-from app.errors import Conflict, ServiceUnavailable
+from app.errors import Conflict
+from app.params import int_arg
 from app.security import safe_next
-from app.services import events, jobs, overview
+from app.services import events, jobs, overview, streams
 from app.services.kinds import KIND_SPECS
 
 bp = Blueprint("jobs", __name__, url_prefix="/jobs")
+KEEP_ALIVE_SECONDS = 5.0
 
 
 @bp.get("/")
@@ -104,7 +106,7 @@ def cancel(job_id: str) -> Any:
 @signed_in
 def status(job_id: str) -> Any:
     """Return the job and its log lines after ?after=N (the polling fallback of the live view)."""
-    after = request.args.get("after", default=0, type=int)
+    after = int_arg("after", 0)
     job = jobs.get(job_id)
     body: dict[str, Any] = {
         "job": jobs.to_dict(job),
@@ -117,18 +119,24 @@ def status(job_id: str) -> Any:
 @bp.get("/events")
 @signed_in
 def stream() -> Any:
-    """Server-Sent Events of job changes (all jobs, or ?job=<id>), for at most SSE_MAX_SECONDS."""
+    """Server-Sent Events of job changes (all jobs, or ?job=<id>), for at most SSE_MAX_SECONDS.
+
+    Each stream holds a request thread, so streams are capped per process and per user
+    (app.services.streams); over a cap the answer is 429/503 at once and the page polls.
+    """
     job_filter = request.args.get("job") or None
     client = current_app.extensions["redis"]
-    try:
-        client.ping()
-    except Exception as exc:
-        raise ServiceUnavailable("live updates are unavailable; the page will poll") from exc
     max_seconds = float(current_app.config["SSE_MAX_SECONDS"])
+    admission = streams.admit(current_app.extensions["stream_slots"], client, current_user.id,
+                              per_user=int(current_app.config["SSE_STREAMS_PER_USER"]),
+                              max_seconds=max_seconds)
 
     def generate() -> Iterator[str]:
         yield "retry: 2000\n\n"
-        for event in events.subscribe(client, max_seconds=max_seconds):
+        # A short keep-alive: a write is how the server learns the browser left, and only
+        # then is the stream's slot and lease freed for the user's next page.
+        for event in events.subscribe(client, max_seconds=max_seconds,
+                                      heartbeat_seconds=KEEP_ALIVE_SECONDS):
             if event is None:
                 yield ": keep-alive\n\n"
                 continue
@@ -138,9 +146,12 @@ def stream() -> Any:
             yield f"event: {event['type']}\ndata: {json.dumps(event, default=str)}\n\n"
 
     # The generator needs no request context (all it uses is captured above), so it can be
-    # consumed by any thread of the server.
-    return Response(generate(), mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    # consumed by any thread of the server. The server closes the response when the stream
+    # ends or the client goes away, and that frees the stream's slot and lease.
+    response = Response(generate(), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    response.call_on_close(admission.release)
+    return response
 
 
 @bp.app_context_processor

@@ -30,11 +30,11 @@ def list(name: str) -> Any:  # noqa: A001  (view names follow the list/detail co
                            lineage=models.lineages(versions))
 
 
-@bp.get("/<name>/versions/<version>")
+@bp.get("/<name>/versions/<id:version>")
 @signed_in
-def detail(name: str, version: str) -> Any:
+def detail(name: str, version: int) -> Any:
     """Show one version: metrics, ROC, confusion matrix, importance, calibration, lineage."""
-    info = models.get_version(name, version)
+    info = models.get_version(name, str(version))
     return render_template("registry/detail.html", name=name, info=info,
                            lineage=models.lineage(info), charts_data=models.chart_data(info))
 

@@ -158,8 +158,8 @@ def submit(kind: JobKind, params: dict[str, Any] | None, requested_by: str, *,
     if roles is not None and not has_role(roles, spec.role):
         raise Forbidden(f"queuing a {kind.value} job needs the {spec.role.value} role")
     params = _check_params(params)
+    protected.check_submit(kind, params)  # 403 first: a protected change is refused outright
     spec.check_params(params)
-    protected.check_submit(kind, params)
     job = _record(kind, params, requested_by, parent_id)
     _enqueue(job, kind, requested_by)
     return job

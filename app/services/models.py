@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from flask import current_app
 
 from app.errors import ConfigError, NotFound
+from app.params import is_id
 
 if TYPE_CHECKING:
     from app.ml.registry import ModelRegistry, ModelVersionInfo
@@ -195,7 +196,7 @@ def get_version(name: str, version: str) -> ModelVersionInfo:
     """Return one version, or raise NotFound."""
     from app.ml.registry import RegistryError
 
-    if not version.isdigit() or _store_is_empty():
+    if not is_id(version) or _store_is_empty():
         raise NotFound(f"model {name!r} has no version {version!r}")
     try:
         return registry().get_version(name, version)

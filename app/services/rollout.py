@@ -7,6 +7,11 @@ alias.
 A failure before the switch stops the new slot and leaves the old one serving. Each step is
 keyed by the job id, so a redelivered job resumes its own slot instead of creating another.
 
+The database's active slot is the truth for the gateway: a worker lost between the switch and
+the activation leaves the gateway on a slot that is not active, so every resume that does not
+switch again, every failed bring-up and every key rotation re-asserts the gateway's URL and
+key together (``switch_traffic`` to the active slot, one atomic change).
+
 Key rotation never leaves the gateway holding a key the replicas refuse: regenerate the
 secondary → point the gateway at it → regenerate the primary → point the gateway at it, each
 new key checked directly against the slot before the gateway uses it, and each gateway change
@@ -34,7 +39,7 @@ from app.backends.base import (
 )
 from app.db import Deployment, DeploymentState
 from app.errors import AppError, ValidationError
-from app.services import apis, audit, deployments, jobs, models, protected
+from app.services import apis, audit, deployments, faults, jobs, models, protected
 from app.services.audit import AuditAction
 from app.services.backend import backend, slot_ref
 from app.services.jobs import JobCancelled
@@ -62,6 +67,7 @@ class RolloutSettings:
     ready_timeout_seconds: float = 60.0
     drain_seconds: float = 30.0
     key_switch_grace_seconds: float = 2.0
+    fault_at: str = ""  # a fault-injection point name (app/services/faults.py); empty = none
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,8 @@ def settings() -> RolloutSettings:
     return RolloutSettings(
         ready_timeout_seconds=pipeline().runtime.ready_timeout_seconds,
         drain_seconds=float(config["DEPLOY_DRAIN_SECONDS"]),
-        key_switch_grace_seconds=float(config["KEY_SWITCH_GRACE_SECONDS"]))
+        key_switch_grace_seconds=float(config["KEY_SWITCH_GRACE_SECONDS"]),
+        fault_at=str(config["FAULT_AT"]))
 
 
 @dataclass
@@ -200,9 +207,14 @@ def deploy(job: Reporter, request: DeployRequest, registry: Any,
             row = _create(target, job, request)
         elif row.deployment_state in (DeploymentState.FAILED, DeploymentState.STOPPED) \
                 and row.activated_at is None:
+            # An earlier attempt may have switched the gateway to this slot before it died.
+            reassert_gateway(target, env)
             raise AppError(f"slot {row.id} of this job already failed: {row.error}")
         else:
             job.log(f"resuming slot {row.id} ({row.state})")
+            if row.state != DeploymentState.STARTING:
+                # Switched already: whatever happened since, the gateway follows the active slot.
+                reassert_gateway(target, env)
         if row.state == DeploymentState.STARTING:
             _bring_up_and_switch(target, job, row.id, settings)
         return _finish(target, job, row.id, request, registry, settings)
@@ -246,6 +258,11 @@ def _bring_up_and_switch(target: Backend, job: Reporter, deployment_id: str,
     except (BackendError, JobCancelled) as exc:
         reason = "cancelled" if isinstance(exc, JobCancelled) else str(exc)
         deployments.stop([row.id], failed=reason)
+        # A lost earlier attempt may have switched the gateway to this slot already.
+        try:
+            reassert_gateway(target, row.environment)
+        except AppError as reassert:
+            job.log(reassert.message, level="WARNING")
         _retire(target, job, [ref])
         current = deployments.active(row.environment)
         job.log(f"stopped the new slot; {row.environment} keeps serving "
@@ -259,12 +276,29 @@ def _bring_up_and_switch(target: Backend, job: Reporter, deployment_id: str,
         target.switch_traffic(row.environment, ref)
     except BackendError as exc:
         raise AppError(f"switching traffic to the {row.slot} slot failed: {exc}") from None
+    faults.fault_point(settings.fault_at, "rollout.after-switch", job.job_id)
     replaced = deployments.activate(row.id)
     audit.record("modelgate", AuditAction.TRAFFIC_SWITCHED, f"environment:{row.environment}",
                  {"deployment": row.id, "slot": row.slot, "model_version": row.model_version,
                   "url": info.base_url, "replaced": replaced, "job_id": job.job_id})
     job.log(f"traffic switched to the {row.slot} slot ({info.base_url}); "
             f"draining {', '.join(replaced) or 'nothing'}")
+
+
+def reassert_gateway(target: Backend, environment: str) -> None:
+    """Point the gateway at the active slot's URL and primary key in one change (if any).
+
+    Raises:
+        AppError: the backend could not (the gateway may still point elsewhere).
+    """
+    row = deployments.active_row(environment)
+    if row is None:
+        return
+    try:
+        target.switch_traffic(environment, slot_ref(row))
+    except BackendError as exc:
+        raise AppError(f"could not point the gateway back at the active {row.slot} slot of "
+                       f"{environment}: {exc}") from None
 
 
 def _retire(target: Backend, job: Reporter, refs: list[SlotRef]) -> None:
@@ -330,10 +364,11 @@ def rotate_keys(job: Reporter, environment: str, actor: str,
         ref = slot_ref(row)
         grace = settings.key_switch_grace_seconds
         try:
-            # Re-sync first: after an interrupted rotation the backend's keys are the truth.
-            job.progress(5, "re-syncing the slot and the gateway to the primary key")
+            # Re-sync first: after an interrupted rotation or deploy the active slot is the
+            # truth, for the URL (a deploy lost after its switch) as for the key.
+            job.progress(5, "re-syncing the slot and the gateway to the active slot")
             target.sync_keys(ref)
-            target.gateway_use_key(environment, target.slot_keys(ref).primary)
+            target.switch_traffic(environment, ref)
             time.sleep(grace)
             for percent, which in ((20, KeyRole.SECONDARY), (60, KeyRole.PRIMARY)):
                 job.progress(percent, f"regenerating the {which} key")

@@ -154,8 +154,8 @@
     // Catch up on whatever happened between rendering the page and the stream opening.
     source.onopen = function () { if (polling) { clearInterval(polling); polling = null; } poll(); };
     source.onerror = function () {
-      // The stream ends every minute by design and the browser reconnects; without Redis
-      // it stays closed, and the page polls instead.
+      // The stream ends every half minute by design and the browser reconnects; refused
+      // (too many open streams: 429/503) or without Redis it stays closed, and the page polls.
       if (source.readyState === EventSource.CLOSED) startPolling();
     };
   }

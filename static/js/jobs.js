@@ -152,15 +152,31 @@
       if (list) appendLog(list, data.line);
     });
     source.onerror = function () {
-      // The stream ends every minute by design and the browser reconnects; if it keeps
-      // failing (no Redis), fall back to polling.
+      // The stream ends every half minute by design and the browser reconnects; refused
+      // (too many open streams: 429/503) or without Redis it stays closed: poll instead.
       if (source.readyState === EventSource.CLOSED) startPolling();
     };
     source.onopen = function () { poll(); };
   }
 
   function followTable(table) {
-    if (!window.EventSource) return;
+    var polling = null;
+    function poll() {
+      // Updates the rows shown; new jobs appear on the next visit (the stream inserts them).
+      fetch("/api/v1/jobs?limit=100", {headers: {"Accept": "application/json"}, credentials: "same-origin"})
+        .then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (data) {
+          if (!data) return;
+          data.jobs.forEach(function (job) {
+            var row = table.querySelector('tr[data-job-id="' + job.id + '"]');
+            if (row) applyJob(row, job);
+          });
+        })
+        .catch(function () { /* keep polling */ });
+    }
+    function startPolling() { if (!polling) { poll(); polling = setInterval(poll, 5000); } }
+
+    if (!window.EventSource) { startPolling(); return; }
     var source = new EventSource("/jobs/events");
     source.addEventListener("job", function (e) {
       var job = JSON.parse(e.data).job;
@@ -168,6 +184,10 @@
       if (row) applyJob(row, job);
       else if (!table.hasAttribute("data-no-insert")) window.location.reload();
     });
+    source.onerror = function () {
+      // Refused (too many open streams: 429/503) or no Redis: the browser gives up; poll.
+      if (source.readyState === EventSource.CLOSED) startPolling();
+    };
   }
 
   document.addEventListener("DOMContentLoaded", function () {

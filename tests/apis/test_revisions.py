@@ -81,8 +81,14 @@ def test_13_pipeline_file_declarations_decide_publish_and_rollback(
     from app.extensions import db
     from app.services import apis
 
+    # prod not protected in either file: a protected prod refuses the direct rollback before
+    # the safety rule is reached (tests/approvals/test_protected.py).
+    undeclared = tmp_path / "undeclared.yml"
+    undeclared.write_text("environments:\n  prod: {protected: false}\n")
     declared = tmp_path / "pipeline.yml"
-    declared.write_text("gateway:\n  anonymous_apis: [credit-risk]\n")
+    declared.write_text("environments:\n  prod: {protected: false}\n"
+                        "gateway:\n  anonymous_apis: [credit-risk]\n")
+    monkeypatch.setenv("MODELGATE_PIPELINE_CONFIG", str(undeclared))
     app = build_app(tmp_path, sqlite_url, redis_server.url)
     with app.app_context():
         db.session.add(Deployment(environment="prod", slot="blue", model_name="german-credit",
@@ -101,7 +107,7 @@ def test_13_pipeline_file_declarations_decide_publish_and_rollback(
         apis.publish(environment="prod", actor="alice",
                      policy_xml=apis.render_policy(app.config, "prod"))
 
-        monkeypatch.delenv("MODELGATE_PIPELINE_CONFIG")
+        monkeypatch.setenv("MODELGATE_PIPELINE_CONFIG", str(undeclared))
         with pytest.raises(apis.PublishRefused, match="would serve anonymous callers"):
             apis.rollback(anonymous.id, "alice")
         assert _gateway_revision(tmp_path) == anonymous.revision + 1

@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from app.extensions import db
 from app.services import audit, promotions, protected, rollbacks
 from app.services.kinds import JobKind
 from tests.approvals.conftest import record_deploy
-from tests.conftest import USERS, build_app
+from tests.conftest import USERS, build_app, sign_in
 from tests.identity_support import Issuer, start_issuer
 from tests.support import ROOT, RedisServer, wait_for
 
@@ -80,12 +79,7 @@ def panel(tmp_path: Path, sqlite_url: str, redis_server: RedisServer, issuer: Is
 def signed_in(panel: Any, username: str) -> tuple[Any, str]:
     """A session for `username` with its roles (frank holds Engineer and Approver); its CSRF."""
     client = panel.test_client()
-    with client.session_transaction() as session:
-        session["user"] = {"id": f"oid-{username}", "name": username.title(),
-                           "username": username, "roles": PRINCIPALS[username],
-                           "signed_in_at": int(time.time())}
-        session["_user_id"] = f"oid-{username}"
-        session["_fresh"] = True
+    sign_in(client, username, roles=PRINCIPALS[username])
     page = client.get("/").get_data(as_text=True)
     match = re.search(r'name="csrf-token" content="([^"]+)"', page)
     assert match

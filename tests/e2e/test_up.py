@@ -11,6 +11,7 @@ from pathlib import Path
 
 import requests
 
+from app.cli import BEAT_PROCESS_NAME
 from tests.support import ROOT, wait_for
 
 
@@ -95,3 +96,63 @@ def _healthy(url: str) -> bool:
         return requests.get(url + "/health", timeout=2).status_code == 200
     except requests.RequestException:
         return False
+
+
+def _beat_pids(home: Path) -> set[int]:
+    """Live Celery beat schedulers of this home (they name themselves modelgate-beat)."""
+    found = set()
+    for pid in _processes_of(home):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == BEAT_PROCESS_NAME:
+                found.add(pid)
+        except OSError:
+            continue
+    return found
+
+
+def _worker_pid(home: Path) -> int | None:
+    """The worker's main process: the leader of its own process group."""
+    for pid in _processes_of(home):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"worker" in cmd and os.getpgid(pid) == pid:
+                return pid
+        except OSError:
+            continue
+    return None
+
+
+def test_killing_the_workers_main_process_leaves_exactly_one_beat(tmp_path: Path) -> None:
+    """Its beat child dies with the old group; the restarted worker's beat is the only one."""
+    home = tmp_path / "instance"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELGATE_")}
+    env["MODELGATE_HOME"] = str(home)
+    up = subprocess.Popen(
+        [sys.executable, "-m", "app", "up", "--panel-port", "0", "--issuer-port", "0",
+         "--gateway-port", "0"],
+        cwd=str(ROOT), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: (home / "endpoints.json").exists() or up.poll() is not None, 90,
+                 "endpoints.json")
+        assert up.poll() is None
+        first_beat = wait_for(lambda: _beat_pids(home), 30, "the embedded beat")
+        assert len(first_beat) == 1
+        worker = _worker_pid(home)
+        assert worker is not None
+
+        os.kill(worker, signal.SIGKILL)  # the main process only, as an OOM kill would
+        wait_for(lambda: (p := _worker_pid(home)) is not None and p != worker, 30,
+                 "the worker to be restarted")
+        wait_for(lambda: _beat_pids(home) - first_beat, 60, "the new worker's beat")
+        assert len(_beat_pids(home)) == 1, "two schedulers run: the old beat was orphaned"
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            code = up.wait(30)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            raise
+    assert code == 0
+    assert not _beat_pids(home), "a beat outlived modelgate up"
+    assert not _processes_of(home)
