@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import redis
-from flask import Flask, current_app, redirect, request, session, url_for
+from flask import Flask, current_app, g, redirect, request, session, url_for
 
 from app.auth import session_tokens
 from app.auth.bearer import user_from_bearer
@@ -244,14 +244,20 @@ def _load(user_id: str) -> User | None:
     try:
         record = store.get(session_id)
     except redis.RedisError as exc:
-        log.warning("session check failed: the session store (Redis) is unreachable (%s); "
-                    "the request is treated as signed out", type(exc).__name__)
-        return None
+        return _store_down(exc)
     if record is None or record.id != user_id:
         return None
     if time.time() - record.roles_checked_at >= role_ttl(current_app):
         return _recheck_roles(store, session_id, record)
     return record.user()
+
+
+def _store_down(exc: Exception) -> None:
+    """No user for this request (fail closed); the unauthorized handler then answers 503, since
+    the session may well be valid and signing in again cannot work until Redis is back."""
+    log.warning("session check failed: the session store (Redis) is unreachable (%s); "
+                "the request is refused with 503", type(exc).__name__)
+    g.session_store_down = True
 
 
 def _recheck_roles(store: SessionStore, session_id: str,
@@ -266,9 +272,7 @@ def _recheck_roles(store: SessionStore, session_id: str,
             return record.user()
         claims = session_tokens.renewed_id_token_claims(record.user())
     except redis.RedisError as exc:
-        log.warning("session check failed: the session store (Redis) is unreachable (%s); "
-                    "the request is treated as signed out", type(exc).__name__)
-        return None
+        return _store_down(exc)
     except Exception as exc:  # noqa: BLE001 - whatever failed, these roles cannot be confirmed
         reason = exc.reason if isinstance(exc, session_tokens.RenewalError) else (
             type(exc).__name__)
@@ -319,6 +323,10 @@ def init_login(app: Flask) -> None:
 
     @login_manager.unauthorized_handler
     def unauthorized() -> Any:
+        if g.get("session_store_down"):
+            raise ServiceUnavailable("Your sign-in cannot be checked because the panel's "
+                                     "session store is unreachable; nothing was changed. "
+                                     "Try again in a moment.", headers={"Retry-After": "5"})
         if request.path.startswith("/api/") or request.accept_mimetypes.best == "application/json":
             raise Unauthorized("sign in first: send a bearer access token or use the panel",
                                headers={"WWW-Authenticate": "Bearer"})

@@ -7,9 +7,11 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import msal
 import pytest
 
 from tests.conftest import build_app, csrf_headers, sign_in
+from tests.identity_support import start_issuer
 from tests.support import WorkerProcess, child_env, wait_for
 
 FAST = {"JOB_HEARTBEAT_SECONDS": 0.5, "JOB_STALE_AFTER_SECONDS": 4,
@@ -152,12 +154,27 @@ def test_cancel_queued_job_never_runs(stack: Any) -> None:
     assert r.status_code == 409
 
 
-def test_redis_down_gives_503_and_leaves_no_row(stack: Any) -> None:
-    stack.redis.kill()
-    r = stack.client.post("/api/v1/jobs", json={"kind": "selfcheck"}, headers=stack.headers)
-    assert r.status_code == 503
-    assert r.mimetype == "application/problem+json"
-    assert "not queued" in r.get_json()["detail"]
-    assert stack.client.get("/api/v1/jobs").get_json()["jobs"] == []
-    assert stack.client.get("/health").status_code == 200
-    assert stack.client.get("/health?deep=1").status_code == 503
+def test_redis_down_gives_503_and_leaves_no_row(tmp_path: Path, redis_server: Any,
+                                                database_url: str) -> None:
+    # A bearer token (checked against the issuer's JWKS, not Redis) reaches the enqueue step;
+    # a browser session would be refused earlier, since sessions live in Redis too.
+    home = tmp_path / "idp"
+    home.mkdir()
+    with start_issuer(home) as issuer:
+        app = build_app(tmp_path, database_url, redis_server.url, ISSUER_URL=issuer.url,
+                        CA_BUNDLE=str(issuer.ca),
+                        CLIENT_SECRET=issuer.secret("modelgate-panel"))
+        token = msal.ConfidentialClientApplication(
+            "modelgate-ci", client_credential=issuer.secret("modelgate-ci"),
+            oidc_authority=issuer.url, http_client=issuer.session(),
+        ).acquire_token_for_client(["api://modelgate/.default"])["access_token"]
+        bearer = {"Authorization": f"Bearer {token}"}
+        client = app.test_client()
+        redis_server.kill()
+        r = client.post("/api/v1/jobs", json={"kind": "selfcheck"}, headers=bearer)
+        assert r.status_code == 503
+        assert r.mimetype == "application/problem+json"
+        assert "not queued" in r.get_json()["detail"]
+        assert client.get("/api/v1/jobs", headers=bearer).get_json()["jobs"] == []
+        assert client.get("/health").status_code == 200
+        assert client.get("/health?deep=1").status_code == 503
