@@ -63,23 +63,23 @@ def register_converters(app: Flask) -> None:
 def register_blueprints(app: Flask) -> None:
     """Register one blueprint per feature."""
     from app.api.routes import bp as api_bp
-    from app.apis.routes import bp as apis_bp
     from app.approvals.routes import bp as approvals_bp
     from app.audit.routes import bp as audit_bp
     from app.auth.routes import bp as auth_bp
     from app.dashboard.routes import bp as dashboard_bp
     from app.deployments.routes import bp as deployments_bp
     from app.jobs.routes import bp as jobs_bp
+    from app.publishing.routes import bp as publishing_bp
     from app.registry.routes import bp as registry_bp
-    from app.scoring.routes import bp as scoring_bp
+    from app.tester.routes import bp as tester_bp
 
     app.register_blueprint(dashboard_bp)
     app.register_blueprint(auth_bp)
     app.register_blueprint(jobs_bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(registry_bp)
-    app.register_blueprint(apis_bp)
-    app.register_blueprint(scoring_bp)
+    app.register_blueprint(publishing_bp)
+    app.register_blueprint(tester_bp)
     app.register_blueprint(deployments_bp)
     app.register_blueprint(approvals_bp)
     app.register_blueprint(audit_bp)

@@ -66,7 +66,7 @@ def main() -> None:
 @click.option("--gateway-port", type=int, default=8000, show_default=True, help="0 = a free port")
 def up(panel_port: int, issuer_port: int, gateway_port: int) -> None:
     """Start the whole local stack in the foreground; Ctrl-C stops it."""
-    from app.stack import Stack
+    from app.localstack.stack import Stack
 
     _configure_logging(logging.WARNING)
     stack = Stack(_home(), panel_port=panel_port, issuer_port=issuer_port,
@@ -98,7 +98,7 @@ def worker(concurrency: int, beat: bool, queues: str) -> None:
     """Run a Celery worker for the job queue."""
     from celery.signals import beat_init, worker_ready
 
-    from app.processes import name_this_process
+    from app.localstack.processes import name_this_process
     from workers.main import celery_app, flask_app
 
     run_dir = Path(flask_app.config["HOME"]) / "run"
@@ -128,7 +128,7 @@ def worker(concurrency: int, beat: bool, queues: str) -> None:
 @main.command()
 def beat() -> None:
     """Run the periodic scheduler alone (when several workers share one Redis)."""
-    from app.processes import name_this_process
+    from app.localstack.processes import name_this_process
     from workers.main import celery_app, flask_app
 
     schedule = Path(flask_app.config["HOME"]) / "run" / "celerybeat-schedule"

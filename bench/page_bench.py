@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         if name.startswith("MODELGATE_"):
             del os.environ[name]
 
-    from app.redis_server import make_spec, wait_until_ours
+    from app.localstack.redis_server import make_spec, wait_until_ours
 
     spec = make_spec(home)
     redis_process = subprocess.Popen(spec.command(), stdout=subprocess.DEVNULL,

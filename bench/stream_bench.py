@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             del os.environ[name]
 
     from app import create_app
+    from app.localstack.redis_server import RedisSpec, find_redis_binary, free_port, wait_until_ours
     from app.migrate import upgrade
-    from app.redis_server import RedisSpec, find_redis_binary, free_port, wait_until_ours
     from bench.page_bench import seed_jobs
 
     home = Path(tempfile.mkdtemp(prefix="modelgate-stream-bench-")).resolve()

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from app.redis_server import RedisSpec, find_redis_binary, free_port, wait_until_ours
+from app.localstack.redis_server import RedisSpec, find_redis_binary, free_port, wait_until_ours
 
 ROOT = Path(__file__).resolve().parent.parent
 

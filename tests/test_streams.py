@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from app.redis_server import free_port
+from app.localstack.redis_server import free_port
 from tests.conftest import build_app, sign_in
 from tests.support import ROOT, child_env, wait_for
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from app.auth.oidc import TokenValidationError, validate_access_token
+from app.auth.session_tokens import identity_client
 from app.auth.users import User
 from app.errors import Unauthorized
 from app.gateway.token_rules import TokenRejected, token_from_authorization
@@ -24,8 +25,6 @@ def user_from_bearer(header: str) -> User:
     `header` is the field's value as the WSGI server hands it over: repeated fields arrive
     joined with commas, which the token syntax refuses (as the gateway refuses two fields).
     """
-    from app.auth.session_tokens import identity_client
-
     try:
         token = token_from_authorization([header], "Bearer")
     except TokenRejected:

@@ -9,6 +9,7 @@ from flask import Blueprint, flash, redirect, render_template, request, session,
 from flask_login import current_user, login_user, logout_user
 
 from app.auth import session_tokens, sessions
+from app.auth.landing import landing_page
 from app.security import safe_next
 
 bp = Blueprint("auth", __name__, url_prefix="/auth")
@@ -44,8 +45,6 @@ def callback() -> Any:
     log.info("signed in: user=%s roles=%s", user.username, ",".join(user.role_names) or "-")
     target = safe_next(target)
     if target == "/":  # no page was asked for: each role lands where its work is
-        from app.dashboard.landing import landing_page
-
         target = landing_page(user)
     return redirect(target)
 

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from app.db import Deployment, DeploymentState, utcnow
-from app.processes import die_with_parent
+from app.localstack.processes import die_with_parent
 
 logger = logging.getLogger(__name__)
 

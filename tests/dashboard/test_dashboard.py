@@ -180,8 +180,8 @@ def test_environment_cards_show_deployment_api_and_traffic(app: Any, tmp_path: P
 @pytest.mark.parametrize("user,landing", [("alice", "/"), ("dave", "/"), ("bob", "/approvals/"),
                                           ("carol", "/score/"), ("erin", "/")])
 def test_each_role_lands_where_its_work_is(app: Any, user: str, landing: str) -> None:
+    from app.auth.landing import landing_page
     from app.auth.users import User
-    from app.dashboard.landing import landing_page
 
     with app.test_request_context():
         person = User(id=user, name=user, username=user, roles=frozenset(USERS[user]))

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import requests
 
+from app.localstack.processes import die_with_parent, end_group, signal_group, wait_group_empty
+from app.localstack.redis_server import RedisSpec, free_port, make_spec, wait_until_ours
 from app.pki import ensure_tls
-from app.processes import die_with_parent, end_group, signal_group, wait_group_empty
-from app.redis_server import RedisSpec, free_port, make_spec, wait_until_ours
 
 logger = logging.getLogger(__name__)
 

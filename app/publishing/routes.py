@@ -22,7 +22,7 @@ def list() -> Any:  # noqa: A001  (view names follow the list/detail/create conv
     # Revisions come ordered by API name, newest first within each API.
     grouped = {name: [*rows] for name, rows in groupby(apis.list_revisions(),
                                                        key=lambda row: row.api_name)}
-    return render_template("apis/list.html", grouped=grouped,
+    return render_template("publishing/list.html", grouped=grouped,
                            traffic=traffic.per_api(),
                            window_minutes=traffic.WINDOW_SECONDS // 60,
                            gateway=str(current_app.config["GATEWAY_URL"]).rstrip("/"),

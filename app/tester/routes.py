@@ -61,7 +61,7 @@ def _page(environment: str, *, values: dict[str, Any] | None = None,
     body = outcome.request_json if outcome else (
         {"data": [scoring.example_record(model.signature)]} if model else None)
     return render_template(
-        "scoring/index.html", environment=environment, environments=environment_names(),
+        "tester/index.html", environment=environment, environments=environment_names(),
         model=model, unavailable=unavailable, fields=fields, outcome=outcome, url=url,
         problem=problem, sign_in_again=sign_in_again,
         raw_request=scoring.raw_request(url, body) if body else "",

@@ -1,1 +1,0 @@
-"""The APIs page: published gateway APIs, their revisions, rollback and traffic."""

@@ -1,1 +1,0 @@
-"""modelgate.scoring: the score tester."""
