@@ -22,6 +22,28 @@ def _configure_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+class EnvironmentName(click.ParamType):
+    """An environment of the pipeline file, read when the option is parsed (not at import)."""
+
+    name = "environment"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> str:
+        from app.pipeline_config import PipelineConfigError, load_pipeline_config
+
+        try:
+            names = load_pipeline_config().environment_names
+        except PipelineConfigError:
+            return str(value)  # the panel names what is wrong with the file
+        if value not in names:
+            self.fail(f"{value!r} is not one of {', '.join(names)} (the pipeline file's "
+                      "environments)", param, ctx)
+        return str(value)
+
+
+ENVIRONMENT = EnvironmentName()
+
+
 class NoStackError(click.ClickException):
     """No local installation or running stack to talk to: exit 2 with where we looked."""
 
@@ -365,7 +387,7 @@ def k8s() -> None:
 
 
 @k8s.command("render")
-@click.option("--environment", default="staging", show_default=True)
+@click.option("--environment", type=ENVIRONMENT, default="staging", show_default=True)
 @click.option("--image", default="modelgate-scoring:latest", show_default=True,
               help="The scoring image the Deployment runs.")
 def k8s_render(environment: str, image: str) -> None:
@@ -396,7 +418,7 @@ def token() -> None:
 
 @main.command()
 @click.argument("file", type=click.File("r"), required=False)
-@click.option("--environment", type=click.Choice(["staging", "prod"]), default="staging",
+@click.option("--environment", type=ENVIRONMENT, default="staging",
               show_default=True)
 @click.option("--csv", "csv_file", type=click.File("r"), default=None,
               help="Score every row of a CSV with a header row (as the score tester does).")
@@ -455,7 +477,7 @@ def pipeline() -> None:
 @pipeline.command("run")
 @click.option("--until", type=click.Choice(["provision", "train", "deploy", "publish"]),
               default="publish", show_default=True, help="Last stage to run.")
-@click.option("--environment", type=click.Choice(["staging", "prod"]), default="staging",
+@click.option("--environment", type=ENVIRONMENT, default="staging",
               show_default=True)
 @click.option("--version", default=None,
               help="Protected environment: the version to promote (default: what staging serves).")
