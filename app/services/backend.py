@@ -7,6 +7,7 @@ order, API names and paths come from the pipeline file (``environments``, ``gate
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from flask import current_app, has_app_context
@@ -14,8 +15,16 @@ from flask import current_app, has_app_context
 from app.backends import get_backend
 from app.backends.base import Backend, SlotRef
 from app.db import Deployment
-from app.pipeline_config import PipelineConfig, load_pipeline_config
+from app.errors import ConfigError
+from app.pipeline_config import (
+    DEFAULT_PATH,
+    PipelineConfig,
+    PipelineConfigError,
+    load_pipeline_config,
+)
 from app.services import models
+
+logger = logging.getLogger(__name__)
 
 _EXTENSION = "modelgate.backend"
 _LOCK = threading.Lock()
@@ -36,19 +45,30 @@ def pipeline() -> PipelineConfig:
     return models.pipeline() if has_app_context() else load_pipeline_config()
 
 
+def names() -> PipelineConfig:
+    """The pipeline file for names only (pages, the REST API): a broken file falls back to the
+    shipped default, so pages keep working while the jobs fail naming the file's bad key."""
+    try:
+        return pipeline()
+    except (ConfigError, PipelineConfigError) as exc:
+        logger.warning("pipeline file unreadable (%s); pages use the shipped default's names",
+                       exc)
+        return load_pipeline_config(DEFAULT_PATH)
+
+
 def environment_names() -> tuple[str, ...]:
     """The configured environments, in the pipeline file's order (staging before prod)."""
-    return pipeline().environment_names
+    return names().environment_names
 
 
 def api_name(environment: str) -> str:
     """The gateway API name of an environment (prod keeps ``gateway.api_name`` plain)."""
-    return pipeline().gateway.name_for(environment)
+    return names().gateway.name_for(environment)
 
 
 def api_path(environment: str) -> str:
     """The gateway path of an environment (prod at ``gateway.api_path``, others prefixed)."""
-    return pipeline().gateway.path_for(environment)
+    return names().gateway.path_for(environment)
 
 
 def slot_ref(row: Deployment) -> SlotRef:

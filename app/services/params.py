@@ -71,17 +71,13 @@ def model_version(field: str, value: Any) -> None:
 
 
 def environment(field: str, value: Any) -> None:
-    """One of the pipeline file's environments (when the file itself is broken, the job is
-    queued and fails naming the file's bad key, as every job does)."""
-    from app.errors import ConfigError
+    """One of the pipeline file's environments (when the file itself is broken, the shipped
+    default's: the job is then queued and fails naming the file's bad key, as every job does)."""
     from app.services.backend import environment_names
 
     if not isinstance(value, str):
         raise refuse(field, "must be an environment name")
-    try:
-        names = environment_names()
-    except ConfigError:
-        return
+    names = environment_names()
     if value not in names:
         raise refuse(field, f"unknown environment {value!r}; use one of: {', '.join(names)}")
 
