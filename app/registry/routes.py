@@ -8,6 +8,7 @@ from flask import Blueprint, redirect, render_template, request, url_for
 
 from app.auth.users import signed_in
 from app.errors import NotFound, ValidationError
+from app.labels import SUMMARY_METRICS
 from app.registry import charts
 from app.services import models
 
@@ -64,4 +65,4 @@ def compare(name: str) -> Any:
 @bp.context_processor
 def chart_helpers() -> dict[str, Any]:
     """Expose the SVG chart helpers and metric labels to the registry templates."""
-    return {"charts": charts, "summary_metrics": models.SUMMARY_METRICS}
+    return {"charts": charts, "summary_metrics": SUMMARY_METRICS}

@@ -32,19 +32,6 @@ logger = logging.getLogger(__name__)
 _EXTENSION = "modelgate.models"
 _CHART_CACHE_SIZE = 64
 _RUN_CACHE_SIZE = 2048
-# Metrics shown in tables, in order: key, label, whether higher is better (None: neither).
-SUMMARY_METRICS: tuple[tuple[str, str, bool | None], ...] = (
-    ("roc_auc", "ROC AUC (held-out)", True),
-    ("cv_roc_auc", "ROC AUC (cross-validated)", True),
-    ("accuracy", "Accuracy", True),
-    ("precision_bad", "Precision (bad)", True),
-    ("recall_bad", "Recall (bad)", True),
-    ("f1_bad", "F1 (bad)", True),
-    ("brier", "Brier score", False),
-    ("expected_cost", "Expected cost", False),
-    ("expected_cost_at_0_5", "Expected cost at 0.5", False),
-    ("threshold", "Threshold on P(bad)", None),
-)
 
 
 @dataclass(frozen=True)

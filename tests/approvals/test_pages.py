@@ -103,7 +103,8 @@ def test_inbox_shows_everything_to_decide_and_forms_work(
     # The ROC AUC row: v3's and prod v1's values as MLflow has them, and the difference.
     cells = [re.escape(f'<td class="num">{value}</td>')
              for value in (f"{v3:.4f}", f"{v1:.4f}", f"{v3 - v1:+.4f}")]
-    roc_row = r"<tr><td>roc_auc</td>{}{}\s*{}</tr>".format(*cells)
+    roc_row = r'<tr data-metric="roc_auc"><td>ROC AUC \(held-out\)</td>{}{}\s*{}</tr>'.format(
+        *cells)
     assert re.search(roc_row, page), roc_row
     assert "style=" not in page and "<script>" not in page
     # The requester sees the request without decision buttons.
@@ -118,6 +119,26 @@ def test_inbox_shows_everything_to_decide_and_forms_work(
     assert done.status_code == 302 and "/jobs/" in done.headers["Location"]
     detail = bob.get(f"/approvals/{pid}").get_data(as_text=True)
     assert 'data-state="APPROVED"' in detail and "ok" in detail
+
+
+def test_the_approval_page_labels_metrics_and_states_as_the_model_page_does(
+        panel: Any, tmp_path: Path) -> None:
+    with panel.app_context():
+        record_deploy(tmp_path, "prod", "1", "job-prod-1")
+    alice, headers = _api(panel, "alice")
+    pid = alice.post("/api/v1/promotions", headers=headers,
+                     json={"version": "3", "reason": "r"}).get_json()["id"]
+    page = client_for(panel, "bob").get(f"/approvals/{pid}").get_data(as_text=True)
+    shown = re.sub(r"<[^>]+>", " ", page)  # the text, without attributes
+    for raw in ("cv_expected_cost", "logistic_regression.heldout_roc_auc", "roc_auc",
+                "PENDING"):
+        assert raw not in shown, raw
+    for label in ("Expected cost (cross-validated)", "ROC AUC (held-out)",
+                  "Logistic regression: ROC AUC (held-out)", "Pending"):
+        assert label in shown, label
+    # The table leads with the metrics the model page shows, in its order.
+    keys = re.findall(r'<tr data-metric="([^"]+)">', page)
+    assert keys[:3] == ["roc_auc", "cv_roc_auc", "accuracy"], keys
 
 
 def test_pages_by_role(panel: Any) -> None:

@@ -94,6 +94,7 @@ def test_stages_show_the_newest_job_of_each_kind_with_what_it_produced(app: Any)
     html = client.get("/").get_data(as_text=True)
     assert 'data-stage="model" data-kind="train"\n        data-status="SUCCEEDED"' in html
     assert "german-credit version 7" in html
+    assert ">Not run</span>" in html and ">Succeeded</span>" in html and "NOT_RUN<" not in html
 
 
 def test_pipeline_detail_shows_its_stages_and_links_to_what_they_produced(app: Any) -> None:
@@ -171,7 +172,7 @@ def test_environment_cards_show_deployment_api_and_traffic(app: Any, tmp_path: P
     prod = html[html.index('id="env-prod"'):]
     assert "german-credit v2" in prod and "0.781" in prod and "0.310" in prod
     assert "credit-risk r3" in prod
-    assert 'data-field="traffic">100 %' in prod and "0.0 days" in prod
+    assert 'data-field="traffic">100 %' in prod and "under an hour ago" in prod
     assert "8.3 %" in prod  # one 5xx in twelve calls
     assert prod.count('<svg class="chart spark"') == 2
     assert "<rect" in prod and "<polyline" in prod
