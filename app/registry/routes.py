@@ -37,7 +37,8 @@ def detail(name: str, version: int) -> Any:
     """Show one version: metrics, ROC, confusion matrix, importance, calibration, lineage."""
     info = models.get_version(name, str(version))
     return render_template("registry/detail.html", name=name, info=info,
-                           lineage=models.lineage(info), charts_data=models.chart_data(info))
+                           lineage=models.lineage(info), charts_data=models.chart_data(info),
+                           identical=models.identical_versions(info))
 
 
 @bp.get("/<name>/compare")

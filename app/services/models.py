@@ -185,6 +185,33 @@ def get_version(name: str, version: str) -> ModelVersionInfo:
         raise NotFound(f"model {name!r} has no version {version!r}") from None
 
 
+@dataclass(frozen=True)
+class IdenticalVersion:
+    """An earlier version trained on the same data with the same parameters and seed."""
+
+    version: str
+    serves: tuple[str, ...]  # the environments it serves now
+
+
+def identical_versions(info: ModelVersionInfo) -> list[IdenticalVersion]:
+    """Other versions of the model that ``info`` reproduces exactly (same dataset hash, same
+    parameters, same seed), those serving an environment first."""
+    from app.services import deployments
+
+    identity = info.training_identity()
+    if identity is None:
+        return []
+    serving: dict[str, list[str]] = {}
+    for environment in deployments.environments():
+        active = deployments.active(environment)
+        if active is not None and active.model_name == info.name:
+            serving.setdefault(active.model_version, []).append(environment)
+    found = [IdenticalVersion(other.version, tuple(serving.get(other.version, ())))
+             for other in list_versions(info.name)
+             if other.version != info.version and other.training_identity() == identity]
+    return sorted(found, key=lambda v: (not v.serves, int(v.version)))
+
+
 def _unavailable(exc: Exception) -> Exception:
     from app.errors import ServiceUnavailable
 
