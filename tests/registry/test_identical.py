@@ -67,3 +67,19 @@ def test_the_approval_page_says_approving_a_copy_changes_nothing(
                          json={"version": "3", "reason": "other C"}).get_json()["id"]
     other = client_for(app, "bob").get(f"/approvals/{differs}").get_data(as_text=True)
     assert "data-identical" not in other
+
+
+def test_skip_identical_reuses_the_version_instead_of_registering_a_copy(
+        panel: tuple[Any, Path]) -> None:
+    from app.ml.registry import ModelRegistry
+    from app.ml.workflow import train_and_register
+
+    _, home = panel
+    registry = ModelRegistry.for_home(home)
+    before = [v.version for v in registry.list_versions("german-credit")]
+    done = train_and_register(home, CSV, job_id="train-again",
+                              config={**small_config(0.1), "skip_identical": True},
+                              materialise=False)
+    assert done.reused_identical and done.to_dict()["reused_identical"] is True
+    assert done.model.version == "2"  # the newest of the two identical versions
+    assert [v.version for v in registry.list_versions("german-credit")] == before
