@@ -146,7 +146,10 @@ def test_environment_cards_show_deployment_api_and_traffic(app: Any, tmp_path: P
     package.mkdir(parents=True)
     (package / "metrics.json").write_text(json.dumps(
         {"family": "logistic_regression", "threshold": 0.31,
-         "heldout": {"roc_auc": 0.781, "accuracy": 0.7}, "cv": {"roc_auc_mean": 0.77}}))
+         "cost_matrix": {"bad_as_good": 5.0, "good_as_bad": 1.0},
+         "heldout": {"roc_auc": 0.781, "accuracy": 0.7, "expected_cost": 0.55,
+                     "expected_cost_at_0_5": 0.71},
+         "cv": {"roc_auc_mean": 0.77}}))
     with app.app_context():
         row = deployments.create_slot(tmp_path, environment="prod", model_name="german-credit",
                                       model_version="2", replicas=2, resources={},
@@ -172,6 +175,11 @@ def test_environment_cards_show_deployment_api_and_traffic(app: Any, tmp_path: P
     prod = html[html.index('id="env-prod"'):]
     assert "german-credit v2" in prod and "0.781" in prod and "0.310" in prod
     assert "credit-risk r3" in prod
+    # Accuracy never stands alone: the rule and the cost it minimises come first.
+    assert 'data-field="decision-rule">“bad” when P(bad) ≥ 0.310' in prod
+    assert 'data-field="expected-cost">0.550' in prod and "(at 0.5: 0.710)" in prod
+    assert "accepting a bad applicant costs 5, declining a good one 1" in prod
+    assert prod.index("decision-rule") < prod.index('data-field="accuracy"')
     assert 'data-field="traffic">100 %' in prod and "under an hour ago" in prod
     assert "8.3 %" in prod  # one 5xx in twelve calls
     assert prod.count('<svg class="chart spark"') == 2
