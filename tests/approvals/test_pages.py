@@ -258,3 +258,31 @@ def test_lineage_reaches_the_deployments_of_a_version(panel: Any, tmp_path: Path
     assert by_version["1"] == [] and by_version["3"] == []
     page = alice.get("/models/german-credit/versions/2").get_data(as_text=True)
     assert f'data-deployment="{slot}"' in page and "not deployed yet" not in page
+
+
+def test_timeline_filters_offer_only_real_environments_and_versions(panel: Any) -> None:
+    erin = client_for(panel, "erin")
+    page = erin.get("/audit/timeline").get_data(as_text=True)
+    assert '<select name="environment" id="timeline-environment">' in page
+    assert '<option value="prod">prod</option>' in page and '<option value="3">v3</option>' in page
+    assert 'type="text" name="environment"' not in page
+    # Nothing recorded yet: a sentence, not a numbered list item.
+    assert 'id="timeline-empty"' in page and '<ol class="timeline"' not in page
+    nonsense = erin.get("/audit/timeline?environment=nonsense&model_version=99")
+    text = nonsense.get_data(as_text=True)
+    assert nonsense.status_code == 200 and "Timeline of nonsense" not in text
+    assert 'data-error="environment">no environment is called &#39;nonsense&#39;' in text
+    assert 'data-error="model_version">no version &#39;99&#39; is registered' in text
+
+
+def test_audit_details_read_as_fields_and_the_time_does_not_wrap(panel: Any) -> None:
+    with panel.app_context():
+        audit.record("alice", audit.AuditAction.JOB_QUEUED, "job:1",
+                     {"kind": "deploy", "params": {"environment": "staging", "version": "2"}})
+    page = client_for(panel, "bob").get("/audit/").get_data(as_text=True)
+    row = page[page.index('data-action="job.queued"'):]
+    row = row[:row.index("</tr>")]
+    assert '<td class="nowrap"><time' in row
+    assert "{&#34;" not in row and '{"' not in row  # no raw JSON
+    assert "<dt>kind</dt><dd>deploy</dd>" in row
+    assert "<dt>params</dt><dd>environment staging, version 2</dd>" in row
