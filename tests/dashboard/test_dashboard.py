@@ -226,3 +226,17 @@ def test_traffic_reads_only_new_log_lines_and_survives_rotation(app: Any,
         log.write_text(call(1))  # rotated: a new file
         traffic, _ = overview.traffic_figures(tmp_path, now=now)
         assert list(traffic) == ["credit-risk"] and traffic["credit-risk"].calls == 1
+
+
+def test_a_user_without_a_role_is_told_what_she_sees_and_how_to_get_a_role(app: Any) -> None:
+    client = app.test_client()
+    sign_in(client, "erin")
+    page = client.get("/").get_data(as_text=True)
+    assert 'id="no-role"' in page and "You are signed in without a role" in page
+    for role in ("MLOps.Engineer", "MLOps.Approver", "Score.Invoke", "MLOps.Admin"):
+        assert f"<code>{role}</code>" in page
+    assert "within 5 minutes" in page
+    for user in ("alice", "bob", "carol"):
+        other = app.test_client()
+        sign_in(other, user)
+        assert 'id="no-role"' not in other.get("/").get_data(as_text=True)
