@@ -286,3 +286,30 @@ def test_audit_details_read_as_fields_and_the_time_does_not_wrap(panel: Any) -> 
     assert "{&#34;" not in row and '{"' not in row  # no raw JSON
     assert "<dt>kind</dt><dd>deploy</dd>" in row
     assert "<dt>params</dt><dd>environment staging, version 2</dd>" in row
+
+
+def test_the_deploy_form_offers_registered_versions_and_answers_beside_the_field(
+        panel: Any) -> None:
+    from app.services import jobs
+
+    alice = client_for(panel, "alice")
+    page = alice.get("/deployments/").get_data(as_text=True)
+    staging = page[page.index('id="env-staging"'):page.index('id="env-prod"')]
+    assert '<select name="version" id="deploy-version-staging"' in staging
+    assert '<option value="">latest (v3)</option>' in staging
+    assert all(f'<option value="{v}">v{v}</option>' in staging for v in "123")
+    assert '<input name="version"' not in page
+    token = _form_token(page)
+    for bad, message in (("abc", "&#39;abc&#39; is not a version number"),
+                         ("99", "no version 99 is registered")):
+        answer = alice.post("/deployments/staging/deploy",
+                            data={"csrf_token": token, "version": bad})
+        html = answer.get_data(as_text=True)
+        assert answer.status_code == 422, bad
+        assert 'data-environment="staging"' in html and 'data-action="deploy"' in html
+        assert f'data-error="version" role="alert">{message}</span>' in html, bad
+        assert "field-invalid" in html
+    with panel.app_context():
+        assert jobs.list_jobs(limit=10) == []  # nothing was queued
+    done = alice.post("/deployments/staging/deploy", data={"csrf_token": token, "version": "2"})
+    assert done.status_code == 302 and "/jobs/" in done.headers["Location"]
