@@ -313,3 +313,24 @@ def test_the_deploy_form_offers_registered_versions_and_answers_beside_the_field
         assert jobs.list_jobs(limit=10) == []  # nothing was queued
     done = alice.post("/deployments/staging/deploy", data={"csrf_token": token, "version": "2"})
     assert done.status_code == 302 and "/jobs/" in done.headers["Location"]
+
+
+def test_a_refused_promotion_request_answers_beside_the_field(panel: Any,
+                                                              tmp_path: Path) -> None:
+    with panel.app_context():
+        record_deploy(tmp_path, "prod", "3", "job-prod-3")
+    alice = client_for(panel, "alice")
+    token = _form_token(alice.get("/approvals/new").get_data(as_text=True))
+    served = alice.post("/approvals/", data={"csrf_token": token, "environment": "prod",
+                                             "version": "3", "reason": "again"})
+    html = served.get_data(as_text=True)
+    assert served.status_code == 422 and 'id="promotion-form"' in html
+    assert 'data-error="version" role="alert">prod already serves v3</span>' in html
+    assert ">again</textarea>" in html  # the reason typed is kept
+    blank = alice.post("/approvals/", data={"csrf_token": token, "environment": "prod",
+                                            "version": "2", "reason": " "})
+    html = blank.get_data(as_text=True)
+    assert blank.status_code == 422
+    assert 'data-error="reason" role="alert">say why this change should go to production' \
+        in html
+    assert '<option value="2" selected>' in html
