@@ -35,6 +35,7 @@ SUMMARY_METRICS: tuple[tuple[str, str, bool | None], ...] = tuple(
 FAMILIES: dict[str, str] = {
     "logistic_regression": "Logistic regression",
     "gradient_boosting": "Gradient boosting",
+    "hist_gradient_boosting": "Histogram gradient boosting",
     "random_forest": "Random forest",
 }
 

@@ -3,6 +3,7 @@ the version page and on the approval page, and the pipeline file can skip regist
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,10 @@ def test_the_version_page_says_a_version_reproduces_the_serving_one(
             in page)
     other = erin.get("/models/german-credit/versions/3").get_data(as_text=True)
     assert "data-identical" not in other
+    # The family comes from the label table too.
+    shown = re.sub(r"<[^>]+>", " ", page)
+    assert "Logistic regression" in shown and "logistic_regression" not in shown.split(
+        "Parameters and tags")[0]
 
 
 def test_the_approval_page_says_approving_a_copy_changes_nothing(
