@@ -114,7 +114,7 @@ def deploy(home: Path, job: Reporter, request: DeployRequest, registry: Any,
                 model_version=request.model_version, replicas=request.replicas,
                 resources=request.resources, job_id=job.job_id)
             job.log(f"new {row.slot} slot {row.id} for {env} at 0% traffic "
-                    f"({row.replicas} replica(s))")
+                    f"({plural(row.replicas, 'replica')})")
         elif row.deployment_state in (DeploymentState.FAILED, DeploymentState.STOPPED) \
                 and row.activated_at is None:
             # An earlier attempt may have switched the gateway to this slot before it died.
