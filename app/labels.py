@@ -25,12 +25,13 @@ METRICS: dict[str, tuple[str, bool | None]] = {
     "threshold": ("Threshold on P(bad)", None),
     "heldout_roc_auc": ("ROC AUC (held-out)", True),
     "cv_roc_auc_mean": ("ROC AUC (cross-validated)", True),
+    "cv_roc_auc_std": ("ROC AUC spread across folds (std)", False),
 }
 
 # Metrics shown in the summary tables (registry, compare), in order.
 SUMMARY_METRICS: tuple[tuple[str, str, bool | None], ...] = tuple(
     (key, label, higher) for key, (label, higher) in METRICS.items()
-    if key not in ("heldout_roc_auc", "cv_roc_auc_mean", "cv_expected_cost"))
+    if key not in ("heldout_roc_auc", "cv_roc_auc_mean", "cv_roc_auc_std", "cv_expected_cost"))
 
 FAMILIES: dict[str, str] = {
     "logistic_regression": "Logistic regression",

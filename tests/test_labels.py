@@ -13,6 +13,7 @@ from app.labels import age_label, metric_label, plural, state_label
     ("roc_auc", "ROC AUC (held-out)"),
     ("gradient_boosting.heldout_roc_auc", "Gradient boosting: ROC AUC (held-out)"),
     ("logistic_regression.cv_roc_auc", "Logistic regression: ROC AUC (cross-validated)"),
+    ("cv_roc_auc_std", "ROC AUC spread across folds (std)"),
     ("something_new", "Something new"),
 ])
 def test_metric_keys_read_as_labels(key: str, label: str) -> None:
