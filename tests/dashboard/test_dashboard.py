@@ -236,6 +236,11 @@ def test_a_user_without_a_role_is_told_what_she_sees_and_how_to_get_a_role(app: 
     for role in ("MLOps.Engineer", "MLOps.Approver", "Score.Invoke", "MLOps.Admin"):
         assert f"<code>{role}</code>" in page
     assert "within 5 minutes" in page
+    banner = page[page.index('id="no-role"'):page.index("</section>")]
+    links = re.findall(r'href="([^"]+)"', banner)
+    assert len(links) == 6
+    for link in links:  # every page it offers opens for her
+        assert client.get(link, follow_redirects=True).status_code == 200, link
     for user in ("alice", "bob", "carol"):
         other = app.test_client()
         sign_in(other, user)
