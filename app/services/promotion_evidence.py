@@ -53,13 +53,13 @@ def model_evidence(environment: str, version: str) -> tuple[str, dict[str, Any]]
         "current": None, "staging": staging_evidence(version)}
     active = deployments.active(environment)
     if active is not None:
-        current: dict[str, Any] = {"version": active.model_version, "metrics": {},
-                                   "identical": False}
+        current: dict[str, Any] = {"version": active.model_version, "metrics": {}}
         try:
             serving = models.get_version(active.model_name, active.model_version)
             current["metrics"] = dict(serving.metrics)
             identity = candidate.training_identity()
-            current["identical"] = identity is not None and \
+            # Same data, parameters and seed: approving would change nothing.
+            evidence["identical_to_current"] = identity is not None and \
                 identity == serving.training_identity() and serving.version != version
         except NotFound:
             logger.info("current %s version %s is not in the registry", environment,
