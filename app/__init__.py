@@ -18,6 +18,7 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     register_extensions(app)
     register_security(app)
     register_converters(app)
+    register_labels(app)
     register_blueprints(app)
     register_error_handlers(app)
     register_celery(app)
@@ -57,6 +58,13 @@ def register_security(app: Flask) -> None:
 def register_converters(app: Flask) -> None:
     """URL converters shared by the blueprints (`<id:…>`: bounded integer ids)."""
     from app.params import register_converters as register
+
+    register(app)
+
+
+def register_labels(app: Flask) -> None:
+    """The one label table for metrics and states, as Jinja filters."""
+    from app.labels import register
 
     register(app)
 

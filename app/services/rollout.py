@@ -32,6 +32,7 @@ from app.backends.base import BackendError
 from app.backends.local import deployment as local
 from app.db import DeploymentState
 from app.errors import AppError, ValidationError
+from app.labels import plural
 from app.services import audit, deployments
 from app.services.audit import AuditAction
 from app.services.jobs import JobCancelled
@@ -113,7 +114,7 @@ def deploy(home: Path, job: Reporter, request: DeployRequest, registry: Any,
                 model_version=request.model_version, replicas=request.replicas,
                 resources=request.resources, job_id=job.job_id)
             job.log(f"new {row.slot} slot {row.id} for {env} at 0% traffic "
-                    f"({row.replicas} replica(s))")
+                    f"({plural(row.replicas, 'replica')})")
         elif row.deployment_state in (DeploymentState.FAILED, DeploymentState.STOPPED) \
                 and row.activated_at is None:
             # An earlier attempt may have switched the gateway to this slot before it died.
@@ -138,12 +139,12 @@ def _bring_up_and_switch(home: Path, job: Reporter, deployment_id: str,
         job.progress(20, f"waiting for the {row.slot} slot to be ready")
         endpoint = local.wait_ready(home, row.id, row.replicas, settings.ready_timeout_seconds,
                                     job.check_cancelled)
-        job.log(f"{row.slot} slot ready at {endpoint.url} ({row.replicas} replica(s))")
+        job.log(f"{row.slot} slot ready at {endpoint.url} ({plural(row.replicas, 'replica')})")
         job.progress(50, "smoke-testing the new slot with its own key")
         primary, _ = deployments.keys_of(home, row)
         result = local.smoke_test(endpoint.url, primary, local.read_signature(package))
-        job.log(f"smoke test passed: label {result.label}, probabilities "
-                f"{ {k: round(v, 4) for k, v in result.probabilities.items()} }")
+        odds = ", ".join(f"P({k}) {v:.4f}" for k, v in sorted(result.probabilities.items()))
+        job.log(f"smoke test passed: predicted {result.label} ({odds})")
     except (BackendError, JobCancelled) as exc:
         reason = "cancelled" if isinstance(exc, JobCancelled) else str(exc)
         deployments.stop([row.id], failed=reason)

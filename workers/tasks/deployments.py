@@ -7,6 +7,7 @@ from typing import Any
 
 from celery import shared_task
 
+from app.labels import plural
 from workers.tasks._pipeline import check_params, pipeline_config
 from workers.tasks._runner import JobContext, run_job
 
@@ -159,7 +160,7 @@ def _deploy(ctx: JobContext) -> dict[str, Any]:
         requested_by=jobs.get(ctx.job_id).requested_by, rollback=rollback)
     total = 2 if publish_after else 1
     ctx.log(f"stage 1/{total}: deploying {name} v{version} to {env} blue/green "
-            f"({size.replicas} replica(s))")
+            f"({plural(size.replicas, 'replica')})")
     stage = _Stage(ctx, 0, 80 if publish_after else 100, f"deploy (1/{total})")
     result = rollout.deploy(ctx.home, stage, request, registry,
                             _settings(config.runtime.ready_timeout_seconds))

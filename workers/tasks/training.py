@@ -70,6 +70,10 @@ def _train(ctx: JobContext) -> dict[str, Any]:
     except RegistryError as exc:
         raise AppError(f"MLflow: {exc}") from exc
     summary = result.to_dict()
+    if result.reused_identical:
+        ctx.log(f"{result.model.name} version {result.model.version} was trained on the same "
+                "data with the same parameters and seed; reused it (model.skip_identical)")
+        return summary
     ctx.log(f"registered {result.model.name} version {result.model.version} "
             f"({result.outcome.family}, held-out ROC AUC {summary['metrics']['roc_auc']:.3f}, "
             f"threshold {result.outcome.threshold:.3f}) on dataset "
