@@ -18,6 +18,7 @@ from sqlalchemy import func, select, update
 from app.db import ApiRevision
 from app.errors import Conflict, NotFound, ValidationError
 from app.extensions import db
+from app.gateway.template import ISSUER_URL_REF
 from app.services import audit, gateway_config, protected
 from app.services.audit import AuditAction
 
@@ -78,7 +79,8 @@ def render_policy(config: Mapping[str, Any], environment: str,
 
     idp = issuer_settings(config)
     limit = rate_limit if rate_limit is not None else int(config.get("RATE_LIMIT") or 6000)
-    return render_default_policy(issuer=idp.issuer, environment=environment,
+    # the issuer by name: whoever starts the gateway sets it (restarts on other ports)
+    return render_default_policy(issuer=ISSUER_URL_REF, environment=environment,
                                  audience=idp.audience, role=DEFAULT_ROLE, rate_limit=limit)
 
 
@@ -170,16 +172,19 @@ def serving_rules(name: str) -> dict[str, Any]:
     idp = issuer_settings(current_app.config)
     return {"anonymous": name in gateway.anonymous_apis,
             "allowed_backends": list(gateway.allowed_backends),
-            "issuer": idp.issuer, "audience": idp.audience}
+            "issuer": ISSUER_URL_REF, "audience": idp.audience}
 
 
 def _make_current(home: Path, row: ApiRevision, url: str) -> None:
     """Write the revision to the gateway, then mark it current; undo the row on refusal."""
+    from flask import current_app
+
     from app.gateway.config import ConfigError
     from app.gateway.policy import PolicyError
     from app.pipeline_config import PipelineConfigError
 
     try:
+        gateway_config.set_issuer_url(home, issuer_settings(current_app.config).issuer)
         gateway_config.upsert_api(home, {
             "name": row.api_name, "path": row.path, "revision": row.revision,
             "environment": row.environment, "backend_url": url,

@@ -22,10 +22,15 @@ from app.gateway.config import (
     encrypt_named_value,
     write_gateway_config,
 )
-from app.gateway.template import backend_key_name, backend_url_name
+from app.gateway.template import (
+    ISSUER_URL_NAME,
+    adopt_issuer_url_name,
+    backend_key_name,
+    backend_url_name,
+)
 
 __all__ = ["backend_key_name", "backend_url_name", "read", "set_backend", "set_backend_key",
-           "update", "upsert_api", "remove_api"]
+           "set_issuer_url", "update", "upsert_api", "remove_api"]
 
 Mutation = Callable[[dict[str, Any]], None]
 
@@ -83,6 +88,24 @@ def set_backend_key(home: Path, environment: str, key: str) -> None:
         config["named_values"][backend_key_name(environment)] = {"secret": True, "value": secret}
 
     update(home, mutate)
+
+
+def set_issuer_url(home: Path, url: str) -> list[str]:
+    """Set the ``issuer-url`` named value (at every start, and before each publish).
+
+    APIs published before policies named it, whose policy is modelgate's default rendered with
+    a literal issuer URL, are rewritten to name it; other policies are left alone. Returns the
+    names of the APIs rewritten.
+    """
+    adopted: list[str] = []
+
+    def mutate(config: dict[str, Any]) -> None:
+        config["named_values"][ISSUER_URL_NAME] = {"secret": False, "value": url.rstrip("/")}
+        adopted.extend(str(api.get("name")) for api in config["apis"]
+                       if adopt_issuer_url_name(api))
+
+    update(home, mutate)
+    return adopted
 
 
 def upsert_api(home: Path, api: Mapping[str, Any]) -> None:
