@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask
+from flask import Flask, send_from_directory
 
 from app.assets import asset_dir
 
@@ -17,7 +17,9 @@ def create_app(overrides: dict[str, Any] | None = None) -> Flask:
     register_extensions(app)
     register_security(app)
     register_converters(app)
+    register_labels(app)
     register_blueprints(app)
+    register_favicon(app)
     register_error_handlers(app)
     register_celery(app)
     return app
@@ -60,6 +62,13 @@ def register_converters(app: Flask) -> None:
     register(app)
 
 
+def register_labels(app: Flask) -> None:
+    """The one label table for metrics and states, as Jinja filters."""
+    from app.labels import register
+
+    register(app)
+
+
 def register_blueprints(app: Flask) -> None:
     """Register one blueprint per feature."""
     from app.api.routes import bp as api_bp
@@ -83,6 +92,19 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(deployments_bp)
     app.register_blueprint(approvals_bp)
     app.register_blueprint(audit_bp)
+
+
+def register_favicon(app: Flask) -> None:
+    """Serve /favicon.ico from static/: browsers ask for it with every first page load.
+
+    Without it each page load also rendered a 404 page, a response that could write the
+    session cookie concurrently with the page's own.
+    """
+    def favicon() -> Any:
+        return send_from_directory(str(asset_dir("static")), "favicon.ico",
+                                   mimetype="image/vnd.microsoft.icon", max_age=86400)
+
+    app.add_url_rule("/favicon.ico", endpoint="favicon", view_func=favicon)
 
 
 def register_error_handlers(app: Flask) -> None:

@@ -210,8 +210,11 @@ def idp_rotate_keys(force: bool) -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True, help="0 = a free port")
-def gateway(host: str, port: int) -> None:
+@click.option("--issuer-url", default=None,
+              help="set the issuer-url named value (the token issuer policies name) first")
+def gateway(host: str, port: int, issuer_url: str | None) -> None:
     """Run the API gateway (HTTPS) for the APIs published in MODELGATE_HOME."""
+    from app.backends.local import gateway as gateway_config
     from app.gateway.app import serve
 
     _configure_logging()
@@ -219,6 +222,10 @@ def gateway(host: str, port: int) -> None:
     if not redis_url:
         raise click.ClickException("the gateway needs MODELGATE_REDIS_URL (its rate-limit "
                                    "counters live in Redis)")
+    if issuer_url is not None:
+        if not issuer_url.startswith("https://"):
+            raise click.BadParameter("must be an https URL", param_hint="--issuer-url")
+        gateway_config.set_issuer_url(_home(), issuer_url)
     serve(_home(), host, port, redis_url=redis_url)
 
 

@@ -98,7 +98,10 @@ def schemas() -> dict[str, Any]:
         "requested_at": {"type": "string", "format": "date-time"},
         "expires_at": {"type": "string", "format": "date-time"},
         "evidence": {"type": "object", "description": "candidate and current metrics, staging "
-                                                      "smoke results, frozen at request time"},
+                                                      "smoke results and identical_to_current "
+                                                      "(same data, parameters and seed as the "
+                                                      "serving version), frozen at request "
+                                                      "time"},
         "decided_by": {"type": ["string", "null"]},
         "decided_at": {"type": ["string", "null"], "format": "date-time"},
         "comment": {"type": ["string", "null"]},

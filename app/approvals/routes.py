@@ -12,7 +12,7 @@ from flask_login import current_user
 from app.auth.roles import Role
 from app.auth.users import role_required, signed_in
 from app.db import utcnow
-from app.errors import AppError
+from app.errors import AppError, ValidationError
 from app.services import promotions, rollbacks
 
 logger = logging.getLogger(__name__)
@@ -66,8 +66,14 @@ def mine() -> Any:
 @role_required(Role.ENGINEER)
 def new() -> Any:
     """The request form: a version from the registry, a reason; and prod's rollback targets."""
+    return _new_page()
+
+
+def _new_page(errors: dict[str, str] | None = None, form: Any = None) -> str:
+    """The request forms; a refused request's errors sit beside its fields, its input kept."""
     from app.services import apis, deployments, models
 
+    form = form or {}
     versions: list[Any] = []
     try:
         versions = models.list_versions(models.default_model_name())
@@ -83,18 +89,34 @@ def new() -> Any:
                            api=api, api_policy=(earlier or api).policy_xml if api else "",
                            api_earlier=earlier,
                            targets=rollbacks.targets("prod"),
-                           selected=request.args.get("version", ""))
+                           selected=form.get("version") or request.args.get("version", ""),
+                           errors=errors or {}, form=form)
 
 
 @bp.post("/")
 @role_required(Role.ENGINEER)
 def create() -> Any:
-    """Record a promotion request from the form."""
-    row = promotions.request_from(request.form, current_user.username, roles=current_user.roles)
+    """Record a promotion request from the form (refused: the form again, errors beside it)."""
+    try:
+        row = promotions.request_from(request.form, current_user.username,
+                                      roles=current_user.roles)
+    except ValidationError as exc:
+        kind = request.form.get("kind") or promotions.PromotionKind.MODEL.value
+        return _new_page(_field_errors(kind, exc), request.form), 422
     what = (f"A new {row.model_name} revision" if row.kind == promotions.PromotionKind.API_REVISION
             else f"Promotion of v{row.model_version}")
     flash(f"{what} for {row.environment} requested; an approver has to decide on it.", "success")
     return redirect(url_for("approvals.detail", promotion_id=row.id))
+
+
+def _field_errors(kind: str, exc: ValidationError) -> dict[str, str]:
+    """``{"<kind>.<field>": message}``; the message is the sentence after "field: "."""
+    sentence = exc.message.partition(": ")[2] or exc.message
+    if not exc.errors:
+        return {f"{kind}.form": exc.message}
+    if len(exc.errors) == 1:
+        return {f"{kind}.{exc.errors[0]['field']}": sentence}
+    return {f"{kind}.{e['field']}": e["message"] for e in exc.errors}
 
 
 @bp.get("/<promotion_id>")

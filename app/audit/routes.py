@@ -8,6 +8,7 @@ signed in, read-only, since it is what engineers look at after a deploy or a rol
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any
 
 from flask import Blueprint, Response, render_template, request, stream_with_context
@@ -15,8 +16,11 @@ from flask import Blueprint, Response, render_template, request, stream_with_con
 from app.auth.roles import Role
 from app.auth.users import role_required, signed_in
 from app.db import utcnow
+from app.errors import AppError
 from app.params import int_arg
-from app.services import audit, timeline
+from app.services import audit, deployments, models, timeline
+
+logger = logging.getLogger(__name__)
 
 bp = Blueprint("audit", __name__, url_prefix="/audit")
 
@@ -57,8 +61,16 @@ def export(fmt: str) -> Any:
 @signed_in
 def timeline_view() -> Any:
     """Approval → deployment → keys → API revision → calls, by environment or version."""
+    environments, versions = _filter_choices()
+    errors: dict[str, str] = {}
     environment = (request.args.get("environment") or "").strip() or None
+    if environment is not None and environment not in environments:
+        errors["environment"] = f"no environment is called {environment!r}"
+        environment = None
     version = (request.args.get("model_version") or "").strip() or None
+    if version is not None and version not in versions:
+        errors["model_version"] = f"no version {version!r} is registered"
+        version = None
     at_raw = (request.args.get("at") or "").strip()
     served = None
     at_error = None
@@ -73,7 +85,17 @@ def timeline_view() -> Any:
                                                         model_version=version),
         calls=timeline.calls(environment=environment, model_version=version),
         environment=environment, model_version=version, at=at_raw, served=served,
-        at_error=at_error)
+        at_error=at_error, errors=errors, environments=environments, versions=versions)
+
+
+def _filter_choices() -> tuple[list[str], list[str]]:
+    """The environments and registered model versions the timeline can be filtered by."""
+    try:
+        versions = [v.version for v in models.list_versions(models.default_model_name())]
+    except AppError as exc:  # an unreadable registry leaves the version filter empty
+        logger.info("timeline: registry unavailable: %s", exc.message)
+        versions = []
+    return deployments.environments(), versions
 
 
 def _parse_time(raw: str) -> dt.datetime | None:

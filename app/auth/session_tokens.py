@@ -28,11 +28,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 import msal
+import redis
 import requests
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from flask import current_app, session
+from flask import current_app
 
 from app.auth.oidc import (
     OidcSettings,
@@ -42,6 +43,7 @@ from app.auth.oidc import (
     validate_access_token,
     validate_id_token,
 )
+from app.auth.pending import FLOW_MAX_AGE_SECONDS, PendingSignIns
 from app.auth.users import User
 from app.errors import ConfigError, ServiceUnavailable, Unauthorized
 
@@ -49,11 +51,6 @@ log = logging.getLogger(__name__)
 
 HTTP_TIMEOUT_SECONDS = 5.0
 DISCOVERY_TTL_SECONDS = 3600.0
-FLOW_KEY = "auth_flow"
-NEXT_KEY = "auth_next"
-STARTED_KEY = "auth_started"
-#: A sign-in must come back within this time; a stale pending flow is refused.
-FLOW_MAX_AGE_SECONDS = 600
 CACHE_PREFIX = "modelgate:token-cache:"
 _EXTENSION = "modelgate.identity"
 _build_lock = threading.Lock()
@@ -180,6 +177,7 @@ class IdentityClient:
     http: OutboundSession
     jwks: SessionJWKClient
     store: TokenCacheStore
+    pending: PendingSignIns
     panel_url: str
 
     @property
@@ -253,31 +251,39 @@ def identity_client() -> IdentityClient:
                 jwks=SessionJWKClient(settings.jwks_uri, http),
                 store=TokenCacheStore(app.extensions["redis"], str(config["SECRET_KEY"]),
                                       int(app.permanent_session_lifetime.total_seconds())),
+                pending=PendingSignIns(app.extensions["redis"], str(config["SECRET_KEY"])),
                 panel_url=str(config["PANEL_URL"]).rstrip("/"),
             )
             app.extensions[_EXTENSION] = client
     return client
 
 
-def start_sign_in(next_url: str) -> str:
-    """Begin an auth code + PKCE flow, keep it in the session, return the provider's URL."""
+def start_sign_in(next_url: str, binding: str) -> str:
+    """Begin an auth code + PKCE flow, keep it on the server for `binding`, return the URL.
+
+    `binding` is the browser's sign-in cookie value (app.auth.pending); the flow never goes
+    into the session cookie, so no concurrent response can lose it.
+    """
     client = identity_client()
     msal_app = client.msal_app()
     with warnings.catch_warnings():
         # MSAL recommends response_mode=form_post. We use the default query mode on purpose:
-        # form_post makes the https issuer POST cross-site to the panel, and a SameSite=Lax
-        # session cookie is not sent on a cross-site POST, so the flow could not be found.
+        # form_post makes the https issuer POST cross-site to the panel, and SameSite=Lax
+        # cookies are not sent on a cross-site POST, so the flow could not be found.
         # The code is still bound to this browser by state, PKCE and the nonce.
         # (catch_warnings is process-wide: at worst another thread misses this one warning.)
         warnings.filterwarnings("ignore", message="response_mode='form_post' is recommended",
                                 category=UserWarning)
         flow = msal_app.initiate_auth_code_flow(client.settings.scopes,
                                                 redirect_uri=client.redirect_uri)
-    auth_uri = str(flow.pop("auth_uri"))  # not needed again; keeps the cookie small
-    session[FLOW_KEY] = flow
-    session[NEXT_KEY] = next_url
-    session[STARTED_KEY] = int(time.time())
-    session.permanent = True
+    auth_uri = str(flow.pop("auth_uri"))  # not needed again
+    try:
+        client.pending.put(binding, PendingSignIns.begin(flow, next_url))
+    except redis.RedisError as exc:
+        log.warning("sign-in not started: the session store (Redis) is unreachable (%s)",
+                    type(exc).__name__)
+        raise ServiceUnavailable("Sessions cannot be stored right now; try signing in again "
+                                 "in a moment.") from None
     return auth_uri
 
 
@@ -287,22 +293,30 @@ def _code(value: Any) -> str:
     return text if _ERROR_CODE.match(text) else "unexpected_error"
 
 
-def finish_sign_in(params: Mapping[str, str]) -> tuple[User, str]:
+def finish_sign_in(params: Mapping[str, str], binding: str) -> tuple[User, str]:
     """Check the provider's answer, redeem the code, validate the ID token; return who and where.
 
-    Raises SignInError for anything that must not sign a user in.
+    `binding` is the browser's sign-in cookie value: only the browser that started the
+    sign-in for this `state` finds its flow, and only once. Raises SignInError for anything
+    that must not sign a user in.
     """
-    flow = session.pop(FLOW_KEY, None)
-    next_url = str(session.pop(NEXT_KEY, "/"))
-    started = float(session.pop(STARTED_KEY, 0))
-    if not isinstance(flow, dict) or "state" not in flow:
+    client = identity_client()
+    state = str(params.get("state", ""))
+    try:
+        pending = client.pending.take(binding, state)
+    except redis.RedisError as exc:
+        log.warning("sign-in not completed: the session store (Redis) is unreachable (%s)",
+                    type(exc).__name__)
+        raise ServiceUnavailable("Sessions cannot be stored right now; try signing in again "
+                                 "in a moment.") from None
+    if pending is None:
         raise SignInError("No sign-in was in progress in this browser (it may have expired). "
                           "Start again.", "callback without a pending flow")
-    if time.time() - started > FLOW_MAX_AGE_SECONDS:
+    flow, next_url = pending.flow, pending.next_url
+    if time.time() - pending.started > FLOW_MAX_AGE_SECONDS:
         raise SignInError("This sign-in took too long and has expired. Start again.",
                           "pending flow expired")
-    state = str(params.get("state", ""))
-    if not hmac.compare_digest(state.encode(), str(flow["state"]).encode()):
+    if not hmac.compare_digest(state.encode(), pending.state.encode()):
         raise SignInError("This sign-in answer does not belong to the sign-in started in this "
                           "browser. Start again.", "state mismatch")
     if "error" in params:
@@ -312,7 +326,6 @@ def finish_sign_in(params: Mapping[str, str]) -> tuple[User, str]:
     if not params.get("code"):
         raise SignInError("The identity provider's answer is incomplete. Start again.",
                           "callback without a code")
-    client = identity_client()
     cache = msal.SerializableTokenCache()
     try:
         result = client.msal_app(cache).acquire_token_by_auth_code_flow(flow, dict(params))

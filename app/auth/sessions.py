@@ -244,7 +244,8 @@ def _load(user_id: str) -> User | None:
     try:
         record = store.get(session_id)
     except redis.RedisError as exc:
-        return _store_down(exc)
+        _store_down(exc)
+        return None
     if record is None or record.id != user_id:
         return None
     if time.time() - record.roles_checked_at >= role_ttl(current_app):
@@ -272,7 +273,8 @@ def _recheck_roles(store: SessionStore, session_id: str,
             return record.user()
         claims = session_tokens.renewed_id_token_claims(record.user())
     except redis.RedisError as exc:
-        return _store_down(exc)
+        _store_down(exc)
+        return None
     except Exception as exc:  # noqa: BLE001 - whatever failed, these roles cannot be confirmed
         reason = exc.reason if isinstance(exc, session_tokens.RenewalError) else (
             type(exc).__name__)

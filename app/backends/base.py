@@ -261,6 +261,8 @@ class ApiSpec:
     policy_xml: str
     operations: tuple[ApiOperation, ...] = (SCORE_OPERATION,)
     rules: Mapping[str, Any] = field(default_factory=dict)
+    # plain (not secret) named values the policy refers to, e.g. {"issuer-url": "https://…"}
+    named_values: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -431,7 +433,8 @@ class Backend(Protocol):
 
     def publish_revision(self, spec: ApiSpec) -> ApiRevisionInfo:
         """Record a revision of an API in the gateway (not yet current), checked against
-        ``spec.rules``; idempotent by (name, revision) — publishing again re-checks it.
+        ``spec.rules``, after setting ``spec.named_values``; idempotent by (name, revision) —
+        publishing again re-checks it.
 
         Raises:
             PolicyRefused: the policy does not compile (the message names the element).

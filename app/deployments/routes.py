@@ -3,6 +3,7 @@ deploy, rotate keys and roll back as jobs; an admin's audited key reveal."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from flask import Blueprint, make_response, redirect, render_template, request, url_for
@@ -10,9 +11,11 @@ from flask_login import current_user
 
 from app.auth.roles import Role
 from app.auth.users import role_required, signed_in
-from app.errors import NotFound, ValidationError
-from app.services import deployments, jobs
+from app.errors import AppError, NotFound, ValidationError
+from app.services import deployments, jobs, models
 from app.services.kinds import JobKind
+
+logger = logging.getLogger(__name__)
 
 bp = Blueprint("deployments", __name__, url_prefix="/deployments")
 
@@ -27,23 +30,50 @@ def _environment(name: str) -> str:
 @signed_in
 def list() -> Any:  # noqa: A001  (view names follow the list/detail/create convention)
     """Show every environment's slots, health, traffic and key age."""
+    return _page()
+
+
+def _page(form_errors: dict[str, dict[str, str]] | None = None,
+          chosen: dict[str, str] | None = None) -> str:
+    """The page, with a deploy form's errors beside its fields (by environment) if any."""
     return render_template("deployments/list.html", environments=deployments.overview(),
                            can_deploy=current_user.can(Role.ENGINEER),
-                           can_reveal=current_user.can(Role.ADMIN))
+                           can_reveal=current_user.can(Role.ADMIN),
+                           versions=_versions(), form_errors=form_errors or {},
+                           chosen=chosen or {})
+
+
+def _versions() -> tuple[str, ...]:
+    """Registered versions of the pipeline's model, newest first (empty if unreadable)."""
+    try:
+        return tuple(v.version for v in models.list_versions(models.default_model_name()))
+    except AppError as exc:
+        logger.info("deployments: registry unavailable: %s", exc.message)
+        return ()
 
 
 @bp.post("/<environment>/deploy")
 @role_required(Role.ENGINEER)
 def deploy(environment: str) -> Any:
-    """Queue a deploy of a version (blank: the latest) to an environment."""
+    """Queue a deploy of a registered version (blank: the latest) to an environment; a bad
+    version comes back as the page with the error beside the field (422)."""
     params: dict[str, Any] = {"environment": _environment(environment)}
     version = request.form.get("version", "").strip()
-    if version:
-        if not version.isdigit():
-            raise ValidationError("version must be a version number",
-                                  errors=[{"field": "version", "message": "not a number"}])
-        params["version"] = version
-    return _queue(JobKind.DEPLOY, params)
+    try:
+        if version:
+            if not version.isdigit():
+                raise ValidationError("version must be a version number",
+                                      errors=[{"field": "version",
+                                               "message": f"{version!r} is not a version number"}])
+            if version not in _versions():
+                raise ValidationError(f"version {version} is not registered",
+                                      errors=[{"field": "version", "message":
+                                               f"no version {version} is registered"}])
+            params["version"] = version
+        return _queue(JobKind.DEPLOY, params)
+    except ValidationError as exc:
+        errors = {e["field"]: e["message"] for e in exc.errors} or {"form": exc.message}
+        return _page({environment: errors}, {environment: version}), 422
 
 
 @bp.post("/<environment>/rollback")

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 _PATH = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}(/[a-z0-9][a-z0-9-]{0,62}){0,3}$")
 _TEMPLATE = re.compile(r"^/[A-Za-z0-9._~/-]{0,200}$")
+_WHOLE_REFERENCE = re.compile(r"^\{\{([A-Za-z0-9._-]{1,256})\}\}$")
 _METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
 _REFUSED_POLICY = Policy((), None, (), (), ())
 
@@ -171,6 +172,19 @@ def _api(raw: Any, named: Mapping[str, NamedValue]) -> ApiRevision:
                        refusal)
 
 
+def _resolve(value: str | None, named: Mapping[str, NamedValue], where: str) -> str | None:
+    """A recorded issuer or audience that is exactly one ``{{name}}`` reads that named value
+    (the panel records ``{{issuer-url}}``, as its policies name it)."""
+    match = _WHOLE_REFERENCE.match(value or "")
+    if match is None:
+        return value
+    entry = named.get(match.group(1))
+    if entry is None or entry.secret:
+        raise ConfigError(f"{where} names {{{{{match.group(1)}}}}}, which is not a plain "
+                          "named value of this configuration")
+    return entry.value
+
+
 def _serving_rules(raw: Mapping[str, Any], name: str,
                    named: Mapping[str, NamedValue]) -> ServingRules:
     """The API's serving rules: its environment's recorded backend and what publishing wrote."""
@@ -187,7 +201,7 @@ def _serving_rules(raw: Mapping[str, Any], name: str,
         value = raw.get(key)
         if value is not None and not (isinstance(value, str) and value):
             raise ConfigError(f"api {name!r}: {key} must be a non-empty string")
-        identity[key] = value
+        identity[key] = _resolve(value, named, f"api {name!r}: {key}")
     recorded = named.get(backend_url_name(environment))
     return ServingRules(environment, recorded.value if recorded else None, tuple(allowed),
                         anonymous, identity["issuer"], identity["audience"])

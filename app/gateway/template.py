@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import MutableMapping
 from importlib import resources
 from string import Template
 from xml.sax.saxutils import escape
@@ -10,6 +12,12 @@ from xml.sax.saxutils import escape
 DEFAULT_AUDIENCE = "api://modelgate"
 DEFAULT_ROLE = "Score.Invoke"
 DEFAULT_RATE_LIMIT = 6000
+#: The named value holding the token issuer's URL. Policies the panel renders name it instead
+#: of a literal URL (as on API Management), and whoever starts the stack sets it, so restarting
+#: the issuer on another port re-points every published policy.
+ISSUER_URL_NAME = "issuer-url"
+ISSUER_URL_REF = "{{" + ISSUER_URL_NAME + "}}"
+_CALLS = re.compile(r'<rate-limit-by-key calls="([0-9]{1,9})"')
 
 
 def backend_url_name(environment: str) -> str:
@@ -48,6 +56,7 @@ def render_default_policy(
 
     The backend key and URL come from named values, by default ``<environment>-backend-key``
     (secret) and ``<environment>-backend-url``, which the publish job must write alongside.
+    ``issuer`` is a URL or ISSUER_URL_REF (the panel's choice: the ``issuer-url`` named value).
     """
     issuer = issuer.rstrip("/")
     values = {
@@ -63,3 +72,30 @@ def render_default_policy(
     text = resources.files("app.gateway").joinpath("default-policy.xml").read_text("utf-8")
     safe = {k: escape(v, {'"': "&quot;", "'": "&apos;"}) for k, v in values.items()}
     return Template(text).substitute(safe)
+
+
+def adopt_issuer_url_name(api: MutableMapping[str, object]) -> bool:
+    """Turn a published API that modelgate rendered with a literal issuer URL into one that
+    names ISSUER_URL_REF (policy and recorded issuer); return whether it changed.
+
+    Only a policy byte-identical to the default policy rendered for its recorded issuer,
+    environment, audience and rate limit is rewritten: a policy someone wrote is left as it is.
+    """
+    issuer, policy = api.get("issuer"), api.get("policy_xml")
+    if not (isinstance(issuer, str) and issuer.startswith("https://")
+            and isinstance(policy, str)):
+        return False
+    calls = _CALLS.search(policy)
+    audience = api.get("audience")
+
+    def render(issuer_text: str) -> str:
+        return render_default_policy(
+            issuer=issuer_text, environment=str(api.get("environment", "")),
+            audience=audience if isinstance(audience, str) else DEFAULT_AUDIENCE,
+            rate_limit=int(calls.group(1)) if calls else None)
+
+    if render(issuer) != policy:
+        return False
+    api["policy_xml"] = render(ISSUER_URL_REF)
+    api["issuer"] = ISSUER_URL_REF
+    return True

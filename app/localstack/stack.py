@@ -117,7 +117,23 @@ class Stack:
             "MODELGATE_PANEL_URL": f"http://127.0.0.1:{self.ports['panel']}",
             "PYTHONUNBUFFERED": "1",
         }
+        self._point_gateway_at_issuer(self.child_env["MODELGATE_ISSUER_URL"])
         self.services = self._plan()
+
+    def _point_gateway_at_issuer(self, issuer: str) -> None:
+        """Set the gateway's ``issuer-url`` named value to this start's issuer URL."""
+        from app.backends.local import gateway as gateway_config
+        from app.gateway.config import ConfigError
+        from app.gateway.policy import PolicyError
+
+        try:
+            adopted = gateway_config.set_issuer_url(self.home, issuer)
+        except (ConfigError, PolicyError) as exc:
+            raise StackError(f"gateway/config.json cannot be updated with the issuer URL: {exc}"
+                             ) from None
+        if adopted:
+            self.out(f"published APIs now name the issuer by {{{{issuer-url}}}}: "
+                     f"{', '.join(adopted)}")
 
     def _plan(self) -> list[Service]:
         """The children in start order."""

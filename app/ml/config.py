@@ -71,6 +71,9 @@ class TrainingConfig:
     max_rows: int = DEFAULT_MAX_ROWS
     importance_repeats: int = 10
     calibration_bins: int = 10
+    # Reuse a registered version trained on the same data with the same parameters and seed
+    # instead of registering an identical one.
+    skip_identical: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Return the YAML/JSON form accepted by :meth:`from_dict`."""
@@ -85,6 +88,7 @@ class TrainingConfig:
             "max_rows": self.max_rows,
             "importance_repeats": self.importance_repeats,
             "calibration_bins": self.calibration_bins,
+            "skip_identical": self.skip_identical,
         }
 
     @classmethod
@@ -158,7 +162,7 @@ def _parse_config(data: Mapping[str, Any], where: str) -> TrainingConfig:
     if not isinstance(data, Mapping):
         raise ConfigError(where, "must be a mapping")
     known = {"name", "seed", "test_size", "cv_folds", "candidates", "cost", "bounds",
-             "max_rows", "importance_repeats", "calibration_bins"}
+             "max_rows", "importance_repeats", "calibration_bins", "skip_identical"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{where}.{key}", f"unknown key; expected one of {sorted(known)}")
@@ -212,4 +216,12 @@ def _parse_config(data: Mapping[str, Any], where: str) -> TrainingConfig:
                                    base.importance_repeats),
         calibration_bins=_number(data, "calibration_bins", where, int, 2, 50,
                                  base.calibration_bins),
+        skip_identical=_flag(data, "skip_identical", where, base.skip_identical),
     )
+
+
+def _flag(data: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}.{key}", "must be true or false")
+    return value

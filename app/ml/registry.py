@@ -63,6 +63,14 @@ class ModelVersionInfo:
     metrics: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     params: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
+    def training_identity(self) -> tuple[str, tuple[tuple[str, str], ...]] | None:
+        """What makes a retraining reproduce this version: the dataset's hash and every run
+        parameter (the seed among them); None when the run recorded neither."""
+        sha = self.tags.get("dataset_sha256")
+        if not sha or not self.params:
+            return None
+        return sha, tuple(sorted(self.params.items()))
+
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready form (for ``GET /api/v1/models/<name>/versions``)."""
         return {

@@ -18,7 +18,7 @@ from app.ml.dataset import (
     load_version,
     register_dataset,
 )
-from app.ml.registry import ModelRegistry, ModelVersionInfo
+from app.ml.registry import DEFAULT_MODEL_NAME, ModelRegistry, ModelVersionInfo
 from app.ml.training import ProgressCallback, TrainingOutcome, train
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ class TrainResult:
     model: ModelVersionInfo
     outcome: TrainingOutcome
     package_path: Path | None
+    reused_identical: bool = False  # an identical version existed and was not registered again
 
     def to_dict(self) -> dict[str, Any]:
         """Return a small JSON-ready summary (no model object, no secrets)."""
@@ -56,6 +57,7 @@ class TrainResult:
                                       "heldout_roc_auc": c.heldout_roc_auc}
                            for c in self.outcome.candidates},
             "package_path": str(self.package_path) if self.package_path else None,
+            "reused_identical": self.reused_identical,
         }
 
 
@@ -115,14 +117,25 @@ def train_and_register(
     outcome = train(ds.path, cfg, progress=scaled)
     report(86, "logging run and registering model")
     reg = registry or ModelRegistry.for_home(home_path)
-    version = reg.log_and_register(outcome, job_id=job_id)
+    same = _identical_version(reg, outcome) if cfg.skip_identical else None
+    version = same or reg.log_and_register(outcome, job_id=job_id)
     package_path = None
     if materialise:
         report(95, "materialising model package")
         package_path = reg.download_package(
             version.name, version.version, home_path / "models" / version.name / version.version
         )
-    report(100, f"registered {version.name} version {version.version}")
+    report(100, f"{version.name} version {version.version} has the same data, parameters and "
+                "seed; reused it instead of registering a copy" if same else
+                f"registered {version.name} version {version.version}")
     logger.info("train job %s: %s v%s (%s, held-out ROC AUC %.3f)", job_id, version.name,
                 version.version, outcome.family, outcome.heldout["roc_auc"])
-    return TrainResult(ds, created, version, outcome, package_path)
+    return TrainResult(ds, created, version, outcome, package_path, same is not None)
+
+
+def _identical_version(reg: ModelRegistry, outcome: TrainingOutcome) -> ModelVersionInfo | None:
+    """The newest registered version this training reproduces (same dataset hash and params,
+    the seed among them), or None."""
+    name = outcome.signature.name or DEFAULT_MODEL_NAME
+    identity = (outcome.dataset.sha256, tuple(sorted(outcome.params().items())))
+    return next((v for v in reg.list_versions(name) if v.training_identity() == identity), None)

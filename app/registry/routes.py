@@ -8,6 +8,7 @@ from flask import Blueprint, redirect, render_template, request, url_for
 
 from app.auth.users import signed_in
 from app.errors import NotFound, ValidationError
+from app.labels import SUMMARY_METRICS
 from app.registry import charts
 from app.services import models
 
@@ -36,7 +37,8 @@ def detail(name: str, version: int) -> Any:
     """Show one version: metrics, ROC, confusion matrix, importance, calibration, lineage."""
     info = models.get_version(name, str(version))
     return render_template("registry/detail.html", name=name, info=info,
-                           lineage=models.lineage(info), charts_data=models.chart_data(info))
+                           lineage=models.lineage(info), charts_data=models.chart_data(info),
+                           identical=models.identical_versions(info))
 
 
 @bp.get("/<name>/compare")
@@ -64,4 +66,4 @@ def compare(name: str) -> Any:
 @bp.context_processor
 def chart_helpers() -> dict[str, Any]:
     """Expose the SVG chart helpers and metric labels to the registry templates."""
-    return {"charts": charts, "summary_metrics": models.SUMMARY_METRICS}
+    return {"charts": charts, "summary_metrics": SUMMARY_METRICS}

@@ -20,6 +20,7 @@ from app.backends.base import ApiOperation, ApiSpec, PolicyRefused, ResourceNotF
 from app.db import ApiRevision
 from app.errors import Conflict, NotFound, ValidationError
 from app.extensions import db
+from app.gateway.template import ISSUER_URL_NAME, ISSUER_URL_REF
 from app.services import audit, protected
 from app.services.audit import AuditAction
 from app.services.backend import api_name, api_path, backend, environment_names, pipeline
@@ -70,7 +71,8 @@ def render_policy(config: Mapping[str, Any], environment: str,
 
     idp = issuer_settings(config)
     limit = rate_limit if rate_limit is not None else int(config.get("RATE_LIMIT") or 6000)
-    return render_default_policy(issuer=idp.issuer, environment=environment,
+    # the issuer by name: whoever starts the gateway sets it (restarts on other ports)
+    return render_default_policy(issuer=ISSUER_URL_REF, environment=environment,
                                  audience=idp.audience, role=DEFAULT_ROLE, rate_limit=limit)
 
 
@@ -155,16 +157,19 @@ def serving_rules(name: str) -> dict[str, Any]:
     idp = issuer_settings(current_app.config)
     return {"anonymous": name in gateway.anonymous_apis,
             "allowed_backends": list(gateway.allowed_backends),
-            "issuer": idp.issuer, "audience": idp.audience}
+            "issuer": ISSUER_URL_REF, "audience": idp.audience}
 
 
 def _make_current(row: ApiRevision) -> None:
     """Publish the revision to the gateway (checked against today's serving rules) and make it
     current there, then mark it current here; undo the row on refusal."""
+    from flask import current_app
+
     target = backend()
     spec = ApiSpec(name=row.api_name, path=row.path, environment=row.environment,
                    revision=row.revision, policy_xml=row.policy_xml, operations=OPERATIONS,
-                   rules=serving_rules(row.api_name))
+                   rules=serving_rules(row.api_name),
+                   named_values={ISSUER_URL_NAME: issuer_settings(current_app.config).issuer})
     try:
         target.publish_revision(spec)
         target.make_revision_current(row.api_name, row.revision)

@@ -32,19 +32,6 @@ logger = logging.getLogger(__name__)
 _EXTENSION = "modelgate.models"
 _CHART_CACHE_SIZE = 64
 _RUN_CACHE_SIZE = 2048
-# Metrics shown in tables, in order: key, label, whether higher is better (None: neither).
-SUMMARY_METRICS: tuple[tuple[str, str, bool | None], ...] = (
-    ("roc_auc", "ROC AUC (held-out)", True),
-    ("cv_roc_auc", "ROC AUC (cross-validated)", True),
-    ("accuracy", "Accuracy", True),
-    ("precision_bad", "Precision (bad)", True),
-    ("recall_bad", "Recall (bad)", True),
-    ("f1_bad", "F1 (bad)", True),
-    ("brier", "Brier score", False),
-    ("expected_cost", "Expected cost", False),
-    ("expected_cost_at_0_5", "Expected cost at 0.5", False),
-    ("threshold", "Threshold on P(bad)", None),
-)
 
 
 @dataclass(frozen=True)
@@ -202,6 +189,33 @@ def get_version(name: str, version: str) -> ModelVersionInfo:
         return registry().get_version(name, version)
     except RegistryError:
         raise NotFound(f"model {name!r} has no version {version!r}") from None
+
+
+@dataclass(frozen=True)
+class IdenticalVersion:
+    """An earlier version trained on the same data with the same parameters and seed."""
+
+    version: str
+    serves: tuple[str, ...]  # the environments it serves now
+
+
+def identical_versions(info: ModelVersionInfo) -> list[IdenticalVersion]:
+    """Other versions of the model that ``info`` reproduces exactly (same dataset hash, same
+    parameters, same seed), those serving an environment first."""
+    from app.services import deployments
+
+    identity = info.training_identity()
+    if identity is None:
+        return []
+    serving: dict[str, list[str]] = {}
+    for environment in deployments.environments():
+        active = deployments.active(environment)
+        if active is not None and active.model_name == info.name:
+            serving.setdefault(active.model_version, []).append(environment)
+    found = [IdenticalVersion(other.version, tuple(serving.get(other.version, ())))
+             for other in list_versions(info.name)
+             if other.version != info.version and other.training_identity() == identity]
+    return sorted(found, key=lambda v: (not v.serves, int(v.version)))
 
 
 def _unavailable(exc: Exception) -> Exception:

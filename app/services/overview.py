@@ -150,7 +150,10 @@ def package_metrics(name: str, version: str) -> dict[str, Any]:
     cv = data.get("cv") or {}
     return {"family": data.get("family"), "roc_auc": heldout.get("roc_auc"),
             "cv_roc_auc": cv.get("roc_auc_mean"), "accuracy": heldout.get("accuracy"),
-            "recall_bad": heldout.get("recall_bad"), "threshold": data.get("threshold")}
+            "recall_bad": heldout.get("recall_bad"), "threshold": data.get("threshold"),
+            "expected_cost": heldout.get("expected_cost"),
+            "expected_cost_at_0_5": heldout.get("expected_cost_at_0_5"),
+            "cost_matrix": data.get("cost_matrix") or {}}
 
 
 def environment_cards() -> list[EnvironmentCard]:

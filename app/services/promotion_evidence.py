@@ -11,8 +11,15 @@ from sqlalchemy import select
 from app.db import Job, JobStatus
 from app.errors import NotFound, ValidationError
 from app.extensions import db
+from app.labels import METRICS
 
 logger = logging.getLogger(__name__)
+
+
+def _metric_order(name: str) -> tuple[int, str]:
+    """The label table's order first (what the model page shows), then the rest by key."""
+    order = list(METRICS)
+    return (order.index(name), name) if name in order else (len(order), name)
 
 
 def metric_rows(evidence: dict[str, Any]) -> list[dict[str, Any]]:
@@ -20,7 +27,7 @@ def metric_rows(evidence: dict[str, Any]) -> list[dict[str, Any]]:
     candidate = (evidence.get("candidate") or {}).get("metrics") or {}
     current = (evidence.get("current") or {}).get("metrics") or {}
     rows = []
-    for name in sorted(set(candidate) | set(current)):
+    for name in sorted(set(candidate) | set(current), key=_metric_order):
         new, old = candidate.get(name), current.get(name)
         delta = new - old if isinstance(new, int | float) and isinstance(old, int | float) \
             else None
@@ -48,8 +55,12 @@ def model_evidence(environment: str, version: str) -> tuple[str, dict[str, Any]]
     if active is not None:
         current: dict[str, Any] = {"version": active.model_version, "metrics": {}}
         try:
-            current["metrics"] = dict(models.get_version(active.model_name,
-                                                         active.model_version).metrics)
+            serving = models.get_version(active.model_name, active.model_version)
+            current["metrics"] = dict(serving.metrics)
+            identity = candidate.training_identity()
+            # Same data, parameters and seed: approving would change nothing.
+            evidence["identical_to_current"] = identity is not None and \
+                identity == serving.training_identity() and serving.version != version
         except NotFound:
             logger.info("current %s version %s is not in the registry", environment,
                         active.model_version)

@@ -39,6 +39,7 @@ from app.backends.base import (
 )
 from app.db import Deployment, DeploymentState
 from app.errors import AppError, ValidationError
+from app.labels import plural
 from app.services import apis, audit, deployments, faults, jobs, models, protected
 from app.services.audit import AuditAction
 from app.services.backend import backend, slot_ref
@@ -172,7 +173,7 @@ def run_deploy(job: Reporter, params: Mapping[str, Any]) -> dict[str, Any]:
         requested_by=jobs.get(job.job_id).requested_by, rollback=rollback)
     total = 2 if publish_after else 1
     job.log(f"stage 1/{total}: deploying {name} v{version} to {env} blue/green "
-            f"({size.replicas} replica(s))")
+            f"({plural(size.replicas, 'replica')})")
     stage = Stage(job, 0, 80 if publish_after else 100, f"deploy (1/{total})")
     result = deploy(stage, request, registry, settings())
     if publish_after:
@@ -236,7 +237,7 @@ def _create(target: Backend, job: Reporter, request: DeployRequest) -> Deploymen
         resources=request.resources, job_id=job.job_id, slot_id=slot_id, slot=colour,
         info=info)
     job.log(f"new {row.slot} slot {row.id} for {request.environment} at 0% traffic "
-            f"({row.replicas} replica(s)) on the {info.backend} backend")
+            f"({plural(row.replicas, 'replica')}) on the {info.backend} backend")
     return row
 
 
@@ -250,11 +251,11 @@ def _bring_up_and_switch(target: Backend, job: Reporter, deployment_id: str,
         info = target.wait_ready(ref, row.replicas, settings.ready_timeout_seconds,
                                  job.check_cancelled)
         deployments.record_ready(row.id, info)
-        job.log(f"{row.slot} slot ready at {info.base_url} ({row.replicas} replica(s))")
+        job.log(f"{row.slot} slot ready at {info.base_url} ({plural(row.replicas, 'replica')})")
         job.progress(50, "smoke-testing the new slot with its own key")
         result = target.smoke_test(ref, target.slot_keys(ref).primary)
-        job.log(f"smoke test passed: label {result.label}, probabilities "
-                f"{ {k: round(v, 4) for k, v in result.probabilities.items()} }")
+        odds = ", ".join(f"P({k}) {v:.4f}" for k, v in sorted(result.probabilities.items()))
+        job.log(f"smoke test passed: predicted {result.label} ({odds})")
     except (BackendError, JobCancelled) as exc:
         reason = "cancelled" if isinstance(exc, JobCancelled) else str(exc)
         deployments.stop([row.id], failed=reason)

@@ -50,6 +50,10 @@ def run_train(job: Reporter, params: Mapping[str, Any]) -> dict[str, Any]:
                                            "message": message}]) from None
         raise ValidationError(message) from None
     summary = dict(info.summary)
+    if summary.get("reused_identical"):
+        job.log(f"{info.model_name} version {info.version} was trained on the same data with "
+                "the same parameters and seed; reused it (model.skip_identical)")
+        return summary
     if summary.get("reused"):
         job.log(f"version {info.version} was registered by an earlier attempt; reusing it")
         return summary

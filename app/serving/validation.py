@@ -41,6 +41,7 @@ class RecordValidator(_validation.RecordValidator):
 
     def reject(self, errors: list[SignatureFieldError]) -> Exception:
         """A 422 carrying at most MAX_REPORTED_ERRORS field errors (the count names all)."""
-        detail = f"The request does not match the model signature ({len(errors)} problem(s))."
+        count = f"{len(errors)} problem" + ("" if len(errors) == 1 else "s")
+        detail = f"The request does not match the model signature ({count})."
         shown = tuple(FieldError(e.field, e.message) for e in errors[:MAX_REPORTED_ERRORS])
         return ProblemError(422, detail, shown)

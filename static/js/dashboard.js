@@ -9,10 +9,16 @@
 
   function isFinal(status) { return FINAL.indexOf(status) >= 0; }
 
+  // A job status as the label table (app/labels.py) writes it: "NOT_RUN" → "Not run".
+  function statusLabel(status) {
+    var text = status.toLowerCase().replace(/_/g, " ");
+    return text.charAt(0).toUpperCase() + text.slice(1);
+  }
+
   function badge(doc, status) {
     var span = doc.createElement("span");
     span.className = "badge badge-" + status.toLowerCase();
-    span.textContent = status;
+    span.textContent = statusLabel(status);
     return span;
   }
 

@@ -2,10 +2,16 @@
 (function () {
   "use strict";
 
+  // A job status as the label table (app/labels.py) writes it: "NOT_RUN" → "Not run".
+  function statusLabel(status) {
+    var text = status.toLowerCase().replace(/_/g, " ");
+    return text.charAt(0).toUpperCase() + text.slice(1);
+  }
+
   function setStatus(cell, status) {
     if (!cell) return;
     var badge = cell.querySelector(".badge") || cell;
-    badge.textContent = status;
+    badge.textContent = statusLabel(status);
     badge.className = "badge badge-" + status.toLowerCase();
   }
 

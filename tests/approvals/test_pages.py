@@ -103,7 +103,8 @@ def test_inbox_shows_everything_to_decide_and_forms_work(
     # The ROC AUC row: v3's and prod v1's values as MLflow has them, and the difference.
     cells = [re.escape(f'<td class="num">{value}</td>')
              for value in (f"{v3:.4f}", f"{v1:.4f}", f"{v3 - v1:+.4f}")]
-    roc_row = r"<tr><td>roc_auc</td>{}{}\s*{}</tr>".format(*cells)
+    roc_row = r'<tr data-metric="roc_auc"><td>ROC AUC \(held-out\)</td>{}{}\s*{}</tr>'.format(
+        *cells)
     assert re.search(roc_row, page), roc_row
     assert "style=" not in page and "<script>" not in page
     # The requester sees the request without decision buttons.
@@ -118,6 +119,26 @@ def test_inbox_shows_everything_to_decide_and_forms_work(
     assert done.status_code == 302 and "/jobs/" in done.headers["Location"]
     detail = bob.get(f"/approvals/{pid}").get_data(as_text=True)
     assert 'data-state="APPROVED"' in detail and "ok" in detail
+
+
+def test_the_approval_page_labels_metrics_and_states_as_the_model_page_does(
+        panel: Any, tmp_path: Path) -> None:
+    with panel.app_context():
+        record_deploy(tmp_path, "prod", "1", "job-prod-1")
+    alice, headers = _api(panel, "alice")
+    pid = alice.post("/api/v1/promotions", headers=headers,
+                     json={"version": "3", "reason": "r"}).get_json()["id"]
+    page = client_for(panel, "bob").get(f"/approvals/{pid}").get_data(as_text=True)
+    shown = re.sub(r"<[^>]+>", " ", page)  # the text, without attributes
+    for raw in ("cv_expected_cost", "logistic_regression.heldout_roc_auc", "roc_auc",
+                "PENDING"):
+        assert raw not in shown, raw
+    for label in ("Expected cost (cross-validated)", "ROC AUC (held-out)",
+                  "Logistic regression: ROC AUC (held-out)", "Pending"):
+        assert label in shown, label
+    # The table leads with the metrics the model page shows, in its order.
+    keys = re.findall(r'<tr data-metric="([^"]+)">', page)
+    assert keys[:3] == ["roc_auc", "cv_roc_auc", "accuracy"], keys
 
 
 def test_pages_by_role(panel: Any) -> None:
@@ -237,3 +258,79 @@ def test_lineage_reaches_the_deployments_of_a_version(panel: Any, tmp_path: Path
     assert by_version["1"] == [] and by_version["3"] == []
     page = alice.get("/models/german-credit/versions/2").get_data(as_text=True)
     assert f'data-deployment="{slot}"' in page and "not deployed yet" not in page
+
+
+def test_timeline_filters_offer_only_real_environments_and_versions(panel: Any) -> None:
+    erin = client_for(panel, "erin")
+    page = erin.get("/audit/timeline").get_data(as_text=True)
+    assert '<select name="environment" id="timeline-environment">' in page
+    assert '<option value="prod">prod</option>' in page and '<option value="3">v3</option>' in page
+    assert 'type="text" name="environment"' not in page
+    # Nothing recorded yet: a sentence, not a numbered list item.
+    assert 'id="timeline-empty"' in page and '<ol class="timeline"' not in page
+    nonsense = erin.get("/audit/timeline?environment=nonsense&model_version=99")
+    text = nonsense.get_data(as_text=True)
+    assert nonsense.status_code == 200 and "Timeline of nonsense" not in text
+    assert 'data-error="environment">no environment is called &#39;nonsense&#39;' in text
+    assert 'data-error="model_version">no version &#39;99&#39; is registered' in text
+
+
+def test_audit_details_read_as_fields_and_the_time_does_not_wrap(panel: Any) -> None:
+    with panel.app_context():
+        audit.record("alice", audit.AuditAction.JOB_QUEUED, "job:1",
+                     {"kind": "deploy", "params": {"environment": "staging", "version": "2"}})
+    page = client_for(panel, "bob").get("/audit/").get_data(as_text=True)
+    row = page[page.index('data-action="job.queued"'):]
+    row = row[:row.index("</tr>")]
+    assert '<td class="nowrap"><time' in row
+    assert "{&#34;" not in row and '{"' not in row  # no raw JSON
+    assert "<dt>kind</dt><dd>deploy</dd>" in row
+    assert "<dt>params</dt><dd>environment staging, version 2</dd>" in row
+
+
+def test_the_deploy_form_offers_registered_versions_and_answers_beside_the_field(
+        panel: Any) -> None:
+    from app.services import jobs
+
+    alice = client_for(panel, "alice")
+    page = alice.get("/deployments/").get_data(as_text=True)
+    staging = page[page.index('id="env-staging"'):page.index('id="env-prod"')]
+    assert '<select name="version" id="deploy-version-staging"' in staging
+    assert '<option value="">latest (v3)</option>' in staging
+    assert all(f'<option value="{v}">v{v}</option>' in staging for v in "123")
+    assert '<input name="version"' not in page
+    token = _form_token(page)
+    for bad, message in (("abc", "&#39;abc&#39; is not a version number"),
+                         ("99", "no version 99 is registered")):
+        answer = alice.post("/deployments/staging/deploy",
+                            data={"csrf_token": token, "version": bad})
+        html = answer.get_data(as_text=True)
+        assert answer.status_code == 422, bad
+        assert 'data-environment="staging"' in html and 'data-action="deploy"' in html
+        assert f'data-error="version" role="alert">{message}</span>' in html, bad
+        assert "field-invalid" in html
+    with panel.app_context():
+        assert jobs.list_jobs(limit=10) == []  # nothing was queued
+    done = alice.post("/deployments/staging/deploy", data={"csrf_token": token, "version": "2"})
+    assert done.status_code == 302 and "/jobs/" in done.headers["Location"]
+
+
+def test_a_refused_promotion_request_answers_beside_the_field(panel: Any,
+                                                              tmp_path: Path) -> None:
+    with panel.app_context():
+        record_deploy(tmp_path, "prod", "3", "job-prod-3")
+    alice = client_for(panel, "alice")
+    token = _form_token(alice.get("/approvals/new").get_data(as_text=True))
+    served = alice.post("/approvals/", data={"csrf_token": token, "environment": "prod",
+                                             "version": "3", "reason": "again"})
+    html = served.get_data(as_text=True)
+    assert served.status_code == 422 and 'id="promotion-form"' in html
+    assert 'data-error="version" role="alert">prod already serves v3</span>' in html
+    assert ">again</textarea>" in html  # the reason typed is kept
+    blank = alice.post("/approvals/", data={"csrf_token": token, "environment": "prod",
+                                            "version": "2", "reason": " "})
+    html = blank.get_data(as_text=True)
+    assert blank.status_code == 422
+    assert 'data-error="reason" role="alert">say why this change should go to production' \
+        in html
+    assert '<option value="2" selected>' in html

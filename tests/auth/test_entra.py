@@ -107,15 +107,17 @@ def test_incomplete_entra_configuration_fails_clearly(tmp_path: Path, redis_serv
 
 def test_sign_in_goes_to_the_tenant_with_pkce_and_the_api_scope(entra_app: Any,
                                                                  fake_entra: FakeEntra) -> None:
-    from app.auth.session_tokens import FLOW_KEY, start_sign_in
+    from app.auth.session_tokens import identity_client, start_sign_in
 
+    binding = "b" * 43
     with entra_app.test_request_context("/auth/login", method="POST"):
-        from flask import session
-
-        auth_uri = start_sign_in("/jobs/")
-        flow = session[FLOW_KEY]
+        auth_uri = start_sign_in("/jobs/", binding)
     parts = urlsplit(auth_uri)
     query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+    with entra_app.app_context():
+        pending = identity_client().pending.take(binding, query["state"])
+    assert pending is not None and pending.next_url == "/jobs/"
+    flow = pending.flow
     assert f"{parts.scheme}://{parts.netloc}{parts.path}" == \
         f"{LOGIN}/{TENANT}/oauth2/v2.0/authorize"
     assert query["client_id"] == PANEL_CLIENT and query["response_type"] == "code"

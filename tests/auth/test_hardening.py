@@ -10,6 +10,7 @@ from dataclasses import replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -183,6 +184,8 @@ def test_same_site_next_is_kept(shared_app: Any, target: str) -> None:
 
 
 def test_login_post_keeps_only_a_safe_next(oidc_app: Any, issuer: Issuer) -> None:
+    from app.auth.pending import binding_cookie
+    from app.auth.session_tokens import identity_client
     from tests.auth.conftest import page_csrf
 
     client = oidc_app.test_client()
@@ -190,7 +193,11 @@ def test_login_post_keeps_only_a_safe_next(oidc_app: Any, issuer: Issuer) -> Non
     assert client.post("/auth/login", data={"next": "/jobs/"}).status_code == 400  # CSRF
     for target, kept in (("//evil.com", "/"), ("/jobs/", "/jobs/")):
         response = client.post("/auth/login", data={"csrf_token": csrf, "next": target})
-        assert response.headers["Location"].startswith(issuer.url + "/authorize?")
-        with client.session_transaction() as sess:
-            assert sess["auth_next"] == kept
+        location = response.headers["Location"]
+        assert location.startswith(issuer.url + "/authorize?")
+        state = parse_qs(urlsplit(location).query)["state"][0]
+        binding = client.get_cookie(binding_cookie(False)).value
+        with oidc_app.app_context():
+            pending = identity_client().pending.take(binding, state)
+        assert pending is not None and pending.next_url == kept
     assert full_sign_in(client, issuer, "alice", "//evil.com").headers["Location"] == "/"

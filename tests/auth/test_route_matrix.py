@@ -21,6 +21,7 @@ from tests.conftest import USERS, build_app, csrf_headers, sign_in
 #: Endpoints anyone may call, each with the reason.
 PUBLIC = {
     "static": "CSS and JavaScript",
+    "favicon": "the browser's tab icon (a static file)",
     "dashboard.health": "liveness probe (DESIGN.md)",
     "api.openapi": "the API description",
     "auth.login": "the sign-in page",
@@ -30,7 +31,7 @@ PUBLIC = {
 }
 #: Public endpoints that are safe to call offline; the others talk to the identity provider
 #: and are covered by tests/auth/test_signin.py.
-PUBLIC_PROBES = {"dashboard.health", "api.openapi", "auth.login"}
+PUBLIC_PROBES = {"dashboard.health", "api.openapi", "auth.login", "favicon"}
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 

@@ -131,9 +131,94 @@ def test_callback_with_another_state_is_refused(oidc_app: Any, issuer: Issuer,
     client = oidc_app.test_client()
     callback = issuer_redirect(issuer.session(), start_login(client), issuer, "alice")
     forged = callback.replace("state=", "state=x")
-    _refused(client, forged.split("?", 1)[1], caplog, "state mismatch")
-    # The flow was consumed: the genuine answer cannot be replayed afterwards either.
+    _refused(client, forged.split("?", 1)[1], caplog, "without a pending")
+    # The genuine answer still finds its own flow, and uses it up: it cannot be replayed.
+    assert client.get(callback).status_code == 302
+    client.post("/auth/logout", data={"csrf_token": page_csrf(
+        client.get("/").get_data(as_text=True))})
     _refused(client, callback.split("?", 1)[1], caplog, "without a pending")
+
+
+def _rewrite_pending(app: Any, client: Any, auth_uri: str, change: Any) -> None:
+    """Apply `change` to the server-side record of the sign-in that `auth_uri` started."""
+    from dataclasses import replace
+
+    from app.auth.pending import binding_cookie
+
+    state = parse_qs(urlsplit(auth_uri).query)["state"][0]
+    binding = client.get_cookie(binding_cookie(False)).value
+    with app.app_context():
+        store = session_tokens.identity_client().pending
+        pending = store.take(binding, state)
+        assert pending is not None, "no pending sign-in on the server"
+        store.put(binding, replace(pending, **change(pending)))
+
+
+def test_the_pending_sign_in_lives_on_the_server_not_in_the_cookie(oidc_app: Any) -> None:
+    client = oidc_app.test_client()
+    auth_uri = start_login(client, "/jobs/")
+    data = _session_data(oidc_app, client)
+    assert not {"auth_flow", "auth_next", "auth_started"} & set(data)
+    seen: list[Any] = []
+    _rewrite_pending(oidc_app, client, auth_uri, lambda p: seen.append(p) or {})
+    assert seen[0].next_url == "/jobs/" and seen[0].flow["code_verifier"]
+    raw = [oidc_app.extensions["redis"].get(k)
+           for k in oidc_app.extensions["redis"].scan_iter("modelgate:sign-in:*")]
+    assert raw and not any(seen[0].flow["code_verifier"].encode() in blob for blob in raw)
+
+
+def test_sign_in_survives_concurrent_responses_that_write_the_session(
+        oidc_app: Any, issuer: Issuer) -> None:
+    """Issue 16: the favicon's 404 page and an error page, requested with the first page load
+    (no cookie yet), answer after "Sign in" was pressed; their session cookies, each with a
+    fresh CSRF token, replace the browser's. The sign-in must still complete."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cookie = oidc_app.config["SESSION_COOKIE_NAME"]
+
+    def in_flight(path: str) -> Any:
+        return oidc_app.test_client().get(path, headers={"Accept": "text/html"})
+
+    client = oidc_app.test_client()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        # both go out with the first page load, before the browser holds any session cookie
+        late = [pool.submit(in_flight, "/no-such-page"),  # a 404 page
+                pool.submit(in_flight, "/auth/logout")]  # an error page: 405 for a GET
+        auth_uri = start_login(client, "/jobs/")
+        answers = [f.result(timeout=30) for f in late]
+    assert [a.status_code for a in answers] == [404, 405]
+    for answer in answers:
+        written = [h for h in answer.headers.getlist("Set-Cookie")
+                   if h.startswith(cookie + "=")]
+        assert written, "the concurrent response must write the session for this test to bite"
+        # ...and it lands after the sign-in's redirect: the browser keeps the latest cookie
+        client.set_cookie(cookie, written[0].split(";", 1)[0].split("=", 1)[1])
+    callback = issuer_redirect(issuer.session(), auth_uri, issuer, "alice")
+    response = client.get(callback)
+    assert response.status_code == 302, response.get_data(as_text=True)[:300]
+    assert response.headers["Location"] == "/jobs/"
+    assert session_user(oidc_app, client).username == "alice"
+
+
+def test_a_state_from_another_browser_is_refused(oidc_app: Any, issuer: Issuer,
+                                                 caplog: Any) -> None:
+    victim, attacker = oidc_app.test_client(), oidc_app.test_client()
+    callback = issuer_redirect(issuer.session(), start_login(victim), issuer, "alice")
+    # the attacker has the whole callback URL (code and state) but not the victim's cookie
+    start_login(attacker)  # with a sign-in (and a binding cookie) of its own
+    _refused(attacker, callback.split("?", 1)[1], caplog, "without a pending")
+    assert attacker.get("/").status_code == 302
+    # the victim's own sign-in is untouched by the attempt
+    assert victim.get(callback).status_code == 302
+    assert session_user(oidc_app, victim).username == "alice"
+
+
+def test_favicon_is_served_without_touching_the_session(oidc_app: Any) -> None:
+    response = oidc_app.test_client().get("/favicon.ico")
+    assert response.status_code == 200
+    assert response.mimetype == "image/vnd.microsoft.icon"
+    assert response.data[:4] == b"\x00\x00\x01\x00"  # an ICO header
+    assert not response.headers.getlist("Set-Cookie")
 
 
 def test_provider_error_is_shown_not_ignored(oidc_app: Any, issuer: Issuer,
@@ -150,19 +235,19 @@ def test_provider_error_is_shown_not_ignored(oidc_app: Any, issuer: Issuer,
 
 def test_a_stale_flow_is_refused(oidc_app: Any, issuer: Issuer, caplog: Any) -> None:
     client = oidc_app.test_client()
-    callback = issuer_redirect(issuer.session(), start_login(client), issuer, "alice")
-    with client.session_transaction() as sess:
-        sess["auth_started"] -= session_tokens.FLOW_MAX_AGE_SECONDS + 1
+    auth_uri = start_login(client)
+    callback = issuer_redirect(issuer.session(), auth_uri, issuer, "alice")
+    _rewrite_pending(oidc_app, client, auth_uri, lambda p: {
+        "started": p.started - session_tokens.FLOW_MAX_AGE_SECONDS - 1})
     _refused(client, callback.split("?", 1)[1], caplog, "pending flow expired")
 
 
 def test_tampered_nonce_is_refused(oidc_app: Any, issuer: Issuer, caplog: Any) -> None:
     client = oidc_app.test_client()
-    callback = issuer_redirect(issuer.session(), start_login(client), issuer, "alice")
-    with client.session_transaction() as sess:
-        flow = dict(sess["auth_flow"])
-        flow["nonce"] = "another-nonce"
-        sess["auth_flow"] = flow
+    auth_uri = start_login(client)
+    callback = issuer_redirect(issuer.session(), auth_uri, issuer, "alice")
+    _rewrite_pending(oidc_app, client, auth_uri, lambda p: {
+        "flow": {**p.flow, "nonce": "another-nonce"}})
     _refused(client, callback.split("?", 1)[1], caplog, "MSAL refused")
 
 

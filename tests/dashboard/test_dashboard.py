@@ -94,6 +94,7 @@ def test_stages_show_the_newest_job_of_each_kind_with_what_it_produced(app: Any)
     html = client.get("/").get_data(as_text=True)
     assert 'data-stage="model" data-kind="train"\n        data-status="SUCCEEDED"' in html
     assert "german-credit version 7" in html
+    assert ">Not run</span>" in html and ">Succeeded</span>" in html and "NOT_RUN<" not in html
 
 
 def test_pipeline_detail_shows_its_stages_and_links_to_what_they_produced(app: Any) -> None:
@@ -145,7 +146,10 @@ def test_environment_cards_show_deployment_api_and_traffic(app: Any, tmp_path: P
     package.mkdir(parents=True)
     (package / "metrics.json").write_text(json.dumps(
         {"family": "logistic_regression", "threshold": 0.31,
-         "heldout": {"roc_auc": 0.781, "accuracy": 0.7}, "cv": {"roc_auc_mean": 0.77}}))
+         "cost_matrix": {"bad_as_good": 5.0, "good_as_bad": 1.0},
+         "heldout": {"roc_auc": 0.781, "accuracy": 0.7, "expected_cost": 0.55,
+                     "expected_cost_at_0_5": 0.71},
+         "cv": {"roc_auc_mean": 0.77}}))
     with app.app_context():
         row = deployments.create_slot(environment="prod", model_name="german-credit",
                                       model_version="2", replicas=2, resources={},
@@ -171,7 +175,12 @@ def test_environment_cards_show_deployment_api_and_traffic(app: Any, tmp_path: P
     prod = html[html.index('id="env-prod"'):]
     assert "german-credit v2" in prod and "0.781" in prod and "0.310" in prod
     assert "credit-risk r3" in prod
-    assert 'data-field="traffic">100 %' in prod and "0.0 days" in prod
+    # Accuracy never stands alone: the rule and the cost it minimises come first.
+    assert 'data-field="decision-rule">“bad” when P(bad) ≥ 0.310' in prod
+    assert 'data-field="expected-cost">0.550' in prod and "(at 0.5: 0.710)" in prod
+    assert "accepting a bad applicant costs 5, declining a good one 1" in prod
+    assert prod.index("decision-rule") < prod.index('data-field="accuracy"')
+    assert 'data-field="traffic">100 %' in prod and "under an hour ago" in prod
     assert "8.3 %" in prod  # one 5xx in twelve calls
     assert prod.count('<svg class="chart spark"') == 2
     assert "<rect" in prod and "<polyline" in prod
@@ -217,3 +226,22 @@ def test_traffic_reads_only_new_log_lines_and_survives_rotation(app: Any,
         log.write_text(call(1))  # rotated: a new file
         traffic, _ = figures.per_minute(now=now)
         assert list(traffic) == ["credit-risk"] and traffic["credit-risk"].calls == 1
+
+
+def test_a_user_without_a_role_is_told_what_she_sees_and_how_to_get_a_role(app: Any) -> None:
+    client = app.test_client()
+    sign_in(client, "erin")
+    page = client.get("/").get_data(as_text=True)
+    assert 'id="no-role"' in page and "You are signed in without a role" in page
+    for role in ("MLOps.Engineer", "MLOps.Approver", "Score.Invoke", "MLOps.Admin"):
+        assert f"<code>{role}</code>" in page
+    assert "within 5 minutes" in page
+    banner = page[page.index('id="no-role"'):page.index("</section>")]
+    links = re.findall(r'href="([^"]+)"', banner)
+    assert len(links) == 6
+    for link in links:  # every page it offers opens for her
+        assert client.get(link, follow_redirects=True).status_code == 200, link
+    for user in ("alice", "bob", "carol"):
+        other = app.test_client()
+        sign_in(other, user)
+        assert 'id="no-role"' not in other.get("/").get_data(as_text=True)

@@ -87,6 +87,7 @@ def test_default_data_path_stays_in_the_project_for_a_users_file(tmp_path: Path)
     ("runtime: {host: localhost}\n", "runtime.host", "IP address"),
     ("data: {path: 42}\n", "data.path", "string"),
     ("model: {cv_folds: 1}\n", "model.cv_folds", "between 2 and 20"),
+    ("model: {skip_identical: 'yes'}\n", "model.skip_identical", "must be true or false"),
     ("model: {candidates: [{family: svm}]}\n", "model.candidates[0].family", "unknown family"),
     ("model: {candidates: [{family: gradient_boosting, params: {depth: 3}}]}\n",
      "model.candidates[0].params.depth", ""),

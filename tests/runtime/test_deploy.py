@@ -22,6 +22,9 @@ def test_deploy_job_end_to_end_on_staging(stack: Stack) -> None:
     assert result["replaced"] == []
     messages = [line["message"] for line in job["log"]]
     assert any(m.startswith("smoke test passed") for m in messages), messages
+    smoke = next(m for m in messages if m.startswith("smoke test passed"))
+    assert "P(bad) " in smoke and "{" not in smoke, smoke  # read as words, not a dict
+    assert any(m.endswith("(1 replica)") for m in messages), messages
 
     from app.backends.local import gateway as gateway_config
     from app.ml.registry import ModelRegistry

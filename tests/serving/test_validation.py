@@ -174,3 +174,10 @@ def test_any_record_is_valid_or_a_422(rec: dict[str, Any]) -> None:
         assert error.status == 422 and error.errors
     else:
         assert len(rows) == 1
+
+
+def test_the_problem_count_reads_as_english() -> None:
+    one = problem(body(record(Housing=1)))
+    assert "(1 problem)" in one.detail and "problem(s)" not in one.detail
+    two = problem(body(record(Housing=1, Age="old")))
+    assert "(2 problems)" in two.detail

@@ -49,6 +49,7 @@ from app.backends.base import (
     TrainSpec,
 )
 from app.backends.local import gateway, request_log, slots
+from app.gateway.template import ISSUER_URL_NAME
 from app.serving.keys import generate_keys
 
 if TYPE_CHECKING:
@@ -220,7 +221,13 @@ class LocalBackend:
     # ------------------------------------------------------------------ APIs
 
     def publish_revision(self, spec: ApiSpec) -> ApiRevisionInfo:
-        """Compile the revision against the gateway's named values and store it."""
+        """Set the plain named values, compile the revision against the gateway's named values
+        and store it."""
+        for name, value in spec.named_values.items():
+            if name == ISSUER_URL_NAME:  # also adopts APIs published with a literal issuer
+                gateway.set_issuer_url(self.home, value)
+            else:
+                gateway.set_named_value(self.home, name, value)
         document = self._api_document(spec)
         try:
             gateway.validate_api(self.home, document)

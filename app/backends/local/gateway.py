@@ -24,11 +24,17 @@ from app.gateway.config import (
     parse_config,
     write_gateway_config,
 )
-from app.gateway.template import backend_key_name, backend_url_name
+from app.gateway.template import (
+    ISSUER_URL_NAME,
+    adopt_issuer_url_name,
+    backend_key_name,
+    backend_url_name,
+)
 
 __all__ = ["backend_key_name", "backend_url_name", "backend_url", "current_revision",
            "load_revision", "read", "remove_api", "set_backend", "set_backend_key",
-           "store_revision", "update", "upsert_api", "validate_api"]
+           "set_issuer_url", "set_named_value", "store_revision", "update", "upsert_api",
+           "validate_api"]
 
 Mutation = Callable[[dict[str, Any]], None]
 
@@ -86,6 +92,33 @@ def set_backend_key(home: Path, environment: str, key: str) -> None:
         config["named_values"][backend_key_name(environment)] = {"secret": True, "value": secret}
 
     update(home, mutate)
+
+
+def set_named_value(home: Path, name: str, value: str) -> None:
+    """Set a plain (not secret) named value."""
+
+    def mutate(config: dict[str, Any]) -> None:
+        config["named_values"][name] = {"secret": False, "value": value}
+
+    update(home, mutate)
+
+
+def set_issuer_url(home: Path, url: str) -> list[str]:
+    """Set the ``issuer-url`` named value (at every start, and before each publish).
+
+    APIs published before policies named it, whose policy is modelgate's default rendered with
+    a literal issuer URL, are rewritten to name it; other policies are left alone. Returns the
+    names of the APIs rewritten.
+    """
+    adopted: list[str] = []
+
+    def mutate(config: dict[str, Any]) -> None:
+        config["named_values"][ISSUER_URL_NAME] = {"secret": False, "value": url.rstrip("/")}
+        adopted.extend(str(api.get("name")) for api in config["apis"]
+                       if adopt_issuer_url_name(api))
+
+    update(home, mutate)
+    return adopted
 
 
 def upsert_api(home: Path, api: Mapping[str, Any]) -> None:
