@@ -34,6 +34,36 @@ RAW = re.compile("|".join(
     + [r"problem\(s\)", r"\{'", r"\['"]))
 WIDTH = """() => [document.documentElement.scrollWidth, document.body.scrollWidth,
                   window.innerWidth]"""
+# The innermost elements that reach past the window's right edge (what to fix).
+TOO_WIDE = """() => [...document.querySelectorAll('body *')]
+  .filter(e => e.getBoundingClientRect().right > window.innerWidth + 0.5
+               && ![...e.children].some(c => c.getBoundingClientRect().right
+                                              > window.innerWidth + 0.5))
+  .slice(0, 5).map(e => e.tagName.toLowerCase() + (e.id ? '#' + e.id : '')
+                        + (e.className && e.className.baseVal === undefined
+                           ? '.' + e.className.split(' ').join('.') : ''))"""
+
+
+def expected(message: Any, page_url: str) -> bool:
+    """Console errors that are not the page's fault.
+
+    The browser logs a refusal page's own 403 as "Failed to load resource"; the walk checks
+    that page like any other. A live-update stream over the per-user cap answers 429 and the
+    page polls instead (app/services/streams): walking pages faster than the server notices
+    the previous pages' streams closed meets that cap.
+    """
+    if not message.text.startswith("Failed to load resource"):
+        return False
+    resource = str(message.location.get("url") or "")
+    if resource == page_url and "status of 403" in message.text:
+        return True
+    return resource.split("?")[0].endswith("/events") and "status of 429" in message.text
+
+
+def raw_keys(text: str) -> list[str]:
+    """Each raw key in the text, with a little of the text around it."""
+    return [text[max(0, m.start() - 30):m.end() + 30].replace("\n", " | ")
+            for m in RAW.finditer(text)]
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +114,8 @@ def test_every_page_fits_a_phone_and_a_desktop(user: str, phone: Any, stack: Sta
                                                content: dict[str, str]) -> None:
     page = sign_in(phone, stack, user, LANDINGS[user])
     errors: list[str] = []
-    page.on("console", lambda m: m.type == "error" and errors.append(f"{page.url}: {m.text}"))
+    page.on("console", lambda m: m.type == "error" and not expected(m, page.url)
+            and errors.append(f"{page.url}: {m.text} ({m.location.get('url')})"))
     page.on("pageerror", lambda e: errors.append(f"{page.url}: {e}"))
     problems: list[str] = []
     for width in WIDTHS:
@@ -94,11 +125,15 @@ def test_every_page_fits_a_phone_and_a_desktop(user: str, phone: Any, stack: Sta
             page.wait_for_load_state("load")
             doc, body, window = page.evaluate(WIDTH)
             if max(doc, body) > window:
-                problems.append(f"{path} at {width} px is {max(doc, body)} px wide")
+                problems.append(f"{path} at {width} px is {max(doc, body)} px wide: "
+                                f"{page.evaluate(TOO_WIDE)}")
                 page.screenshot(path=str(screenshot_path(
                     f"overflow-{user}-{width}-{path.strip('/').replace('/', '-')}.png")),
                     full_page=True)
-            raw = sorted(set(RAW.findall(page.inner_text("body"))))
+            # Column headers are upper-cased by CSS ("Queued" reads QUEUED): read the words.
+            page.evaluate("() => document.querySelectorAll('body *')"
+                          ".forEach(e => { e.style.textTransform = 'none'; })")
+            raw = raw_keys(page.inner_text("body"))
             if raw:
                 problems.append(f"{path} shows raw keys {raw}")
     assert not problems, problems
@@ -113,7 +148,7 @@ def test_a_narrow_phone_fits_the_busiest_pages(phone: Any, stack: Stack,  # noqa
                  content["approval"], "/audit/"):
         page.goto(stack.panel + path)
         doc, body, window = page.evaluate(WIDTH)
-        assert max(doc, body) <= window, (path, doc, body)
+        assert max(doc, body) <= window, (path, doc, body, page.evaluate(TOO_WIDE))
 
 
 def test_a_finished_jobs_log_opens_on_its_last_line(phone: Any, stack: Stack,  # noqa: F811
