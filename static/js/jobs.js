@@ -119,8 +119,9 @@
     var eventsUrl = root.getAttribute("data-events-url");
     var polling = null;
     var childPolling = null;
-    var wasFinal = ["SUCCEEDED", "FAILED", "CANCELLED"].indexOf(
-      (root.querySelector('[data-field="status"] .badge') || {}).textContent) >= 0;
+    // The badge's text is the label ("Succeeded"); its class names the state.
+    var wasFinal = /\bbadge-(succeeded|failed|cancelled)\b/.test(
+      (root.querySelector('[data-field="status"] .badge') || {}).className || "");
     // Open on the newest line: a finished job's last line is the one a reader wants.
     if (list) list.scrollTop = list.scrollHeight;
 
