@@ -124,20 +124,36 @@ class KeySettings:
 
 @dataclass(frozen=True)
 class AzureSettings:
-    """Names and networks the azure backend uses (ignored by the local backend)."""
+    """Names, sizes and networks the azure backend uses (ignored by the local backend).
+
+    The resource group and region are ``workspace.resource_group`` and ``workspace.region``.
+    """
 
     subscription_id: str
     tenant_id: str
     compute_name: str
+    compute_vm_size: str
+    compute_max_nodes: int
     aks_cluster: str
+    aks_node_size: str
+    aks_node_count: int
     vnet_name: str
     vnet_address_range: str
     aks_subnet_range: str
     apim_subnet_range: str
+    pod_cidr: str
     service_cidr: str
     dns_service_ip: str
     apim_name: str
+    apim_sku: str
+    apim_capacity: int
+    apim_publisher_name: str
     apim_email: str
+    api_app_id: str
+    scoring_image: str
+    key_grace_seconds: int
+    key_vault_uri: str
+    smoke_test_via: str
 
 
 @dataclass(frozen=True)
@@ -377,28 +393,61 @@ def _keys(d: Mapping[str, Any]) -> KeySettings:
     return KeySettings(rotation_days=_integer(d, "rotation_days", "keys", 1, 365))
 
 
+_AZURE_INTEGERS: dict[str, tuple[int, int]] = {
+    "compute_max_nodes": (1, 100), "aks_node_count": (1, 100), "apim_capacity": (1, 12),
+    # API Management spreads a named value to its gateway nodes in seconds to minutes
+    "key_grace_seconds": (0, 86_400),
+}
+_APIM_SKUS = ("Developer", "Premium")  # the two tiers that join a virtual network
+
+
 def _azure(d: Mapping[str, Any]) -> AzureSettings:
     fields = tuple(AzureSettings.__dataclass_fields__)
     _known(d, "azure", fields)
-    values = {f: _string(d, f, "azure", allow_empty=True) for f in fields}
-    for key in ("vnet_address_range", "aks_subnet_range", "apim_subnet_range", "service_cidr"):
+    values: dict[str, Any] = {f: _string(d, f, "azure", allow_empty=True)
+                              for f in fields if f not in _AZURE_INTEGERS}
+    for key, (lo, hi) in _AZURE_INTEGERS.items():
+        values[key] = _integer(d, key, "azure", lo, hi)
+    if values["apim_sku"] not in _APIM_SKUS:
+        raise PipelineConfigError("azure.apim_sku", "must be Developer or Premium (the tiers "
+                                                   "API Management offers inside a VNET)")
+    if values["smoke_test_via"] not in ("apim", "direct"):
+        raise PipelineConfigError("azure.smoke_test_via", "must be apim or direct")
+    _azure_networks(values)
+    return AzureSettings(**values)
+
+
+def _azure_networks(values: Mapping[str, Any]) -> None:
+    """Subnets inside the VNET and apart; pod and service ranges outside it and apart."""
+    nets = {}
+    for key in ("vnet_address_range", "aks_subnet_range", "apim_subnet_range", "pod_cidr",
+                "service_cidr"):
         try:
-            ipaddress.ip_network(values[key])
+            nets[key] = ipaddress.ip_network(values[key])
         except ValueError:
             raise PipelineConfigError(f"azure.{key}", "must be a CIDR range like "
                                                       "10.123.0.0/16") from None
+    vnet = nets["vnet_address_range"]
+    for key in ("aks_subnet_range", "apim_subnet_range"):
+        if not nets[key].subnet_of(vnet):  # type: ignore[arg-type]
+            raise PipelineConfigError(f"azure.{key}", f"must lie inside "
+                                                      f"azure.vnet_address_range ({vnet})")
+    if nets["aks_subnet_range"].overlaps(nets["apim_subnet_range"]):
+        raise PipelineConfigError("azure.apim_subnet_range",
+                                  "must not overlap azure.aks_subnet_range")
+    for key in ("pod_cidr", "service_cidr"):
+        if nets[key].overlaps(vnet):
+            # The seed passed the VNET range as the service CIDR, which AKS rejects or misroutes.
+            raise PipelineConfigError(f"azure.{key}", "must not overlap "
+                                                      "azure.vnet_address_range")
+    if nets["pod_cidr"].overlaps(nets["service_cidr"]):
+        raise PipelineConfigError("azure.service_cidr", "must not overlap azure.pod_cidr")
     try:
         dns = ipaddress.ip_address(values["dns_service_ip"])
     except ValueError:
         raise PipelineConfigError("azure.dns_service_ip", "must be an IP address") from None
-    if dns not in ipaddress.ip_network(values["service_cidr"]):
+    if dns not in nets["service_cidr"]:
         raise PipelineConfigError("azure.dns_service_ip", "must lie inside azure.service_cidr")
-    if ipaddress.ip_network(values["service_cidr"]).overlaps(
-            ipaddress.ip_network(values["vnet_address_range"])):
-        # The seed passed the VNET range as the service CIDR, which AKS rejects or misroutes.
-        raise PipelineConfigError("azure.service_cidr",
-                                  "must not overlap azure.vnet_address_range")
-    return AzureSettings(**values)
 
 
 # --------------------------------------------------------------------------- values
