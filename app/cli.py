@@ -385,6 +385,38 @@ def audit_export(fmt: str) -> None:
             click.echo(chunk, nl=False)
 
 
+# --------------------------------------------------------------------------- plan
+
+
+@main.command()
+@click.option("--offline", is_flag=True,
+              help="Read nothing (no network, no credential): list every resource as to be "
+                   "created.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(offline: bool, as_json: bool) -> None:
+    """What provisioning, deploying and publishing would create or change, resource by
+    resource, on the configured backend (MODELGATE_BACKEND, the pipeline file in
+    MODELGATE_PIPELINE_CONFIG); changes nothing. Exit 0 when the plan was made."""
+    from app.backends import get_backend
+    from app.backends.base import BackendError
+    from app.pipeline_config import PipelineConfigError, load_pipeline_config
+    from app.services.plans import make_plan, plan_dict, plan_lines
+
+    try:
+        config = load_pipeline_config()
+        target = get_backend({"BACKEND": os.environ.get("MODELGATE_BACKEND", "local"),
+                              "HOME": str(_home()),
+                              "REDIS_URL": os.environ.get("MODELGATE_REDIS_URL", "")})
+        result = make_plan(target, config, offline)
+    except (BackendError, PipelineConfigError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(plan_dict(result), indent=2))
+        return
+    for line in plan_lines(result):
+        click.echo(line)
+
+
 # --------------------------------------------------------------------------- kubernetes
 
 
