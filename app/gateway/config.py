@@ -26,6 +26,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from app.gateway.policy import NamedValue, Policy, PolicyError, UnsafePolicy, compile_policy
 from app.gateway.safety import ServingRules, check_policy, valid_backend_entry
 from app.gateway.template import backend_url_name
+from app.gateway.token_rules import ACCESS_TOKEN_TYPE, ACCESS_TOKEN_TYPES
 from app.keyfiles import load_or_create_fernet
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ class Operation:
 
 @dataclass(frozen=True)
 class ApiRevision:
-    """A published API revision with its compiled policy (or why it is refused: 503)."""
+    """A published API revision with its compiled policy (or why it is refused: 503), and the
+    JOSE ``typ`` its validate-jwt steps require of access tokens."""
 
     name: str
     path: str
@@ -62,6 +64,7 @@ class ApiRevision:
     operations: tuple[Operation, ...]
     policy: Policy
     refusal: str | None = None
+    access_token_type: str = ACCESS_TOKEN_TYPE
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,7 @@ def _api(raw: Any, named: Mapping[str, NamedValue]) -> ApiRevision:
         raise ConfigError(f"api {name!r} revision {revision}: {exc}") from None
     return ApiRevision(name, path, revision, str(raw.get("environment", "")),
                        backend.rstrip("/"), tuple(_operation(o, name) for o in ops), policy,
-                       refusal)
+                       refusal, rules.access_token_type)
 
 
 def _resolve(value: str | None, named: Mapping[str, NamedValue], where: str) -> str | None:
@@ -205,9 +208,15 @@ def _serving_rules(raw: Mapping[str, Any], name: str,
     audiences = raw.get("audiences", [])
     if not isinstance(audiences, list) or not all(isinstance(a, str) and a for a in audiences):
         raise ConfigError(f"api {name!r}: audiences must be a list of non-empty strings")
+    # absent: at+jwt (documents published before the type was recorded)
+    token_type = raw.get("access_token_type", ACCESS_TOKEN_TYPE)
+    if token_type not in ACCESS_TOKEN_TYPES:
+        raise ConfigError(f"api {name!r}: access_token_type must be one of "
+                          f"{', '.join(ACCESS_TOKEN_TYPES)}")
     recorded = named.get(backend_url_name(environment))
     return ServingRules(environment, recorded.value if recorded else None, tuple(allowed),
-                        anonymous, identity["issuer"], identity["audience"], tuple(audiences))
+                        anonymous, identity["issuer"], identity["audience"], tuple(audiences),
+                        token_type)
 
 
 def parse_config(home: Path, data: Any) -> GatewayConfig:

@@ -22,8 +22,8 @@ from app.backends.base import (
     PolicyRefused,
     ResourceNotFound,
 )
-from app.gateway.template import ISSUER_URL_NAME, ISSUER_URL_REF
-from app.services.apis import issuer_settings, render_policy
+from app.gateway.template import ISSUER_URL_NAME
+from app.services.apis import identity_rules, issuer_settings, render_policy
 from tests.azure.conftest import API_APP_ID
 from tests.azure.fake_azure import SUBSCRIPTION, TENANT, FakeAzure, Recorded
 from tests.azure.fakes_apim import (
@@ -57,8 +57,7 @@ def spec(revision: int = 1, policy: str | None = None, **changes: Any) -> ApiSpe
     base = ApiSpec(
         name=API, path="staging/credit-risk", environment="staging", revision=revision,
         policy_xml=policy if policy is not None else render_policy(ENTRA, "staging", 6000),
-        rules={"anonymous": False, "allowed_backends": [], "issuer": ISSUER_URL_REF,
-               "audiences": list(issuer_settings(ENTRA).audiences)},
+        rules={"anonymous": False, "allowed_backends": [], **identity_rules(ENTRA)},
         named_values={ISSUER_URL_NAME: issuer_settings(ENTRA).issuer})
     return dataclasses.replace(base, **changes)
 
