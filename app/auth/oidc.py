@@ -89,6 +89,11 @@ class OidcSettings:
         if self.identity == "entra" and not (self.tenant_id and self.api_client_id):
             raise ValueError("identity=entra needs MODELGATE_TENANT_ID and "
                              "MODELGATE_API_CLIENT_ID")
+        if self.identity == "entra" and self.api_client_id == self.client_id:
+            # Entra's ID tokens carry typ JWT like its access tokens: only the audience tells
+            # a panel sign-in's ID token from an API access token.
+            raise ValueError("MODELGATE_API_CLIENT_ID must be the scoring API's own app "
+                             "registration, not the panel's (MODELGATE_CLIENT_ID)")
 
     @property
     def authority(self) -> str:
