@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 SUM_TOLERANCE = 1e-9
 # Bound the (rows x leaves x depth) work arrays of TreeSHAP to about this many floats.
 _TREE_CHUNK_FLOATS = 1_000_000
+# Precompute each leaf's shares for every pattern of met conditions up to this many floats
+# (100 trees of depth 3: 19,200); deeper forests compute them per request instead.
+_TABLE_MAX_FLOATS = 4_000_000
 _TRUE = frozenset({"true", "1"})
 _FALSE = frozenset({"false", "0"})
 
@@ -163,26 +166,45 @@ class _Trees:
     starts: Matrix  # first position of each present feature in `order`
     present: Matrix  # encoded features that appear in some path
     n_features: int
+    # (L, 2^D, D): each leaf's shares for every pattern of met conditions, when small enough
+    table: Matrix | None = None
+
+    def with_table(self) -> _Trees:
+        """A copy that looks shares up by pattern instead of computing them (same numbers)."""
+        leaves, depth = self.feature.shape
+        if leaves * depth << depth > _TABLE_MAX_FLOATS:
+            return self
+        patterns = np.arange(1 << depth)
+        met = ((patterns[:, None] >> np.arange(depth)) & 1).astype(np.float64)  # (2^D, D)
+        one = np.broadcast_to(met[:, None, :], (len(patterns), leaves, depth))
+        table = np.ascontiguousarray(self._shares(one).transpose(1, 0, 2))
+        return replace(self, table=table)
 
     def contributions(self, dense: Matrix) -> Matrix:
         n_rows = dense.shape[0]
         leaves, depth = self.feature.shape
         out = np.zeros((n_rows, self.n_features))
         chunk = max(1, _TREE_CHUNK_FLOATS // max(1, leaves * depth))
+        bits = 1 << np.arange(depth)
+        every_leaf = np.arange(leaves)
         for start in range(0, n_rows, chunk):
             part = dense[start:start + chunk]
-            slots = self._slot_values(part).reshape(part.shape[0], leaves * depth)
-            sums = np.add.reduceat(slots[:, self.order], self.starts, axis=1)
-            out[start:start + chunk, self.present] = sums
+            x = part[:, self.feature]
+            met = (x > self.low) & (x <= self.high)  # (rows, L, D): the path's conditions hold
+            if self.table is not None:
+                shares = self.table[every_leaf, met @ bits]
+            else:
+                shares = self._shares(met.astype(np.float64))
+            slots = shares.reshape(part.shape[0], leaves * depth)
+            out[start:start + chunk, self.present] = np.add.reduceat(
+                slots[:, self.order], self.starts, axis=1)
         return out
 
-    def _slot_values(self, dense: Matrix) -> Matrix:
+    def _shares(self, one: Matrix) -> Matrix:
         """Each leaf's share for each of its path features, shape (rows, L, D)."""
-        x = dense[:, self.feature]
-        one = ((x > self.low) & (x <= self.high)).astype(np.float64)
         zero = self.zero
         depth = zero.shape[1]
-        out = np.empty_like(one)
+        out = np.empty(one.shape)
         for i in range(depth):
             # coefficients of prod_{j != i} (z_j + o_j t), lowest degree first
             poly = [np.ones(one.shape[:2])]
@@ -291,8 +313,9 @@ def _trees(model: ScoringModel, compiled: BoostingModel) -> tuple[float, _Trees]
     order = order[real]
     ordered = ordered[real]
     present, starts = np.unique(ordered, return_index=True)
-    return base, _Trees(value, feature, low, high, zero, weights, order, starts, present,
-                        compiled.encoder.n_features)
+    trees = _Trees(value, feature, low, high, zero, weights, order, starts, present,
+                   compiled.encoder.n_features)
+    return base, trees.with_table()
 
 
 def build_explainer(model: ScoringModel, model_dir: Path) -> Explainer:

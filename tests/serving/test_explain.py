@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,40 @@ def _loaded(package: Path) -> ScoringModel:
         _models[package] = load_model(package)
         _explainers[package] = build_explainer(_models[package], package)
     return _models[package]
+
+
+@pytest.mark.parametrize("table", [True, False], ids=["pattern-table", "per-request"])
+def test_deeper_subsampled_trees_match_shap(tmp_path: Path, table: bool) -> None:
+    """Depth 6 with subsampling (covers are weighted counts), both ways of computing shares."""
+    import json
+
+    import joblib
+
+    from app.ml.reasons import encoded_baseline
+    from tests.serving.modelpkg import make_pipeline, signature_dict
+
+    frame, target = load_frame()
+    pipeline = make_pipeline("gb").set_params(classifier__max_depth=6, classifier__subsample=0.7,
+                                              classifier__n_estimators=40)
+    pipeline.fit(frame, target)
+    package = tmp_path / "deep"
+    package.mkdir()
+    joblib.dump(pipeline, package / "model.joblib")
+    (package / "signature.json").write_text(json.dumps(signature_dict()), "utf-8")
+    (package / EXPLAIN_FILE).write_text(json.dumps(encoded_baseline(pipeline, frame)), "utf-8")
+    model = load_model(package)
+    explainer = build_explainer(model, package)
+    assert explainer.trees is not None and explainer.trees.table is not None
+    if not table:
+        explainer = dataclasses.replace(
+            explainer, trees=dataclasses.replace(explainer.trees, table=None))
+    _, rows = dataset_rows()
+    encoded = np.asarray(pipeline.named_steps["preprocess"].transform(frame), dtype=np.float64)
+    base, reference = shap_values("gb", model, package, encoded)
+    assert abs(explainer.base - base) <= SHAP_TOLERANCE
+    assert float(np.max(np.abs(explainer.encoded(rows) - reference))) <= SHAP_TOLERANCE
+    total = explainer.base + explainer.by_field(rows).sum(axis=1)
+    assert float(np.max(np.abs(total + pipeline.decision_function(frame)))) <= SUM_TOLERANCE
 
 
 def test_a_linear_package_without_its_baseline_cannot_explain(tmp_path: Path) -> None:
