@@ -272,3 +272,25 @@ def test_a_replica_that_cannot_explain_still_scores(tmp_path: Path,
         assert ready["explain"] is False and "explain.json" in ready["explain_unavailable"]
     finally:
         running.stop()
+
+
+def test_the_openapi_document_describes_explain_and_reasons(
+        replica: Replica, example_body: dict[str, Any]) -> None:
+    from jsonschema import Draft202012Validator
+
+    spec = requests.get(f"{replica.url}/openapi.json", timeout=5).json()
+    schemas = spec["components"]["schemas"]
+    assert schemas["ScoreRequest"]["properties"]["explain"]["type"] == "boolean"
+    parameters = spec["paths"]["/score"]["post"]["parameters"]
+    assert {"name": "explain", "in": "query"}.items() <= next(
+        p for p in parameters if p["name"] == "explain").items()
+    assert schemas["Prediction"]["properties"]["reasons"]["$ref"] == "#/components/schemas/Reasons"
+    assert schemas["ReasonFactor"]["properties"]["field"]["enum"] == FEATURES
+    # an explained answer (and its request) validate against the document
+    body = {**example_body, "explain": True}
+    Draft202012Validator({**spec, "$ref": "#/components/schemas/ScoreRequest"}).validate(body)
+    answer = _score(replica, body).json()
+    validator = Draft202012Validator({**spec, "$ref": "#/components/schemas/ScoreResponse"})
+    validator.validate(answer)
+    broken = {**answer, "predictions": [{**answer["predictions"][0], "reasons": {"base": 1}}]}
+    assert not validator.is_valid(broken)
