@@ -315,7 +315,7 @@ def _trees(model: ScoringModel, compiled: BoostingModel) -> tuple[float, _Trees]
     present, starts = np.unique(ordered, return_index=True)
     trees = _Trees(value, feature, low, high, zero, weights, order, starts, present,
                    compiled.encoder.n_features)
-    return base, trees.with_table()
+    return float(base), trees.with_table()
 
 
 def build_explainer(model: ScoringModel, model_dir: Path) -> Explainer:
