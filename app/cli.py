@@ -461,7 +461,9 @@ def token() -> None:
               show_default=True)
 @click.option("--csv", "csv_file", type=click.File("r"), default=None,
               help="Score every row of a CSV with a header row (as the score tester does).")
-def score(file: Any, environment: str, csv_file: Any) -> None:
+@click.option("--explain", is_flag=True,
+              help="Ask for reason codes (with --csv: the top 3 per row, as sentences).")
+def score(file: Any, environment: str, csv_file: Any, explain: bool) -> None:
     """Score FILE (or - for standard input; default: the seed's example record) via the gateway.
 
     With --csv, print one line per row: its label and probabilities, or its field errors; exit 1
@@ -471,7 +473,7 @@ def score(file: Any, environment: str, csv_file: Any) -> None:
     from app.client import score as post_score
 
     if csv_file is not None:
-        _score_csv(csv_file, environment)
+        _score_csv(csv_file, environment, explain)
         return
     if file is None:
         body: Any = EXAMPLE_REQUEST
@@ -480,6 +482,8 @@ def score(file: Any, environment: str, csv_file: Any) -> None:
             body = json.load(file)
         except ValueError as exc:
             raise click.ClickException(f"{file.name} is not JSON: {exc}") from None
+    if explain and isinstance(body, dict):
+        body = {**body, "explain": True}
     try:
         answer = post_score(_home(), body, environment)
     except ClientError as exc:
@@ -487,18 +491,20 @@ def score(file: Any, environment: str, csv_file: Any) -> None:
     click.echo(json.dumps(answer, indent=2))
 
 
-def _score_csv(csv_file: Any, environment: str) -> None:
+def _score_csv(csv_file: Any, environment: str, explain: bool = False) -> None:
     from app.client import ClientError, score_csv
 
     try:
-        rows = score_csv(_home(), csv_file.read(), environment)
+        rows = score_csv(_home(), csv_file.read(), environment, explain=explain)
     except ClientError as exc:
         raise _client_failure(exc) from None
     refused = 0
     for number, row in enumerate(rows, start=1):
         if "label" in row:
             odds = " ".join(f"p_{name}={p:.4f}" for name, p in sorted(row["probabilities"].items()))
-            click.echo(f"row {number}: {row['label']} {odds} {row['model']}".rstrip())
+            reasons = "; ".join(row.get("reasons") or [])
+            click.echo(f"row {number}: {row['label']} {odds} {row['model']}".rstrip()
+                       + (f"  reasons: {reasons}" if reasons else ""))
         else:
             refused += 1
             click.echo(f"row {number}: refused: {row['error']}")

@@ -236,9 +236,11 @@ def _number_or_text(cell: str) -> Any:
 
 
 def score_csv(home: Path, text: str, environment: str = "staging",
-              env: Mapping[str, str] = os.environ) -> list[dict[str, Any]]:
+              env: Mapping[str, str] = os.environ, *, explain: bool = False
+              ) -> list[dict[str, Any]]:
     """Score every record of a CSV through the gateway in chunks; per row, the prediction
-    (`label`, `probabilities`, `model`) or the gateway's `error` for that row."""
+    (`label`, `probabilities`, `model`, with `explain` its top 3 `reasons` as sentences) or
+    the gateway's `error` for that row."""
     from app.services.scoring import MAX_CHUNK_ROWS, score_records
 
     records = csv_records(text)
@@ -248,7 +250,7 @@ def score_csv(home: Path, text: str, environment: str = "staging",
     results: list[dict[str, Any]] = []
     for start in range(0, len(records), MAX_CHUNK_ROWS):
         chunk = score_records(url, token, records[start:start + MAX_CHUNK_ROWS],
-                              verify=tokens.endpoints.verify)
+                              verify=tokens.endpoints.verify, explain=explain)
         if chunk.status == 0:  # no answer at all: the gateway is not there
             raise StackUnavailable(f"the gateway at {tokens.endpoints.gateway} cannot be reached: "
                                    f"{start_hint()}")
