@@ -51,6 +51,9 @@ ML = "Microsoft.MachineLearningServices"
 #: The internal load balancer of the cluster's Azure ML inference router.
 SCORING_HOST = "10.123.0.200"
 WORKSPACE = "modelgate-ws"
+APIM = "modelgate-apim-test"
+API_APP_ID = "6e9a3c1f-0b5d-4c8e-9f2a-7d1b3e5c9a70"
+SCORING_IMAGE = "modelgateacr.azurecr.io/modelgate-scoring:0.1.0"
 LOCATION = "westeurope"
 CLASSES = ("bad", "good")
 
@@ -98,6 +101,27 @@ def install(fake: FakeAzure) -> None:
 
 
 # --------------------------------------------------------------------------- set-up helpers
+
+
+def slots_backend(fake: FakeAzure, home: Any, credential: Any = None, **azure: Any) -> Any:
+    """An AzureBackend on the fake with the workspace and API Management provisioning leaves
+    (``azure``: pipeline file keys; the key grace is 0 unless given). Imports nothing of
+    azure.ai.ml (the panel's reads are tested in a process that must not)."""
+    from app.backends.azure import AzureBackend
+    from app.pipeline_config import DEFAULT_PATH, load_pipeline_config, parse_pipeline_config
+    from tests.azure.fake_azure import TENANT, FakeCredential
+
+    seed_workspace(fake)
+    seed_apim(fake, APIM)
+    data = load_pipeline_config(DEFAULT_PATH).to_dict()
+    data["workspace"]["name"] = WORKSPACE
+    data["azure"].update({"subscription_id": SUBSCRIPTION, "tenant_id": TENANT,
+                          "apim_name": APIM, "apim_email": "ops@example.com",
+                          "api_app_id": API_APP_ID, "scoring_image": SCORING_IMAGE,
+                          "key_grace_seconds": 0, **azure})
+    return AzureBackend.for_pipeline(
+        parse_pipeline_config(data), credential=credential or FakeCredential(), home=home,
+        client_kwargs={"transport": fake.transport(), "polling_interval": 0})
 
 
 def workspace_id(name: str = WORKSPACE) -> str:
