@@ -454,16 +454,23 @@ def _api_environment(fake: FakeAzure, service: str, api: dict[str, Any], path: s
 
 def _report(fake: FakeAzure, api: dict[str, Any], request: Recorded, answer: Answer,
             backend_status: int | None, started: dt.datetime) -> None:
-    """One record as API Management's ``reports/byRequest`` lists it."""
     elapsed = (dt.datetime.now(dt.UTC) - started).total_seconds() * 1000
+    report_call(fake, str(api["name"]), answer.status, elapsed, started, url=request.url,
+                backend_status=backend_status)
+
+
+def report_call(fake: FakeAzure, api: str, status: int, latency_ms: float, when: dt.datetime,
+                *, url: str = "", backend_status: int | None = None) -> None:
+    """One call in ``fake.apim_requests``, as API Management's ``reports/byRequest`` lists it
+    (RequestReportRecordContract)."""
     fake.apim_requests.append({  # type: ignore[attr-defined]
-        "apiId": f"/apis/{api['name']}", "operationId": f"/apis/{api['name']}/operations/score",
-        "method": request.method, "url": request.url, "ipAddress": "203.0.113.10",
-        "responseCode": answer.status, "backendResponseCode": str(backend_status or ""),
-        "responseSize": len(answer.content()), "requestSize": len(json.dumps(request.body)),
-        "timestamp": started.isoformat().replace("+00:00", "Z"), "apiTime": elapsed,
-        "serviceTime": elapsed, "apiRegion": "West Europe", "cache": "none",
-        "requestId": str(uuid.uuid4())})
+        "apiId": f"/apis/{api}", "operationId": f"/apis/{api}/operations/score",
+        "method": "POST", "url": url, "ipAddress": "203.0.113.10",
+        "responseCode": status, "backendResponseCode": str(backend_status or ""),
+        "responseSize": 0, "requestSize": 0,
+        "timestamp": when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
+        "apiTime": latency_ms, "serviceTime": latency_ms, "apiRegion": "West Europe",
+        "cache": "none", "requestId": str(uuid.uuid4())})
 
 
 def _new_key() -> str:
