@@ -191,6 +191,26 @@ def test_a_colour_serving_another_slot_is_a_conflict_and_a_leftover_is_replaced(
         "german-credit:5"
 
 
+def test_an_endpoint_left_failed_is_created_again_and_one_being_changed_is_retried_later(
+        fake_azure: FakeAzure, tmp_path: Path) -> None:
+    from app.backends.base import TransientBackendError
+
+    backend = fe.slots_backend(fake_azure, tmp_path)
+    fake_azure.put_resource(fe.endpoint_id(ENDPOINT), {
+        "location": "westeurope",
+        "properties": {"authMode": "Key", "provisioningState": "Updating"}})
+    with pytest.raises(TransientBackendError, match=f"endpoint {ENDPOINT} is Updating"):
+        _created(backend, fake_azure, _ref())
+    assert fake_azure.calls("PUT") == []
+    stored = fake_azure.get(fe.endpoint_id(ENDPOINT)) or {}
+    stored["properties"]["provisioningState"] = "Failed"
+    fake_azure.put_resource(fe.endpoint_id(ENDPOINT), stored)
+    _created(backend, fake_azure, _ref())
+    [endpoint] = fake_azure.calls("PUT", f"/onlineEndpoints/{ENDPOINT}$")
+    assert endpoint.body["properties"]["authMode"] == "Key"
+    assert fake_azure.calls("PUT", "/deployments/blue$")
+
+
 def test_create_slot_without_a_scoring_image_names_the_setting(
         fake_azure: FakeAzure, tmp_path: Path) -> None:
     backend = fe.slots_backend(fake_azure, tmp_path, scoring_image="")
@@ -330,7 +350,7 @@ def test_retiring_the_serving_slot_takes_its_traffic_away_first(
 # --------------------------------------------------------------------------- panel reads
 
 
-def test_slot_info_and_slots_report_read_arm_without_importing_azure_ai_ml(
+def test_the_panels_reads_and_key_reveal_use_arm_without_importing_azure_ai_ml(
         tmp_path: Path) -> None:
     """The panel process never imports azure.ai.ml: run its reads in a fresh interpreter."""
     script = f"""
@@ -348,7 +368,10 @@ for colour, slot, state in (("blue", "slotblu1", "Succeeded"), ("green", "slotgr
     fake.put_resource(fe.deployment_id("{ENDPOINT}", colour), {{
         "tags": {{"modelgate-deployment": slot}}, "sku": {{"name": "Default", "capacity": 2}},
         "properties": {{"provisioningState": state, "scaleSettings": {{"minInstances": 2}}}}}})
+fe.state(fake).keys[fe.endpoint_id("{ENDPOINT}").lower()] = {{"primaryKey": "p" * 43,
+                                                               "secondaryKey": "s" * 43}}
 from app.backends.base import SlotRef
+keys = backend.slot_keys(SlotRef("slotblu1", "staging", "staging", "blue", "m", "3"))
 report = backend.slots_report()
 info = backend.slot_info(SlotRef("slotblu1", "staging", "staging", "blue", "m", "3"))
 gone = backend.slot_info(SlotRef("slotxxx1", "prod", "prod", "blue", "m", "3"))
@@ -356,6 +379,7 @@ print(json.dumps({{"reporting": report.reporting,
                   "slots": {{k: [v.ready, v.restarts] for k, v in report.slots.items()}},
                   "info": [info.scoring_uri, info.replicas, info.replicas_ready],
                   "gone": [gone.replicas_ready, gone.detail],
+                  "keys": [keys.primary[:1], keys.secondary[:1]],
                   "versions": sorted({{r.api_version for r in fake.requests}})}}))
 """
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
@@ -367,6 +391,7 @@ print(json.dumps({{"reporting": report.reporting,
     assert seen["slots"] == {"slotblu1": [2, 0], "slotgrn1": [0, 0]}
     assert seen["info"] == [f"http://10.0.0.9/api/v1/endpoint/{ENDPOINT}/score", 2, 2]
     assert seen["gone"][0] == 0 and "does not exist" in seen["gone"][1]
+    assert seen["keys"] == ["p", "s"]  # an admin's reveal, on the panel
     assert seen["versions"] == [DEPLOYMENTS_API]
 
 

@@ -102,8 +102,15 @@ def _endpoint_id(ctx: AzureContext, environment: str) -> str:
                            f"/onlineEndpoints/{names.endpoint_name(ctx, environment)}")
 
 
+def _deployment_name(slot: SlotRef) -> str:
+    try:
+        return names.deployment_name(slot.slot)
+    except ValueError as exc:
+        raise ResourceNotFound(f"slot {slot.id}: {exc}") from None
+
+
 def _deployment_id(ctx: AzureContext, slot: SlotRef) -> str:
-    return f"{_endpoint_id(ctx, slot.environment)}/deployments/{names.deployment_name(slot.slot)}"
+    return f"{_endpoint_id(ctx, slot.environment)}/deployments/{_deployment_name(slot)}"
 
 
 def _model_id(ctx: AzureContext, name: str, version: str) -> str:
@@ -113,7 +120,7 @@ def _model_id(ctx: AzureContext, name: str, version: str) -> str:
 
 def _where(ctx: AzureContext, slot: SlotRef) -> str:
     """``deployment green of endpoint modelgate-ws-staging`` (for messages)."""
-    return (f"deployment {names.deployment_name(slot.slot)} of endpoint "
+    return (f"deployment {slot.slot} of endpoint "
             f"{names.endpoint_name(ctx, slot.environment)}")
 
 
@@ -236,7 +243,7 @@ def create_slot(ctx: AzureContext, spec: SlotSpec, progress: Progress) -> SlotIn
     """
     ref = spec.ref
     endpoint_name = names.endpoint_name(ctx, ref.environment)
-    deployment_name = names.deployment_name(ref.slot)
+    deployment_name = _deployment_name(ref)
     deployment_id = _deployment_id(ctx, ref)
     with azure_errors(f"creating the {ref.slot} slot of {ref.environment}"):
         progress(5, f"reading deployment {deployment_name} of endpoint {endpoint_name}")
@@ -257,8 +264,11 @@ def create_slot(ctx: AzureContext, spec: SlotSpec, progress: Progress) -> SlotIn
                 missing_ok=True) is None:
             raise ResourceNotFound(f"model {ref.model_name} version {ref.model_version} is "
                                    f"not registered in workspace {ctx.workspace}")
-        if endpoint is None:
+        if endpoint is None or _state(endpoint).lower() in _FAILED:
             endpoint = _create_endpoint(ctx, endpoint_name, progress)
+        elif _state(endpoint).lower() != _SUCCEEDED:
+            raise TransientBackendError(f"endpoint {endpoint_name} is {_state(endpoint)} "
+                                        "(another operation on it is under way); will retry")
         if not ctx.azure.scoring_image:
             raise BackendError("the azure backend needs the scoring image: set "
                                "azure.scoring_image in the pipeline file (docs/azure.md)")
@@ -416,7 +426,7 @@ def _failure_detail(ctx: AzureContext, slot: SlotRef) -> str:
     try:
         with azure_errors("reading the deployment's log"):
             logs = ctx.client("ml").online_deployments.get_logs(
-                name=names.deployment_name(slot.slot),
+                name=_deployment_name(slot),
                 endpoint_name=names.endpoint_name(ctx, slot.environment), lines=LOG_LINES * 4)
         lines = [line.strip()[:200] for line in str(logs or "").splitlines() if line.strip()]
         if lines:
@@ -469,7 +479,7 @@ def switch_traffic(ctx: AzureContext, environment: str, slot: SlotRef) -> SlotIn
     Raises:
         ResourceNotFound: the slot is not deployed.
     """
-    deployment_name = names.deployment_name(slot.slot)
+    deployment_name = _deployment_name(slot)
     with azure_errors(f"switching the traffic of {environment} to the {slot.slot} slot"):
         endpoint, deployment = _require_slot(ctx, slot)
         if _traffic(endpoint) != {deployment_name: 100}:
@@ -505,7 +515,7 @@ def retire_slot(ctx: AzureContext, slot: SlotRef) -> None:
     delete a deployment that takes traffic: a slot still serving (the services never retire
     the active one) first loses its share, so the endpoint stops serving through it."""
     deployment_id = _deployment_id(ctx, slot)
-    deployment_name = names.deployment_name(slot.slot)
+    deployment_name = _deployment_name(slot)
     label = f"deleting {_where(ctx, slot)} (slot {slot.id})"
     with azure_errors(label):
         endpoint, deployment = _read_slot(ctx, slot)
@@ -675,7 +685,7 @@ def _through_gateway(ctx: AzureContext, slot: SlotRef, example: Mapping[str, Any
         raise SmokeTestFailed("smoke test through API Management needs azure.apim_name and "
                               "azure.api_app_id (or azure.smoke_test_via: direct)")
     url = gateway_score_url(ctx, slot.environment)
-    route = {"azureml-model-deployment": names.deployment_name(slot.slot)}
+    route = {"azureml-model-deployment": _deployment_name(slot)}
     anonymous, _ = _post(ctx, url, route, example, "smoke test")
     if anonymous == 404:
         return None
@@ -692,7 +702,7 @@ def _through_gateway(ctx: AzureContext, slot: SlotRef, example: Mapping[str, Any
 
 
 def _slot_headers(slot: SlotRef, key: str | None) -> dict[str, str]:
-    headers = {"azureml-model-deployment": names.deployment_name(slot.slot)}
+    headers = {"azureml-model-deployment": _deployment_name(slot)}
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
     return headers
@@ -723,16 +733,24 @@ def _post(ctx: AzureContext, url: str, headers: Mapping[str, str],
                                        read_timeout=HTTP_TIMEOUT[1])
         response.read()
     except (ServiceRequestError, ServiceResponseError) as exc:
+        _close(ctx, client)
         raise SmokeTestFailed(
             f"{what}: {url} did not answer ({type(exc).__name__}); a cluster's scoring URI is "
             "private: smoke-test through API Management (azure.smoke_test_via: apim, once the "
             "environment's API is published) or run the workers in a VNET peered with the "
             "cluster's") from None
+    _close(ctx, client)
     try:
         body = response.json()
     except ValueError:
         body = None
     return response.status_code, body
+
+
+def _close(ctx: AzureContext, client: Any) -> None:
+    """Close the client's own transport (not one the context shares with the SDK clients)."""
+    if "transport" not in ctx.client_kwargs:
+        client.close()
 
 
 def _signature(ctx: AzureContext, slot: SlotRef) -> dict[str, Any]:
