@@ -186,6 +186,8 @@ def test_a_colour_serving_another_slot_is_a_conflict_and_a_leftover_is_replaced(
     backend.switch_traffic("staging", _ref("slotold1"))
     info = _created(backend, fake_azure, _ref("slotgrn2", "green", "5"))
     assert info.ref.id == "slotgrn2"
+    # one scoring environment version, registered once and reused
+    assert len(fake_azure.calls("PUT", "/environments/modelgate-scoring/versions/")) == 1
     tags = (fake_azure.get(fe.deployment_id(ENDPOINT, "green")) or {})["tags"]
     assert tags["modelgate-deployment"] == "slotgrn2" and tags["modelgate-model"] == \
         "german-credit:5"
@@ -216,7 +218,7 @@ def test_create_slot_without_a_scoring_image_names_the_setting(
     backend = fe.slots_backend(fake_azure, tmp_path, scoring_image="")
     with pytest.raises(BackendError, match="azure.scoring_image"):
         _created(backend, fake_azure, _ref())
-    assert fake_azure.calls("PUT", "/deployments/") == []
+    assert fake_azure.calls("PUT") == []  # checked before anything is created
 
 
 # --------------------------------------------------------------------------- readiness

@@ -84,6 +84,8 @@ ML_API_VERSION = "2023-04-01-preview"
 POLL_SECONDS = 10.0
 #: Timeouts of the calls to a slot (connect, read), in seconds.
 HTTP_TIMEOUT = (5, 30)
+#: A ready timeout shorter than this is likely to stop a healthy deployment (warned about).
+SLOW_READY_SECONDS = 1200
 #: Lines of the scoring container's log a failed or late slot's error quotes.
 LOG_LINES = 5
 
@@ -264,14 +266,14 @@ def create_slot(ctx: AzureContext, spec: SlotSpec, progress: Progress) -> SlotIn
                 missing_ok=True) is None:
             raise ResourceNotFound(f"model {ref.model_name} version {ref.model_version} is "
                                    f"not registered in workspace {ctx.workspace}")
+        if not ctx.azure.scoring_image:
+            raise BackendError("the azure backend needs the scoring image: set "
+                               "azure.scoring_image in the pipeline file (docs/azure.md)")
         if endpoint is None or _state(endpoint).lower() in _FAILED:
             endpoint = _create_endpoint(ctx, endpoint_name, progress)
         elif _state(endpoint).lower() != _SUCCEEDED:
             raise TransientBackendError(f"endpoint {endpoint_name} is {_state(endpoint)} "
                                         "(another operation on it is under way); will retry")
-        if not ctx.azure.scoring_image:
-            raise BackendError("the azure backend needs the scoring image: set "
-                               "azure.scoring_image in the pipeline file (docs/azure.md)")
         progress(40, f"registering environment {names.SCORING_ENVIRONMENT}")
         environment_id = _scoring_environment(ctx)
         progress(60, f"creating deployment {deployment_name} of endpoint {endpoint_name} "
@@ -317,18 +319,21 @@ def scoring_environment_version(ctx: AzureContext) -> str:
 
 
 def _scoring_environment(ctx: AzureContext) -> str:
-    """Register (or find) the scoring environment; its ARM id."""
+    """The scoring environment's ARM id, registered first when this version is not (Azure ML
+    environment versions are immutable: an existing one is used as it is)."""
     from azure.ai.ml.entities import Environment
 
     version = scoring_environment_version(ctx)
-    ml = ctx.client("ml")
-    ml.environments.create_or_update(Environment(
-        name=names.SCORING_ENVIRONMENT, version=version, image=ctx.azure.scoring_image,
-        inference_config=names.inference_config(),
-        description="modelgate's scoring service (model from AZUREML_MODEL_DIR, keys "
-                    "enforced by the endpoint)"))
-    return ctx.resource_id(f"Microsoft.MachineLearningServices/workspaces/{ctx.workspace}"
-                           f"/environments/{names.SCORING_ENVIRONMENT}/versions/{version}")
+    environment_id = ctx.resource_id(
+        f"Microsoft.MachineLearningServices/workspaces/{ctx.workspace}"
+        f"/environments/{names.SCORING_ENVIRONMENT}/versions/{version}")
+    if _arm(ctx, "GET", environment_id, missing_ok=True) is None:
+        ctx.client("ml").environments.create_or_update(Environment(
+            name=names.SCORING_ENVIRONMENT, version=version, image=ctx.azure.scoring_image,
+            inference_config=names.inference_config(),
+            description="modelgate's scoring service (model from AZUREML_MODEL_DIR, keys "
+                        "enforced by the endpoint)"))
+    return environment_id
 
 
 def deployment_body(ctx: AzureContext, spec: SlotSpec, environment_id: str,
@@ -383,6 +388,11 @@ def wait_ready(ctx: AzureContext, slot: SlotRef, replicas: int, timeout: float,
     deadline = time.monotonic() + timeout
     seen = f"{_where(ctx, slot)} does not exist"
     failed = False
+    if timeout < SLOW_READY_SECONDS:
+        logger.warning("waiting %g s for %s: Azure ML deployments on a cluster take minutes "
+                       "(image pull, model download); set runtime.ready_timeout_seconds to "
+                       "%d or more for the azure backend", timeout, _where(ctx, slot),
+                       SLOW_READY_SECONDS)
     while True:
         checkpoint()
         try:
