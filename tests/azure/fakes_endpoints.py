@@ -173,11 +173,27 @@ def register_model(fake: FakeAzure, name: str, version: str,
 
 
 def publish_api(fake: FakeAzure, service: str, api: str, path: str, environment: str) -> None:
-    """An API on API Management's gateway serving ``environment`` (what a publish leaves)."""
-    fake.put_resource(f"{apim_id(service)}/apis/{api}", {
+    """An API on API Management's gateway serving ``environment``, PUT as a publish would."""
+    _apim_put(fake, f"{apim_id(service)}/apis/{api}", {
         "properties": {"displayName": api, "path": path, "protocols": ["https"],
-                       "subscriptionRequired": False, "isCurrent": True}})
+                       "subscriptionRequired": False}})
     state(fake).api_environments[path.strip("/")] = environment
+
+
+def set_named_value(fake: FakeAzure, service: str, name: str, value: str,
+                    secret: bool = True) -> None:
+    """A named value written as API Management's API takes it (what gateway_use_key does)."""
+    _apim_put(fake, f"{apim_id(service)}/namedValues/{name}", {
+        "properties": {"displayName": name, "value": value, "secret": secret}})
+
+
+def _apim_put(fake: FakeAzure, path: str, body: dict[str, Any]) -> None:
+    """A PUT through the fake as the SDK sends it: answered by API Management's own fake
+    (tests/azure/fakes_apim.py) when installed, else by generic ARM."""
+    url = f"{ARM}{path}?api-version=2024-05-01"
+    answer = fake.answer(Recorded("PUT", url, path, {"api-version": "2024-05-01"},
+                                  {"content-type": "application/json", "if-match": "*"}, body))
+    assert answer.status in (200, 201, 202), answer.body
 
 
 def mark_ready(fake: FakeAzure, endpoint: str, deployment: str,
@@ -206,12 +222,38 @@ def endpoint_keys(fake: FakeAzure, endpoint: str, workspace: str = WORKSPACE) ->
 
 
 def named_value(fake: FakeAzure, service: str, name: str) -> str | None:
-    """A named value's value as API Management holds it (secret or not)."""
+    """A named value's value as API Management holds it now (secret or not)."""
+    apim = getattr(fake, "apim", None)  # API Management's own fake keeps its state there
+    if apim is not None:
+        held = apim.services.get(apim_id(service).lower())
+        entry = None if held is None else held.named_values.get(name.lower())
+        return None if entry is None else str(entry.get("_resolved", entry.get("value")))
     resource = fake.get(f"{apim_id(service)}/namedValues/{name}")
     if resource is None:
         return None
     value = (resource.get("properties") or {}).get("value")
     return None if value is None else str(value)
+
+
+def _current_api(fake: FakeAzure, service: str, path: str) -> tuple[str, str] | None:
+    """(name, policy XML) of the API API Management serves at ``path``."""
+    apim = getattr(fake, "apim", None)
+    if apim is not None:
+        held = apim.services.get(apim_id(service).lower())
+        for api in (held.apis.values() if held is not None else ()):
+            revision = api.revisions.get(api.current)
+            if revision is not None and \
+                    str(revision.properties.get("path", "")).strip("/") == path:
+                return str(api.name), str(revision.policy or "")
+        return None
+    prefix = f"{apim_id(service)}/apis/".lower()
+    for key, resource in list(fake.resources.items()):
+        rest = key[len(prefix):] if key.startswith(prefix) else "/"
+        if "/" not in rest and ";rev=" not in rest and \
+                str((resource.get("properties") or {}).get("path", "")).strip("/") == path:
+            policy = fake.get(f"{resource['id']}/policies/policy") or {}
+            return str(resource["name"]), str((policy.get("properties") or {}).get("value") or "")
+    return None
 
 
 def _set_state(fake: FakeAzure, resource_id: str, provisioning: str) -> None:
@@ -411,24 +453,24 @@ def _gateway(fake: FakeAzure, request: Recorded, match: re.Match[str]) -> Answer
     """API Management's gateway: the API by path, a bearer token, the environment's named
     values, the backend call, and a request report record."""
     service, path = match.group("service"), match.group("path").strip("/")
-    prefix = f"{apim_id(service)}/apis/".lower()
-    api = next((r for key, r in fake.resources.items() if key.startswith(prefix)
-                and "/" not in key[len(prefix):] and ";rev=" not in key
-                and str((r.get("properties") or {}).get("path", "")).strip("/") == path), None)
+    api = _current_api(fake, service, path)
     started = dt.datetime.now(dt.UTC)
     if api is None:
         return Answer(404, {"statusCode": 404, "message": "Resource not found"})
+    name, policy = api
     if not request.headers.get("authorization", "").startswith("Bearer "):
         answer = Answer(401, {"statusCode": 401,
                               "message": "Access denied due to missing or invalid token."})
-        _report(fake, api, request, answer, None, started)
+        _report(fake, name, request, answer, None, started)
         return answer
-    environment = _api_environment(fake, service, api, path)
+    # the environment whose named values the policy names, else the one publish_api recorded
+    found = re.search(r"\{\{([A-Za-z0-9._-]+)-backend-url\}\}", policy)
+    environment = found.group(1) if found else state(fake).api_environments.get(path, "")
     url = named_value(fake, service, f"{environment}-backend-url")
     key = named_value(fake, service, f"{environment}-backend-key")
     if url is None or key is None:
         answer = Answer(500, {"statusCode": 500, "message": "Internal server error"})
-        _report(fake, api, request, answer, None, started)
+        _report(fake, name, request, answer, None, started)
         return answer
     headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
     if "azureml-model-deployment" in request.headers:
@@ -437,25 +479,14 @@ def _gateway(fake: FakeAzure, request: Recorded, match: re.Match[str]) -> Answer
     inner = Recorded("POST", backend_url, re.sub(r"^https?://[^/]+", "", backend_url), {},
                      headers, request.body)
     answer = fake.answer(inner)
-    _report(fake, api, request, answer, answer.status, started)
+    _report(fake, name, request, answer, answer.status, started)
     return answer
 
 
-def _api_environment(fake: FakeAzure, service: str, api: dict[str, Any], path: str) -> str:
-    """The environment an API serves: the named value its policy names, else the one
-    publish_api recorded."""
-    policy = fake.get(f"{api['id']}/policies/policy") or {}
-    text = str((policy.get("properties") or {}).get("value") or "")
-    found = re.search(r"\{\{([A-Za-z0-9._-]+)-backend-url\}\}", text)
-    if found:
-        return found.group(1)
-    return state(fake).api_environments.get(path, "")
-
-
-def _report(fake: FakeAzure, api: dict[str, Any], request: Recorded, answer: Answer,
+def _report(fake: FakeAzure, api: str, request: Recorded, answer: Answer,
             backend_status: int | None, started: dt.datetime) -> None:
     elapsed = (dt.datetime.now(dt.UTC) - started).total_seconds() * 1000
-    report_call(fake, str(api["name"]), answer.status, elapsed, started, url=request.url,
+    report_call(fake, api, answer.status, elapsed, started, url=request.url,
                 backend_status=backend_status)
 
 

@@ -134,10 +134,8 @@ def test_the_primary_is_regenerated_only_after_the_grace_for_api_management(
     backend = fe.slots_backend(fake_azure, tmp_path, key_grace_seconds=600)
     _serving(backend, fake_azure, _ref())
     # API Management moved to the secondary (the services' gateway_use_key)
-    named = f"{fe.apim_id(fe.APIM)}/namedValues/staging-backend-key"
-    stored = fake_azure.get(named) or {}
-    stored["properties"]["value"] = fe.endpoint_keys(fake_azure, ENDPOINT)["secondaryKey"]
-    fake_azure.put_resource(named, stored)
+    fe.set_named_value(fake_azure, fe.APIM, "staging-backend-key",
+                       fe.endpoint_keys(fake_azure, ENDPOINT)["secondaryKey"])
     waits: list[tuple[float, int]] = []
     monkeypatch.setattr("app.backends.azure.endpoints.time.sleep",
                         lambda seconds: waits.append((seconds, len(fake_azure.requests))))
