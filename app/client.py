@@ -350,7 +350,14 @@ def follow_promotion(panel: PanelClient, promotion_id: str, out: Callable[[str],
     out(f"promotion {promotion_id}: {row['state'].lower()}{who}{comment}")
     if row["state"] != "APPROVED" or not row.get("deploy_job_id"):
         return dict(row), None
-    job_id = row["deploy_job_id"]
+    return dict(row), follow_job(panel, row["deploy_job_id"], out, interval=interval / 2,
+                                 timeout=max(1.0, deadline - time.monotonic()))
+
+
+def follow_job(panel: PanelClient, job_id: str, out: Callable[[str], None], *,
+               interval: float = 1.0, timeout: float = 3600.0) -> dict[str, Any]:
+    """Print a line whenever the job's status, progress or step changes, until it ends."""
+    deadline = time.monotonic() + timeout
     shown: tuple[str, int, str] | None = None
     while True:
         job = panel.call("GET", f"/jobs/{job_id}")
@@ -360,11 +367,11 @@ def follow_promotion(panel: PanelClient, promotion_id: str, out: Callable[[str],
             out(f"{job['kind']:<10} [{bar(state[1])}] {state[1]:>3}%  {state[0]:<9} "
                 f"{state[2]}  (job {job_id})")
         if job["status"] in FINAL:
-            return dict(row), dict(job)
+            return dict(job)
         if time.monotonic() > deadline:
             raise ClientError(f"job {job_id} did not finish within {timeout:.0f} s "
                               f"(it is still {job['status']})")
-        time.sleep(interval / 2)
+        time.sleep(interval)
 
 
 def failing_child(panel: PanelClient, job_id: str) -> dict[str, Any] | None:

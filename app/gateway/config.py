@@ -202,9 +202,12 @@ def _serving_rules(raw: Mapping[str, Any], name: str,
         if value is not None and not (isinstance(value, str) and value):
             raise ConfigError(f"api {name!r}: {key} must be a non-empty string")
         identity[key] = _resolve(value, named, f"api {name!r}: {key}")
+    audiences = raw.get("audiences", [])
+    if not isinstance(audiences, list) or not all(isinstance(a, str) and a for a in audiences):
+        raise ConfigError(f"api {name!r}: audiences must be a list of non-empty strings")
     recorded = named.get(backend_url_name(environment))
     return ServingRules(environment, recorded.value if recorded else None, tuple(allowed),
-                        anonymous, identity["issuer"], identity["audience"])
+                        anonymous, identity["issuer"], identity["audience"], tuple(audiences))
 
 
 def parse_config(home: Path, data: Any) -> GatewayConfig:
@@ -245,6 +248,16 @@ def load_config(home: Path, path: Path) -> GatewayConfig:
         if api.refusal is not None:
             log.error("gateway refuses to serve %s (answering 503): %s", api.name, api.refusal)
     return config
+
+
+def check_revision(api: Mapping[str, Any], named_values: Mapping[str, NamedValue]) -> None:
+    """Raise ConfigError, PolicyError or UnsafePolicy naming the problem unless one API
+    document (as config.json holds it) compiles against these named values and meets its
+    serving rules: the checks the gateway runs on load, for a gateway whose configuration is
+    elsewhere (API Management: the azure backend checks before it sends the policy)."""
+    api_revision = _api(dict(api), named_values)
+    if api_revision.refusal is not None:
+        raise UnsafePolicy(api_revision.refusal)
 
 
 def check_api(home: Path, data: Mapping[str, Any], name: str) -> None:

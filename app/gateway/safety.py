@@ -13,8 +13,9 @@ or serve callers without a validated token carrying the scoring role.
   ``Score.Invoke`` as its only value. When the API's trusted issuer and audience are known
   (publishing records them), that validate-jwt must also take its keys from the issuer's
   discovery document only (``<openid-config url="{issuer}/.well-known/openid-configuration">``)
-  and accept no other issuer or audience. Every validate-jwt already needs signed tokens and
-  ``<audiences>`` (policy.py).
+  and accept no other issuer, and no audience but the API's (one, or several: Entra ID's
+  access tokens carry ``api://<app id>`` or the bare application id). Every validate-jwt
+  already needs signed tokens and ``<audiences>`` (policy.py).
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ class ServingRules:
     anonymous: bool = False
     issuer: str | None = None
     audience: str | None = None
+    # further accepted audiences (the API's audience forms); with ``audience`` the whole set
+    audiences: tuple[str, ...] = ()
+
+    @property
+    def accepted_audiences(self) -> frozenset[str] | None:
+        """Every audience the API's tokens may carry, None when unknown."""
+        known = {*self.audiences, *([self.audience] if self.audience else [])}
+        return frozenset(known) if known else None
 
 
 def valid_backend_entry(entry: str) -> bool:
@@ -105,7 +114,8 @@ def _trusts_only(step: ValidateJwt, rules: ServingRules) -> bool:
             return False
         if not set(step.issuers) <= {rules.issuer.rstrip("/")}:
             return False
-    return rules.audience is None or set(step.audiences) == {rules.audience}
+    accepted = rules.accepted_audiences
+    return accepted is None or set(step.audiences) <= accepted
 
 
 def _check_authentication(policy: Policy, rules: ServingRules) -> None:
@@ -114,7 +124,8 @@ def _check_authentication(policy: Policy, rules: ServingRules) -> None:
             break
         if isinstance(step, ValidateJwt) and _requires_role(step) and _trusts_only(step, rules):
             return
-    trusted = f" from {rules.issuer} for {rules.audience}" if rules.issuer else ""
+    audiences = " or ".join(sorted(rules.accepted_audiences or ()))
+    trusted = f" from {rules.issuer} for {audiences}" if rules.issuer else ""
     raise UnsafePolicy(
         f"inbound has no validate-jwt checking tokens{trusted} with <required-claims><claim "
         f"name=\"roles\"> requiring {DEFAULT_ROLE} before it can answer or forward, so it "
