@@ -36,6 +36,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from tests.azure import fakes_apim
 from tests.azure.fake_azure import (
     ARM,
     SUBSCRIPTION,
@@ -81,8 +82,6 @@ def state(fake: FakeAzure) -> EndpointsState:
 
 def install(fake: FakeAzure) -> None:
     fake.endpoints_state = EndpointsState()  # type: ignore[attr-defined]
-    if not hasattr(fake, "apim_requests"):
-        fake.apim_requests = []  # type: ignore[attr-defined]
     fake.route("PUT", _ENDPOINT + "$")(_put_endpoint)
     fake.on_put(_ENDPOINT + "$", _endpoint_hook)
     fake.route("PUT", _ENDPOINT + "/deployments/[^/]+$")(_put_deployment)
@@ -92,8 +91,6 @@ def install(fake: FakeAzure) -> None:
     fake.route("POST", _ENDPOINT + "/listKeys$")(_list_keys)
     fake.route("POST", _ENDPOINT + "/regenerateKeys$")(_regenerate_keys)
     fake.route("POST", _ENDPOINT + "/deployments/[^/]+/getLogs$")(_get_logs)
-    fake.route("POST", r"/providers/Microsoft\.ApiManagement/service/[^/]+/namedValues/[^/]+"
-                       r"/listValue$")(_list_value)
     fake.route("POST", rf"^http://{re.escape(SCORING_HOST)}/api/v1/endpoint/"
                        r"(?P<endpoint>[^/]+)/score$")(_score)
     fake.route("POST", r"^https://(?P<service>[^./]+)\.azure-api\.net/(?P<path>.+)/score$"
@@ -112,7 +109,7 @@ def slots_backend(fake: FakeAzure, home: Any, credential: Any = None, **azure: A
     from tests.azure.fake_azure import TENANT, FakeCredential
 
     seed_workspace(fake)
-    seed_apim(fake, APIM)
+    fakes_apim.seed_service(fake, name=APIM)
     data = load_pipeline_config(DEFAULT_PATH).to_dict()
     data["workspace"]["name"] = WORKSPACE
     data["azure"].update({"subscription_id": SUBSCRIPTION, "tenant_id": TENANT,
@@ -136,10 +133,6 @@ def deployment_id(endpoint: str, deployment: str, workspace: str = WORKSPACE) ->
     return f"{endpoint_id(endpoint, workspace)}/deployments/{deployment}"
 
 
-def apim_id(service: str) -> str:
-    return f"{rg_id()}/providers/Microsoft.ApiManagement/service/{service}"
-
-
 def seed_workspace(fake: FakeAzure, name: str = WORKSPACE, location: str = LOCATION) -> None:
     """The Azure ML workspace (provisioning's), as ``Workspaces_Get`` answers it."""
     fake.put_resource(workspace_id(name), {
@@ -147,15 +140,6 @@ def seed_workspace(fake: FakeAzure, name: str = WORKSPACE, location: str = LOCAT
         "sku": {"name": "Basic", "tier": "Basic"},
         "properties": {"friendlyName": name, "provisioningState": "Succeeded",
                        "discoveryUrl": f"https://{location}.api.azureml.ms/discovery"}})
-
-
-def seed_apim(fake: FakeAzure, service: str) -> None:
-    """The API Management service (provisioning's)."""
-    fake.put_resource(apim_id(service), {
-        "location": LOCATION, "sku": {"name": "Developer", "capacity": 1},
-        "properties": {"provisioningState": "Succeeded",
-                       "gatewayUrl": f"https://{service}.azure-api.net",
-                       "virtualNetworkType": "External"}})
 
 
 def register_model(fake: FakeAzure, name: str, version: str,
@@ -174,7 +158,7 @@ def register_model(fake: FakeAzure, name: str, version: str,
 
 def publish_api(fake: FakeAzure, service: str, api: str, path: str, environment: str) -> None:
     """An API on API Management's gateway serving ``environment``, PUT as a publish would."""
-    _apim_put(fake, f"{apim_id(service)}/apis/{api}", {
+    _apim_put(fake, f"{fakes_apim.service_id(name=service)}/apis/{api}", {
         "properties": {"displayName": api, "path": path, "protocols": ["https"],
                        "subscriptionRequired": False}})
     state(fake).api_environments[path.strip("/")] = environment
@@ -183,13 +167,12 @@ def publish_api(fake: FakeAzure, service: str, api: str, path: str, environment:
 def set_named_value(fake: FakeAzure, service: str, name: str, value: str,
                     secret: bool = True) -> None:
     """A named value written as API Management's API takes it (what gateway_use_key does)."""
-    _apim_put(fake, f"{apim_id(service)}/namedValues/{name}", {
+    _apim_put(fake, f"{fakes_apim.service_id(name=service)}/namedValues/{name}", {
         "properties": {"displayName": name, "value": value, "secret": secret}})
 
 
 def _apim_put(fake: FakeAzure, path: str, body: dict[str, Any]) -> None:
-    """A PUT through the fake as the SDK sends it: answered by API Management's own fake
-    (tests/azure/fakes_apim.py) when installed, else by generic ARM."""
+    """A PUT through the fake as the SDK sends it (API Management's fake answers it)."""
     url = f"{ARM}{path}?api-version=2024-05-01"
     answer = fake.answer(Recorded("PUT", url, path, {"api-version": "2024-05-01"},
                                   {"content-type": "application/json", "if-match": "*"}, body))
@@ -222,37 +205,18 @@ def endpoint_keys(fake: FakeAzure, endpoint: str, workspace: str = WORKSPACE) ->
 
 
 def named_value(fake: FakeAzure, service: str, name: str) -> str | None:
-    """A named value's value as API Management holds it now (secret or not)."""
-    apim = getattr(fake, "apim", None)  # API Management's own fake keeps its state there
-    if apim is not None:
-        held = apim.services.get(apim_id(service).lower())
-        entry = None if held is None else held.named_values.get(name.lower())
-        return None if entry is None else str(entry.get("_resolved", entry.get("value")))
-    resource = fake.get(f"{apim_id(service)}/namedValues/{name}")
-    if resource is None:
-        return None
-    value = (resource.get("properties") or {}).get("value")
-    return None if value is None else str(value)
+    """A named value's value as API Management holds it now (secret or not; a Key Vault
+    reference as it last resolved)."""
+    entry = fakes_apim.state(fake, name=service).named_values.get(name.lower())
+    return None if entry is None else str(entry.get("_resolved", entry.get("value")))
 
 
 def _current_api(fake: FakeAzure, service: str, path: str) -> tuple[str, str] | None:
     """(name, policy XML) of the API API Management serves at ``path``."""
-    apim = getattr(fake, "apim", None)
-    if apim is not None:
-        held = apim.services.get(apim_id(service).lower())
-        for api in (held.apis.values() if held is not None else ()):
-            revision = api.revisions.get(api.current)
-            if revision is not None and \
-                    str(revision.properties.get("path", "")).strip("/") == path:
-                return str(api.name), str(revision.policy or "")
-        return None
-    prefix = f"{apim_id(service)}/apis/".lower()
-    for key, resource in list(fake.resources.items()):
-        rest = key[len(prefix):] if key.startswith(prefix) else "/"
-        if "/" not in rest and ";rev=" not in rest and \
-                str((resource.get("properties") or {}).get("path", "")).strip("/") == path:
-            policy = fake.get(f"{resource['id']}/policies/policy") or {}
-            return str(resource["name"]), str((policy.get("properties") or {}).get("value") or "")
+    for api in fakes_apim.state(fake, name=service).apis.values():
+        revision = api.revisions.get(api.current)
+        if revision is not None and str(revision.properties.get("path", "")).strip("/") == path:
+            return str(api.name), str(revision.policy or "")
     return None
 
 
@@ -401,14 +365,6 @@ def _get_logs(fake: FakeAzure, request: Recorded, match: re.Match[str]) -> Answe
     return Answer(200, {"content": "\n".join(lines[-tail:])})
 
 
-def _list_value(fake: FakeAzure, request: Recorded, match: re.Match[str]) -> Answer:
-    resource = request.path.rstrip("/").removesuffix("/listValue")
-    stored = fake.get(resource)
-    if stored is None:
-        return not_found(resource)
-    return Answer(200, {"value": (stored.get("properties") or {}).get("value")})
-
-
 # --------------------------------------------------------------------------- data plane
 
 
@@ -461,7 +417,7 @@ def _gateway(fake: FakeAzure, request: Recorded, match: re.Match[str]) -> Answer
     if not request.headers.get("authorization", "").startswith("Bearer "):
         answer = Answer(401, {"statusCode": 401,
                               "message": "Access denied due to missing or invalid token."})
-        _report(fake, name, request, answer, None, started)
+        _report(fake, name, answer, started)
         return answer
     # the environment whose named values the policy names, else the one publish_api recorded
     found = re.search(r"\{\{([A-Za-z0-9._-]+)-backend-url\}\}", policy)
@@ -470,7 +426,7 @@ def _gateway(fake: FakeAzure, request: Recorded, match: re.Match[str]) -> Answer
     key = named_value(fake, service, f"{environment}-backend-key")
     if url is None or key is None:
         answer = Answer(500, {"statusCode": 500, "message": "Internal server error"})
-        _report(fake, name, request, answer, None, started)
+        _report(fake, name, answer, started)
         return answer
     headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
     if "azureml-model-deployment" in request.headers:
@@ -479,29 +435,13 @@ def _gateway(fake: FakeAzure, request: Recorded, match: re.Match[str]) -> Answer
     inner = Recorded("POST", backend_url, re.sub(r"^https?://[^/]+", "", backend_url), {},
                      headers, request.body)
     answer = fake.answer(inner)
-    _report(fake, name, request, answer, answer.status, started)
+    _report(fake, name, answer, started)
     return answer
 
 
-def _report(fake: FakeAzure, api: str, request: Recorded, answer: Answer,
-            backend_status: int | None, started: dt.datetime) -> None:
+def _report(fake: FakeAzure, api: str, answer: Answer, started: dt.datetime) -> None:
     elapsed = (dt.datetime.now(dt.UTC) - started).total_seconds() * 1000
-    report_call(fake, api, answer.status, elapsed, started, url=request.url,
-                backend_status=backend_status)
-
-
-def report_call(fake: FakeAzure, api: str, status: int, latency_ms: float, when: dt.datetime,
-                *, url: str = "", backend_status: int | None = None) -> None:
-    """One call in ``fake.apim_requests``, as API Management's ``reports/byRequest`` lists it
-    (RequestReportRecordContract)."""
-    fake.apim_requests.append({  # type: ignore[attr-defined]
-        "apiId": f"/apis/{api}", "operationId": f"/apis/{api}/operations/score",
-        "method": "POST", "url": url, "ipAddress": "203.0.113.10",
-        "responseCode": status, "backendResponseCode": str(backend_status or ""),
-        "responseSize": 0, "requestSize": 0,
-        "timestamp": when.astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
-        "apiTime": latency_ms, "serviceTime": latency_ms, "apiRegion": "West Europe",
-        "cache": "none", "requestId": str(uuid.uuid4())})
+    fakes_apim.report_call(fake, api, answer.status, elapsed, started)
 
 
 def _new_key() -> str:

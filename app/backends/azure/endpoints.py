@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import importlib
-import importlib.util
 import json
 import logging
 import math
@@ -830,52 +828,24 @@ def gateway_key(ctx: AzureContext, environment: str) -> str | None:
 
 
 def point_gateway(ctx: AzureContext, environment: str, url: str, key: str) -> None:
-    """Make API Management present the endpoint: its scoring base URL (plain named value) and
-    the key (secret named value), each written only when it differs. After replacing a key it
-    presented, wait ``azure.key_grace_seconds`` for every gateway node to pick it up (the
-    services may drop the replaced key next)."""
+    """Make API Management present the endpoint: its scoring base URL and the key, through
+    API Management's own primitives (apim.py), each written only when it differs. After
+    replacing a key it presented, wait ``azure.key_grace_seconds`` for every gateway node to
+    pick the new one up (the services may drop the replaced key next)."""
     if not ctx.azure.apim_name:
         logger.warning("no azure.apim_name: no API Management to point at %s", url)
         return
-    from azure.core.exceptions import ResourceNotFoundError
-    from azure.mgmt.apimanagement.models import NamedValueCreateContract
+    from app.backends.azure import apim
 
-    apim = ctx.client("apim")
-    url_name = names.url_named_value(environment)
-    try:
-        current = apim.named_value.get(ctx.resource_group, ctx.azure.apim_name, url_name).value
-    except ResourceNotFoundError:
-        current = None
-    if current != url:
-        apim.named_value.begin_create_or_update(
-            ctx.resource_group, ctx.azure.apim_name, url_name,
-            NamedValueCreateContract(display_name=url_name, value=url, secret=False),
-            if_match="*").result()
-        logger.info("API Management: %s points at %s", url_name, url)
+    apim.set_plain_named_value(ctx, names.url_named_value(environment), url)
     presented = gateway_key(ctx, environment)
     if presented is not None and _same(presented, key):
         return
-    _gateway_use_key(ctx, environment, key)
+    apim.gateway_use_key(ctx, environment, key)
+    logger.info("API Management: %s holds the endpoint's primary key",
+                names.key_named_value(environment))
     grace = float(ctx.azure.key_grace_seconds)
     if presented is not None and grace > 0:
         logger.info("waiting %g s for API Management's gateways to present the endpoint's "
                     "primary key", grace)
         time.sleep(grace)
-
-
-def _gateway_use_key(ctx: AzureContext, environment: str, key: str) -> None:
-    """The key named value: API Management's own primitive when its module is there (it also
-    knows the Key Vault-backed option), else a plain secret named value."""
-    if importlib.util.find_spec("app.backends.azure.apim") is not None:
-        apim_module = importlib.import_module("app.backends.azure.apim")
-        if hasattr(apim_module, "gateway_use_key"):
-            apim_module.gateway_use_key(ctx, environment, key)
-            return
-    from azure.mgmt.apimanagement.models import NamedValueCreateContract
-
-    name = names.key_named_value(environment)
-    ctx.client("apim").named_value.begin_create_or_update(
-        ctx.resource_group, ctx.azure.apim_name, name,
-        NamedValueCreateContract(display_name=name, value=key, secret=True),
-        if_match="*").result()
-    logger.info("API Management: %s holds the endpoint's primary key", name)

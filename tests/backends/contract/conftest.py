@@ -226,7 +226,9 @@ class AzureHarness(Harness):
     def log_call(self, api: str, environment: str, status: int, latency_ms: float,
                  when: dt.datetime) -> None:
         """A record in API Management's request reports (the API names the environment)."""
-        self.fakes.report_call(self.fake, api, status, latency_ms, when)
+        from tests.azure import fakes_apim
+
+        fakes_apim.report_call(self.fake, api, status, latency_ms, when)
 
 
 def _azure(tmp_path: Path) -> Harness:
