@@ -108,6 +108,7 @@ def test_create_slot_puts_a_key_auth_endpoint_then_the_deployment_at_zero_percen
     assert props["containerResourceRequirements"]["containerResourceRequests"] == {
         "cpu": "0.5", "memory": "1024Mi"}
     assert props["requestSettings"]["requestTimeout"] == "PT5S"
+    assert props["environmentVariables"] == {"MODELGATE_MODEL_VERSION": "3"}
     assert deployment.body["tags"]["modelgate-deployment"] == "slot0001"
     assert deployment.body["sku"] == {"name": "Default", "capacity": 2}
     # the endpoint first, and nothing touches its traffic once the deployment exists
@@ -159,7 +160,7 @@ def test_the_deployment_put_is_the_body_azure_ai_ml_builds_for_a_kubernetes_depl
         request_settings=OnlineRequestSettings(request_timeout_ms=5000,
                                                max_concurrent_requests_per_instance=1),
         description=ours.body["properties"]["description"], tags=ours.body["tags"],
-        app_insights_enabled=False)
+        environment_variables={"MODELGATE_MODEL_VERSION": "3"}, app_insights_enabled=False)
     poller = backend.ctx.client("ml").online_deployments.begin_create_or_update(entity)
     fe.mark_ready(fake_azure, ENDPOINT, "green")  # lets the SDK's polling thread finish
     poller.result()

@@ -4,8 +4,9 @@ Stand-in for two modules other parts of the azure backend own, with the same nam
 swapping is one import line in endpoints.py:
 - ``names.py`` (provisioning): the endpoint of an environment, the deployments of its slots,
   the attached Kubernetes compute, the API and its named values;
-- the scoring environment's inference config (training: the scoring container built from
-  modelgate's own scoring service answers liveness, readiness and score on port 5001).
+- the scoring container's inference config and environment variables (training's
+  serving_image.py: modelgate's own scoring service answers liveness, readiness and score on
+  port 5001).
 
 Besides, the tags and properties this backend reads back: the deployment's tag naming the
 panel's deployment id, and the model version property holding the signature.
@@ -35,6 +36,8 @@ SIGNATURE_PROPERTY = "modelgate.signature"
 SCORING_ENVIRONMENT = "modelgate-scoring"
 #: The port the scoring container listens on (Azure ML's inference config names it).
 SCORING_PORT = 5001
+#: The environment variable naming the registered version the scoring container serves.
+VERSION_VARIABLE = "MODELGATE_MODEL_VERSION"
 
 _ENDPOINT_MAX = 32
 _ENDPOINT_OK = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]$")
@@ -93,3 +96,9 @@ def inference_config() -> dict[str, Any]:
     return {"liveness_route": {"path": "/health/live", "port": SCORING_PORT},
             "readiness_route": {"path": "/health/ready", "port": SCORING_PORT},
             "scoring_route": {"path": "/score", "port": SCORING_PORT}}
+
+
+def deployment_variables(model_version: str) -> dict[str, str]:
+    """The deployment's environment variables: the registered version the container serves
+    (it also reads it where Azure ML mounts the model; this makes it explicit)."""
+    return {VERSION_VARIABLE: str(model_version)}

@@ -362,7 +362,7 @@ def deployment_body(ctx: AzureContext, spec: SlotSpec, environment_id: str,
             "containerResourceRequirements": {"containerResourceRequests": dict(resources),
                                               "containerResourceLimits": dict(resources)},
             "appInsightsEnabled": False,
-            "environmentVariables": {},
+            "environmentVariables": names.deployment_variables(ref.model_version),
             "properties": {},
         },
     }
