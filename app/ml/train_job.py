@@ -61,7 +61,7 @@ def find_csv(data: Path) -> Path:
     return found[0]
 
 
-def summary(outcome: Any, dataset_name: str | None, dataset_version: int | None
+def summary(outcome: Any, dataset_name: str | None, dataset_version: int | str | None
             ) -> dict[str, Any]:
     """What the backend reports as the train job's result (besides the model version)."""
     flat = outcome.flat_metrics()
@@ -75,7 +75,7 @@ def summary(outcome: Any, dataset_name: str | None, dataset_version: int | None
 
 
 def run(data: Path, out: Path, config_file: Path, *, dataset_name: str | None = None,
-        dataset_version: int | None = None) -> dict[str, Any]:
+        dataset_version: int | str | None = None) -> dict[str, Any]:
     """Train on ``data`` with the settings in ``config_file`` and write the model to ``out``.
 
     Raises:
@@ -117,7 +117,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--config", required=True, type=Path)
     parser.add_argument("--dataset-name", default=None)
-    parser.add_argument("--dataset-version", type=int, default=None)
+    parser.add_argument("--dataset-version", default=None,
+                        help="the data asset's version (a number, or Azure ML's version text)")
     return parser.parse_args(argv)
 
 
@@ -126,9 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    version = args.dataset_version
     try:
         result = run(args.data, args.out, args.config, dataset_name=args.dataset_name,
-                     dataset_version=args.dataset_version)
+                     dataset_version=int(version) if version and version.isdigit() else version)
     except JobInputError as exc:
         print(f"modelgate training failed: {exc}", file=sys.stderr)
         return 2

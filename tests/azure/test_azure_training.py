@@ -202,6 +202,23 @@ def test_a_retry_follows_the_job_an_earlier_attempt_submitted(
     only(ml_ready, "PUT", f"/models/{MODEL}/versions/1$")
 
 
+def test_a_job_another_attempt_submitted_meanwhile_is_followed(
+        azure_backend: Any, ml_ready: FakeAzure) -> None:
+    """Two deliveries of one panel job race: the second PUT is refused because the first
+    created the job; the loser follows the winner's job instead of failing."""
+    from tests.azure.fake_azure import arm_error
+
+    def taken(fake: FakeAzure, request: Any, match: Any) -> Any:
+        fake.training.seed_job(JOB_NAME)  # the other delivery's PUT landed first
+        return arm_error(409, "UserError", f"A job with name {JOB_NAME} already exists.")
+
+    ml_ready.route("PUT", f"/jobs/{JOB_NAME}$")(taken)
+    info = azure_backend.train(spec(azure_backend), Steps())
+    assert len(ml_ready.calls("PUT", f"/jobs/{JOB_NAME}$")) == 1
+    assert info.version == "1"
+    only(ml_ready, "PUT", f"/models/{MODEL}/versions/1$")
+
+
 def test_a_failed_job_raises_its_own_error_and_registers_nothing(
         azure_backend: Any, ml_ready: FakeAzure) -> None:
     ml_ready.training.plan(JOB_NAME, statuses=["Queued", "Running", "Failed"], summary=None,
