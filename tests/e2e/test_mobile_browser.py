@@ -98,6 +98,9 @@ NOT_PAGES = re.compile(r"^/(api|static|auth|health)\b|\.(csv|jsonl|json|yaml)$")
 # A path segment that is an id: a number, or hex of 8 or more with a digit (jobs, promotions).
 ID = re.compile(r"^([0-9]+|(?=[0-9a-f-]*[0-9])[0-9a-f-]{8,})$")
 MAX_PAGES = 60
+HIDDEN_COLUMNS = """() => [...document.querySelectorAll('main th')]
+  .filter(c => getComputedStyle(c).display === 'none' && !c.closest('table.jobs'))
+  .map(c => c.closest('table').className + ': ' + c.textContent.trim())"""
 LINKS = "() => [...document.querySelectorAll('a[href]')].map(a => a.href)"
 
 
@@ -145,6 +148,11 @@ class Walk:
             self.page.screenshot(path=str(screenshot_path(
                 f"overflow-{user}-{width}-{path.strip('/').replace('/', '-')}.png")),
                 full_page=True)
+        # Tables scroll inside their box rather than drop columns (only the jobs tables
+        # leave out who queued a job and when).
+        hidden = self.page.evaluate(HIDDEN_COLUMNS)
+        if hidden:
+            self.problems.append(f"{path} at {width} px hides the columns {hidden}")
         # Column headers are upper-cased by CSS ("Queued" reads QUEUED): read the words.
         self.page.evaluate("() => document.querySelectorAll('body *')"
                            ".forEach(e => { e.style.textTransform = 'none'; })")
@@ -291,3 +299,52 @@ def test_a_page_over_the_stream_cap_polls_without_a_console_error(phone: Any, st
     assert not errors, errors
     for page in held:
         page.close()
+
+
+def test_live_log_lines_read_as_they_do_after_a_reload(phone: Any, stack: Stack,  # noqa: F811
+                                                      ) -> None:
+    """A job followed live: the lines the stream brings have their time and the same markup
+    as the lines the server renders after a reload."""
+    page = sign_in(phone, stack, "alice", "/")
+    job = page.evaluate(
+        """async () => {
+            const token = document.querySelector('meta[name="csrf-token"]').content;
+            const r = await fetch('/api/v1/jobs', {method: 'POST',
+                headers: {'X-CSRFToken': token, 'Content-Type': 'application/json'},
+                body: JSON.stringify({kind: 'selfcheck',
+                                      params: {steps: 6, step_seconds: 1}})});
+            return (await r.json()).id;
+        }""")
+    page.goto(f"{stack.panel}/jobs/{job}")
+    rendered = page.locator("[data-log] li").count()
+    page.wait_for_selector('[data-field="status"] .badge-succeeded', timeout=90_000)
+    total = len(page.evaluate(
+        f"async () => (await (await fetch('/api/v1/jobs/{job}?log=1')).json()).log"))
+    page.wait_for_function(f"() => document.querySelectorAll('[data-log] li').length >= {total}")
+    live = page.eval_on_selector_all("[data-log] li", "ls => ls.map(l => l.outerHTML)")
+    assert len(live) == total and total > rendered, "no line arrived live"
+    assert all(t.strip() for t in page.eval_on_selector_all(
+        "[data-log] li time", "ts => ts.map(t => t.textContent)")), "a line has no time"
+    page.reload()
+    assert page.eval_on_selector_all("[data-log] li", "ls => ls.map(l => l.outerHTML)") == live
+
+
+def test_sign_ins_and_sign_outs_are_audited_without_a_secret(phone: Any, stack: Stack,  # noqa: F811
+                                                            ) -> None:
+    page = sign_in(phone, stack, "bob", LANDINGS["bob"])
+    session = [c["value"] for c in phone.cookies() if c["name"].endswith("session")]
+    page.click("#sign-out")
+    page.wait_for_load_state("load")
+    page = sign_in(phone, stack, "bob", LANDINGS["bob"])
+    page.goto(f"{stack.panel}/audit/?actor=bob&action=auth.")
+    actions = page.locator("tbody tr").evaluate_all("rs => rs.map(r => r.dataset.action)")
+    assert actions[:3] == ["auth.sign-in", "auth.sign-out", "auth.sign-in"], actions
+    # What happened reads on a phone too: the details column is shown (the table scrolls).
+    assert "MLOps.Approver, Score.Invoke" in page.locator("tbody tr").first.inner_text()
+    html = page.content()
+    for secret in [stack.password("bob"), *session]:
+        assert secret not in html
+    assert "eyJ" not in html, "a token reached the audit page"
+    # The time column stays on one line, even on a phone.
+    lines = page.eval_on_selector_all("tbody time", "ts => ts.map(t => t.getClientRects().length)")
+    assert lines and set(lines) == {1}, lines
