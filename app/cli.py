@@ -1,4 +1,4 @@
-"""The `modelgate` command group (DESIGN.md: command line)."""
+"""The `modelgate` command group (README.md, "Command line")."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ CI_CLIENT_ID = "modelgate-ci"
 HTTP_TIMEOUT = 30.0
 STAGES = ("provision", "train", "deploy", "publish")
 FINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
-# The seed's test record (DESIGN.md, scoring API).
+# The seed's test record (the scoring API's example).
 EXAMPLE_REQUEST: dict[str, Any] = {"data": [{
     "Age": 20, "Sex": "male", "Job": 0, "Housing": "own", "Saving accounts": "little",
     "Checking account": "little", "Credit amount": 100, "Duration": 48, "Purpose": "radio/TV"}]}
@@ -76,7 +76,7 @@ class Credentials:
 
 
 def endpoints(home: Path, env: Mapping[str, str] = os.environ) -> Endpoints:
-    """endpoints.json of the running stack, else the MODELGATE_* URLs (DESIGN.md defaults)."""
+    """endpoints.json of the running stack, else the MODELGATE_* URLs (the defaults of README.md, "Identity")."""
     path = home / "endpoints.json"
     if path.exists():
         data = json.loads(path.read_text(encoding="utf-8"))

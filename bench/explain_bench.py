@@ -2,7 +2,7 @@
 
 For each model family (logistic regression; gradient boosting, 100 trees of depth 3) one run
 fits the canonical pipeline on data/german_credit_data.csv, writes a model package with its
-explain.json, and measures, for the DESIGN.md example record:
+explain.json, and measures, for the seed's example record:
 
 * compute in-process: ``predictions`` vs ``predictions`` + ``add_reasons`` (what the replica's
   handler adds when a request asks for ``explain``), alternating rounds, median µs per call,

@@ -281,7 +281,7 @@ class Stack:
     # ------------------------------------------------------------------ endpoints
 
     def endpoints(self) -> dict[str, str]:
-        """The endpoints.json document (DESIGN.md contract); never includes a password."""
+        """The endpoints.json document (docs/internal-contracts.md); never includes a password."""
         redis_public = self.redis.public_url if self.redis else _redact(self.external_redis or "")
         return {
             "panel": f"http://127.0.0.1:{self.ports['panel']}",

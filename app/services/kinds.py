@@ -12,7 +12,7 @@ from app.services import params as p
 
 
 class JobKind(enum.StrEnum):
-    """Kinds of background job (DESIGN.md panel REST API)."""
+    """Kinds of background job (the panel REST API's `kind`)."""
 
     PROVISION = "provision"
     TRAIN = "train"

@@ -108,7 +108,7 @@ def make_pipeline(kind: str) -> Pipeline:
 
 
 def signature_dict(version: str = "3", name: str = "german-credit") -> dict[str, Any]:
-    """signature.json content with the sanity ranges and DESIGN.md's example record."""
+    """signature.json content with the sanity ranges and the seed's example record."""
     fields: list[dict[str, Any]] = []
     for field in FEATURES:
         if field in RANGES:
