@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from app.ml.package import (
+    FAIRNESS_FILE,
+    OPTIONAL_FILES,
     PACKAGE_FILES,
     PackageError,
     load_package,
@@ -24,12 +26,14 @@ from app.ml.validation import validate_records
 
 def test_write_and_load_round_trip(tmp_path: Path, outcome: TrainingOutcome) -> None:
     dest = write_package(outcome, tmp_path / "models" / "german-credit" / "3", version=3)
-    assert sorted(p.name for p in dest.iterdir()) == sorted(PACKAGE_FILES)
+    assert sorted(p.name for p in dest.iterdir()) == sorted(PACKAGE_FILES + OPTIONAL_FILES)
     sig = json.loads((dest / "signature.json").read_text())
     assert sig["version"] == "3" and sig["threshold"] == outcome.threshold
     pkg = load_package(dest)
     assert pkg.signature == outcome.signature.with_version("3")
     assert pkg.metrics == json.loads(json.dumps(outcome.metrics))
+    assert pkg.fairness == json.loads(json.dumps(outcome.fairness))
+    assert [a["name"] for a in pkg.fairness["attributes"]] == ["sex", "age"]
     assert pkg.importance["features"][0]["feature"] == outcome.importance["features"][0][
         "feature"]
     frame = features_frame([DESIGN_EXAMPLE], NUMERIC, CATEGORICAL)
@@ -38,6 +42,15 @@ def test_write_and_load_round_trip(tmp_path: Path, outcome: TrainingOutcome) -> 
     records = validate_records(pkg.signature, [dict(DESIGN_EXAMPLE)])
     assert predict_records(pkg.pipeline, pkg.signature, records) == predict_records(
         outcome.pipeline, outcome.signature, records)
+
+
+def test_a_package_without_a_fairness_report_still_loads(tmp_path: Path,
+                                                        outcome: TrainingOutcome) -> None:
+    """Versions trained before the report existed stay deployable."""
+    dest = write_package(outcome, tmp_path / "pkg", version=1)
+    (dest / FAIRNESS_FILE).unlink()
+    pkg = load_package(dest)
+    assert pkg.fairness == {} and pkg.signature.version == "1"
 
 
 def test_rewrite_replaces_whole_package(tmp_path: Path, outcome: TrainingOutcome) -> None:
