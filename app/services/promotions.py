@@ -6,8 +6,11 @@ State machine (every state but PENDING is final):
        ├─────expire────► EXPIRED    (lazily on read/decision, and by the beat task)
        └───supersede───► SUPERSEDED (a newer request for the same environment)
 Guards: only MLOps.Engineer/Admin may request; only MLOps.Approver/Admin may decide, and never
-on their own request, admins included. Each transition is a conditional UPDATE on the current
-state, so two approvers clicking at once cannot both approve (the loser gets 409).
+on their own request, admins included. A model version that failed the promotion gate (its
+thresholds in the pipeline file, judged when the request was made) is approved only with an
+explicit override and its reason, audited as promotion.gate-overridden. Each transition is a
+conditional UPDATE on the current state, so two approvers clicking at once cannot both approve
+(the loser gets 409).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from app.services.promotion_evidence import metric_rows as metric_rows  # shown 
 
 MAX_REASON = 2000
 MAX_COMMENT = 2000
+MAX_OVERRIDE = 2000
 # A policy travels to the publish job as a parameter (jobs.MAX_PARAMS_BYTES, JSON-escaped).
 MAX_POLICY = 12_000
 
@@ -130,7 +134,21 @@ def to_dict(row: Promotion) -> dict[str, Any]:
         "decided_at": row.decided_at.isoformat() if row.decided_at else None,
         "comment": row.comment, "deploy_job_id": row.deploy_job_id,
         "superseded_by": row.superseded_by,
+        "gate": gate_of(row), "gate_override": row.gate_override,
     }
+
+
+def gate_of(row: Promotion) -> dict[str, Any] | None:
+    """The promotion gate's result for a model request, as judged when it was requested
+    (None for an API revision, or a request made before the gate existed)."""
+    gate = (row.evidence or {}).get("gate")
+    return gate if isinstance(gate, dict) else None
+
+
+def gate_failed(row: Promotion) -> bool:
+    """Whether approving the request needs an override."""
+    gate = gate_of(row)
+    return row.kind == PromotionKind.MODEL and gate is not None and gate.get("passed") is False
 
 
 # --------------------------------------------------------------------------- transitions
@@ -291,13 +309,18 @@ def _record(kind: PromotionKind, environment: str, name: str, version: str,
 
 
 def approve(promotion_id: str, actor: str, *, roles: frozenset[str],
-            comment: Any = "") -> Promotion:
+            comment: Any = "", gate_override: Any = None) -> Promotion:
     """Approve a pending request and queue its job: the deploy of its version (which also
     publishes the environment's API when it has none) or the publish of its API revision.
+
+    Args:
+        gate_override: the reason for approving a version that failed the promotion gate;
+            required then, refused otherwise (there is nothing to override).
 
     Raises:
         Forbidden: missing role, or the approver is the requester.
         Conflict: the request is no longer pending (decided, expired or superseded).
+        ValidationError: the gate failed and no override reason was given, or the reverse.
         ServiceUnavailable: the job queue is down (the request stays pending).
     """
     from app.services import jobs
@@ -305,7 +328,9 @@ def approve(promotion_id: str, actor: str, *, roles: frozenset[str],
 
     row = _decidable(promotion_id, actor, roles, comment)
     text = _comment(comment)
-    if not _move(row.id, PromotionState.APPROVED, actor, audit_it=False, comment=text):
+    override = _override(row, gate_override)
+    if not _move(row.id, PromotionState.APPROVED, actor, audit_it=False, comment=text,
+                 gate_override=override):
         raise Conflict(f"promotion request {row.id} was decided by someone else just now")
 
     def link(job: Job) -> None:
@@ -326,11 +351,21 @@ def approve(promotion_id: str, actor: str, *, roles: frozenset[str],
     except Exception:
         # Not queued: put the request back so it can be approved again once the queue is up.
         _set(row.id, PromotionState.APPROVED, state=PromotionState.PENDING.value,
-             decided_by=None, decided_at=None, comment=None, deploy_job_id=None)
+             decided_by=None, decided_at=None, comment=None, deploy_job_id=None,
+             gate_override=None)
         raise
-    audit.record(actor, AuditAction.PROMOTION_APPROVED, f"promotion:{row.id}",
-                 {"environment": row.environment, "model_version": row.model_version,
-                  "requested_by": row.requested_by, "comment": text, "deploy_job_id": job.id})
+    details: dict[str, Any] = {"environment": row.environment,
+                               "model_version": row.model_version,
+                               "requested_by": row.requested_by, "comment": text,
+                               "deploy_job_id": job.id}
+    if override is not None:
+        audit.record(actor, AuditAction.PROMOTION_GATE_OVERRIDDEN, f"promotion:{row.id}",
+                     {"environment": row.environment, "model_version": row.model_version,
+                      "requested_by": row.requested_by, "reason": override,
+                      "failures": (gate_of(row) or {}).get("failures") or [],
+                      "deploy_job_id": job.id})
+        details["gate_override"] = override
+    audit.record(actor, AuditAction.PROMOTION_APPROVED, f"promotion:{row.id}", details)
     done = get(row.id)
     notifications.notify("promotion.approved", to_dict(done))
     return done
@@ -383,6 +418,29 @@ def _decidable(promotion_id: str, actor: str, roles: frozenset[str], comment: An
     return row
 
 
+def _override(row: Promotion, reason: Any) -> str | None:
+    """The override reason an approval of this request needs (None: it needs none)."""
+    given = reason.strip() if isinstance(reason, str) else reason
+    if not gate_failed(row):
+        if given not in (None, ""):
+            raise ValidationError("gate_override: this request passed the promotion gate; "
+                                  "there is nothing to override",
+                                  errors=[{"field": "gate_override",
+                                           "message": "nothing to override"}])
+        return None
+    failures = "; ".join((gate_of(row) or {}).get("failures") or []) or "a threshold"
+    if not isinstance(given, str) or not given:
+        raise ValidationError(f"gate_override: v{row.model_version} fails the promotion gate "
+                              f"({failures}); approving it needs an explicit override with a "
+                              "reason",
+                              errors=[{"field": "gate_override",
+                                       "message": "required: the version fails the gate"}])
+    if len(given) > MAX_OVERRIDE:
+        raise ValidationError(f"gate_override: at most {MAX_OVERRIDE} characters",
+                              errors=[{"field": "gate_override", "message": "too long"}])
+    return given
+
+
 def _comment(comment: Any) -> str:
     text = (comment or "").strip() if isinstance(comment, str) else ""
     if len(text) > MAX_COMMENT:
@@ -398,12 +456,15 @@ def _expire_if_due(row: Promotion) -> None:
 
 
 def _move(promotion_id: str, to: PromotionState, actor: str, *, audit_it: bool = True,
-          comment: str | None = None, superseded_by: str | None = None) -> bool:
+          comment: str | None = None, superseded_by: str | None = None,
+          gate_override: str | None = None) -> bool:
     """Apply one transition out of PENDING if the row is still PENDING; audit it."""
     assert to in TRANSITIONS[PromotionState.PENDING]
     values: dict[str, Any] = {"state": to.value}
     if to in (PromotionState.APPROVED, PromotionState.REJECTED):
         values.update(decided_by=actor, decided_at=utcnow(), comment=comment)
+    if gate_override is not None:
+        values["gate_override"] = gate_override
     if superseded_by:
         values["superseded_by"] = superseded_by
     if not _set(promotion_id, PromotionState.PENDING, **values):
