@@ -94,6 +94,11 @@ def test_the_gate_blocks_the_skewed_version_until_an_audited_override(
                                       "deploy_job_id": done["deploy_job_id"]}
         assert audit.events(action="promotion.approved")[0].details["gate_override"] == reason
         assert audit.verify().ok
+    timeline = bob.get("/audit/timeline?environment=prod").get_data(as_text=True)
+    steps = re.findall(r'data-action="([^"]+)"', timeline)
+    assert steps[-3:] == ["promotion.requested", "promotion.gate-overridden",
+                          "promotion.approved"]
+    assert "promotion gate overridden</strong>" in timeline and reason in timeline
 
 
 def test_a_passing_version_needs_no_override_and_takes_none(gate_app: Any) -> None:
