@@ -231,3 +231,46 @@ def test_evaluate_gate_judges_missing_and_small_figures() -> None:
     assert by_name["min_heldout_auc"].passed is False  # not recorded
     assert evaluate_gate(GateSettings(), 0.5, None).to_dict() == {
         "configured": False, "passed": True, "failures": [], "checks": []}
+
+
+def test_ci_hears_that_its_request_fails_the_gate(
+        tmp_path: Any, sqlite_url: str, redis_server: Any,
+        gate_versions: dict[str, Any]) -> None:
+    """`modelgate pipeline run --environment prod` says so when the version fails the gate."""
+    import os
+    import subprocess
+    import sys
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from tests.conftest import build_app
+    from tests.identity_support import start_issuer
+    from tests.support import ROOT
+
+    with start_issuer(tmp_path / "issuer") as issuer:
+        panel = build_app(tmp_path, sqlite_url, redis_server.url, ISSUER_URL=issuer.url,
+                          CA_BUNDLE=str(issuer.ca),
+                          CLIENT_SECRET=issuer.secret("modelgate-panel"))
+        server = make_server("127.0.0.1", 0, panel, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("MODELGATE_")}
+            env.update(MODELGATE_HOME=str(tmp_path / "ci-home"),
+                       MODELGATE_PANEL_URL=f"http://127.0.0.1:{server.server_port}",
+                       MODELGATE_ISSUER_URL=issuer.url, MODELGATE_CA_BUNDLE=str(issuer.ca),
+                       MODELGATE_CI_CLIENT_ID="modelgate-ci",
+                       MODELGATE_CI_CLIENT_SECRET=issuer.secret("modelgate-ci"))
+            (tmp_path / "ci-home").mkdir()
+            done = subprocess.run(
+                [sys.executable, "-m", "app", "pipeline", "run", "--environment", "prod",
+                 "--version", "2", "--reason", "CI run 7"], env=env, cwd=str(ROOT),
+                capture_output=True, text=True, timeout=120, check=False)
+        finally:
+            server.shutdown()
+            thread.join(timeout=10)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "promotion" in done.stdout and "requested (v2 → prod)" in done.stdout
+    assert ("v2 fails the promotion gate (selection-rate ratio by sex 0.000 < 0.6): "
+            "approving it needs an override with a reason") in done.stderr
