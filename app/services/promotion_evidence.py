@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from app.db import Job, JobStatus
+from app.db import Job, JobStatus, Promotion
 from app.errors import NotFound, ValidationError
 from app.extensions import db
 from app.labels import METRICS
@@ -117,3 +117,49 @@ def staging_evidence(version: str) -> dict[str, Any]:
         if job.status == JobStatus.SUCCEEDED:
             break
     return out
+
+
+# --------------------------------------------------------------------------- the gate
+
+MAX_OVERRIDE = 2000
+
+
+def gate_of(row: Promotion) -> dict[str, Any] | None:
+    """The promotion gate's result for a model request, as judged when it was requested
+    (None for an API revision, or a request made before the gate existed)."""
+    gate = (row.evidence or {}).get("gate")
+    return gate if isinstance(gate, dict) else None
+
+
+def gate_failed(row: Promotion) -> bool:
+    """Whether approving the request needs an override."""
+    gate = gate_of(row)
+    return row.kind == "model" and gate is not None and gate.get("passed") is False
+
+
+def override_reason(row: Promotion, reason: Any) -> str | None:
+    """The override reason an approval of this request carries (None: it needs none).
+
+    Raises:
+        ValidationError: the gate failed and no reason was given, the reason is too long, or
+            a reason was given for a request that passed (there is nothing to override).
+    """
+    given = reason.strip() if isinstance(reason, str) else reason
+    if not gate_failed(row):
+        if given not in (None, ""):
+            raise ValidationError("gate_override: this request passed the promotion gate; "
+                                  "there is nothing to override",
+                                  errors=[{"field": "gate_override",
+                                           "message": "nothing to override"}])
+        return None
+    failures = "; ".join((gate_of(row) or {}).get("failures") or []) or "a threshold"
+    if not isinstance(given, str) or not given:
+        raise ValidationError(f"gate_override: v{row.model_version} fails the promotion gate "
+                              f"({failures}); approving it needs an explicit override with a "
+                              "reason",
+                              errors=[{"field": "gate_override",
+                                       "message": "required: the version fails the gate"}])
+    if len(given) > MAX_OVERRIDE:
+        raise ValidationError(f"gate_override: at most {MAX_OVERRIDE} characters",
+                              errors=[{"field": "gate_override", "message": "too long"}])
+    return given

@@ -28,11 +28,12 @@ from app.errors import Conflict, Forbidden, NotFound, ValidationError
 from app.extensions import db
 from app.services import audit, notifications, promotion_evidence, protected
 from app.services.audit import AuditAction
+from app.services.promotion_evidence import gate_failed as gate_failed  # the gate, for callers
+from app.services.promotion_evidence import gate_of as gate_of
 from app.services.promotion_evidence import metric_rows as metric_rows  # shown by the pages
 
 MAX_REASON = 2000
 MAX_COMMENT = 2000
-MAX_OVERRIDE = 2000
 # A policy travels to the publish job as a parameter (jobs.MAX_PARAMS_BYTES, JSON-escaped).
 MAX_POLICY = 12_000
 
@@ -136,19 +137,6 @@ def to_dict(row: Promotion) -> dict[str, Any]:
         "superseded_by": row.superseded_by,
         "gate": gate_of(row), "gate_override": row.gate_override,
     }
-
-
-def gate_of(row: Promotion) -> dict[str, Any] | None:
-    """The promotion gate's result for a model request, as judged when it was requested
-    (None for an API revision, or a request made before the gate existed)."""
-    gate = (row.evidence or {}).get("gate")
-    return gate if isinstance(gate, dict) else None
-
-
-def gate_failed(row: Promotion) -> bool:
-    """Whether approving the request needs an override."""
-    gate = gate_of(row)
-    return row.kind == PromotionKind.MODEL and gate is not None and gate.get("passed") is False
 
 
 # --------------------------------------------------------------------------- transitions
@@ -328,7 +316,7 @@ def approve(promotion_id: str, actor: str, *, roles: frozenset[str],
 
     row = _decidable(promotion_id, actor, roles, comment)
     text = _comment(comment)
-    override = _override(row, gate_override)
+    override = promotion_evidence.override_reason(row, gate_override)
     if not _move(row.id, PromotionState.APPROVED, actor, audit_it=False, comment=text,
                  gate_override=override):
         raise Conflict(f"promotion request {row.id} was decided by someone else just now")
@@ -416,29 +404,6 @@ def _decidable(promotion_id: str, actor: str, roles: frozenset[str], comment: An
                   }.get(PromotionState(row.state), f"it is already {row.state}")
         raise Conflict(f"promotion request {row.id} cannot be decided: {reason}")
     return row
-
-
-def _override(row: Promotion, reason: Any) -> str | None:
-    """The override reason an approval of this request needs (None: it needs none)."""
-    given = reason.strip() if isinstance(reason, str) else reason
-    if not gate_failed(row):
-        if given not in (None, ""):
-            raise ValidationError("gate_override: this request passed the promotion gate; "
-                                  "there is nothing to override",
-                                  errors=[{"field": "gate_override",
-                                           "message": "nothing to override"}])
-        return None
-    failures = "; ".join((gate_of(row) or {}).get("failures") or []) or "a threshold"
-    if not isinstance(given, str) or not given:
-        raise ValidationError(f"gate_override: v{row.model_version} fails the promotion gate "
-                              f"({failures}); approving it needs an explicit override with a "
-                              "reason",
-                              errors=[{"field": "gate_override",
-                                       "message": "required: the version fails the gate"}])
-    if len(given) > MAX_OVERRIDE:
-        raise ValidationError(f"gate_override: at most {MAX_OVERRIDE} characters",
-                              errors=[{"field": "gate_override", "message": "too long"}])
-    return given
 
 
 def _comment(comment: Any) -> str:
