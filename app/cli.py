@@ -591,6 +591,10 @@ def _request_promotion(panel: Any, environment: str, version: str | None, reason
     click.echo(f"{environment} is protected: promotion {row['id']} requested "
                f"(v{version} → {environment}); approving it {', '.join(row.get('plan') or [])}")
     click.echo(f"an approver decides at {panel.tokens.endpoints.panel}/approvals/{row['id']}")
+    gate = row.get("gate") or {}
+    if gate.get("passed") is False:
+        click.echo(f"v{version} fails the promotion gate ({'; '.join(gate.get('failures') or [])})"
+                   ": approving it needs an override with a reason", err=True)
     if not wait:
         return
     final, job = follow_promotion(panel, row["id"], click.echo, timeout=timeout)

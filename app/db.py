@@ -267,4 +267,6 @@ class Promotion(Base):
     policy_xml: Mapped[str | None] = mapped_column(Text, nullable=True)
     deploy_job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     superseded_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # The approver's reason for approving a version that failed the promotion gate.
+    gate_override: Mapped[str | None] = mapped_column(Text, nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)

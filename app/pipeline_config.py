@@ -20,6 +20,7 @@ from app.assets import asset_dir
 from app.gateway.safety import valid_backend_entry
 from app.ml.config import ConfigError as TrainingConfigError
 from app.ml.config import TrainingConfig
+from app.ml.fairness import FairnessConfig
 
 if TYPE_CHECKING:
     from app.ml.registry import ModelRegistry
@@ -36,8 +37,8 @@ PRODUCTION = "prod"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _ENV_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 _API_PATH = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}(/[a-z0-9][a-z0-9-]{0,62}){0,2}$")
-_SECTIONS = ("workspace", "data", "mlflow", "model", "environments", "runtime", "gateway",
-             "keys", "azure")
+_SECTIONS = ("workspace", "data", "mlflow", "model", "fairness", "gate", "environments",
+             "runtime", "gateway", "keys", "azure")
 
 
 class PipelineConfigError(ValueError):
@@ -123,6 +124,24 @@ class KeySettings:
 
 
 @dataclass(frozen=True)
+class GateSettings:
+    """Thresholds a version must meet to be promoted without an override; None: not checked.
+
+    Fairness thresholds apply to every attribute of the version's fairness report, and only
+    to the figures it marks meaningful (groups of at least ``fairness.min_group_size``).
+    """
+
+    min_heldout_auc: float | None = None
+    min_selection_rate_ratio: float | None = None
+    max_equalized_odds_gap: float | None = None
+
+    @property
+    def configured(self) -> bool:
+        """Whether any threshold is set."""
+        return any(v is not None for v in vars(self).values())
+
+
+@dataclass(frozen=True)
 class AzureSettings:
     """Names, sizes and networks the azure backend uses (ignored by the local backend).
 
@@ -169,7 +188,13 @@ class PipelineConfig:
     gateway: GatewaySettings
     keys: KeySettings
     azure: AzureSettings
+    gate: GateSettings = GateSettings()
     source: str = "<mapping>"
+
+    @property
+    def fairness(self) -> FairnessConfig:
+        """The fairness report's groups (the ``fairness`` section, which training carries)."""
+        return self.model.fairness
 
     def environment(self, name: str) -> EnvironmentSettings:
         """Return one environment (KeyError if it is not configured)."""
@@ -194,7 +219,9 @@ class PipelineConfig:
             "workspace": vars(self.workspace).copy(),
             "data": {"dataset": self.data.dataset, "path": str(self.data.path)},
             "mlflow": vars(self.mlflow).copy(),
-            "model": self.model.to_dict(),
+            "model": {k: v for k, v in self.model.to_dict().items() if k != "fairness"},
+            "fairness": self.model.fairness.to_dict(),
+            "gate": vars(self.gate).copy(),
             "environments": {e.name: {"replicas": e.replicas, "cpu": e.cpu,
                                       "memory_mb": e.memory_mb, "protected": e.protected}
                              for e in self.environments},
@@ -270,8 +297,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
+        # A list, and fairness.groups, replace the default's rather than merge into it.
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) \
-                and key != "candidates":
+                and key not in ("candidates", "groups"):
             out[key] = _merge(out[key], value)
         else:
             out[key] = value
@@ -288,10 +316,19 @@ def parse_pipeline_config(data: Mapping[str, Any], *, base_dir: Path = PROJECT_R
     if not isinstance(data, Mapping):
         raise PipelineConfigError("<top>", "must be a mapping of sections")
     _known(data, "", _SECTIONS)
+    model_section = _section(data, "model")
+    if "fairness" in model_section:
+        raise PipelineConfigError("model.fairness", "unknown key; the fairness report's groups "
+                                                    "are the top-level fairness section")
     try:
-        model = TrainingConfig.from_dict(_section(data, "model"), prefix="model")
+        # Training carries the fairness section: the train job computes the report.
+        model = TrainingConfig.from_dict({**model_section,
+                                          "fairness": _section(data, "fairness")},
+                                         prefix="model")
     except TrainingConfigError as exc:
-        raise PipelineConfigError(exc.key, str(exc).split(": ", 1)[-1]) from None
+        key = exc.key.removeprefix("model.") if exc.key.startswith("model.fairness") \
+            else exc.key
+        raise PipelineConfigError(key, str(exc).split(": ", 1)[-1]) from None
     return PipelineConfig(
         workspace=_workspace(_section(data, "workspace")),
         data=_data(_section(data, "data"), base_dir),
@@ -302,6 +339,7 @@ def parse_pipeline_config(data: Mapping[str, Any], *, base_dir: Path = PROJECT_R
         gateway=_gateway(_section(data, "gateway")),
         keys=_keys(_section(data, "keys")),
         azure=_azure(_section(data, "azure")),
+        gate=_gate(_section(data, "gate")),
         source=source,
     )
 
@@ -391,6 +429,18 @@ def _gateway(d: Mapping[str, Any]) -> GatewaySettings:
 def _keys(d: Mapping[str, Any]) -> KeySettings:
     _known(d, "keys", ("rotation_days",))
     return KeySettings(rotation_days=_integer(d, "rotation_days", "keys", 1, 365))
+
+
+def _gate(d: Mapping[str, Any]) -> GateSettings:
+    fields = tuple(GateSettings.__dataclass_fields__)
+    _known(d, "gate", fields)
+    values: dict[str, float | None] = {}
+    for key in fields:
+        if d.get(key) is None:
+            values[key] = None
+            continue
+        values[key] = _number(d, key, "gate", 0, 1)
+    return GateSettings(**values)
 
 
 _AZURE_INTEGERS: dict[str, tuple[int, int]] = {

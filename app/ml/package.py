@@ -9,7 +9,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,10 @@ ROC_FILE = "roc.json"
 PACKAGE_FILES: tuple[str, ...] = (
     MODEL_FILE, SIGNATURE_FILE, METRICS_FILE, IMPORTANCE_FILE, CALIBRATION_FILE, ROC_FILE,
 )
+# Written by every training since the fairness report exists; packages of versions trained
+# before lack it and stay loadable and deployable.
+FAIRNESS_FILE = "fairness.json"
+OPTIONAL_FILES: tuple[str, ...] = (FAIRNESS_FILE, EXPLAIN_FILE)
 
 
 class PackageError(Exception):
@@ -47,6 +51,7 @@ class ModelPackage:
     importance: Mapping[str, Any]
     calibration: Mapping[str, Any]
     roc: Mapping[str, Any]
+    fairness: Mapping[str, Any] = field(default_factory=dict)  # {} when the package has none
 
 
 def _dump_json(path: Path, data: Any) -> None:
@@ -79,6 +84,7 @@ def write_package(
         calibration=outcome.calibration,
         roc=outcome.roc,
         explain=outcome.explain or None,
+        fairness=outcome.fairness or None,
     )
 
 
@@ -92,12 +98,13 @@ def write_package_parts(
     calibration: Mapping[str, Any],
     roc: Mapping[str, Any],
     explain: Mapping[str, Any] | None = None,
+    fairness: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a model package from its parts (see :func:`write_package`).
 
-    ``explain`` (explain.json, the baseline of linear reason codes) is optional: packages
-    written before reason codes lack it, and the scoring service then declines to explain a
-    linear model's predictions.
+    ``explain`` (explain.json, the baseline of linear reason codes) and ``fairness``
+    (fairness.json, the report by group) are optional: packages written before them lack them;
+    the scoring service then declines to explain a linear model's predictions.
     """
     import joblib
 
@@ -113,6 +120,8 @@ def write_package_parts(
         _dump_json(tmp / ROC_FILE, dict(roc))
         if explain is not None:
             _dump_json(tmp / EXPLAIN_FILE, dict(explain))
+        if fairness is not None:
+            _dump_json(tmp / FAIRNESS_FILE, dict(fairness))
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700; readers may run as another user
         _swap_in(tmp, target)
     finally:
@@ -162,6 +171,7 @@ def load_package(path: str | os.PathLike[str]) -> ModelPackage:
         pipeline = joblib.load(pdir / MODEL_FILE)
         parts = {name: _read_json(pdir / name)
                  for name in (METRICS_FILE, IMPORTANCE_FILE, CALIBRATION_FILE, ROC_FILE)}
+        fairness = _read_json(pdir / FAIRNESS_FILE) if (pdir / FAIRNESS_FILE).is_file() else {}
     except (OSError, ValueError, KeyError) as exc:
         raise PackageError(f"cannot read model package {pdir}: {exc}") from exc
     classes = [str(c) for c in getattr(pipeline, "classes_", [])]
@@ -177,4 +187,5 @@ def load_package(path: str | os.PathLike[str]) -> ModelPackage:
         importance=parts[IMPORTANCE_FILE],
         calibration=parts[CALIBRATION_FILE],
         roc=parts[ROC_FILE],
+        fairness=fairness,
     )

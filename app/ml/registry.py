@@ -433,6 +433,40 @@ class ModelRegistry:
             shutil.rmtree(tmp, ignore_errors=True)
         return target
 
+    def package_json(self, name: str, version: str | int, filename: str) -> Any | None:
+        """Read one JSON file of a version's package without downloading the rest of it.
+
+        Returns None when the package has no such file (e.g. fairness.json of a version
+        trained before the fairness report existed).
+
+        Raises:
+            RegistryError: the version is unknown or the store cannot be read.
+        """
+        import json
+
+        from mlflow.exceptions import MlflowException
+
+        info = self.get_version(name, version)
+        if not info.run_id:
+            return None
+        try:
+            listed = self.client.list_artifacts(info.run_id, PACKAGE_ARTIFACT_PATH)
+        except (MlflowException, OSError) as exc:
+            raise RegistryError(f"cannot list the package of {name} v{version}: {exc}") from exc
+        wanted = f"{PACKAGE_ARTIFACT_PATH}/{filename}"
+        if not any(item.path == wanted for item in listed):
+            return None
+        with tempfile.TemporaryDirectory(prefix="modelgate-json-") as tmp:
+            try:
+                mlflow = _import_mlflow()
+                local = mlflow.artifacts.download_artifacts(
+                    run_id=info.run_id, artifact_path=wanted, dst_path=tmp,
+                    tracking_uri=self.tracking_uri)
+                return json.loads(Path(local).read_text(encoding="utf-8"))
+            except (MlflowException, OSError, ValueError) as exc:
+                raise RegistryError(f"cannot read {filename} of {name} v{version}: {exc}"
+                                    ) from exc
+
     def load_package(self, name: str, version: str | int, dest: str | os.PathLike[str]
                      ) -> ModelPackage:
         """Download a version's package to ``dest`` and load it."""

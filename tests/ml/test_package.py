@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from app.ml.package import (
+    FAIRNESS_FILE,
+    OPTIONAL_FILES,
     PACKAGE_FILES,
     PackageError,
     load_package,
@@ -25,12 +27,14 @@ from app.ml.validation import validate_records
 
 def test_write_and_load_round_trip(tmp_path: Path, outcome: TrainingOutcome) -> None:
     dest = write_package(outcome, tmp_path / "models" / "german-credit" / "3", version=3)
-    assert sorted(p.name for p in dest.iterdir()) == sorted((*PACKAGE_FILES, EXPLAIN_FILE))
+    assert sorted(p.name for p in dest.iterdir()) == sorted(PACKAGE_FILES + OPTIONAL_FILES)
     sig = json.loads((dest / "signature.json").read_text())
     assert sig["version"] == "3" and sig["threshold"] == outcome.threshold
     pkg = load_package(dest)
     assert pkg.signature == outcome.signature.with_version("3")
     assert pkg.metrics == json.loads(json.dumps(outcome.metrics))
+    assert pkg.fairness == json.loads(json.dumps(outcome.fairness))
+    assert [a["name"] for a in pkg.fairness["attributes"]] == ["sex", "age"]
     assert pkg.importance["features"][0]["feature"] == outcome.importance["features"][0][
         "feature"]
     frame = features_frame([DESIGN_EXAMPLE], NUMERIC, CATEGORICAL)
@@ -62,6 +66,15 @@ def test_the_package_holds_the_encoded_training_mean(tmp_path: Path,
     whole = frame_from_dataframe(read_csv(outcome.dataset.path), NUMERIC, CATEGORICAL)
     assert outcome.explain["n_train"] == outcome.metrics["n_train"] < len(whole)
     assert not np.allclose(np.asarray(preprocess.transform(whole)).mean(axis=0), mean)
+
+
+def test_a_package_without_a_fairness_report_still_loads(tmp_path: Path,
+                                                        outcome: TrainingOutcome) -> None:
+    """Versions trained before the report existed stay deployable."""
+    dest = write_package(outcome, tmp_path / "pkg", version=1)
+    (dest / FAIRNESS_FILE).unlink()
+    pkg = load_package(dest)
+    assert pkg.fairness == {} and pkg.signature.version == "1"
 
 
 def test_rewrite_replaces_whole_package(tmp_path: Path, outcome: TrainingOutcome) -> None:
