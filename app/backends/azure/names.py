@@ -118,3 +118,48 @@ def attached_compute_name(ctx: AzureContext) -> str:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:4]
     return f"{name[:11].rstrip('-')}-{digest}"
+
+
+# --------------------------------------------------------------------------- the workspace's own
+
+
+def _unique_suffix(ctx: AzureContext, length: int) -> str:
+    """A stable suffix for names Azure wants globally unique (storage accounts, key vaults):
+    a hash of the subscription, resource group and workspace."""
+    seed = f"{ctx.subscription_id}/{ctx.resource_group}/{ctx.workspace}".lower()
+    return hashlib.sha256(seed.encode()).hexdigest()[:length]
+
+
+def storage_account_name(ctx: AzureContext) -> str:
+    """The workspace's storage account: 3-24 lower-case letters and digits, globally unique."""
+    head = re.sub(r"[^a-z0-9]", "", ctx.workspace.lower())[:14] or "mg"
+    return f"{head}{_unique_suffix(ctx, 10)}"
+
+
+def key_vault_name(ctx: AzureContext) -> str:
+    """The workspace's key vault: 3-24 letters, digits and dashes, starting with a letter,
+    globally unique (and reserved while soft-deleted: teardown purges it)."""
+    head = re.sub(r"[^a-zA-Z0-9]+", "-", ctx.workspace).strip("-")[:12].rstrip("-")
+    if not head[:1].isalpha():
+        head = f"kv{head}"[:12].rstrip("-")
+    return f"{head}-kv-{_unique_suffix(ctx, 8)}"
+
+
+def log_analytics_name(ctx: AzureContext) -> str:
+    """The Log Analytics workspace behind the workspace's Application Insights."""
+    return f"{ctx.workspace}-logs"
+
+
+def insights_name(ctx: AzureContext) -> str:
+    """The workspace's Application Insights component."""
+    return f"{ctx.workspace}-insights"
+
+
+#: The workspace's default blob datastore (Azure ML creates it with the workspace).
+DEFAULT_DATASTORE = "workspaceblobstore"
+
+
+def dataset_blob_path(dataset: str, sha256: str, filename: str) -> str:
+    """Where a dataset version's file goes in the default datastore: by content hash, so an
+    upload is idempotent and two versions never share a blob."""
+    return f"modelgate/datasets/{dataset}/{sha256[:16]}/{filename}"
