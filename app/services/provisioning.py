@@ -33,7 +33,7 @@ def run_provision(job: Reporter, params: Mapping[str, Any]) -> dict[str, Any]:
         # Long operations keep their continuation tokens on the job: a retried attempt
         # resumes polling them (API Management takes 30-75 minutes to create).
         operations = JobOperationStore(job.job_id)
-        under_way = operations.keys()
+        under_way = [key for key in operations.keys() if "#" not in key]
         if under_way:
             job.log(f"resuming operations already under way: {', '.join(under_way)}")
         spec = ProvisionSpec(workspace=workspace, environments=config.environment_names,

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import base64
 import re
+import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from tests.azure.fake_azure import (
@@ -235,3 +237,30 @@ def install(fake: FakeAzure) -> None:
     fake.route("DELETE", r"management\.azure\.com/subscriptions/[^/]+/resourceGroups/[^/]+$")(
         _delete_group)
     fake.route("POST", r"/deletedVaults/[^/]+/purge$")(_purge_vault)
+
+
+def hold_operations(fake: FakeAzure, id_pattern: str) -> Callable[[], None]:
+    """Keep the long operations of PUTs on matching resources InProgress until the returned
+    function is called (as API Management stays for 30-75 minutes), so a test can stop a job
+    while it waits. The SDK's poller thread polls a held operation at most every 10 ms."""
+    held: set[str] = set()
+    released = threading.Event()
+    new_operation = fake._new_operation
+
+    def recording(request: Recorded, failure: Any) -> str:
+        url = new_operation(request, failure)
+        if request.method == "PUT" and re.search(id_pattern, request.path, re.I):
+            held.add(url.split("?")[0].rsplit("/", 1)[-1])
+        return url
+
+    fake._new_operation = recording  # type: ignore[method-assign]
+
+    @fake.route("GET", r"/providers/Fake\.Operations/operations/(op\d+)$")
+    def status(fake: FakeAzure, request: Recorded, match: re.Match[str]) -> Answer:
+        if match.group(1) in held and not released.is_set():
+            released.wait(0.01)
+            return Answer(200, {"name": match.group(1), "status": "InProgress"},
+                          {"Retry-After": "0"})
+        return fake._operation_status(request.path)
+
+    return released.set

@@ -19,7 +19,7 @@ import ipaddress
 import os
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -246,10 +246,11 @@ class Desired:
     create_only: Mapping[str, Any] | None = None
 
     def changes(self, current: Mapping[str, Any]) -> tuple[str, ...]:
-        """The watched properties that differ, as ``"label: theirs -> ours"``."""
-        return tuple(f"{label}: {show(lookup(current, path))} -> {show(lookup(self.body, path))}"
-                     for label, path in self.watch
-                     if not same(lookup(self.body, path), lookup(current, path)))
+        """The watched properties that differ, as ``"label: theirs -> ours"`` (a mapping
+        property key by key: ``"configuration_settings.enableInference: 'False' -> 'True'"``)."""
+        return tuple(line for label, path in self.watch
+                     for line in _differences(label, lookup(self.body, path),
+                                              lookup(current, path)))
 
     def create_body(self) -> dict[str, Any]:
         return overlay(dict(self.body), self.create_only or {})
@@ -309,6 +310,16 @@ def same(ours: Any, theirs: Any) -> bool:
     if isinstance(ours, bool) or isinstance(theirs, bool):
         return ours is theirs
     return bool(ours == theirs)
+
+
+def _differences(label: str, ours: Any, theirs: Any) -> Iterator[str]:
+    if same(ours, theirs):
+        return
+    if isinstance(ours, Mapping) and isinstance(theirs, Mapping):
+        for key, value in ours.items():
+            yield from _differences(f"{label}.{key}", value, _get_ci(theirs, key))
+        return
+    yield f"{label}: {show(theirs)} -> {show(ours)}"
 
 
 def show(value: Any) -> str:

@@ -91,8 +91,17 @@ class _Run:
 
     def wait(self, key: str, label: str, begin: Callable[[str | None], Any], percent: int,
              timeout: float = 3600.0) -> Any:
-        return run_long_operation(LongOperation(key, label, begin, timeout), self.operations,
-                                  self.progress, percent)
+        """Run (or resume) a long operation; a failed one's token is forgotten, so the next
+        attempt starts it again instead of resuming the failure (a wait cut short keeps it)."""
+        try:
+            return run_long_operation(LongOperation(key, label, begin, timeout),
+                                      self.operations, self.progress, percent)
+        except TransientBackendError:
+            raise
+        except BackendError:
+            self.operations.put(key, None)
+            self.operations.put(f"{key}#state", None)
+            raise
 
     def ensure(self, d: Desired, percent: int, write: Callable[[dict[str, Any], bool], Any]
                ) -> dict[str, Any]:
@@ -112,7 +121,7 @@ class _Run:
             state, body = "created", d.create_body()
         else:
             current = self.settle(d, current, percent)
-            changes = d.changes(current)
+            changes = d.changes(current) + _failed(current)
             if not changes:
                 self.tally(d.key, "existing")
                 return current
@@ -134,8 +143,6 @@ class _Run:
         while True:
             state = str(lookup(current, "properties.provisioningState"))
             if not _busy(current):
-                if state.lower() == "failed":
-                    logger.warning("%s %s is in state Failed; sending it again", d.kind, d.name)
                 return current
             elapsed = time.monotonic() - started
             if elapsed > timeout:
@@ -145,6 +152,13 @@ class _Run:
                                    f"({elapsed / 60:.0f} min)")
             time.sleep(interval)
             current = self.read(d) or {}
+
+
+def _failed(resource: dict[str, Any]) -> tuple[str, ...]:
+    """A resource whose last operation failed is sent again, as an update."""
+    state = lookup(resource, "properties.provisioningState")
+    return (f"provisioning_state: {state!r} -> 'Succeeded'",) \
+        if str(state).lower() == "failed" else ()
 
 
 def _json(result: Any) -> dict[str, Any] | None:
@@ -463,7 +477,7 @@ class _ApimStart:
             return cls._start(run, d, d.create_body(), "created", percent)
         if _busy(current):
             return cls(d, "busy", current)
-        changes = d.changes(current)
+        changes = d.changes(current) + _failed(current)
         if not changes:
             return cls(d, "existing", current)
         run.changes[d.key] = list(changes)
@@ -541,7 +555,8 @@ def teardown(ctx: AzureContext, workspace: str, progress: Progress) -> None:
     resources = ctx.client("resources")
     progress(5, f"resource group {rg}")
     with azure_errors(f"reading resource group {rg}"):
-        exists = resources.resource_groups.check_existence(rg)
+        exists = infra.arm_get(ctx, desired.resource_group(ctx).resource_id,
+                               API["resource_group"]) is not None
     if exists:
         run_long_operation(LongOperation(
             f"delete:resource-group:{rg}", f"deleting resource group {rg}",
