@@ -110,7 +110,7 @@ def _names(ctx: AzureContext, environments: tuple[str, ...]
 
 
 def _dataset_note(ctx: AzureContext) -> str:
-    from app.backends.azure.provisioning import file_sha256
+    from app.backends.azure.data_assets import file_sha256
 
     path = ctx.config.data.path
     if not path.is_file():
@@ -204,7 +204,7 @@ class _Online:
                                 apim_now is not None, "the token issuer's URL")
 
     def _dataset(self, in_ws: bool) -> PlanItem:
-        from app.backends.azure.provisioning import (
+        from app.backends.azure.data_assets import (
             dataset_versions,
             file_sha256,
             matching_version,

@@ -24,15 +24,13 @@ killed or timed out while waiting resumes polling on its next attempt (GETs only
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from app.backends.azure import desired, infra, names
+from app.backends.azure import data_assets, desired, infra, names
 from app.backends.azure.context import (
     AzureContext,
     LongOperation,
@@ -215,7 +213,9 @@ def provision(ctx: AzureContext, spec: ProvisionSpec, progress: Progress) -> Pro
     _ensure_extension(run, 35)
     _ensure_workspace(run, 40)
     _ensure_compute(run, 55)
-    dataset = _ensure_dataset(run, 60)
+    run.progress(60, f"data asset {ctx.config.data.dataset}")
+    key, state, dataset = data_assets.ensure(ctx, run.progress, 60)
+    run.tally(key, state)
     _ensure_attached_compute(run, 68)
     apim.finish(run, 75)
 
@@ -337,13 +337,15 @@ def _ensure_workspace(run: _Run, percent: int) -> None:
 def _ensure_compute(run: _Run, percent: int) -> None:
     az = run.ctx.azure
 
-    def write(_body: dict[str, Any], _creating: bool) -> Any:
+    def write(_body: dict[str, Any], creating: bool) -> Any:
         from azure.ai.ml.entities import AmlCompute
 
         cluster = AmlCompute(name=az.compute_name, size=az.compute_vm_size, min_instances=0,
                              max_instances=az.compute_max_nodes)
+        operations = run.ctx.client("ml").compute
+        begin = operations.begin_create_or_update if creating else operations.begin_update
         with azure_errors(f"compute cluster {az.compute_name}"):
-            run.ctx.client("ml").compute.begin_create_or_update(cluster).result()
+            begin(cluster).result()
 
     run.ensure(desired.compute(run.ctx), percent, write)
 
@@ -361,95 +363,6 @@ def _ensure_attached_compute(run: _Run, percent: int) -> None:
             ctx.client("ml").compute.begin_attach(attached).result()
 
     run.ensure(d, percent, write)
-
-
-# --------------------------------------------------------------------------- dataset
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def dataset_versions(ctx: AzureContext) -> list[dict[str, Any]]:
-    """The data asset's registered versions (ARM JSON), any order."""
-    path = f"{desired.workspace_id(ctx)}/data/{ctx.config.data.dataset}/versions"
-    return [v for v in infra.arm_list(ctx, path, API["data"]) if isinstance(v, dict)]
-
-
-def matching_version(versions: list[dict[str, Any]], sha256: str) -> str | None:
-    """The version registered for these bytes (tag ``sha256``), as locally."""
-    for version in versions:
-        if str(lookup(version, "properties.tags.sha256")) == sha256:
-            return str(version.get("name"))
-    return None
-
-
-def next_version(versions: list[dict[str, Any]]) -> int:
-    numbers = [int(v["name"]) for v in versions if str(v.get("name", "")).isdigit()]
-    return max(numbers, default=0) + 1
-
-
-def _ensure_dataset(run: _Run, percent: int) -> dict[str, Any]:
-    """The CSV as a data asset version keyed by its SHA-256: the same bytes find their
-    version; new bytes are uploaded and become version max + 1."""
-    ctx = run.ctx
-    name, path = ctx.config.data.dataset, ctx.config.data.path
-    run.progress(percent, f"data asset {name}")
-    sha = file_sha256(path)
-    with azure_errors(f"reading data asset {name}"):
-        versions = dataset_versions(ctx)
-    found = matching_version(versions, sha)
-    if found is not None:
-        run.tally(f"dataset:{name}@{found}", "existing")
-        return {"name": name, "version": found, "sha256": sha}
-    version = str(next_version(versions))
-    blob = names.dataset_blob_path(name, sha, path.name)
-    run.progress(percent + 2, f"data asset {name}: uploading {path.name}")
-    _upload(ctx, path, blob)
-    from azure.ai.ml.constants import AssetTypes
-    from azure.ai.ml.entities import Data
-
-    asset = Data(name=name, version=version, type=AssetTypes.URI_FILE,
-                 path=f"azureml://datastores/{names.DEFAULT_DATASTORE}/paths/{blob}",
-                 description=f"{path.name}, registered by modelgate",
-                 tags={"sha256": sha, "source": path.name})
-    with azure_errors(f"registering data asset {name}"):
-        ctx.client("ml").data.create_or_update(asset)
-    run.tally(f"dataset:{name}@{version}", "created")
-    return {"name": name, "version": version, "sha256": sha}
-
-
-def _upload(ctx: AzureContext, path: Path, blob: str) -> None:
-    """Upload to the workspace's default blob datastore through the clients' transport."""
-    from azure.storage.blob import BlobClient
-
-    with azure_errors("reading the workspace's default datastore"):
-        store = infra.arm_get(ctx, f"{desired.workspace_id(ctx)}/datastores/"
-                                   f"{names.DEFAULT_DATASTORE}", API["datastore"])
-    props = (store or {}).get("properties") or {}
-    account, container = props.get("accountName"), props.get("containerName")
-    if not account or not container:
-        raise TransientBackendError("the workspace's default datastore is not ready yet; "
-                                    "will retry")
-    account_id = (f"/subscriptions/{props.get('subscriptionId') or ctx.subscription_id}"
-                  f"/resourceGroups/{props.get('resourceGroup') or ctx.resource_group}"
-                  f"/providers/Microsoft.Storage/storageAccounts/{account}")
-    with azure_errors(f"reading storage account {account}'s key"):
-        keys = infra.arm_post(ctx, f"{account_id}/listKeys", API["storage"]) or {}
-    key = next((k.get("value") for k in keys.get("keys", []) if k.get("value")), None)
-    if not key:
-        raise BackendError(f"storage account {account} gave no key: allow shared key access "
-                           "on it (Azure ML's datastore needs it)")
-    suffix = props.get("endpoint") or "core.windows.net"
-    url = f"{props.get('protocol') or 'https'}://{account}.blob.{suffix}"
-    kwargs = {k: v for k, v in ctx.client_kwargs.items() if k == "transport"}
-    client = BlobClient(url, container, blob, credential=key, **kwargs)
-    with azure_errors(f"uploading {path.name} to {account}/{container}"), open(path, "rb") as fh:
-        client.upload_blob(fh, overwrite=True)
 
 
 # --------------------------------------------------------------------------- API Management
