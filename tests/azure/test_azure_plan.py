@@ -94,6 +94,24 @@ def test_an_offline_plan_needs_no_azure_package_at_all() -> None:
         ctx = AzureContext(config, object(), "00000000-0000-0000-0000-00000000c0de")
         result = plan(ctx, ProvisionSpec(config.workspace.name), offline=True)
         assert not [m for m in sys.modules if m.startswith("azure")], "an azure import"
+
+        # Online, and health, say what to install instead of failing with an ImportError.
+        from app.backends.azure.provisioning import health
+        from app.backends.base import BackendError
+        from app.pipeline_config import parse_pipeline_config
+
+        data = config.to_dict()
+        data["azure"].update(tenant_id="11111111-2222-3333-4444-555555555555",
+                             apim_name="modelgate-apim-test", apim_email="ops@example.com")
+        ready = AzureContext(parse_pipeline_config(data), object(), ctx.subscription_id)
+        try:
+            plan(ready, ProvisionSpec(config.workspace.name))
+        except BackendError as exc:
+            assert "pip install 'modelgate[azure]'" in str(exc), exc
+        else:
+            raise AssertionError("an online plan without the packages")
+        sick = health(ready)
+        assert not sick.healthy and "pip install 'modelgate[azure]'" in sick.detail, sick
         print(len(result.items))
         print("|".join(sorted({i.kind for i in result.items if i.action.value == "create"})))
     """)

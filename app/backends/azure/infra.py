@@ -48,6 +48,7 @@ API = {
     "deployment": "2023-04-01-preview",  # azure-ai-ml's online deployment operations
 }
 
+INSTALL_HINT = "pip install 'modelgate[azure]'"
 NETWORK_CONTRIBUTOR = "4d97b98b-1d4f-4787-a291-c67834d212e7"  # built-in role definition id
 EXTENSION_TYPE = "Microsoft.AzureML.Kubernetes"
 # Address ranges AKS refuses for pods and services.

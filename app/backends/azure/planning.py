@@ -18,7 +18,7 @@ from typing import Any
 from app.backends.azure import infra, names
 from app.backends.azure.context import AzureContext, azure_errors
 from app.backends.azure.infra import API, Desired, lookup
-from app.backends.base import Plan, PlanAction, PlanItem, ProvisionSpec
+from app.backends.base import BackendError, Plan, PlanAction, PlanItem, ProvisionSpec
 
 CREATE, UPDATE, NO_CHANGE = PlanAction.CREATE, PlanAction.UPDATE, PlanAction.NO_CHANGE
 
@@ -46,7 +46,11 @@ def plan(ctx: AzureContext, spec: ProvisionSpec, offline: bool = False) -> Plan:
     if offline:
         return Plan("azure", True, tuple(_offline(ctx, environments)))
     infra.validate(ctx)
-    return Plan("azure", False, tuple(_Online(ctx).items(environments)))
+    try:
+        return Plan("azure", False, tuple(_Online(ctx).items(environments)))
+    except ImportError as exc:
+        raise BackendError(f"planning needs the Azure packages ({exc.name}): "
+                           f"{infra.INSTALL_HINT}; or plan --offline") from None
 
 
 # --------------------------------------------------------------------------- offline

@@ -37,7 +37,7 @@ from app.backends.azure.context import (
     azure_errors,
     run_long_operation,
 )
-from app.backends.azure.infra import API, Desired, lookup
+from app.backends.azure.infra import API, INSTALL_HINT, Desired, lookup
 from app.backends.base import (
     BackendError,
     BackendHealth,
@@ -534,6 +534,8 @@ def health(ctx: AzureContext) -> BackendHealth:
                                        f"{rg}", API["resource_group"])
     except BackendError as exc:
         return BackendHealth("azure", False, str(exc))
+    except ImportError:
+        return BackendHealth("azure", False, f"the Azure packages are missing: {INSTALL_HINT}")
     except Exception as exc:  # never raise from health: say what kind of trouble it was
         return BackendHealth("azure", False, f"Azure unreachable ({type(exc).__name__})")
     if found is None:
