@@ -375,6 +375,7 @@ class _ApimStart:
     d: Desired
     state: str  # created | updated | existing | busy
     result: dict[str, Any] = field(default_factory=dict)
+    poller: Any = None  # the operation started by this attempt (already polling)
 
     @classmethod
     def begin(cls, run: _Run, percent: int) -> _ApimStart:
@@ -404,7 +405,7 @@ class _ApimStart:
             poller = _apim_begin(run.ctx, d, body, None)
         run.operations.put(f"{d.key}#state", state)
         run.operations.put(d.key, poller.continuation_token())
-        return cls(d, state)
+        return cls(d, state, poller=poller)
 
     def finish(self, run: _Run, percent: int) -> None:
         """Wait for the operation (resuming from its token) or a creation under way."""
@@ -413,8 +414,11 @@ class _ApimStart:
             self.result = run.settle(d, self.result, percent, APIM_WAIT_SECONDS)
             self.state = "existing"
         elif self.state in ("created", "updated"):
+            # This attempt's own poller if it started the operation, else one resumed from
+            # the token an earlier attempt stored.
             result = run.wait(d.key, f"{d.kind} {d.name}",
-                              lambda token: _apim_begin(run.ctx, d, d.create_body(), token),
+                              lambda token: self.poller or _apim_begin(run.ctx, d,
+                                                                       d.create_body(), token),
                               percent, APIM_WAIT_SECONDS)
             self.result = _json(result) or {}
             run.operations.put(f"{d.key}#state", None)
