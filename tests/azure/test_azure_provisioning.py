@@ -301,7 +301,7 @@ def test_bad_settings_fail_before_any_call_naming_the_key(
     assert fake_azure.requests == []
 
 
-def test_a_subscription_that_is_no_guid_and_a_file_the_pipeline_refuses(
+def test_a_bad_subscription_environment_dataset_or_file_fails_before_any_call(
         azure_backend: Any, fake_azure: FakeAzure) -> None:
     with pytest.raises(BackendError, match="azure.subscription_id: must be a subscription id"):
         azure_backend.provision(spec(subscription_id="my-subscription"), Steps())
@@ -309,6 +309,12 @@ def test_a_subscription_that_is_no_guid_and_a_file_the_pipeline_refuses(
                                           "aks_subnet_range": "10.99.0.0/24"}}
     with pytest.raises(BackendError, match="azure.aks_subnet_range: must lie inside"):
         azure_backend.provision(ProvisionSpec("modelgate-ws", settings=broken), Steps())
+    with pytest.raises(BackendError, match="environments.qa: not in the pipeline configuration"):
+        azure_backend.provision(ProvisionSpec("modelgate-ws", ("staging", "qa"),
+                                              spec().settings), Steps())
+    with pytest.raises(BackendError, match="data.path: dataset file not found"):
+        azure_backend.provision(ProvisionSpec("modelgate-ws", settings=spec().settings | {
+            "data": {"dataset": "german-credit", "path": "/nowhere/missing.csv"}}), Steps())
     assert fake_azure.requests == []
 
 

@@ -184,6 +184,9 @@ def provision(ctx: AzureContext, spec: ProvisionSpec, progress: Progress) -> Pro
     """
     ctx = infra.context_for(ctx, spec)
     infra.validate(ctx)
+    unknown = [e for e in spec.environments if e not in ctx.config.environment_names]
+    if unknown:
+        raise BackendError(f"environments.{unknown[0]}: not in the pipeline configuration")
     data_path = ctx.config.data.path
     if not data_path.is_file():
         raise BackendError(f"data.path: dataset file not found: {data_path}")
