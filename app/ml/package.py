@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.ml.reasons import EXPLAIN_FILE
 from app.ml.signature import Signature
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ def write_package(
         importance=outcome.importance,
         calibration=outcome.calibration,
         roc=outcome.roc,
+        explain=outcome.explain or None,
     )
 
 
@@ -89,8 +91,14 @@ def write_package_parts(
     importance: Mapping[str, Any],
     calibration: Mapping[str, Any],
     roc: Mapping[str, Any],
+    explain: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write a model package from its parts (see :func:`write_package`)."""
+    """Write a model package from its parts (see :func:`write_package`).
+
+    ``explain`` (explain.json, the baseline of linear reason codes) is optional: packages
+    written before reason codes lack it, and the scoring service then declines to explain a
+    linear model's predictions.
+    """
     import joblib
 
     target = Path(dest)
@@ -103,6 +111,8 @@ def write_package_parts(
         _dump_json(tmp / IMPORTANCE_FILE, dict(importance))
         _dump_json(tmp / CALIBRATION_FILE, dict(calibration))
         _dump_json(tmp / ROC_FILE, dict(roc))
+        if explain is not None:
+            _dump_json(tmp / EXPLAIN_FILE, dict(explain))
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700; readers may run as another user
         _swap_in(tmp, target)
     finally:

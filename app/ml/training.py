@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -30,6 +30,7 @@ from app.ml.evaluation import (
     roc_data,
 )
 from app.ml.predict import frame_from_dataframe
+from app.ml.reasons import encoded_baseline
 from app.ml.signature import Signature
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,8 @@ class TrainingOutcome:
     candidates: tuple[CandidateResult, ...]
     dataset: DatasetRef
     config: TrainingConfig
+    # explain.json: the encoded training mean that linear reason codes are taken from.
+    explain: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def heldout(self) -> Mapping[str, Any]:
@@ -327,6 +330,7 @@ def train(
         pipeline=pipeline, family=best.family, signature=signature, threshold=threshold,
         metrics=metrics, importance=importance, calibration=calibration, roc=roc,
         candidates=tuple(results), dataset=ref, config=config,
+        explain=encoded_baseline(pipeline, X_train),
     )
 
 

@@ -21,6 +21,7 @@ class JobKind(enum.StrEnum):
     ROTATE_KEYS = "rotate-keys"
     PIPELINE = "pipeline"
     SELFCHECK = "selfcheck"
+    PLAN = "plan"
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ KIND_SPECS: dict[JobKind, KindSpec] = {
         KindSpec(JobKind.PROVISION, "modelgate.infra.provision", Role.ENGINEER, "Provision",
                  (p.Param("teardown", p.boolean, "remove the workspace instead"),),
                  backend_time_limits={"azure": "AZURE_PROVISION_TIME_LIMIT_SECONDS"}),
+        KindSpec(JobKind.PLAN, "modelgate.infra.plan", Role.ENGINEER, "Plan",
+                 (p.Param("offline", p.boolean,
+                          "read nothing: list every resource as to be created"),)),
         KindSpec(JobKind.TRAIN, "modelgate.models.train", Role.ENGINEER, "Train and register",
                  (p.Param("dataset_version", p.positive_integer,
                           "the dataset version (default: the latest)"),

@@ -164,6 +164,12 @@ class FakeAzure:
         """Make the next long-running PUT of a matching resource end ``Failed``."""
         self._failures[id_pattern] = (code, message)
 
+    def finish_operations(self) -> None:
+        """Let every long-running operation under way end at its next poll."""
+        with self._lock:
+            for op in self._operations.values():
+                op["polls"] = 0
+
     # ------------------------------------------------------------------ state
 
     def put_resource(self, resource_id: str, resource: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from app.backends.base import BackendError, PlanAction, ProvisionSpec
 from app.pipeline_config import parse_pipeline_config
 from tests.azure.conftest import azure_pipeline_settings
 from tests.azure.fake_azure import FakeAzure, rg_id
-from tests.azure.test_azure_provisioning import APIM, WS, Steps, spec
+from tests.azure.test_azure_provisioning import WS, Steps, spec
 from tests.support import ROOT
 
 CREATE, UPDATE, NO_CHANGE = PlanAction.CREATE, PlanAction.UPDATE, PlanAction.NO_CHANGE
@@ -91,7 +91,7 @@ def test_an_offline_plan_needs_no_azure_package_at_all() -> None:
         from app.pipeline_config import DEFAULT_PATH, load_pipeline_config
 
         config = load_pipeline_config(DEFAULT_PATH)
-        ctx = AzureContext(config, object(), "00000000-0000-0000-0000-00000000c0de")
+        ctx = AzureContext(config, "00000000-0000-0000-0000-00000000c0de")
         result = plan(ctx, ProvisionSpec(config.workspace.name), offline=True)
         assert not [m for m in sys.modules if m.startswith("azure")], "an azure import"
 
@@ -103,7 +103,8 @@ def test_an_offline_plan_needs_no_azure_package_at_all() -> None:
         data = config.to_dict()
         data["azure"].update(tenant_id="11111111-2222-3333-4444-555555555555",
                              apim_name="modelgate-apim-test", apim_email="ops@example.com")
-        ready = AzureContext(parse_pipeline_config(data), object(), ctx.subscription_id)
+        ready = AzureContext(parse_pipeline_config(data), ctx.subscription_id,
+                             _credential=object())
         try:
             plan(ready, ProvisionSpec(config.workspace.name))
         except BackendError as exc:
@@ -181,18 +182,28 @@ def test_an_online_plan_reads_endpoints_apis_and_named_values(
         "compute": f"{WS}/computes/aks-modelgate", "provisioningState": "Succeeded"}})
     fake_azure.put_resource(f"{endpoint}/deployments/blue", {"properties": {
         "endpointComputeType": "Kubernetes", "provisioningState": "Succeeded"}})
-    api = f"{APIM}/apis/credit-risk-staging"
-    fake_azure.put_resource(api, {"properties": {"path": "old-staging",
-                                                 "subscriptionRequired": False}})
-    fake_azure.put_resource(f"{api}/operations/score", {"properties": {
-        "method": "POST", "urlTemplate": "/score"}})
-    fake_azure.put_resource(f"{api}/policies/policy", {"properties": {
-        "format": "rawxml", "value": "<policies />"}})
-    fake_azure.put_resource(f"{APIM}/namedValues/staging-backend-key",
-                            {"properties": {"displayName": "staging-backend-key",
-                                            "secret": False}})
-    fake_azure.put_resource(f"{APIM}/namedValues/issuer-url",
-                            {"properties": {"displayName": "issuer-url", "secret": False}})
+    # An API published earlier at another path, as the SDK writes it.
+    from azure.mgmt.apimanagement.models import (
+        ApiCreateOrUpdateParameter,
+        NamedValueCreateContract,
+        OperationContract,
+        PolicyContract,
+    )
+
+    apim = azure_backend.ctx.client("apim")
+    rg, svc, api = "modelgate-rg", "modelgate-apim-test", "credit-risk-staging"
+    apim.api.begin_create_or_update(rg, svc, api, ApiCreateOrUpdateParameter(
+        display_name=api, path="old-staging", protocols=["https"],
+        subscription_required=False)).result()
+    apim.api_operation.create_or_update(rg, svc, api, "score", OperationContract(
+        display_name="score", method="POST", url_template="/score"))
+    apim.api_policy.create_or_update(rg, svc, api, "policy", PolicyContract(
+        value="<policies><inbound><base /></inbound><backend><base /></backend><outbound>"
+              "<base /></outbound><on-error><base /></on-error></policies>",
+        format="rawxml"), if_match="*")
+    for name, secret in (("staging-backend-key", False), ("issuer-url", False)):
+        apim.named_value.begin_create_or_update(rg, svc, name, NamedValueCreateContract(
+            display_name=name, value="https://login.example/v2.0", secret=secret)).result()
     fake_azure.requests.clear()
 
     items = by_name(azure_backend.plan(spec()))
@@ -219,8 +230,12 @@ def test_an_online_plan_refuses_bad_settings_and_a_refused_sign_in(
 
     from app.backends.azure import AzureBackend
 
+    unnamed = parse_pipeline_config(azure_pipeline_settings(apim_name=""))
+    blank = AzureBackend.for_pipeline(
+        unnamed, credential=NoCredential(),
+        client_kwargs={"transport": fake_azure.transport(), "polling_interval": 0})
     with pytest.raises(BackendError, match="azure.apim_name: must be set"):
-        azure_backend.plan(spec(apim_name=""))
+        blank.plan(ProvisionSpec(unnamed.workspace.name, settings=unnamed.to_dict()))
     assert fake_azure.requests == []
 
     class Refused:
@@ -268,3 +283,20 @@ def test_a_plan_never_imports_azure_ml_so_the_panel_can_plan() -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     creates, requests = map(int, done.stdout.split())
     assert creates == 31 and requests > 3
+
+
+def test_modelgate_plan_offline_on_azure_exits_0_listing_every_resource(tmp_path: Any) -> None:
+    """The issue's acceptance: the shipped pipeline file, no subscription, no credential."""
+    done = subprocess.run(
+        [sys.executable, "-m", "app", "plan", "--offline", "--json"], cwd=ROOT,
+        capture_output=True, text=True, timeout=120,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+             "MODELGATE_HOME": str(tmp_path / "home"), "MODELGATE_BACKEND": "azure"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    import json
+
+    plan = json.loads(done.stdout)
+    assert plan["backend"] == "azure" and plan["offline"] is True
+    assert REQUIRED_KINDS <= {item["kind"] for item in plan["items"]}
+    assert plan["counts"] == {"create": len(plan["items"]), "update": 0, "no change": 0}
+    assert not (tmp_path / "home").exists() or not any((tmp_path / "home").iterdir())

@@ -293,18 +293,36 @@ def test_a_changed_setting_updates_only_what_differs_and_keeps_what_others_added
     ({"tenant_id": ""}, "azure.tenant_id"),
 ])
 def test_bad_settings_fail_before_any_call_naming_the_key(
-        azure_backend: Any, fake_azure: FakeAzure, monkeypatch: pytest.MonkeyPatch,
+        fake_azure: FakeAzure, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
         azure: dict[str, Any], key: str) -> None:
+    from app.backends.azure import AzureBackend
+
     monkeypatch.delenv("AZURE_TENANT_ID", raising=False)
+    bad = spec(**azure)  # the backend and the job read the same pipeline file
+    backend = AzureBackend.for_pipeline(
+        parse_pipeline_config(bad.settings), credential=FakeCredential(), home=tmp_path,
+        client_kwargs={"transport": fake_azure.transport(), "polling_interval": 0})
     with pytest.raises(BackendError, match=rf"(^|; ){key}: "):
-        azure_backend.provision(spec(**azure), Steps())
+        backend.provision(bad, Steps())
     assert fake_azure.requests == []
+
+
+def test_settings_for_another_backend_keep_the_azure_backends_own(
+        azure_backend: Any, fake_azure: FakeAzure) -> None:
+    """The shipped file's empty azure section (as a local job's settings carry) keeps the
+    backend's subscription, API Management name and the rest."""
+    shipped = load_pipeline_config(DEFAULT_PATH).to_dict()
+    shipped["workspace"]["name"] = "modelgate-ws"
+    result = azure_backend.provision(ProvisionSpec("modelgate-ws", settings=shipped), Steps())
+    assert "apim:modelgate-apim-test" in result.created
+    assert result.details["subscription_id"] == SUBSCRIPTION
 
 
 def test_a_bad_subscription_environment_dataset_or_file_fails_before_any_call(
         azure_backend: Any, fake_azure: FakeAzure) -> None:
     with pytest.raises(BackendError, match="azure.subscription_id: must be a subscription id"):
         azure_backend.provision(spec(subscription_id="my-subscription"), Steps())
+    # (an empty one keeps the backend's: test_settings_for_another_backend_keep_…)
     broken = spec().settings | {"azure": {**spec().settings["azure"],
                                           "aks_subnet_range": "10.99.0.0/24"}}
     with pytest.raises(BackendError, match="azure.aks_subnet_range: must lie inside"):

@@ -17,6 +17,7 @@ from app.ml.package import (
     write_package_parts,
 )
 from app.ml.predict import features_frame, predict_records
+from app.ml.reasons import EXPLAIN_FILE, read_baseline
 from app.ml.signature import DESIGN_EXAMPLE, Signature
 from app.ml.training import CATEGORICAL, NUMERIC, TrainingOutcome
 from app.ml.validation import validate_records
@@ -24,7 +25,7 @@ from app.ml.validation import validate_records
 
 def test_write_and_load_round_trip(tmp_path: Path, outcome: TrainingOutcome) -> None:
     dest = write_package(outcome, tmp_path / "models" / "german-credit" / "3", version=3)
-    assert sorted(p.name for p in dest.iterdir()) == sorted(PACKAGE_FILES)
+    assert sorted(p.name for p in dest.iterdir()) == sorted((*PACKAGE_FILES, EXPLAIN_FILE))
     sig = json.loads((dest / "signature.json").read_text())
     assert sig["version"] == "3" and sig["threshold"] == outcome.threshold
     pkg = load_package(dest)
@@ -38,6 +39,29 @@ def test_write_and_load_round_trip(tmp_path: Path, outcome: TrainingOutcome) -> 
     records = validate_records(pkg.signature, [dict(DESIGN_EXAMPLE)])
     assert predict_records(pkg.pipeline, pkg.signature, records) == predict_records(
         outcome.pipeline, outcome.signature, records)
+
+
+def test_the_package_holds_the_encoded_training_mean(tmp_path: Path,
+                                                     outcome: TrainingOutcome) -> None:
+    """explain.json: the baseline of linear reason codes, one mean per encoded feature."""
+    from app.ml.dataset import read_csv
+    from app.ml.predict import frame_from_dataframe
+
+    dest = write_package(outcome, tmp_path / "pkg", version=1)
+    mean = np.asarray(read_baseline(dest))
+    preprocess = outcome.pipeline.named_steps["preprocess"]
+    names = list(preprocess.get_feature_names_out())
+    assert len(mean) == len(names)
+    # scaled numeric columns average 0 on the training part; one-hot columns are frequencies
+    numeric = [i for i, n in enumerate(names) if n.startswith("numeric__")]
+    onehot = [i for i, n in enumerate(names) if n.startswith("categorical__")]
+    assert np.allclose(mean[numeric], 0.0, atol=1e-12)
+    assert np.all((mean[onehot] > 0.0) & (mean[onehot] < 1.0))
+    assert math.isclose(mean[onehot].sum(), len(CATEGORICAL))  # one category per field
+    # it is the training part's mean, not the whole dataset's
+    whole = frame_from_dataframe(read_csv(outcome.dataset.path), NUMERIC, CATEGORICAL)
+    assert outcome.explain["n_train"] == outcome.metrics["n_train"] < len(whole)
+    assert not np.allclose(np.asarray(preprocess.transform(whole)).mean(axis=0), mean)
 
 
 def test_rewrite_replaces_whole_package(tmp_path: Path, outcome: TrainingOutcome) -> None:

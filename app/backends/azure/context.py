@@ -45,12 +45,17 @@ class AzureSetupError(BackendError):
 
 @dataclass
 class AzureContext:
-    """One backend's settings, credential and clients (built lazily, then reused)."""
+    """One backend's settings, credential and clients (built lazily, then reused).
+
+    Nothing here touches the network or the credential until a client is asked for, so an
+    offline plan works with no subscription, no credential and no network.
+    """
 
     config: PipelineConfig
-    credential: Any
     subscription_id: str
     client_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    tenant_id: str = ""
+    _credential: Any = field(default=None, repr=False)
     _clients: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -58,19 +63,22 @@ class AzureContext:
               client_kwargs: Mapping[str, Any] | None = None,
               env: Mapping[str, str] = os.environ) -> AzureContext:
         """Settings from the pipeline file (``azure.*``), else ``AZURE_SUBSCRIPTION_ID``;
-        the credential is ``DefaultAzureCredential`` unless one is given.
-
-        Raises:
-            AzureSetupError: no subscription id, or azure-identity is not installed.
+        the credential is ``DefaultAzureCredential`` (built on first use) unless one is given.
         """
         subscription = config.azure.subscription_id or env.get("AZURE_SUBSCRIPTION_ID", "")
-        if not subscription:
-            raise AzureSetupError("the azure backend needs a subscription: set "
-                                  "azure.subscription_id in the pipeline file or "
-                                  "AZURE_SUBSCRIPTION_ID")
-        if credential is None:
-            credential = default_credential(config.azure.tenant_id or env.get("AZURE_TENANT_ID"))
-        return cls(config, credential, subscription, dict(client_kwargs or {}))
+        tenant = config.azure.tenant_id or env.get("AZURE_TENANT_ID", "")
+        return cls(config, subscription, dict(client_kwargs or {}), tenant, credential)
+
+    @property
+    def credential(self) -> Any:
+        """The credential every client signs in with.
+
+        Raises:
+            AzureSetupError: azure-identity is not installed.
+        """
+        if self._credential is None:
+            self._credential = default_credential(self.tenant_id or None)
+        return self._credential
 
     # ------------------------------------------------------------------ names
 
@@ -99,7 +107,15 @@ class AzureContext:
 
     def client(self, kind: str) -> Any:
         """The SDK client of one kind: ``resources``, ``network``, ``containers``,
-        ``extensions``, ``authorization``, ``apim`` or ``ml``; built once per context."""
+        ``extensions``, ``authorization``, ``apim`` or ``ml``; built once per context.
+
+        Raises:
+            AzureSetupError: no subscription is configured.
+        """
+        if not self.subscription_id:
+            raise AzureSetupError("the azure backend needs a subscription: set "
+                                  "azure.subscription_id in the pipeline file or "
+                                  "AZURE_SUBSCRIPTION_ID")
         if kind not in self._clients:
             self._clients[kind] = _FACTORIES[kind](self)
         return self._clients[kind]

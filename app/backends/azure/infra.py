@@ -15,6 +15,7 @@ own (provisioning states, defaults), which are not differences.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import ipaddress
 import os
 import re
@@ -67,22 +68,34 @@ MISSING: Any = object()
 def context_for(ctx: AzureContext, spec: ProvisionSpec) -> AzureContext:
     """The context for a spec's settings (``PipelineConfig.to_dict()``): the backend's own
     when they are its configuration, else one on them (same credential and client options,
-    clients of its own: the Azure ML client is bound to one workspace)."""
+    clients of its own: the Azure ML client is bound to one workspace).
+
+    A key of the ``azure`` section the spec leaves empty keeps the backend's value (its
+    pipeline file's, or for the subscription and tenant the environment's): settings written
+    for another backend carry an empty azure section.
+    """
     if not spec.settings:
         return ctx
+    settings = dict(spec.settings)
+    azure = dict(settings.get("azure") or {})
+    for key, value in vars(ctx.config.azure).items():
+        if azure.get(key) in ("", None):
+            azure[key] = value
+    settings["azure"] = azure
     try:
-        config = parse_pipeline_config(spec.settings)
+        config = parse_pipeline_config(settings)
     except PipelineConfigError as exc:
         raise BackendError(f"invalid pipeline configuration: {exc}") from None
     if config.to_dict() == ctx.config.to_dict():
         return ctx
-    subscription = config.azure.subscription_id or ctx.subscription_id
-    return AzureContext(config, ctx.credential, subscription, ctx.client_kwargs)
+    return dataclasses.replace(
+        ctx, config=config, subscription_id=config.azure.subscription_id or ctx.subscription_id,
+        tenant_id=config.azure.tenant_id or ctx.tenant_id, _clients={})
 
 
 def tenant_id(ctx: AzureContext) -> str:
     """The Entra tenant (the key vault needs it): ``azure.tenant_id`` or AZURE_TENANT_ID."""
-    return ctx.azure.tenant_id or os.environ.get("AZURE_TENANT_ID", "")
+    return ctx.azure.tenant_id or ctx.tenant_id or os.environ.get("AZURE_TENANT_ID", "")
 
 
 def problems(ctx: AzureContext) -> list[tuple[str, str]]:
@@ -91,10 +104,13 @@ def problems(ctx: AzureContext) -> list[tuple[str, str]]:
     subnets inside the VNET and apart, pod and service ranges outside it.)"""
     az = ctx.azure
     found: list[tuple[str, str]] = []
-    try:
-        uuid.UUID(ctx.subscription_id)
-    except ValueError:
-        found.append(("azure.subscription_id", "must be a subscription id (a GUID)"))
+    if not ctx.subscription_id:
+        found.append(("azure.subscription_id", "must be set (or AZURE_SUBSCRIPTION_ID)"))
+    else:
+        try:
+            uuid.UUID(ctx.subscription_id)
+        except ValueError:
+            found.append(("azure.subscription_id", "must be a subscription id (a GUID)"))
     if not tenant_id(ctx):
         found.append(("azure.tenant_id", "must be set (or AZURE_TENANT_ID): the key vault and "
                                          "the token issuer belong to the tenant"))
