@@ -120,12 +120,17 @@ def worker(concurrency: int, beat: bool, queues: str) -> None:
     """Run a Celery worker for the job queue."""
     from celery.signals import beat_init, worker_ready
 
+    from app.backends.local.relocation import relocate
     from app.localstack.processes import name_this_process
     from workers.main import celery_app, flask_app
 
     run_dir = Path(flask_app.config["HOME"]) / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
     marker = run_dir / f"worker.{os.getpid()}.ready"
+    # A home restored into another folder: MLflow's stored locations follow it before this
+    # worker logs a run (`up` does the same at its start).
+    for relocation in relocate(flask_app.config["HOME"]):
+        click.echo(relocation.describe())
 
     @worker_ready.connect(weak=False)
     def _mark_ready(**_: Any) -> None:

@@ -148,7 +148,7 @@ def request(version: Any, environment: Any, reason: Any, actor: str, *,
     if not isinstance(version, str | int) or not str(version).strip().isdigit():
         raise ValidationError("version: give a registered model version number",
                               errors=[{"field": "version", "message": "required, a number"}])
-    reason = _check_reason(reason)
+    reason = check_reason(reason)
     version = str(version).strip()
     name, evidence = promotion_evidence.model_evidence(environment, version)
     if (evidence.get("current") or {}).get("version") == version:
@@ -189,7 +189,7 @@ def request_api_revision(environment: Any, policy_xml: Any, reason: Any, actor: 
     from app.services import apis
 
     environment = _check_requester(environment, roles)
-    reason = _check_reason(reason)
+    reason = check_reason(reason)
     if policy_xml in (None, ""):
         policy_xml = apis.render_policy(current_app.config, environment)
     if not isinstance(policy_xml, str) or not policy_xml.strip():
@@ -257,9 +257,15 @@ def _check_requester(environment: Any, roles: frozenset[str]) -> str:
     return str(environment)
 
 
-def _check_reason(reason: Any) -> str:
+def check_reason(reason: Any, *, ask: str = "say why this change should go to production"
+                 ) -> str:
+    """Return the reason stripped; `ask` is what a missing reason's error asks for.
+
+    Raises:
+        ValidationError: no reason, or one longer than MAX_REASON characters (field `reason`).
+    """
     if not isinstance(reason, str) or not reason.strip():
-        raise ValidationError("reason: say why this change should go to production",
+        raise ValidationError(f"reason: {ask}",
                               errors=[{"field": "reason", "message": "required"}])
     if len(reason) > MAX_REASON:
         raise ValidationError(f"reason: at most {MAX_REASON} characters",

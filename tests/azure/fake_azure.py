@@ -337,7 +337,10 @@ class FakeTransport(HttpTransport):
         response.url = recorded.url
         response.encoding = "utf-8"
         if isinstance(request, RestHttpRequest):
-            return RestRequestsTransportResponse(request=request, internal_response=response)
+            rest = RestRequestsTransportResponse(request=request, internal_response=response)
+            if not kwargs.get("stream"):
+                rest.read()  # as azure-core's RequestsTransport does for non-streamed requests
+            return rest
         return RequestsTransportResponse(request, response)
 
 

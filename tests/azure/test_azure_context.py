@@ -3,6 +3,8 @@ operations that resume from their continuation token, the credential hint."""
 
 from __future__ import annotations
 
+import re
+import threading
 from typing import Any
 
 import pytest
@@ -15,7 +17,7 @@ from app.backends.base import (
     ResourceNotFound,
     TransientBackendError,
 )
-from tests.azure.fake_azure import FakeAzure, rg_id
+from tests.azure.fake_azure import Answer, FakeAzure, Recorded, rg_id
 
 
 def _vnet_body() -> Any:
@@ -84,6 +86,15 @@ def test_a_killed_wait_resumes_from_the_stored_token_with_gets_only(
     fake_azure.lro_polls = 10**9  # API Management's 30-75 minutes
     network = azure_backend.ctx.client("network")
     store = MemoryOperationStore()
+    # The SDK polls in a background thread: hold the operation's status answers until the
+    # worker has died, so that it dies while the wait is under way (not after it finished).
+    released = threading.Event()
+
+    def held_status(fake: FakeAzure, request: Recorded, match: re.Match[str]) -> Answer:
+        released.wait(timeout=30)
+        return fake._operation_status(request.path)
+
+    fake_azure.route("GET", r"/providers/Fake\.Operations/operations/")(held_status)
 
     def begin(token: str | None) -> Any:
         return network.virtual_networks.begin_create_or_update(
@@ -97,6 +108,7 @@ def test_a_killed_wait_resumes_from_the_stored_token_with_gets_only(
 
     with pytest.raises(_Killed):
         run_long_operation(op, store, dies, 10, poll_seconds=0)
+    released.set()
     assert store.get("vnet:slow"), "the token is stored before the first wait"
     fake_azure.finish_operations()
     puts_before = len(fake_azure.calls("PUT"))
