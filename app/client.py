@@ -76,7 +76,7 @@ class Credentials:
 
 
 def endpoints(home: Path, env: Mapping[str, str] = os.environ) -> Endpoints:
-    """endpoints.json of the running stack, else the MODELGATE_* URLs (the defaults of README.md, "Identity")."""
+    """endpoints.json of the running stack, else the MODELGATE_* URLs (README.md, "Identity")."""
     path = home / "endpoints.json"
     if path.exists():
         data = json.loads(path.read_text(encoding="utf-8"))

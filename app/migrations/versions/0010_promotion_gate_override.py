@@ -1,17 +1,14 @@
 """Promotion gate override: the approver's reason for approving a version that fails the gate.
 
-Numbered 0010 (0009 belongs to another branch); when both are merged, down_revision becomes
-"0009" so the chain stays linear.
-
 Revision ID: 0010
-Revises: 0008
-Create Date: 2026-12-08
+Revises: 0009
+Create Date: 2026-12-06
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0010"
-down_revision = "0008"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
