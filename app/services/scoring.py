@@ -113,7 +113,7 @@ def score_url(gateway_url: str, environment: str) -> str:
 
 
 def example_record(signature: Signature) -> dict[str, Any]:
-    """The seed's example record (the scoring API's example) when it fits the signature, else the signature's."""
+    """The seed's example record when it fits the signature, else the signature's."""
     names = set(signature.feature_names)
     if set(DESIGN_EXAMPLE) == names:
         return dict(DESIGN_EXAMPLE)

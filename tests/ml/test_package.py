@@ -19,7 +19,7 @@ from app.ml.package import (
     write_package_parts,
 )
 from app.ml.predict import features_frame, predict_records
-from app.ml.reasons import EXPLAIN_FILE, read_baseline
+from app.ml.reasons import read_baseline
 from app.ml.signature import DESIGN_EXAMPLE, Signature
 from app.ml.training import CATEGORICAL, NUMERIC, TrainingOutcome
 from app.ml.validation import validate_records
