@@ -32,6 +32,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from app.backends.azure import names
 from app.backends.azure.context import AzureContext, AzureSetupError, azure_errors
 from app.backends.base import (
     ApiRevisionInfo,
@@ -42,7 +43,6 @@ from app.backends.base import (
     ResourceNotFound,
     TrafficStats,
 )
-from app.gateway.template import backend_key_name, backend_url_name
 
 logger = logging.getLogger(__name__)
 
@@ -62,15 +62,6 @@ KEY_VAULT_API_VERSION = "7.5"
 
 
 # --------------------------------------------------------------------------- names
-
-
-def named_value_names(environment: str) -> tuple[str, str]:
-    """The environment's named values as the default policy names them: (backend URL, key).
-
-    Kept in this one function until app/backends/azure/names.py (url_named_value,
-    key_named_value) is on main; both derive from app.gateway.template.
-    """
-    return backend_url_name(environment), backend_key_name(environment)
 
 
 def environment_of(ctx: AzureContext, api: str) -> str | None:
@@ -138,7 +129,7 @@ def _compile_values(client: Any, rg: str, svc: str, listed: Mapping[str, Any],
 def _backend_url(listed: Mapping[str, Any], environment: str) -> str:
     """The environment's recorded backend URL; ResourceNotFound until a deploy set both it
     and the key (as the local gateway: no API without a backend behind it)."""
-    url_name, key_name = named_value_names(environment)
+    url_name, key_name = names.url_named_value(environment), names.key_named_value(environment)
     url = listed.get(url_name)
     if url is None or key_name not in listed or not url.value:
         raise ResourceNotFound(f"API Management has no backend for {environment} (named values "
@@ -215,7 +206,7 @@ def set_backend(ctx: AzureContext, environment: str, base_url: str, secret: str)
     """Point the environment's API at an endpoint: its scoring base URL (without ``/score``),
     then its key. Two writes, not one (API Management has no atomic pair): callers change the
     URL only where the key stays valid (an endpoint's URL and keys survive blue/green)."""
-    url_name, _ = named_value_names(environment)
+    url_name = names.url_named_value(environment)
     set_plain_named_value(ctx, url_name, base_url.removesuffix("/score").rstrip("/"))
     gateway_use_key(ctx, environment, secret)
 
@@ -231,7 +222,7 @@ def gateway_use_key(ctx: AzureContext, environment: str, secret: str) -> None:
     Either way API Management takes a while to spread the value to its gateway nodes: the
     rotation's grace (``azure.key_grace_seconds``) covers that.
     """
-    _, key_name = named_value_names(environment)
+    key_name = names.key_named_value(environment)
     client, rg, svc = _service(ctx)
     vault = ctx.azure.key_vault_uri.rstrip("/")
     secret_id = f"{vault}/secrets/{key_name}" if vault else None

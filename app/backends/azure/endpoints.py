@@ -45,7 +45,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from app.backends.azure import endpoint_names as names
+from app.backends.azure import names, serving_image
 from app.backends.azure.context import (
     AzureContext,
     LongOperation,
@@ -312,7 +312,7 @@ def scoring_environment_version(ctx: AzureContext) -> str:
     """The scoring environment's version: a hash of the image and the inference config, so
     a new image or route makes a new version and the same ones reuse it."""
     content = json.dumps({"image": ctx.azure.scoring_image,
-                          "inference_config": names.inference_config()}, sort_keys=True)
+                          "inference_config": serving_image.inference_config()}, sort_keys=True)
     return hashlib.sha256(content.encode()).hexdigest()[:16]
 
 
@@ -328,7 +328,7 @@ def _scoring_environment(ctx: AzureContext) -> str:
     if _arm(ctx, "GET", environment_id, missing_ok=True) is None:
         ctx.client("ml").environments.create_or_update(Environment(
             name=names.SCORING_ENVIRONMENT, version=version, image=ctx.azure.scoring_image,
-            inference_config=names.inference_config(),
+            inference_config=serving_image.inference_config(),
             description="modelgate's scoring service (model from AZUREML_MODEL_DIR, keys "
                         "enforced by the endpoint)"))
     return environment_id
@@ -362,7 +362,7 @@ def deployment_body(ctx: AzureContext, spec: SlotSpec, environment_id: str,
             "containerResourceRequirements": {"containerResourceRequests": dict(resources),
                                               "containerResourceLimits": dict(resources)},
             "appInsightsEnabled": False,
-            "environmentVariables": names.deployment_variables(ref.model_version),
+            "environmentVariables": serving_image.deployment_variables(ref.model_version),
             "properties": {},
         },
     }

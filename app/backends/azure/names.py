@@ -11,6 +11,8 @@ VNET, API Management service) are the file's; this module derives the others:
 - one API per environment, named and pathed like the local gateway's
   (``gateway.name_for``/``path_for``: prod plain, others suffixed/prefixed), with the ``score``
   operation and its API-scope policy (id ``policy``);
+- the online deployments' tags (panel deployment id, model version), the model version's
+  signature property and the scoring container's Azure ML environment;
 - named values as the default policy names them (app.gateway.template): ``<env>-backend-key``
   (secret), ``<env>-backend-url`` and the shared ``issuer-url``.
 """
@@ -32,6 +34,15 @@ DEPLOYMENT_SLOTS: tuple[str, str] = ("blue", "green")
 POLICY_ID = "policy"
 #: The operation every published API carries.
 SCORE_OPERATION_ID = "score"
+#: The tag on an online deployment naming the panel's deployment id (idempotency, reports).
+DEPLOYMENT_TAG = "modelgate-deployment"
+#: The tag on an online deployment naming the model version it serves (``name:version``).
+MODEL_TAG = "modelgate-model"
+#: The model version property (or tag) holding the signature.json text, which the smoke test
+#: reads its example and classes from (set when training registers the version).
+SIGNATURE_PROPERTY = "modelgate.signature"
+#: The Azure ML environment of the scoring container (versioned by its content).
+SCORING_ENVIRONMENT = "modelgate-scoring"
 #: The Azure ML extension's name on the cluster and its release namespace.
 EXTENSION_NAME = "azureml"
 EXTENSION_NAMESPACE = "azureml"
