@@ -399,6 +399,71 @@ def make_revision_current(ctx: AzureContext, api: str, revision: int) -> ApiRevi
     return ApiRevisionInfo(api, revision, str(published.path or ""), True)
 
 
+# --------------------------------------------------------------------------- smoke API
+
+#: The app role the smoke API requires: the CI principal's (it deploys), not callers'.
+SMOKE_ROLE = "MLOps.Engineer"
+
+
+def smoke_spec(ctx: AzureContext, environment: str) -> ApiSpec:
+    """The environment's smoke API (``<api>-smoke`` at ``smoke/<api path>``, one revision):
+    the default policy, rendered by the same template as every published policy, accepting
+    only Entra ID v2 tokens of the tenant for ``azure.api_app_id`` (both audience forms) with
+    the role SMOKE_ROLE, forwarding to the environment's endpoint with its key named value.
+    API Management passes ``azureml-model-deployment`` through, so a 0% slot is reachable."""
+    from app.auth.oidc import OidcSettings
+    from app.backends.azure import infra
+    from app.gateway.template import render_default_policy
+
+    if not ctx.azure.api_app_id:
+        raise AzureSetupError("azure.api_app_id is not set: the smoke API accepts tokens for "
+                              "that application (or set azure.smoke_test_via: direct)")
+    entra = OidcSettings(identity="entra", client_id="", tenant_id=infra.tenant_id(ctx),
+                         api_client_id=ctx.azure.api_app_id)
+    if not entra.tenant_id:
+        raise AzureSetupError("azure.tenant_id is not set: the smoke API accepts only the "
+                              "tenant's v2 issuer")
+    audiences = list(entra.api_audiences)
+    policy = render_default_policy(issuer=entra.issuer, environment=environment,
+                                   audience=audiences, role=SMOKE_ROLE)
+    rules = {"anonymous": False, "allowed_backends": list(ctx.config.gateway.allowed_backends),
+             "issuer": entra.issuer, "audiences": audiences,
+             "access_token_type": entra.access_token_type, "role": SMOKE_ROLE}
+    return ApiSpec(name=names.smoke_api_name(ctx, environment),
+                   path=names.smoke_api_path(ctx, environment), environment=environment,
+                   revision=1, policy_xml=policy, rules=rules)
+
+
+def ensure_smoke_api(ctx: AzureContext, environment: str) -> None:
+    """Create or update the environment's smoke API (checked with the local gateway's rules
+    like a published policy). Never a published revision: the panel does not list it and
+    its calls are left out of the traffic figures.
+
+    Raises:
+        ResourceNotFound: the environment's backend named values are not set yet.
+        PolicyRefused: the checks or API Management refused the policy.
+    """
+    spec = smoke_spec(ctx, environment)
+    client, rg, svc = _service(ctx)
+    with azure_errors(f"reading API Management's named values for {spec.name}"):
+        listed = _named_values(client, rg, svc)
+        backend_url = _backend_url(listed, environment)
+        values = _compile_values(client, rg, svc, listed, {})
+    _check(spec, backend_url, values)
+    _ensure_revision(ctx, spec)
+    rev_id = _revision_id(spec.name, spec.revision)
+    _put_operations(ctx, rev_id, spec)
+    _put_policy(ctx, rev_id, spec)
+    logger.info("API Management: smoke API %s at %s", spec.name, spec.path)
+
+
+def is_smoke_api(ctx: AzureContext, api: str) -> bool:
+    """Whether ``api`` is one of the environments' smoke APIs."""
+    name = api.split(";rev=", 1)[0]
+    return any(names.smoke_api_name(ctx, environment) == name
+               for environment in ctx.config.environment_names)
+
+
 # --------------------------------------------------------------------------- traffic
 
 
@@ -453,6 +518,8 @@ def _calls(ctx: AzureContext, records: Iterable[Any], start: dt.datetime,
             continue
         when = when.astimezone(dt.UTC) if when.tzinfo else when.replace(tzinfo=dt.UTC)
         api = str(record.api_id or "").rsplit("/", 1)[-1].split(";rev=", 1)[0]
+        if is_smoke_api(ctx, api):
+            continue  # the backend's own smoke tests, not callers' traffic
         env = environment_of(ctx, api)
         if when < start or (environment is not None and env != environment):
             continue
