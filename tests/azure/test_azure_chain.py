@@ -51,6 +51,10 @@ class _Registry:
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.aliases.append((name, alias, version))
 
+    def get_version(self, name: str, version: str) -> Any:
+        assert (name, version) in {(MODEL, "3"), (MODEL, "4")}
+        return object()
+
 
 @pytest.fixture
 def panel(tmp_path: Path, sqlite_url: str) -> Any:
@@ -69,15 +73,18 @@ def _client_call(fake: FakeAzure, path: str = "staging/credit-risk") -> tuple[in
     return answer.status, answer.body
 
 
-def _deploy(job: _Job, version: str, drain: float = 0.0) -> dict[str, Any]:
-    from app.services.rollout import DeployRequest, RolloutSettings, deploy
+def _run(kind: str, params: dict[str, Any], reporters: list[_Job]) -> dict[str, Any]:
+    """A job of ``kind`` as a worker runs it: its row, then the kind's own function (its
+    reporter kept in ``reporters``)."""
+    from app.services import jobs
+    from app.services.apis import run_publish
+    from app.services.kinds import JobKind
+    from app.services.rollout import run_deploy, run_rotate_keys
 
-    request = DeployRequest(environment="staging", model_name=MODEL, model_version=version,
-                            replicas=1, resources={"cpu": 0.25, "memory_mb": 512},
-                            requested_by="alice")
-    settings = RolloutSettings(ready_timeout_seconds=5, drain_seconds=drain,
-                               key_switch_grace_seconds=0)
-    result: dict[str, Any] = deploy(job, request, _Registry(), settings)
+    job = jobs._record(JobKind(kind), params, "alice", None)
+    task = {"deploy": run_deploy, "publish": run_publish, "rotate-keys": run_rotate_keys}[kind]
+    reporters.append(_Job(job.id))
+    result: dict[str, Any] = task(reporters[-1], params)
     return result
 
 
@@ -125,7 +132,6 @@ def test_deploy_publish_score_rotate_blue_green_and_api_rollback_on_azure(
         fake_azure: FakeAzure, tmp_path: Path, panel: Any, caplog: pytest.LogCaptureFixture,
         monkeypatch: pytest.MonkeyPatch) -> None:
     from app.services import apis, deployments
-    from app.services.rollout import RolloutSettings, rotate_keys
 
     caplog.set_level(logging.DEBUG)
     backend = _provisioned(fake_azure, tmp_path, panel, monkeypatch)
@@ -141,12 +147,16 @@ def test_deploy_publish_score_rotate_blue_green_and_api_rollback_on_azure(
         return info
 
     monkeypatch.setattr(backend, "create_slot", create_and_become_ready)
+    registry = _Registry()
+    monkeypatch.setattr("app.services.models.registry", lambda: registry)
+    panel.config.update(DEPLOY_DRAIN_SECONDS=0.01, KEY_SWITCH_GRACE_SECONDS=0)
     seen_keys: set[str] = set()
+    reporters: list[_Job] = []
 
     with panel.app_context():
         # ---- first deploy of staging on an empty API Management: smoke test via the smoke API
         start = len(fake_azure.requests)
-        first = _deploy(_Job("job-deploy-1"), "3")
+        first = _run("deploy", {"environment": "staging", "version": "3"}, reporters)
         seen_keys.update(fe.endpoint_keys(fake_azure, ENDPOINT).values())
         assert first["slot"] == "blue" and first["model"]["version"] == "3"
         sent = fake_azure.requests[start:]
@@ -167,8 +177,10 @@ def test_deploy_publish_score_rotate_blue_green_and_api_rollback_on_azure(
 
         # ---- publish staging (the publish job's service)
         policy = apis.render_policy(panel.config, "staging")
-        row1 = apis.publish(environment="staging", policy_xml=policy, actor="alice")
-        assert row1.revision == 1 and row1.is_current
+        published = _run("publish", {"environment": "staging"}, reporters)
+        assert published["revision"] == 1
+        row1 = apis.current("credit-risk-staging")
+        assert row1 is not None and row1.revision == 1
         [put_policy] = fake_azure.calls(
             "PUT", f"{SERVICE}/apis/credit-risk-staging(;rev=|%3Brev%3D)1/policies/policy$")
         assert put_policy.body["properties"] == {"format": "rawxml", "value": policy}
@@ -182,8 +194,7 @@ def test_deploy_publish_score_rotate_blue_green_and_api_rollback_on_azure(
         statuses: list[int] = []
         monkeypatch.setattr("app.services.rollout.time.sleep",
                             lambda seconds: statuses.append(_client_call(fake_azure)[0]))
-        rotate_keys(_Job("job-rotate-1"), "staging", "alice",
-                    RolloutSettings(key_switch_grace_seconds=0))
+        _run("rotate-keys", {"environment": "staging"}, reporters)
         after = fe.endpoint_keys(fake_azure, ENDPOINT)
         seen_keys.update(after.values())
         assert after["primaryKey"] != before["primaryKey"]
@@ -198,7 +209,7 @@ def test_deploy_publish_score_rotate_blue_green_and_api_rollback_on_azure(
             "app.services.rollout.time.sleep",
             lambda seconds: drained.append(_client_call(fake_azure)[0]))
         start = len(fake_azure.requests)
-        second = _deploy(_Job("job-deploy-2"), "4", drain=0.01)
+        second = _run("deploy", {"environment": "staging", "version": "4"}, reporters)
         assert second["slot"] == "green" and second["replaced"][0]["slot"] == "blue"
         assert drained == [200]  # during the drain the gateway answers (from green)
         sent = fake_azure.requests[start:]
@@ -214,10 +225,10 @@ def test_deploy_publish_score_rotate_blue_green_and_api_rollback_on_azure(
         status, body = _client_call(fake_azure)
         assert status == 200 and body["model"]["version"] == "4"
         assert deployments.active("staging").model_version == "4"
+        assert registry.aliases == [(MODEL, "staging", "3"), (MODEL, "staging", "4")]
 
         # ---- publish again, then roll the API back to revision 1 (a release of it)
-        row2 = apis.publish(environment="staging", policy_xml=policy, actor="alice")
-        assert row2.revision == 2
+        assert _run("publish", {"environment": "staging"}, reporters)["revision"] == 2
         releases_before = len(fake_azure.calls("PUT", r"/apis/credit-risk-staging/releases/"))
         back = apis.rollback(row1.id, "alice")
         assert back.revision == 1 and back.is_current
@@ -226,6 +237,8 @@ def test_deploy_publish_score_rotate_blue_green_and_api_rollback_on_azure(
         assert release.body["properties"]["apiId"].endswith("/apis/credit-risk-staging;rev=1")
         assert _client_call(fake_azure)[0] == 200
 
-    texts = _logged(caplog)
+    texts = "\n".join([_logged(caplog), *(line for job in reporters for line in job.lines),
+                       *(step for job in reporters for _, step in job.steps)])
+    assert len(reporters) == 5
     assert "smoke test" in texts or "API Management" in texts  # the log was captured
     assert all(key not in texts for key in seen_keys)
