@@ -25,7 +25,7 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from app.gateway.policy import NamedValue, Policy, PolicyError, UnsafePolicy, compile_policy
 from app.gateway.safety import ServingRules, check_policy, valid_backend_entry
-from app.gateway.template import backend_url_name
+from app.gateway.template import DEFAULT_ROLE, backend_url_name
 from app.gateway.token_rules import ACCESS_TOKEN_TYPE, ACCESS_TOKEN_TYPES
 from app.keyfiles import load_or_create_fernet
 
@@ -213,10 +213,13 @@ def _serving_rules(raw: Mapping[str, Any], name: str,
     if token_type not in ACCESS_TOKEN_TYPES:
         raise ConfigError(f"api {name!r}: access_token_type must be one of "
                           f"{', '.join(ACCESS_TOKEN_TYPES)}")
+    role = raw.get("role", DEFAULT_ROLE)
+    if not isinstance(role, str) or not role:
+        raise ConfigError(f"api {name!r}: role must be a non-empty string")
     recorded = named.get(backend_url_name(environment))
     return ServingRules(environment, recorded.value if recorded else None, tuple(allowed),
                         anonymous, identity["issuer"], identity["audience"], tuple(audiences),
-                        token_type)
+                        token_type, role)
 
 
 def parse_config(home: Path, data: Any) -> GatewayConfig:

@@ -59,6 +59,9 @@ class ServingRules:
     audiences: tuple[str, ...] = ()
     # the JOSE typ its access tokens carry (token_rules.ACCESS_TOKEN_TYPES)
     access_token_type: str = ACCESS_TOKEN_TYPE
+    # the app role a caller's token must carry (an API document's ``role``; the scoring role
+    # unless a backend-internal API, such as the azure backend's smoke API, names another)
+    role: str = DEFAULT_ROLE
 
     @property
     def accepted_audiences(self) -> frozenset[str] | None:
@@ -104,13 +107,13 @@ def _check_backends(policy: Policy, rules: ServingRules) -> None:
             "gateway.allowed_backends of the pipeline file")
 
 
-def _requires_role(step: ValidateJwt) -> bool:
+def _requires_role(step: ValidateJwt, role: str) -> bool:
     for claim in step.required_claims:
         if claim.name != "roles" or not claim.values:
             continue
-        if claim.match is ClaimMatch.ALL and DEFAULT_ROLE in claim.values:
+        if claim.match is ClaimMatch.ALL and role in claim.values:
             return True
-        if claim.match is ClaimMatch.ANY and set(claim.values) == {DEFAULT_ROLE}:
+        if claim.match is ClaimMatch.ANY and set(claim.values) == {role}:
             return True
     return False
 
@@ -130,13 +133,14 @@ def _check_authentication(policy: Policy, rules: ServingRules) -> None:
     for step in policy.inbound:
         if isinstance(step, ReturnResponse):
             break
-        if isinstance(step, ValidateJwt) and _requires_role(step) and _trusts_only(step, rules):
+        if isinstance(step, ValidateJwt) and _requires_role(step, rules.role) \
+                and _trusts_only(step, rules):
             return
     audiences = " or ".join(sorted(rules.accepted_audiences or ()))
     trusted = f" from {rules.issuer} for {audiences}" if rules.issuer else ""
     raise UnsafePolicy(
         f"inbound has no validate-jwt checking tokens{trusted} with <required-claims><claim "
-        f"name=\"roles\"> requiring {DEFAULT_ROLE} before it can answer or forward, so it "
+        f"name=\"roles\"> requiring {rules.role} before it can answer or forward, so it "
         "would serve anonymous callers; list the API in gateway.anonymous_apis of the "
         "pipeline file to publish it without one")
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlencode, urlsplit
 
+from app.gateway.template import backend_key_name, backend_url_name
 from tests.azure.fake_azure import ARM, SUBSCRIPTION, Answer, FakeAzure, Recorded, arm_error
 
 SERVICE = (r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/"
@@ -610,20 +611,23 @@ def state(fake: FakeAzure, resource_group: str = "modelgate-rg",
                                     Service(service_id(resource_group, name)))
 
 
-def named_value(fake: FakeAzure, name: str, **service: str) -> str | None:
+def named_value(fake: FakeAzure, name: str, /, **service: str) -> str | None:
     """The value API Management holds for a named value now (a Key Vault reference as it
-    last resolved it), None when there is none."""
+    last resolved it), None when there is none. ``service`` picks the service as
+    :func:`state` does (``resource_group=``, ``name=``): ``name`` is positional-only here so
+    the service's name can be passed too."""
     entry = state(fake, **service).named_values.get(name.lower())
     if entry is None:
         return None
     return str(entry.get("_resolved", entry.get("value")))
 
 
-def gateway_view(fake: FakeAzure, environment: str, **service: str) -> tuple[str, str] | None:
+def gateway_view(fake: FakeAzure, environment: str, /,
+                 **service: str) -> tuple[str, str] | None:
     """(backend URL, key) API Management presents for an environment, None if either is
     missing (the contract harness's view)."""
-    url = named_value(fake, f"{environment}-backend-url", **service)
-    key = named_value(fake, f"{environment}-backend-key", **service)
+    url = named_value(fake, backend_url_name(environment), **service)
+    key = named_value(fake, backend_key_name(environment), **service)
     return None if url is None or key is None else (url, key)
 
 

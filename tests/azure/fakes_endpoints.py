@@ -207,8 +207,7 @@ def endpoint_keys(fake: FakeAzure, endpoint: str, workspace: str = WORKSPACE) ->
 def named_value(fake: FakeAzure, service: str, name: str) -> str | None:
     """A named value's value as API Management holds it now (secret or not; a Key Vault
     reference as it last resolved)."""
-    entry = fakes_apim.state(fake, name=service).named_values.get(name.lower())
-    return None if entry is None else str(entry.get("_resolved", entry.get("value")))
+    return fakes_apim.named_value(fake, name, name=service)
 
 
 def _current_api(fake: FakeAzure, service: str, path: str) -> tuple[str, str] | None:

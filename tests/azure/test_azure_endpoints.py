@@ -5,15 +5,17 @@ the smoke test through API Management (tests/azure/fakes_endpoints.py plays Azur
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from app.backends.azure import endpoints
+from app.backends.azure import apim, endpoints
 from app.backends.base import (
     BackendError,
     ResourceConflict,
@@ -23,8 +25,10 @@ from app.backends.base import (
     SlotSpec,
     SmokeTestFailed,
 )
+from app.gateway.policy import NamedValue
+from tests.azure import fakes_apim
 from tests.azure import fakes_endpoints as fe
-from tests.azure.fake_azure import FakeAzure, FakeCredential
+from tests.azure.fake_azure import TENANT, FakeAzure, FakeCredential
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "german-credit"
@@ -295,7 +299,7 @@ def test_switch_traffic_puts_the_endpoint_with_only_the_slot_at_100_percent(
     assert [r for r in fake_azure.requests[before:] if r.method in ("PUT", "PATCH")] == []
 
 
-def test_the_first_switch_points_api_management_at_the_endpoint_url_and_primary_key(
+def test_the_first_slot_points_api_management_at_the_endpoint_url_and_primary_key(
         fake_azure: FakeAzure, tmp_path: Path) -> None:
     backend = fe.slots_backend(fake_azure, tmp_path)
     info = _serving(backend, fake_azure, _ref())
@@ -424,7 +428,8 @@ def test_smoke_test_goes_through_api_management_with_the_ci_token_and_the_slot_h
     assert set(result.probabilities) == {"bad", "good"}
     sent = [r for r in fake_azure.requests[before:] if r.method == "POST"
             and "management.azure.com" not in r.url]
-    gateway = f"https://{fe.APIM}.azure-api.net/staging/credit-risk/score"
+    # the smoke API, not the published one (whose policy requires the callers' role)
+    gateway = f"https://{fe.APIM}.azure-api.net/smoke/staging/credit-risk/score"
     scoring_uri = f"http://{fe.SCORING_HOST}/api/v1/endpoint/{ENDPOINT}/score"
     assert [r.url for r in sent] == [gateway, gateway, scoring_uri]  # the last one: APIM's
     anonymous, with_token, forwarded = sent
@@ -471,13 +476,66 @@ def test_smoke_test_direct_scores_the_scoring_uri_with_the_key_and_requires_401_
     assert not any("azure-api.net" in r.url for r in fake_azure.requests)
 
 
-def test_before_the_first_publish_the_smoke_test_scores_at_the_scoring_uri(
-        fake_azure: FakeAzure, tmp_path: Path) -> None:
-    backend = fe.slots_backend(fake_azure, tmp_path)  # apim, but no API published yet
+def test_the_first_deploy_on_an_empty_api_management_smoke_tests_through_the_smoke_api(
+        fake_azure: FakeAzure, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    backend = fe.slots_backend(fake_azure, tmp_path)  # apim, and nothing published
     info = _ready(backend, fake_azure, _ref())
+    keys = fe.endpoint_keys(fake_azure, ENDPOINT)
     before = len(fake_azure.requests)
-    backend.smoke_test(_ref(), fe.endpoint_keys(fake_azure, ENDPOINT)["primaryKey"])
+    result = backend.smoke_test(_ref(), keys["primaryKey"])
+
+    assert result.model_version == "3"
     urls = [r.url for r in fake_azure.requests[before:] if r.method == "POST"
             and "management.azure.com" not in r.url]
-    gateway = f"https://{fe.APIM}.azure-api.net/staging/credit-risk/score"
-    assert urls == [gateway, info.scoring_uri, info.scoring_uri]
+    smoke = f"https://{fe.APIM}.azure-api.net/smoke/staging/credit-risk/score"
+    assert urls == [smoke, smoke, info.scoring_uri]  # no token, token, APIM's forward
+    # create_slot made the smoke API, and its backend named values, before any publish
+    service = "/service/modelgate-apim-test"
+    [api] = fake_azure.calls("PUT", f"{service}/apis/credit-risk-staging-smoke$")
+    assert api.body["properties"]["path"] == "smoke/staging/credit-risk"
+    assert api.body["properties"]["subscriptionRequired"] is False
+    [policy] = fake_azure.calls(
+        "PUT", f"{service}/apis/credit-risk-staging-smoke(;rev=|%3Brev%3D)1/policies/policy$")
+    assert policy.body["properties"]["format"] == "rawxml"
+    sent = policy.body["properties"]["value"]
+    assert sent == apim.smoke_spec(backend.ctx, "staging").policy_xml
+    issuer = f"https://login.microsoftonline.com/{TENANT}/v2.0"
+    assert f"<issuer>{issuer}</issuer>" in sent
+    assert f"<audience>api://{fe.API_APP_ID}</audience>" in sent
+    assert f"<audience>{fe.API_APP_ID}</audience>" in sent
+    assert "<value>MLOps.Engineer</value>" in sent and "Score.Invoke" not in sent
+    assert "{{staging-backend-key}}" in sent and "{{staging-backend-url}}" in sent
+    assert _index(fake_azure, "PUT", f"{service}/namedValues/staging-backend-key$") < \
+        fake_azure.requests.index(api)
+    # nothing published: the environment's own API does not exist
+    assert not fake_azure.calls("PUT",
+                                f"{service}/apis/credit-risk-staging((;rev=|%3Brev%3D)[0-9]+)?$")
+    # the smoke test's calls are not callers' traffic
+    assert backend.traffic(None, None).calls == ()
+    assert all(k not in caplog.text for k in keys.values())
+
+
+def test_a_missing_smoke_api_is_created_again_by_the_smoke_test(
+        fake_azure: FakeAzure, tmp_path: Path) -> None:
+    backend = fe.slots_backend(fake_azure, tmp_path)
+    _ready(backend, fake_azure, _ref())
+    fakes_apim.state(fake_azure, name=fe.APIM).apis.clear()  # e.g. removed by hand
+    puts = len(fake_azure.calls("PUT", "/apis/credit-risk-staging-smoke$"))
+    assert backend.smoke_test(_ref(), fe.endpoint_keys(fake_azure, ENDPOINT)["primaryKey"])
+    assert len(fake_azure.calls("PUT", "/apis/credit-risk-staging-smoke$")) == puts + 1
+
+
+def test_the_smoke_policy_is_checked_like_a_published_one(tmp_path: Path,
+                                                          fake_azure: FakeAzure) -> None:
+    from app.backends.base import PolicyRefused
+
+    backend = fe.slots_backend(fake_azure, tmp_path)
+    spec = apim.smoke_spec(backend.ctx, "staging")
+    backend_url = "https://10.0.0.4/api/v1/endpoint/x"
+    values = {"staging-backend-key": NamedValue("k", True),
+              "staging-backend-url": NamedValue(backend_url, False)}
+    apim._check(spec, backend_url, values)  # passes as rendered
+    weakened = replace(spec, policy_xml=spec.policy_xml.replace("MLOps.Engineer", "Reader"))
+    with pytest.raises(PolicyRefused, match="requiring MLOps.Engineer"):
+        apim._check(weakened, backend_url, values)

@@ -32,6 +32,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from app.backends.azure import names
 from app.backends.azure.context import AzureContext, AzureSetupError, azure_errors
 from app.backends.base import (
     ApiRevisionInfo,
@@ -42,7 +43,6 @@ from app.backends.base import (
     ResourceNotFound,
     TrafficStats,
 )
-from app.gateway.template import backend_key_name, backend_url_name
 
 logger = logging.getLogger(__name__)
 
@@ -62,15 +62,6 @@ KEY_VAULT_API_VERSION = "7.5"
 
 
 # --------------------------------------------------------------------------- names
-
-
-def named_value_names(environment: str) -> tuple[str, str]:
-    """The environment's named values as the default policy names them: (backend URL, key).
-
-    Kept in this one function until app/backends/azure/names.py (url_named_value,
-    key_named_value) is on main; both derive from app.gateway.template.
-    """
-    return backend_url_name(environment), backend_key_name(environment)
 
 
 def environment_of(ctx: AzureContext, api: str) -> str | None:
@@ -138,7 +129,7 @@ def _compile_values(client: Any, rg: str, svc: str, listed: Mapping[str, Any],
 def _backend_url(listed: Mapping[str, Any], environment: str) -> str:
     """The environment's recorded backend URL; ResourceNotFound until a deploy set both it
     and the key (as the local gateway: no API without a backend behind it)."""
-    url_name, key_name = named_value_names(environment)
+    url_name, key_name = names.url_named_value(environment), names.key_named_value(environment)
     url = listed.get(url_name)
     if url is None or key_name not in listed or not url.value:
         raise ResourceNotFound(f"API Management has no backend for {environment} (named values "
@@ -215,7 +206,7 @@ def set_backend(ctx: AzureContext, environment: str, base_url: str, secret: str)
     """Point the environment's API at an endpoint: its scoring base URL (without ``/score``),
     then its key. Two writes, not one (API Management has no atomic pair): callers change the
     URL only where the key stays valid (an endpoint's URL and keys survive blue/green)."""
-    url_name, _ = named_value_names(environment)
+    url_name = names.url_named_value(environment)
     set_plain_named_value(ctx, url_name, base_url.removesuffix("/score").rstrip("/"))
     gateway_use_key(ctx, environment, secret)
 
@@ -231,7 +222,7 @@ def gateway_use_key(ctx: AzureContext, environment: str, secret: str) -> None:
     Either way API Management takes a while to spread the value to its gateway nodes: the
     rotation's grace (``azure.key_grace_seconds``) covers that.
     """
-    _, key_name = named_value_names(environment)
+    key_name = names.key_named_value(environment)
     client, rg, svc = _service(ctx)
     vault = ctx.azure.key_vault_uri.rstrip("/")
     secret_id = f"{vault}/secrets/{key_name}" if vault else None
@@ -408,6 +399,71 @@ def make_revision_current(ctx: AzureContext, api: str, revision: int) -> ApiRevi
     return ApiRevisionInfo(api, revision, str(published.path or ""), True)
 
 
+# --------------------------------------------------------------------------- smoke API
+
+#: The app role the smoke API requires: the CI principal's (it deploys), not callers'.
+SMOKE_ROLE = "MLOps.Engineer"
+
+
+def smoke_spec(ctx: AzureContext, environment: str) -> ApiSpec:
+    """The environment's smoke API (``<api>-smoke`` at ``smoke/<api path>``, one revision):
+    the default policy, rendered by the same template as every published policy, accepting
+    only Entra ID v2 tokens of the tenant for ``azure.api_app_id`` (both audience forms) with
+    the role SMOKE_ROLE, forwarding to the environment's endpoint with its key named value.
+    API Management passes ``azureml-model-deployment`` through, so a 0% slot is reachable."""
+    from app.auth.oidc import OidcSettings
+    from app.backends.azure import infra
+    from app.gateway.template import render_default_policy
+
+    if not ctx.azure.api_app_id:
+        raise AzureSetupError("azure.api_app_id is not set: the smoke API accepts tokens for "
+                              "that application (or set azure.smoke_test_via: direct)")
+    entra = OidcSettings(identity="entra", client_id="", tenant_id=infra.tenant_id(ctx),
+                         api_client_id=ctx.azure.api_app_id)
+    if not entra.tenant_id:
+        raise AzureSetupError("azure.tenant_id is not set: the smoke API accepts only the "
+                              "tenant's v2 issuer")
+    audiences = list(entra.api_audiences)
+    policy = render_default_policy(issuer=entra.issuer, environment=environment,
+                                   audience=audiences, role=SMOKE_ROLE)
+    rules = {"anonymous": False, "allowed_backends": list(ctx.config.gateway.allowed_backends),
+             "issuer": entra.issuer, "audiences": audiences,
+             "access_token_type": entra.access_token_type, "role": SMOKE_ROLE}
+    return ApiSpec(name=names.smoke_api_name(ctx, environment),
+                   path=names.smoke_api_path(ctx, environment), environment=environment,
+                   revision=1, policy_xml=policy, rules=rules)
+
+
+def ensure_smoke_api(ctx: AzureContext, environment: str) -> None:
+    """Create or update the environment's smoke API (checked with the local gateway's rules
+    like a published policy). Never a published revision: the panel does not list it and
+    its calls are left out of the traffic figures.
+
+    Raises:
+        ResourceNotFound: the environment's backend named values are not set yet.
+        PolicyRefused: the checks or API Management refused the policy.
+    """
+    spec = smoke_spec(ctx, environment)
+    client, rg, svc = _service(ctx)
+    with azure_errors(f"reading API Management's named values for {spec.name}"):
+        listed = _named_values(client, rg, svc)
+        backend_url = _backend_url(listed, environment)
+        values = _compile_values(client, rg, svc, listed, {})
+    _check(spec, backend_url, values)
+    _ensure_revision(ctx, spec)
+    rev_id = _revision_id(spec.name, spec.revision)
+    _put_operations(ctx, rev_id, spec)
+    _put_policy(ctx, rev_id, spec)
+    logger.info("API Management: smoke API %s at %s", spec.name, spec.path)
+
+
+def is_smoke_api(ctx: AzureContext, api: str) -> bool:
+    """Whether ``api`` is one of the environments' smoke APIs."""
+    name = api.split(";rev=", 1)[0]
+    return any(names.smoke_api_name(ctx, environment) == name
+               for environment in ctx.config.environment_names)
+
+
 # --------------------------------------------------------------------------- traffic
 
 
@@ -462,6 +518,8 @@ def _calls(ctx: AzureContext, records: Iterable[Any], start: dt.datetime,
             continue
         when = when.astimezone(dt.UTC) if when.tzinfo else when.replace(tzinfo=dt.UTC)
         api = str(record.api_id or "").rsplit("/", 1)[-1].split(";rev=", 1)[0]
+        if is_smoke_api(ctx, api):
+            continue  # the backend's own smoke tests, not callers' traffic
         env = environment_of(ctx, api)
         if when < start or (environment is not None and env != environment):
             continue

@@ -45,7 +45,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from app.backends.azure import endpoint_names as names
+from app.backends.azure import names, serving_image
 from app.backends.azure.context import (
     AzureContext,
     LongOperation,
@@ -272,6 +272,8 @@ def create_slot(ctx: AzureContext, spec: SlotSpec, progress: Progress) -> SlotIn
         elif _state(endpoint).lower() != _SUCCEEDED:
             raise TransientBackendError(f"endpoint {endpoint_name} is {_state(endpoint)} "
                                         "(another operation on it is under way); will retry")
+        progress(30, f"pointing API Management at endpoint {endpoint_name}")
+        prepare_gateway(ctx, ref.environment, endpoint)
         progress(40, f"registering environment {names.SCORING_ENVIRONMENT}")
         environment_id = _scoring_environment(ctx)
         progress(60, f"creating deployment {deployment_name} of endpoint {endpoint_name} "
@@ -312,7 +314,7 @@ def scoring_environment_version(ctx: AzureContext) -> str:
     """The scoring environment's version: a hash of the image and the inference config, so
     a new image or route makes a new version and the same ones reuse it."""
     content = json.dumps({"image": ctx.azure.scoring_image,
-                          "inference_config": names.inference_config()}, sort_keys=True)
+                          "inference_config": serving_image.inference_config()}, sort_keys=True)
     return hashlib.sha256(content.encode()).hexdigest()[:16]
 
 
@@ -328,7 +330,7 @@ def _scoring_environment(ctx: AzureContext) -> str:
     if _arm(ctx, "GET", environment_id, missing_ok=True) is None:
         ctx.client("ml").environments.create_or_update(Environment(
             name=names.SCORING_ENVIRONMENT, version=version, image=ctx.azure.scoring_image,
-            inference_config=names.inference_config(),
+            inference_config=serving_image.inference_config(),
             description="modelgate's scoring service (model from AZUREML_MODEL_DIR, keys "
                         "enforced by the endpoint)"))
     return environment_id
@@ -362,7 +364,7 @@ def deployment_body(ctx: AzureContext, spec: SlotSpec, environment_id: str,
             "containerResourceRequirements": {"containerResourceRequests": dict(resources),
                                               "containerResourceLimits": dict(resources)},
             "appInsightsEnabled": False,
-            "environmentVariables": names.deployment_variables(ref.model_version),
+            "environmentVariables": serving_image.deployment_variables(ref.model_version),
             "properties": {},
         },
     }
@@ -643,12 +645,12 @@ def smoke_test(ctx: AzureContext, slot: SlotRef, key: str) -> SmokeResult:
     """Score the signature's example on the slot, and require that a request without
     credentials is refused (401) and that the slot serves the ref's version.
 
-    ``apim``: through API Management with the CI principal's token for the API
-    (``api://<azure.api_app_id>/.default``) and ``azureml-model-deployment: <slot>``; the key
-    is checked against the endpoint's keys (API Management presents its own). Before the
-    environment's first publish API Management has no API to go through (it answers 404):
-    then the slot is scored at its scoring URI, which a worker reaches only from a VNET peered
-    with the cluster's. ``direct``: at the scoring URI with the key.
+    ``apim``: through the environment's smoke API in API Management (``<api>-smoke``, which
+    ``create_slot`` keeps, so even the first deploy, before anything is published, has one)
+    with the CI principal's token for the API (``api://<azure.api_app_id>/.default``, role
+    MLOps.Engineer) and ``azureml-model-deployment: <slot>``; the key is checked against the
+    endpoint's keys (API Management presents its own). ``direct``: at the scoring URI with
+    the key (a cluster's scoring URI is private: only from a VNET peered with the cluster's).
 
     Raises:
         SmokeTestFailed: with what was wrong (never the key).
@@ -663,12 +665,8 @@ def smoke_test(ctx: AzureContext, slot: SlotRef, key: str) -> SmokeResult:
             if not (_same(key, keys.primary) | _same(key, keys.secondary)):
                 raise SmokeTestFailed(f"smoke test: the key given is not one {_where(ctx, slot)}"
                                       " accepts")
-            answered = _through_gateway(ctx, slot, example)
-            if answered is not None:
-                return _judge(answered, signature, "through API Management")
-            logger.warning("API Management has no API for %s yet (its first deploy): "
-                           "smoke-testing %s at its scoring URI", slot.environment,
-                           _where(ctx, slot))
+            answered = _through_gateway(ctx, slot, endpoint, example)
+            return _judge(answered, signature, "through API Management")
     anonymous, _ = _post(ctx, scoring_uri, _slot_headers(slot, None), example, "smoke test")
     if anonymous != 401:
         raise SmokeTestFailed(f"smoke test: a request without a key got HTTP {anonymous}, "
@@ -686,17 +684,45 @@ def gateway_score_url(ctx: AzureContext, environment: str) -> str:
             f"{names.api_path(ctx, environment).strip('/')}/score")
 
 
-def _through_gateway(ctx: AzureContext, slot: SlotRef, example: Mapping[str, Any]) -> Any:
-    """The answer through API Management (401 required without a token first); None when
-    API Management has no API for the environment yet."""
+def smoke_score_url(ctx: AzureContext, environment: str) -> str:
+    """The score operation of the environment's smoke API on API Management's gateway."""
+    return (f"https://{ctx.azure.apim_name}.azure-api.net/"
+            f"{names.smoke_api_path(ctx, environment)}/score")
+
+
+def prepare_gateway(ctx: AzureContext, environment: str, endpoint: Mapping[str, Any]) -> None:
+    """As soon as the environment's endpoint exists: API Management's named values for it
+    (its scoring base URL and primary key, which blue/green never changes, so a published
+    API keeps forwarding to the same endpoint) and, for ``smoke_test_via: apim``, the
+    environment's smoke API. Idempotent; nothing without ``azure.apim_name``."""
+    if not ctx.azure.apim_name:
+        return
+    base_url = str(_props(endpoint).get("scoringUri") or "").removesuffix("/score")
+    if not base_url:
+        raise TransientBackendError(f"endpoint {names.endpoint_name(ctx, environment)} has no "
+                                    "scoring URI yet; will retry")
+    point_gateway(ctx, environment, base_url, _list_keys(ctx, environment).primary)
+    if ctx.azure.smoke_test_via != "direct":
+        from app.backends.azure import apim
+
+        apim.ensure_smoke_api(ctx, environment)
+
+
+def _through_gateway(ctx: AzureContext, slot: SlotRef, endpoint: Mapping[str, Any],
+                     example: Mapping[str, Any]) -> Any:
+    """The answer through the environment's smoke API (401 required without a token first).
+    A smoke API missing (404: a slot created before it existed, or removed) is created and
+    the test run again."""
     if not ctx.azure.apim_name or not ctx.azure.api_app_id:
         raise SmokeTestFailed("smoke test through API Management needs azure.apim_name and "
                               "azure.api_app_id (or azure.smoke_test_via: direct)")
-    url = gateway_score_url(ctx, slot.environment)
+    url = smoke_score_url(ctx, slot.environment)
     route = {"azureml-model-deployment": _deployment_name(slot)}
     anonymous, _ = _post(ctx, url, route, example, "smoke test")
     if anonymous == 404:
-        return None
+        logger.info("API Management has no smoke API for %s: creating it", slot.environment)
+        prepare_gateway(ctx, slot.environment, endpoint)
+        anonymous, _ = _post(ctx, url, route, example, "smoke test")
     if anonymous != 401:
         raise SmokeTestFailed(f"smoke test: API Management answered HTTP {anonymous} to a "
                               "request without a token, expected 401")
@@ -744,9 +770,8 @@ def _post(ctx: AzureContext, url: str, headers: Mapping[str, str],
         _close(ctx, client)
         raise SmokeTestFailed(
             f"{what}: {url} did not answer ({type(exc).__name__}); a cluster's scoring URI is "
-            "private: smoke-test through API Management (azure.smoke_test_via: apim, once the "
-            "environment's API is published) or run the workers in a VNET peered with the "
-            "cluster's") from None
+            "private: smoke-test through API Management (azure.smoke_test_via: apim) or run "
+            "the workers in a VNET peered with the cluster's") from None
     _close(ctx, client)
     try:
         body = response.json()

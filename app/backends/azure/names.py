@@ -10,7 +10,10 @@ VNET, API Management service) are the file's; this module derives the others:
 - blue/green as two online deployments of that endpoint, named ``blue`` and ``green``;
 - one API per environment, named and pathed like the local gateway's
   (``gateway.name_for``/``path_for``: prod plain, others suffixed/prefixed), with the ``score``
-  operation and its API-scope policy (id ``policy``);
+  operation and its API-scope policy (id ``policy``); beside it the backend's own smoke API
+  ``<api>-smoke`` at ``smoke/<api path>``;
+- the online deployments' tags (panel deployment id, model version), the model version's
+  signature property and the scoring container's Azure ML environment;
 - named values as the default policy names them (app.gateway.template): ``<env>-backend-key``
   (secret), ``<env>-backend-url`` and the shared ``issuer-url``.
 """
@@ -32,6 +35,15 @@ DEPLOYMENT_SLOTS: tuple[str, str] = ("blue", "green")
 POLICY_ID = "policy"
 #: The operation every published API carries.
 SCORE_OPERATION_ID = "score"
+#: The tag on an online deployment naming the panel's deployment id (idempotency, reports).
+DEPLOYMENT_TAG = "modelgate-deployment"
+#: The tag on an online deployment naming the model version it serves (``name:version``).
+MODEL_TAG = "modelgate-model"
+#: The model version property (or tag) holding the signature.json text, which the smoke test
+#: reads its example and classes from (set when training registers the version).
+SIGNATURE_PROPERTY = "modelgate.signature"
+#: The Azure ML environment of the scoring container (versioned by its content).
+SCORING_ENVIRONMENT = "modelgate-scoring"
 #: The Azure ML extension's name on the cluster and its release namespace.
 EXTENSION_NAME = "azureml"
 EXTENSION_NAMESPACE = "azureml"
@@ -78,6 +90,22 @@ def api_name(ctx: AzureContext, environment: str) -> str:
 def api_path(ctx: AzureContext, environment: str) -> str:
     """The API's URL suffix in API Management (as on the local gateway)."""
     return ctx.config.gateway.path_for(environment)
+
+
+#: What an environment's smoke API adds to its API's name and puts before its path.
+SMOKE_SUFFIX = "-smoke"
+SMOKE_PREFIX = "smoke"
+
+
+def smoke_api_name(ctx: AzureContext, environment: str) -> str:
+    """The backend-internal API the smoke test scores a new slot through (``<api>-smoke``):
+    it exists from the environment's first slot on, before anything is published."""
+    return f"{api_name(ctx, environment)}{SMOKE_SUFFIX}"
+
+
+def smoke_api_path(ctx: AzureContext, environment: str) -> str:
+    """The smoke API's URL suffix: ``smoke/<api path>``."""
+    return f"{SMOKE_PREFIX}/{api_path(ctx, environment).strip('/')}"
 
 
 def key_named_value(environment: str) -> str:

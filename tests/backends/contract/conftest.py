@@ -212,16 +212,16 @@ class AzureHarness(Harness):
 
     def run_slot(self, ref: SlotRef) -> None:
         """The deployment's instances passed their readiness probe; its scorer answers."""
-        from app.backends.azure.endpoint_names import endpoint_name
+        from app.backends.azure.names import endpoint_name
 
         self.fakes.mark_ready(self.fake, endpoint_name(self.backend.ctx, ref.environment),
                               ref.slot)
 
     def gateway_view(self, environment: str) -> tuple[str, str] | None:
         """API Management's named values: the backend URL and the key it presents."""
-        url = self.fakes.named_value(self.fake, self.fakes.APIM, f"{environment}-backend-url")
-        key = self.fakes.named_value(self.fake, self.fakes.APIM, f"{environment}-backend-key")
-        return None if url is None or key is None else (url, key)
+        from tests.azure import fakes_apim
+
+        return fakes_apim.gateway_view(self.fake, environment, name=self.fakes.APIM)
 
     def log_call(self, api: str, environment: str, status: int, latency_ms: float,
                  when: dt.datetime) -> None:
