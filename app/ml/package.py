@@ -29,6 +29,9 @@ ROC_FILE = "roc.json"
 PACKAGE_FILES: tuple[str, ...] = (
     MODEL_FILE, SIGNATURE_FILE, METRICS_FILE, IMPORTANCE_FILE, CALIBRATION_FILE, ROC_FILE,
 )
+# The training baseline for drift checks (app.ml.drift); optional: packages written before it
+# existed stay valid, and their baseline is computed from the registered data on first use.
+BASELINE_FILE = "baseline.json"
 
 
 class PackageError(Exception):
@@ -77,6 +80,7 @@ def write_package(
         importance=outcome.importance,
         calibration=outcome.calibration,
         roc=outcome.roc,
+        baseline=outcome.baseline or None,
     )
 
 
@@ -89,6 +93,7 @@ def write_package_parts(
     importance: Mapping[str, Any],
     calibration: Mapping[str, Any],
     roc: Mapping[str, Any],
+    baseline: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a model package from its parts (see :func:`write_package`)."""
     import joblib
@@ -103,6 +108,8 @@ def write_package_parts(
         _dump_json(tmp / IMPORTANCE_FILE, dict(importance))
         _dump_json(tmp / CALIBRATION_FILE, dict(calibration))
         _dump_json(tmp / ROC_FILE, dict(roc))
+        if baseline:
+            _dump_json(tmp / BASELINE_FILE, dict(baseline))
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700; readers may run as another user
         _swap_in(tmp, target)
     finally:

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -20,6 +20,7 @@ from app.ml.config import (
     TrainingConfig,
 )
 from app.ml.dataset import META_FILE, DatasetSchema, build_signature, infer_schema, read_csv
+from app.ml.drift import DEFAULT_BINS, build_baseline
 from app.ml.evaluation import (
     CostMatrix,
     calibration_data,
@@ -105,6 +106,9 @@ class TrainingOutcome:
     candidates: tuple[CandidateResult, ...]
     dataset: DatasetRef
     config: TrainingConfig
+    # baseline.json: the training part's field distributions and the held-out P(bad), for
+    # drift checks (app.ml.drift); empty for outcomes built without one.
+    baseline: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def heldout(self) -> Mapping[str, Any]:
@@ -299,6 +303,7 @@ def train(
         name=config.name, target=TARGET, classes=CLASSES, positive_class=POSITIVE_CLASS,
         threshold=threshold, bounds=config.bounds, max_rows=config.max_rows,
     )
+    baseline = build_baseline(signature, X_train, p_test, bins=DEFAULT_BINS)
     metrics = {
         "family": best.family,
         "selection": "cv_roc_auc_mean",
@@ -326,7 +331,7 @@ def train(
     return TrainingOutcome(
         pipeline=pipeline, family=best.family, signature=signature, threshold=threshold,
         metrics=metrics, importance=importance, calibration=calibration, roc=roc,
-        candidates=tuple(results), dataset=ref, config=config,
+        candidates=tuple(results), dataset=ref, config=config, baseline=baseline.to_dict(),
     )
 
 

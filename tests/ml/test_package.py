@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from app.ml.package import (
+    BASELINE_FILE,
     PACKAGE_FILES,
     PackageError,
     load_package,
@@ -24,7 +25,9 @@ from app.ml.validation import validate_records
 
 def test_write_and_load_round_trip(tmp_path: Path, outcome: TrainingOutcome) -> None:
     dest = write_package(outcome, tmp_path / "models" / "german-credit" / "3", version=3)
-    assert sorted(p.name for p in dest.iterdir()) == sorted(PACKAGE_FILES)
+    assert sorted(p.name for p in dest.iterdir()) == sorted((*PACKAGE_FILES, BASELINE_FILE))
+    assert json.loads((dest / BASELINE_FILE).read_text()) == json.loads(
+        json.dumps(outcome.baseline))
     sig = json.loads((dest / "signature.json").read_text())
     assert sig["version"] == "3" and sig["threshold"] == outcome.threshold
     pkg = load_package(dest)
