@@ -53,6 +53,7 @@ class AuditAction(enum.StrEnum):
     PROMOTION_REJECTED = "promotion.rejected"
     PROMOTION_EXPIRED = "promotion.expired"
     PROMOTION_SUPERSEDED = "promotion.superseded"
+    MODEL_DRIFT = "model.drift"
     SETTINGS_CHANGED = "settings.changed"
 
 
