@@ -310,3 +310,73 @@ def history(environment: str, limit: int = HISTORY_LIMIT) -> list[DriftCheck]:
 def check_to_dict(row: DriftCheck) -> dict[str, Any]:
     """A check as the REST API and tests read it."""
     return {**event_data(row), "fields": list(row.fields), "score": dict(row.score)}
+
+
+@dataclass(frozen=True)
+class FieldSeries:
+    """One field's (or the score's) PSI over an environment's checks, and its current band."""
+
+    field: str
+    points: tuple[tuple[DriftCheck, float, str], ...]  # (check, psi, band), oldest first
+
+    @property
+    def band(self) -> str:
+        """The band of the latest check that had this field."""
+        return self.points[-1][2]
+
+    @property
+    def psi(self) -> float:
+        """The PSI of the latest check that had this field."""
+        return self.points[-1][1]
+
+
+@dataclass(frozen=True)
+class Overview:
+    """What the Drift page shows for an environment."""
+
+    environment: str
+    checks: tuple[DriftCheck, ...]  # oldest first
+    series: tuple[FieldSeries, ...]  # input fields in signature order, then P(bad)
+    pending: int | None  # records waiting in the sample store (None: store unreachable)
+
+    @property
+    def latest(self) -> DriftCheck | None:
+        """The newest check, if any."""
+        return self.checks[-1] if self.checks else None
+
+    @property
+    def alert(self) -> DriftCheck | None:
+        """The newest check when it is not stable: what the alert (and Retrain) is about."""
+        latest = self.latest
+        return latest if latest is not None and latest.band != Band.STABLE.value else None
+
+    @property
+    def alerting(self) -> tuple[FieldSeries, ...]:
+        """The fields of the alert's check outside the stable band, worst first."""
+        alert = self.alert
+        if alert is None:
+            return ()
+        chosen = [s for s in self.series
+                  if s.points[-1][0] is alert and s.band != Band.STABLE.value]
+        return tuple(sorted(chosen, key=lambda s: (-Band(s.band).rank, -s.psi)))
+
+
+def overview(environment: str, limit: int = HISTORY_LIMIT) -> Overview:
+    """The environment's recent checks arranged per field, and its store's fill."""
+    import redis
+
+    checks = history(environment, limit)
+    points: dict[str, list[tuple[DriftCheck, float, str]]] = {}
+    for row in checks:
+        for item in row.fields:
+            points.setdefault(str(item["field"]), []).append(
+                (row, float(item["psi"]), str(item["band"])))
+    series = [FieldSeries(name, tuple(values)) for name, values in points.items()]
+    if checks:
+        series.append(FieldSeries(SCORE_FIELD, tuple((row, row.score_psi, row.score_band)
+                                                     for row in checks)))
+    try:
+        pending: int | None = int(_redis().llen(store_key(environment)))
+    except redis.RedisError:
+        pending = None
+    return Overview(environment, tuple(checks), tuple(series), pending)

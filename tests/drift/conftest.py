@@ -50,10 +50,15 @@ def pipeline_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def app(home: Path, tmp_path: Path, redis_server: RedisServer, pipeline_file: Path
-        ) -> Iterator[Any]:
-    panel = build_app(home, f"sqlite:///{tmp_path / 'panel.db'}", redis_server.url,
-                      PANEL_URL="http://panel.test")
+def panel(home: Path, database_url: str, redis_server: RedisServer, pipeline_file: Path) -> Any:
+    """The panel app on this test's home, database (SQLite, then PostgreSQL) and Redis (no
+    context pushed: requests of different users must not share one app context's user)."""
+    return build_app(home, database_url, redis_server.url, PANEL_URL="http://panel.test")
+
+
+@pytest.fixture
+def app(panel: Any) -> Iterator[Any]:
+    """The panel app with its context pushed, for calling services directly."""
     with panel.app_context():
         yield panel
 
