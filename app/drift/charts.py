@@ -31,8 +31,12 @@ def _num(value: float) -> str:
 
 
 def psi_chart(field: str, points: Sequence[PsiPoint], *, watch: float, act: float) -> Markup:
-    """PSI per check, oldest left; dashed lines at the watch and act thresholds."""
-    top = max([act * 1.6, *(p.psi * 1.1 for p in points)])
+    """PSI per check, oldest left; dashed lines at the watch and act thresholds.
+
+    The scale ends at most at four times the act threshold, so the thresholds stay readable;
+    a larger PSI is drawn at the top edge as a triangle (its value is in the tooltip).
+    """
+    top = max([act * 1.6, *(min(p.psi * 1.1, act * 4) for p in points)])
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
     def y(value: float) -> float:
@@ -54,12 +58,20 @@ def psi_chart(field: str, points: Sequence[PsiPoint], *, watch: float, act: floa
     if len(coords) > 1:
         body.append(f'<polyline fill="none" stroke-width="2" stroke="{LINE}" points="'
                     + " ".join(f"{_num(a)},{_num(b)}" for a, b in coords) + '"/>')
+    body.append(f'<text x="{LEFT - 4}" y="{TOP + 8}" font-size="9" fill="{MUTED}" '
+                f'text-anchor="end">{top:.2g}</text>')
     for (cx, cy), point in zip(coords, points, strict=True):
-        tip = (f"{point.checked_at:%Y-%m-%d %H:%M} UTC, v{point.model_version}: "
-               f"PSI {point.psi:.3f} ({point.band})")
-        body.append(f'<circle cx="{_num(cx)}" cy="{_num(cy)}" r="3.5" '
-                    f'fill="{BAND_COLOURS.get(point.band, INK)}" data-band="{escape(point.band)}">'
-                    f'<title>{escape(tip)}</title></circle>')
+        tip = escape(f"{point.checked_at:%Y-%m-%d %H:%M} UTC, v{point.model_version}: "
+                     f"PSI {point.psi:.3f} ({point.band})")
+        colour = BAND_COLOURS.get(point.band, INK)
+        band = escape(point.band)
+        if point.psi > top:  # off the scale: a triangle pointing up at the top edge
+            body.append(f'<polygon points="{_num(cx - 5)},{_num(cy + 6)} {_num(cx + 5)},'
+                        f'{_num(cy + 6)} {_num(cx)},{_num(cy - 2)}" fill="{colour}" '
+                        f'data-band="{band}"><title>{tip}</title></polygon>')
+        else:
+            body.append(f'<circle cx="{_num(cx)}" cy="{_num(cy)}" r="3.5" fill="{colour}" '
+                        f'data-band="{band}"><title>{tip}</title></circle>')
     if points:
         body.append(f'<text x="{LEFT}" y="{HEIGHT - 6}" font-size="9" fill="{MUTED}">'
                     f'{points[0].checked_at:%m-%d %H:%M}</text>')

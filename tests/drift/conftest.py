@@ -7,6 +7,7 @@ import asyncio
 import math
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -102,4 +103,6 @@ def store_samples(home: Path, redis_url: str, environment: str,
         await sampler.close()
         return stored
 
-    return asyncio.run(flush())
+    # A thread of its own: the caller's thread may already run an event loop (Playwright's).
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(flush())).result()
