@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 EVENT = "model.drift"
 ACTOR = "modelgate"
 HISTORY_LIMIT = 48  # checks per environment the Drift page charts
+MAX_HISTORY = 1000  # at most this many in one answer of the REST API
 
 # Take the whole list in one step when it holds at least ARGV[1] records; else leave it.
 _TAKE = """

@@ -46,3 +46,13 @@ def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str, message: s
     with pytest.raises(PipelineConfigError) as caught:
         load_pipeline_config(own)
     assert caught.value.key == key and message in str(caught.value)
+
+
+def test_beat_runs_the_drift_check_every_configured_period(tmp_path: Path) -> None:
+    from app.config import celery_settings, load_config
+
+    config = load_config({"TESTING": True, "HOME": str(tmp_path)})
+    entry = celery_settings(config)["beat_schedule"]["check-drift"]
+    assert entry == {"task": "modelgate.drift.check", "schedule": 3600.0}
+    config = load_config({"TESTING": True, "HOME": str(tmp_path), "DRIFT_CHECK_SECONDS": 5})
+    assert celery_settings(config)["beat_schedule"]["check-drift"]["schedule"] == 5.0

@@ -114,3 +114,25 @@ def test_the_timeline_shows_the_drift_event(panel: Any, home: Path,
         as_text=True)
     assert 'data-kind="drift" data-action="model.drift" data-version="1"' in page
     assert "drift detected" in page and 'href="/drift/staging"' in page
+
+
+def test_the_rest_api_answers_the_checks(panel: Any, home: Path,
+                                         redis_server: RedisServer) -> None:
+    drifted(panel, home, redis_server)
+    alice = client_for(panel, "alice")
+    body = alice.get("/api/v1/drift/staging").get_json()
+    assert body["environment"] == "staging" and body["pending"] == 0
+    first, second = body["checks"]
+    assert (first["band"], second["band"]) == ("stable", "act")
+    assert second["model"] == {"name": "german-credit", "version": "1"}
+    assert [f["field"] for f in second["fields"]] == list(FIELDS[:-1])
+    assert second["score"]["field"] == "P(bad)" and second["score"]["bins"]
+    assert {c["field"] for c in second["crossed"]} >= {"Age", "Credit amount"}
+    assert [c["check_id"] for c in alice.get("/api/v1/drift/staging?limit=1").get_json()[
+        "checks"]] == [second["check_id"]]
+    assert alice.get("/api/v1/drift/staging?limit=0").status_code == 422
+    assert alice.get("/api/v1/drift/nowhere").status_code == 404
+    assert client_for(panel, "carol").get("/api/v1/drift/staging").status_code == 403
+    assert client_for(panel, "bob").get("/api/v1/drift/staging").status_code == 200
+    paths = panel.test_client().get("/api/v1/openapi.json").get_json()["paths"]
+    assert "/drift/{environment}" in paths
