@@ -134,7 +134,11 @@ def baseline_for(name: str, version: str) -> Baseline:
     """
     row = db.session.get(DriftBaseline, (name, version))
     if row is not None:
-        return Baseline.from_dict(row.baseline)
+        try:
+            return Baseline.from_dict(row.baseline)
+        except ValueError as exc:  # a format this code does not read: read it again
+            logger.warning("drift: stored baseline of %s v%s unreadable (%s); reading it again",
+                           name, version, exc)
     baseline = _read_or_compute(name, version)
     db.session.merge(DriftBaseline(model_name=name, model_version=version,
                                    source=baseline.source, baseline=baseline.to_dict(),
@@ -202,14 +206,19 @@ def run_checks() -> dict[str, list[int]]:
 
 
 def check_environment(environment: str) -> list[DriftCheck]:
-    """Take the environment's sample and compare each model version's share of it."""
+    """Take the environment's sample and compare each model version's share of it.
+
+    Raises:
+        DriftError: the store is unreachable, or a version's baseline is unavailable (raised
+            after the other versions were checked; that version's records wait in the store).
+    """
     config = settings()
     samples = take_samples(environment, config.min_samples)
     groups: dict[tuple[str, str], list[Sample]] = defaultdict(list)
     for sample in samples:
         groups[(sample.model, sample.version)].append(sample)
     bands = Bands(config.watch, config.act)
-    rows = []
+    rows, failed = [], []
     for (name, version), group in sorted(groups.items()):
         if len(group) < config.min_samples:
             # The tail of a version that stopped serving: too few to say anything.
@@ -218,10 +227,14 @@ def check_environment(environment: str) -> list[DriftCheck]:
             continue
         try:
             baseline = baseline_for(name, version)
-        except DriftError:
+        except DriftError as exc:
+            # Its records wait for the next check; the other versions are checked now.
             restore_samples(environment, group, config.max_samples)
-            raise
+            failed.append(exc)
+            continue
         rows.append(_record(environment, name, version, group, baseline, bands))
+    if failed:
+        raise failed[0]
     return rows
 
 

@@ -85,9 +85,11 @@ def shifted(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def store_samples(home: Path, redis_url: str, environment: str,
-                  records: Sequence[Mapping[str, Any]], version: str = "1") -> int:
+                  records: Sequence[Mapping[str, Any]], version: str = "1",
+                  labelled: str | None = None) -> int:
     """Score records with the version's package and store every one, as a replica sampling at
-    100 % does (app.serving.sampling); return how many were stored."""
+    100 % does (app.serving.sampling); return how many were stored. ``labelled`` records them
+    under another version number (one the registry does not know)."""
     from app.serving.model import load_model
     from app.serving.sampling import Sampler, SamplingSettings
     from app.serving.validation import RecordValidator
@@ -96,7 +98,8 @@ def store_samples(home: Path, redis_url: str, environment: str,
     rows = RecordValidator(model.signature).validate_body({"data": list(records)})
     sampler = Sampler(SamplingSettings(environment, 1.0, 10_000, redis_url,
                                        buffer_limit=100_000))
-    sampler.offer(model.signature, rows, model.predictions(rows))
+    signature = model.signature if labelled is None else model.signature.with_version(labelled)
+    sampler.offer(signature, rows, model.predictions(rows))
 
     async def flush() -> int:
         stored = await sampler.flush()

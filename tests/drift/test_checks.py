@@ -128,6 +128,20 @@ def test_samples_wait_when_a_baseline_is_unavailable(app: Any, home: Path,
     assert row.samples == 80
 
 
+def test_a_version_without_baseline_waits_the_others_are_checked(
+        app: Any, home: Path, redis_server: RedisServer) -> None:
+    from app.services import drift
+
+    store_samples(home, redis_server.url, "staging", shifted(applicants()[:60]), labelled="9")
+    store_samples(home, redis_server.url, "staging", shifted(applicants()[60:160]))
+    with pytest.raises(drift.DriftError, match="german-credit v9"):
+        drift.check_environment("staging")
+    [row] = drift.history("staging")
+    assert (row.model_version, row.samples) == ("1", 100)
+    waiting = drift.stored_samples("staging")
+    assert len(waiting) == 60 and {r["version"] for r in waiting} == {"9"}
+
+
 def test_a_band_crossing_is_sent_to_the_model_drift_webhook(
         home: Path, tmp_path: Path, redis_server: RedisServer, pipeline_file: Path) -> None:
     from app.services import drift
