@@ -1,4 +1,4 @@
-"""The `modelgate` command group (DESIGN.md: command line)."""
+"""The `modelgate` command group (README.md, "Command line")."""
 
 from __future__ import annotations
 
@@ -120,12 +120,17 @@ def worker(concurrency: int, beat: bool, queues: str) -> None:
     """Run a Celery worker for the job queue."""
     from celery.signals import beat_init, worker_ready
 
+    from app.backends.local.relocation import relocate
     from app.localstack.processes import name_this_process
     from workers.main import celery_app, flask_app
 
     run_dir = Path(flask_app.config["HOME"]) / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
     marker = run_dir / f"worker.{os.getpid()}.ready"
+    # A home restored into another folder: MLflow's stored locations follow it before this
+    # worker logs a run (`up` does the same at its start).
+    for relocation in relocate(flask_app.config["HOME"]):
+        click.echo(relocation.describe())
 
     @worker_ready.connect(weak=False)
     def _mark_ready(**_: Any) -> None:
@@ -385,6 +390,38 @@ def audit_export(fmt: str) -> None:
             click.echo(chunk, nl=False)
 
 
+# --------------------------------------------------------------------------- plan
+
+
+@main.command()
+@click.option("--offline", is_flag=True,
+              help="Read nothing (no network, no credential): list every resource as to be "
+                   "created.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(offline: bool, as_json: bool) -> None:
+    """What provisioning, deploying and publishing would create or change, resource by
+    resource, on the configured backend (MODELGATE_BACKEND, the pipeline file in
+    MODELGATE_PIPELINE_CONFIG); changes nothing. Exit 0 when the plan was made."""
+    from app.backends import get_backend
+    from app.backends.base import BackendError
+    from app.pipeline_config import PipelineConfigError, load_pipeline_config
+    from app.services.plans import make_plan, plan_dict, plan_lines
+
+    try:
+        config = load_pipeline_config()
+        target = get_backend({"BACKEND": os.environ.get("MODELGATE_BACKEND", "local"),
+                              "HOME": str(_home()),
+                              "REDIS_URL": os.environ.get("MODELGATE_REDIS_URL", "")})
+        result = make_plan(target, config, offline)
+    except (BackendError, PipelineConfigError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(plan_dict(result), indent=2))
+        return
+    for line in plan_lines(result):
+        click.echo(line)
+
+
 # --------------------------------------------------------------------------- kubernetes
 
 
@@ -429,7 +466,9 @@ def token() -> None:
               show_default=True)
 @click.option("--csv", "csv_file", type=click.File("r"), default=None,
               help="Score every row of a CSV with a header row (as the score tester does).")
-def score(file: Any, environment: str, csv_file: Any) -> None:
+@click.option("--explain", is_flag=True,
+              help="Ask for reason codes (with --csv: the top 3 per row, as sentences).")
+def score(file: Any, environment: str, csv_file: Any, explain: bool) -> None:
     """Score FILE (or - for standard input; default: the seed's example record) via the gateway.
 
     With --csv, print one line per row: its label and probabilities, or its field errors; exit 1
@@ -439,7 +478,7 @@ def score(file: Any, environment: str, csv_file: Any) -> None:
     from app.client import score as post_score
 
     if csv_file is not None:
-        _score_csv(csv_file, environment)
+        _score_csv(csv_file, environment, explain)
         return
     if file is None:
         body: Any = EXAMPLE_REQUEST
@@ -448,6 +487,8 @@ def score(file: Any, environment: str, csv_file: Any) -> None:
             body = json.load(file)
         except ValueError as exc:
             raise click.ClickException(f"{file.name} is not JSON: {exc}") from None
+    if explain and isinstance(body, dict):
+        body = {**body, "explain": True}
     try:
         answer = post_score(_home(), body, environment)
     except ClientError as exc:
@@ -455,18 +496,20 @@ def score(file: Any, environment: str, csv_file: Any) -> None:
     click.echo(json.dumps(answer, indent=2))
 
 
-def _score_csv(csv_file: Any, environment: str) -> None:
+def _score_csv(csv_file: Any, environment: str, explain: bool = False) -> None:
     from app.client import ClientError, score_csv
 
     try:
-        rows = score_csv(_home(), csv_file.read(), environment)
+        rows = score_csv(_home(), csv_file.read(), environment, explain=explain)
     except ClientError as exc:
         raise _client_failure(exc) from None
     refused = 0
     for number, row in enumerate(rows, start=1):
         if "label" in row:
             odds = " ".join(f"p_{name}={p:.4f}" for name, p in sorted(row["probabilities"].items()))
-            click.echo(f"row {number}: {row['label']} {odds} {row['model']}".rstrip())
+            reasons = "; ".join(row.get("reasons") or [])
+            click.echo(f"row {number}: {row['label']} {odds} {row['model']}".rstrip()
+                       + (f"  reasons: {reasons}" if reasons else ""))
         else:
             refused += 1
             click.echo(f"row {number}: refused: {row['error']}")
@@ -548,6 +591,10 @@ def _request_promotion(panel: Any, environment: str, version: str | None, reason
     click.echo(f"{environment} is protected: promotion {row['id']} requested "
                f"(v{version} → {environment}); approving it {', '.join(row.get('plan') or [])}")
     click.echo(f"an approver decides at {panel.tokens.endpoints.panel}/approvals/{row['id']}")
+    gate = row.get("gate") or {}
+    if gate.get("passed") is False:
+        click.echo(f"v{version} fails the promotion gate ({'; '.join(gate.get('failures') or [])})"
+                   ": approving it needs an override with a reason", err=True)
     if not wait:
         return
     final, job = follow_promotion(panel, row["id"], click.echo, timeout=timeout)
@@ -562,6 +609,90 @@ def _request_promotion(panel: Any, environment: str, version: str | None, reason
                    f"{job.get('error') or 'cancelled'}", err=True)
         sys.exit(1)
     click.echo(f"promotion {row['id']}: {job['kind']} job {job['id']} succeeded")
+
+
+# --------------------------------------------------------------------------- one stage (CI)
+
+_STAGE_TIMEOUT = click.option("--timeout", type=float, default=3 * 3600, show_default=True,
+                              help="Seconds to follow the job (API Management takes 30-75 "
+                                   "minutes to create on Azure).")
+
+
+@main.command("provision")
+@_STAGE_TIMEOUT
+def provision_stage(timeout: float) -> None:
+    """Queue the provision job on the running stack as the CI client and follow it
+    (exit 0 when it succeeded, 1 otherwise). Run `modelgate plan` first to see what it does."""
+    _run_stage("provision", {}, timeout)
+
+
+@main.command("train")
+@click.option("--dataset-version", type=int, default=None,
+              help="The dataset version (default: the latest).")
+@_STAGE_TIMEOUT
+def train_stage(dataset_version: int | None, timeout: float) -> None:
+    """Queue the train job as the CI client and follow it (exit 0 when it succeeded)."""
+    _run_stage("train", {} if dataset_version is None else
+               {"dataset_version": dataset_version}, timeout)
+
+
+@main.command("deploy")
+@click.option("--environment", type=ENVIRONMENT, default="staging", show_default=True)
+@click.option("--version", default=None, help="The model version (default: the latest; for a "
+                                              "protected environment: what staging serves).")
+@click.option("--reason", default=None, help="Protected environment: why (the approver reads "
+                                             "it).")
+@click.option("--wait/--no-wait", default=False,
+              help="Protected environment: wait for the decision and the approved job.")
+@_STAGE_TIMEOUT
+def deploy_stage(environment: str, version: str | None, reason: str | None, wait: bool,
+                 timeout: float) -> None:
+    """Queue the deploy job (blue/green) as the CI client and follow it; a protected
+    environment gets a promotion request instead (as `pipeline run` does)."""
+    _run_stage("deploy", {"environment": environment,
+                          **({"version": version} if version else {})}, timeout,
+               promotion=(environment, version, reason, wait))
+
+
+@main.command("publish")
+@click.option("--environment", type=ENVIRONMENT, default="staging", show_default=True)
+@click.option("--reason", default=None, help="Protected environment: why (the approver reads "
+                                             "it).")
+@click.option("--wait/--no-wait", default=False,
+              help="Protected environment: wait for the decision and the approved job.")
+@_STAGE_TIMEOUT
+def publish_stage(environment: str, reason: str | None, wait: bool, timeout: float) -> None:
+    """Queue the publish job (the API and its policy) as the CI client and follow it; a
+    protected environment gets a promotion request instead."""
+    _run_stage("publish", {"environment": environment}, timeout,
+               promotion=(environment, None, reason, wait))
+
+
+def _run_stage(kind: str, params: dict[str, Any], timeout: float,
+               promotion: tuple[str, str | None, str | None, bool] | None = None) -> None:
+    from app.client import ClientError, PanelClient, follow_job, is_protected
+
+    try:
+        panel = PanelClient(_home())
+        if promotion is not None and is_protected(panel, promotion[0]):
+            environment, version, reason, wait = promotion
+            _request_promotion(panel, environment, version, reason, wait, timeout)
+            return
+        job = panel.call("POST", "/jobs", {"kind": kind, "params": params})
+        click.echo(f"{kind} job {job['id']} queued")
+        try:
+            final = follow_job(panel, job["id"], click.echo, timeout=timeout)
+        except KeyboardInterrupt:
+            panel.call("POST", f"/jobs/{job['id']}/cancel")
+            click.echo(f"{kind} job {job['id']}: cancellation requested", err=True)
+            sys.exit(130)
+    except ClientError as exc:
+        raise _client_failure(exc) from None
+    if final["status"] != "SUCCEEDED":
+        click.echo(f"{kind} job {job['id']} {final['status'].lower()}: "
+                   f"{final.get('error') or 'cancelled'}", err=True)
+        sys.exit(1)
+    click.echo(f"{kind} job {job['id']} succeeded")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ CI_CLIENT_ID = "modelgate-ci"
 HTTP_TIMEOUT = 30.0
 STAGES = ("provision", "train", "deploy", "publish")
 FINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
-# The seed's test record (DESIGN.md, scoring API).
+# The seed's test record (the scoring API's example).
 EXAMPLE_REQUEST: dict[str, Any] = {"data": [{
     "Age": 20, "Sex": "male", "Job": 0, "Housing": "own", "Saving accounts": "little",
     "Checking account": "little", "Credit amount": 100, "Duration": 48, "Purpose": "radio/TV"}]}
@@ -76,7 +76,7 @@ class Credentials:
 
 
 def endpoints(home: Path, env: Mapping[str, str] = os.environ) -> Endpoints:
-    """endpoints.json of the running stack, else the MODELGATE_* URLs (DESIGN.md defaults)."""
+    """endpoints.json of the running stack, else the MODELGATE_* URLs (README.md, "Identity")."""
     path = home / "endpoints.json"
     if path.exists():
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -236,9 +236,11 @@ def _number_or_text(cell: str) -> Any:
 
 
 def score_csv(home: Path, text: str, environment: str = "staging",
-              env: Mapping[str, str] = os.environ) -> list[dict[str, Any]]:
+              env: Mapping[str, str] = os.environ, *, explain: bool = False
+              ) -> list[dict[str, Any]]:
     """Score every record of a CSV through the gateway in chunks; per row, the prediction
-    (`label`, `probabilities`, `model`) or the gateway's `error` for that row."""
+    (`label`, `probabilities`, `model`, with `explain` its top 3 `reasons` as sentences) or
+    the gateway's `error` for that row."""
     from app.services.scoring import MAX_CHUNK_ROWS, score_records
 
     records = csv_records(text)
@@ -248,7 +250,7 @@ def score_csv(home: Path, text: str, environment: str = "staging",
     results: list[dict[str, Any]] = []
     for start in range(0, len(records), MAX_CHUNK_ROWS):
         chunk = score_records(url, token, records[start:start + MAX_CHUNK_ROWS],
-                              verify=tokens.endpoints.verify)
+                              verify=tokens.endpoints.verify, explain=explain)
         if chunk.status == 0:  # no answer at all: the gateway is not there
             raise StackUnavailable(f"the gateway at {tokens.endpoints.gateway} cannot be reached: "
                                    f"{start_hint()}")
@@ -350,7 +352,14 @@ def follow_promotion(panel: PanelClient, promotion_id: str, out: Callable[[str],
     out(f"promotion {promotion_id}: {row['state'].lower()}{who}{comment}")
     if row["state"] != "APPROVED" or not row.get("deploy_job_id"):
         return dict(row), None
-    job_id = row["deploy_job_id"]
+    return dict(row), follow_job(panel, row["deploy_job_id"], out, interval=interval / 2,
+                                 timeout=max(1.0, deadline - time.monotonic()))
+
+
+def follow_job(panel: PanelClient, job_id: str, out: Callable[[str], None], *,
+               interval: float = 1.0, timeout: float = 3600.0) -> dict[str, Any]:
+    """Print a line whenever the job's status, progress or step changes, until it ends."""
+    deadline = time.monotonic() + timeout
     shown: tuple[str, int, str] | None = None
     while True:
         job = panel.call("GET", f"/jobs/{job_id}")
@@ -360,11 +369,11 @@ def follow_promotion(panel: PanelClient, promotion_id: str, out: Callable[[str],
             out(f"{job['kind']:<10} [{bar(state[1])}] {state[1]:>3}%  {state[0]:<9} "
                 f"{state[2]}  (job {job_id})")
         if job["status"] in FINAL:
-            return dict(row), dict(job)
+            return dict(job)
         if time.monotonic() > deadline:
             raise ClientError(f"job {job_id} did not finish within {timeout:.0f} s "
                               f"(it is still {job['status']})")
-        time.sleep(interval / 2)
+        time.sleep(interval)
 
 
 def failing_child(panel: PanelClient, job_id: str) -> dict[str, Any] | None:

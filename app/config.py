@@ -46,6 +46,11 @@ class BaseConfig:
     JOB_STALE_AFTER_SECONDS = 60.0
     JOB_QUEUED_TIMEOUT_SECONDS = 6 * 3600.0
     JOB_TIME_LIMIT_SECONDS = 3600
+    # Soft time limits of the kinds that wait longer on the azure backend (app.services.kinds):
+    # provisioning waits 30-75 min for API Management alone, and the pipeline follows it. A
+    # provision attempt stops waiting for API Management after 80 min (a retry resumes it).
+    AZURE_PROVISION_TIME_LIMIT_SECONDS = 2 * 3600
+    AZURE_PIPELINE_TIME_LIMIT_SECONDS = 6 * 3600
     RECONCILE_EVERY_SECONDS = 15.0
     # Visibility timeout must exceed the longest job, or Redis redelivers it while it runs.
     BROKER_VISIBILITY_TIMEOUT = 2 * 3600
@@ -161,7 +166,12 @@ def _check_secret_key(config: dict[str, Any]) -> None:
 
 def celery_settings(config: dict[str, Any]) -> dict[str, Any]:
     """Celery settings for at-least-once delivery with bounded redelivery (reliability 2.2)."""
+    from app.services.kinds import longest_time_limit
+
     limit = int(config["JOB_TIME_LIMIT_SECONDS"])
+    # Redis hands an unacknowledged task to another worker after the visibility timeout: keep
+    # it longer than the longest job the configured backend runs.
+    visibility = max(int(config["BROKER_VISIBILITY_TIMEOUT"]), longest_time_limit(config) + 600)
     return {
         "broker_url": config["REDIS_URL"],
         "task_ignore_result": True,
@@ -183,7 +193,7 @@ def celery_settings(config: dict[str, Any]) -> dict[str, Any]:
             "max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5,
         },
         "broker_transport_options": {
-            "visibility_timeout": int(config["BROKER_VISIBILITY_TIMEOUT"]),
+            "visibility_timeout": visibility,
             "unacked_restore_interval": int(config["BROKER_RESTORE_INTERVAL"]),
             "unacked_restore_throttle": 1,
             "socket_connect_timeout": 2,

@@ -87,6 +87,9 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     celery_task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Continuation tokens of the job's long-running cloud operations, by operation key
+    # (app.services.operations.JobOperationStore); never shown on pages or in the REST API.
+    operations: Mapped[dict[str, str] | None] = mapped_column(JSON, nullable=True)
     parent_id: Mapped[str | None] = mapped_column(
         String(32), ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True, index=True
     )
@@ -267,6 +270,8 @@ class Promotion(Base):
     policy_xml: Mapped[str | None] = mapped_column(Text, nullable=True)
     deploy_job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     superseded_by: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # The approver's reason for approving a version that failed the promotion gate.
+    gate_override: Mapped[str | None] = mapped_column(Text, nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
 
 

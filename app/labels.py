@@ -90,6 +90,57 @@ def band_meaning(band: str) -> str:
     return known[1] if known else ""
 
 
+# Input fields of the credit model → label, and how their values read (data/README.md).
+FIELDS: dict[str, str] = {
+    "Age": "Age",
+    "Sex": "Sex",
+    "Job": "Job",
+    "Housing": "Housing",
+    "Saving accounts": "Savings account",
+    "Checking account": "Checking account",
+    "Credit amount": "Credit amount",
+    "Duration": "Duration",
+    "Purpose": "Purpose",
+}
+JOB_LEVELS: dict[int, str] = {0: "unskilled, non-resident", 1: "unskilled, resident",
+                              2: "skilled", 3: "highly skilled"}
+_UNITS: dict[str, str] = {"Age": "years", "Credit amount": "DM", "Duration": "months"}
+# Reason-code directions (the scoring API's `direction`) as a sentence ends.
+DIRECTIONS: dict[str, str] = {"raises": "raises the risk", "lowers": "lowers the risk",
+                              "neutral": "no effect on the risk"}
+
+
+def field_label(name: str) -> str:
+    """An input field as people read it (``Saving accounts`` → ``Savings account``)."""
+    return FIELDS.get(name, name)
+
+
+def field_value_label(name: str, value: Any) -> str:
+    """A field's value as people read it: ``no account``, ``48 months``, ``skilled``."""
+    if value is None or value == "":
+        return "no account" if name.endswith(("account", "accounts")) else "not given"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if name == "Job" and isinstance(value, int) and value in JOB_LEVELS:
+        return JOB_LEVELS[value]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        unit = _UNITS.get(name)
+        number = f"{value:,}"
+        return f"{number} {unit}" if unit else number
+    return str(value)
+
+
+def reason_sentence(factor: Any) -> str:
+    """One reason code as a credit officer says it: ``Checking account: little — raises the risk``.
+
+    ``factor`` is an item of a prediction's ``reasons.factors`` (field, value, direction).
+    """
+    name = str(factor.get("field", ""))
+    direction = str(factor.get("direction", ""))
+    ending = DIRECTIONS.get(direction, direction)
+    return f"{field_label(name)}: {field_value_label(name, factor.get('value'))} — {ending}"
+
+
 def family_label(family: str) -> str:
     """A model family as people read it (``gradient_boosting`` → ``Gradient boosting``)."""
     return FAMILIES.get(family, family.replace("_", " ").capitalize())
@@ -137,5 +188,6 @@ def register(app: Flask) -> None:
     """Make the table available to every template as filters."""
     app.jinja_env.filters.update(metric_label=metric_label, state_label=state_label,
                                  plural=plural, age_label=age_label,
-                                 family_label=family_label, band_label=band_label,
+                                 family_label=family_label, field_label=field_label,
+                                 reason_sentence=reason_sentence, band_label=band_label,
                                  band_meaning=band_meaning)

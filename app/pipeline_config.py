@@ -20,6 +20,7 @@ from app.assets import asset_dir
 from app.gateway.safety import valid_backend_entry
 from app.ml.config import ConfigError as TrainingConfigError
 from app.ml.config import TrainingConfig
+from app.ml.fairness import FairnessConfig
 
 if TYPE_CHECKING:
     from app.ml.registry import ModelRegistry
@@ -36,8 +37,8 @@ PRODUCTION = "prod"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _ENV_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 _API_PATH = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}(/[a-z0-9][a-z0-9-]{0,62}){0,2}$")
-_SECTIONS = ("workspace", "data", "mlflow", "model", "environments", "runtime", "gateway",
-             "keys", "azure", "drift")
+_SECTIONS = ("workspace", "data", "mlflow", "model", "fairness", "gate", "environments",
+             "runtime", "gateway", "keys", "azure", "drift")
 
 
 class PipelineConfigError(ValueError):
@@ -123,6 +124,24 @@ class KeySettings:
 
 
 @dataclass(frozen=True)
+class GateSettings:
+    """Thresholds a version must meet to be promoted without an override; None: not checked.
+
+    Fairness thresholds apply to every attribute of the version's fairness report, and only
+    to the figures it marks meaningful (groups of at least ``fairness.min_group_size``).
+    """
+
+    min_heldout_auc: float | None = None
+    min_selection_rate_ratio: float | None = None
+    max_equalized_odds_gap: float | None = None
+
+    @property
+    def configured(self) -> bool:
+        """Whether any threshold is set."""
+        return any(v is not None for v in vars(self).values())
+
+
+@dataclass(frozen=True)
 class DriftSettings:
     """Drift sampling and checks (app.serving.sampling, app.services.drift).
 
@@ -142,20 +161,36 @@ class DriftSettings:
 
 @dataclass(frozen=True)
 class AzureSettings:
-    """Names and networks the azure backend uses (ignored by the local backend)."""
+    """Names, sizes and networks the azure backend uses (ignored by the local backend).
+
+    The resource group and region are ``workspace.resource_group`` and ``workspace.region``.
+    """
 
     subscription_id: str
     tenant_id: str
     compute_name: str
+    compute_vm_size: str
+    compute_max_nodes: int
     aks_cluster: str
+    aks_node_size: str
+    aks_node_count: int
     vnet_name: str
     vnet_address_range: str
     aks_subnet_range: str
     apim_subnet_range: str
+    pod_cidr: str
     service_cidr: str
     dns_service_ip: str
     apim_name: str
+    apim_sku: str
+    apim_capacity: int
+    apim_publisher_name: str
     apim_email: str
+    api_app_id: str
+    scoring_image: str
+    key_grace_seconds: int
+    key_vault_uri: str
+    smoke_test_via: str
 
 
 @dataclass(frozen=True)
@@ -172,7 +207,13 @@ class PipelineConfig:
     keys: KeySettings
     azure: AzureSettings
     drift: DriftSettings = DriftSettings()
+    gate: GateSettings = GateSettings()
     source: str = "<mapping>"
+
+    @property
+    def fairness(self) -> FairnessConfig:
+        """The fairness report's groups (the ``fairness`` section, which training carries)."""
+        return self.model.fairness
 
     def environment(self, name: str) -> EnvironmentSettings:
         """Return one environment (KeyError if it is not configured)."""
@@ -197,7 +238,9 @@ class PipelineConfig:
             "workspace": vars(self.workspace).copy(),
             "data": {"dataset": self.data.dataset, "path": str(self.data.path)},
             "mlflow": vars(self.mlflow).copy(),
-            "model": self.model.to_dict(),
+            "model": {k: v for k, v in self.model.to_dict().items() if k != "fairness"},
+            "fairness": self.model.fairness.to_dict(),
+            "gate": vars(self.gate).copy(),
             "environments": {e.name: {"replicas": e.replicas, "cpu": e.cpu,
                                       "memory_mb": e.memory_mb, "protected": e.protected}
                              for e in self.environments},
@@ -274,8 +317,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
+        # A list, and fairness.groups, replace the default's rather than merge into it.
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) \
-                and key != "candidates":
+                and key not in ("candidates", "groups"):
             out[key] = _merge(out[key], value)
         else:
             out[key] = value
@@ -292,10 +336,19 @@ def parse_pipeline_config(data: Mapping[str, Any], *, base_dir: Path = PROJECT_R
     if not isinstance(data, Mapping):
         raise PipelineConfigError("<top>", "must be a mapping of sections")
     _known(data, "", _SECTIONS)
+    model_section = _section(data, "model")
+    if "fairness" in model_section:
+        raise PipelineConfigError("model.fairness", "unknown key; the fairness report's groups "
+                                                    "are the top-level fairness section")
     try:
-        model = TrainingConfig.from_dict(_section(data, "model"), prefix="model")
+        # Training carries the fairness section: the train job computes the report.
+        model = TrainingConfig.from_dict({**model_section,
+                                          "fairness": _section(data, "fairness")},
+                                         prefix="model")
     except TrainingConfigError as exc:
-        raise PipelineConfigError(exc.key, str(exc).split(": ", 1)[-1]) from None
+        key = exc.key.removeprefix("model.") if exc.key.startswith("model.fairness") \
+            else exc.key
+        raise PipelineConfigError(key, str(exc).split(": ", 1)[-1]) from None
     return PipelineConfig(
         workspace=_workspace(_section(data, "workspace")),
         data=_data(_section(data, "data"), base_dir),
@@ -307,6 +360,7 @@ def parse_pipeline_config(data: Mapping[str, Any], *, base_dir: Path = PROJECT_R
         keys=_keys(_section(data, "keys")),
         azure=_azure(_section(data, "azure")),
         drift=_drift(_section(data, "drift")),
+        gate=_gate(_section(data, "gate")),
         source=source,
     )
 
@@ -398,28 +452,73 @@ def _keys(d: Mapping[str, Any]) -> KeySettings:
     return KeySettings(rotation_days=_integer(d, "rotation_days", "keys", 1, 365))
 
 
+def _gate(d: Mapping[str, Any]) -> GateSettings:
+    fields = tuple(GateSettings.__dataclass_fields__)
+    _known(d, "gate", fields)
+    values: dict[str, float | None] = {}
+    for key in fields:
+        if d.get(key) is None:
+            values[key] = None
+            continue
+        values[key] = _number(d, key, "gate", 0, 1)
+    return GateSettings(**values)
+
+
+_AZURE_INTEGERS: dict[str, tuple[int, int]] = {
+    "compute_max_nodes": (1, 100), "aks_node_count": (1, 100), "apim_capacity": (1, 12),
+    # API Management spreads a named value to its gateway nodes in seconds to minutes
+    "key_grace_seconds": (0, 86_400),
+}
+_APIM_SKUS = ("Developer", "Premium")  # the two tiers that join a virtual network
+
+
 def _azure(d: Mapping[str, Any]) -> AzureSettings:
     fields = tuple(AzureSettings.__dataclass_fields__)
     _known(d, "azure", fields)
-    values = {f: _string(d, f, "azure", allow_empty=True) for f in fields}
-    for key in ("vnet_address_range", "aks_subnet_range", "apim_subnet_range", "service_cidr"):
+    values: dict[str, Any] = {f: _string(d, f, "azure", allow_empty=True)
+                              for f in fields if f not in _AZURE_INTEGERS}
+    for key, (lo, hi) in _AZURE_INTEGERS.items():
+        values[key] = _integer(d, key, "azure", lo, hi)
+    if values["apim_sku"] not in _APIM_SKUS:
+        raise PipelineConfigError("azure.apim_sku", "must be Developer or Premium (the tiers "
+                                                   "API Management offers inside a VNET)")
+    if values["smoke_test_via"] not in ("apim", "direct"):
+        raise PipelineConfigError("azure.smoke_test_via", "must be apim or direct")
+    _azure_networks(values)
+    return AzureSettings(**values)
+
+
+def _azure_networks(values: Mapping[str, Any]) -> None:
+    """Subnets inside the VNET and apart; pod and service ranges outside it and apart."""
+    nets = {}
+    for key in ("vnet_address_range", "aks_subnet_range", "apim_subnet_range", "pod_cidr",
+                "service_cidr"):
         try:
-            ipaddress.ip_network(values[key])
+            nets[key] = ipaddress.ip_network(values[key])
         except ValueError:
             raise PipelineConfigError(f"azure.{key}", "must be a CIDR range like "
                                                       "10.123.0.0/16") from None
+    vnet = nets["vnet_address_range"]
+    for key in ("aks_subnet_range", "apim_subnet_range"):
+        if not nets[key].subnet_of(vnet):  # type: ignore[arg-type]
+            raise PipelineConfigError(f"azure.{key}", f"must lie inside "
+                                                      f"azure.vnet_address_range ({vnet})")
+    if nets["aks_subnet_range"].overlaps(nets["apim_subnet_range"]):
+        raise PipelineConfigError("azure.apim_subnet_range",
+                                  "must not overlap azure.aks_subnet_range")
+    for key in ("pod_cidr", "service_cidr"):
+        if nets[key].overlaps(vnet):
+            # The seed passed the VNET range as the service CIDR, which AKS rejects or misroutes.
+            raise PipelineConfigError(f"azure.{key}", "must not overlap "
+                                                      "azure.vnet_address_range")
+    if nets["pod_cidr"].overlaps(nets["service_cidr"]):
+        raise PipelineConfigError("azure.service_cidr", "must not overlap azure.pod_cidr")
     try:
         dns = ipaddress.ip_address(values["dns_service_ip"])
     except ValueError:
         raise PipelineConfigError("azure.dns_service_ip", "must be an IP address") from None
-    if dns not in ipaddress.ip_network(values["service_cidr"]):
+    if dns not in nets["service_cidr"]:
         raise PipelineConfigError("azure.dns_service_ip", "must lie inside azure.service_cidr")
-    if ipaddress.ip_network(values["service_cidr"]).overlaps(
-            ipaddress.ip_network(values["vnet_address_range"])):
-        # The seed passed the VNET range as the service CIDR, which AKS rejects or misroutes.
-        raise PipelineConfigError("azure.service_cidr",
-                                  "must not overlap azure.vnet_address_range")
-    return AzureSettings(**values)
 
 
 def _drift(d: Mapping[str, Any]) -> DriftSettings:

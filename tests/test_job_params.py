@@ -32,6 +32,8 @@ BAD: dict[JobKind, list[tuple[dict[str, Any], str]]] = {
                           ({"slot": "blue"}, "params.slot")],
     JobKind.PIPELINE: [({"until": "serve"}, "params.until"),
                        ({"environment": "qa"}, "params.environment")],
+    JobKind.PLAN: [({"offline": "yes"}, "params.offline"),
+                   ({"environment": "staging"}, "params.environment")],
     JobKind.SELFCHECK: [({"steps": 0}, "params.steps"),
                         ({"step_seconds": -1}, "params.step_seconds")],
 }

@@ -108,8 +108,8 @@ def document() -> dict[str, Any]:
                                              "runtime_reporting": {"type": "boolean"}}}}}}}}},
                     "401": _error("Not signed in")}}},
             "/models/{name}/versions": {"get": {
-                "summary": "A model's versions, newest first, with metrics, aliases, tags and "
-                           "lineage",
+                "summary": "A model's versions, newest first, with metrics, aliases, tags, "
+                           "lineage and fairness (report and promotion gate)",
                 "parameters": [{"name": "name", "in": "path", "required": True,
                                 "schema": {"type": "string"}}],
                 "responses": {"200": {"description": "Versions", "content": {
@@ -159,7 +159,8 @@ def document() -> dict[str, Any]:
                         "job_id": {"type": ["string", "null"]},
                         "model": {"type": "object"},
                         "aliases": {"type": "array", "items": {"type": "string"}},
-                        "deployments": {"type": "array", "items": {"type": "object"}}}}}},
+                        "deployments": {"type": "array", "items": {"type": "object"}}}},
+                    "fairness": {"$ref": "#/components/schemas/Fairness"}}},
                 "Api": {"type": "object", "properties": {
                     "name": {"type": "string"}, "path": {"type": "string"},
                     "environment": {"type": "string"}, "revision": {"type": "integer"},

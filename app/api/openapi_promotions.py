@@ -8,6 +8,7 @@ from app.params import SQL_INT_MAX
 
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
 _PROMOTION = {"$ref": "#/components/schemas/Promotion"}
+_GATE = {"$ref": "#/components/schemas/GateResult"}
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -15,20 +16,27 @@ def _error(description: str) -> dict[str, Any]:
             "content": {"application/problem+json": {"schema": _PROBLEM}}}
 
 
-def _decision(summary: str, done: str) -> dict[str, Any]:
+def _decision(summary: str, done: str, *, approve: bool = False) -> dict[str, Any]:
+    properties: dict[str, Any] = {"comment": {"type": "string", "maxLength": 2000}}
+    if approve:
+        properties["gate_override"] = {
+            "type": "string", "maxLength": 2000,
+            "description": "required when the request's gate failed (the reason for approving "
+                           "anyway, audited as promotion.gate-overridden); refused otherwise"}
     return {"post": {
         "summary": summary,
         "parameters": [{"name": "promotion_id", "in": "path", "required": True,
                         "schema": {"type": "string"}}],
         "requestBody": {"required": False, "content": {"application/json": {"schema": {
-            "type": "object", "properties": {"comment": {"type": "string", "maxLength": 2000}}}}}},
+            "type": "object", "properties": properties}}}},
         "responses": {"200": {"description": done, "content": {
             "application/json": {"schema": _PROMOTION}}},
             "401": _error("Not signed in"),
             "403": _error("Missing MLOps.Approver role, or you requested it yourself"),
             "404": _error("No such request"),
             "409": _error("Not pending: already decided, expired or superseded"),
-            "422": _error("Invalid comment"),
+            "422": _error("Invalid comment; or, approving, the gate failed and no "
+                          "gate_override was given (or one was given for a passed gate)"),
             "503": _error("Queue unreachable; the request stays pending")}}}
 
 
@@ -75,7 +83,8 @@ def paths() -> dict[str, Any]:
                 "application/json": {"schema": _PROMOTION}}}, "404": _error("No such request")}}},
         "/promotions/{promotion_id}/approve": _decision(
             "Approve (never your own request); queues the deploy job (which also publishes the "
-            "default policy when the environment has no API) or the publish job", "Approved"),
+            "default policy when the environment has no API) or the publish job; a version "
+            "that failed the promotion gate needs gate_override", "Approved", approve=True),
         "/promotions/{promotion_id}/reject": _decision(
             "Reject (never your own request); closes it", "Rejected"),
     }
@@ -106,4 +115,29 @@ def schemas() -> dict[str, Any]:
         "decided_at": {"type": ["string", "null"], "format": "date-time"},
         "comment": {"type": ["string", "null"]},
         "deploy_job_id": {"type": ["string", "null"]},
-        "superseded_by": {"type": ["string", "null"]}}}}
+        "superseded_by": {"type": ["string", "null"]},
+        "gate": {"oneOf": [_GATE, {"type": "null"}],
+                 "description": "the promotion gate's result for the version, judged when "
+                                "requested (null for an API revision)"},
+        "gate_override": {"type": ["string", "null"],
+                          "description": "the approver's reason for approving despite a "
+                                         "failed gate"}}},
+        "GateResult": {"type": "object", "properties": {
+            "configured": {"type": "boolean"}, "passed": {"type": "boolean"},
+            "failures": {"type": "array", "items": {"type": "string"}},
+            "checks": {"type": "array", "items": {"type": "object", "properties": {
+                "name": {"enum": ["min_heldout_auc", "min_selection_rate_ratio",
+                                  "max_equalized_odds_gap"]},
+                "attribute": {"type": ["string", "null"]},
+                "threshold": {"type": "number"}, "value": {"type": ["number", "null"]},
+                "passed": {"type": ["boolean", "null"],
+                           "description": "null: not judged (groups too small)"},
+                "detail": {"type": "string"}}}}}},
+        "Fairness": {"type": "object", "properties": {
+            "report": {"type": ["object", "null"],
+                       "description": "the fairness report of the version on its held-out "
+                                      "part (docs/responsible-credit.md); null when it has "
+                                      "none"},
+            "gate": {"oneOf": [_GATE, {"type": "null"}],
+                     "description": "judged against the current thresholds"},
+            "error": {"type": "string"}}}}

@@ -174,6 +174,9 @@ def list_promotions() -> Any:
 def create_promotion() -> Any:
     """Request a promotion: 201; 403 without MLOps.Engineer; 422 bad version or no reason.
 
+    The answer carries ``gate``: the promotion gate's result for the version (a failed gate
+    does not refuse the request; approving it then needs an override with a reason).
+
     ``kind`` "model" (default) promotes ``version``; "api-revision" publishes ``policy_xml``
     (default: the environment's default policy) as a new API revision.
     """
@@ -196,13 +199,18 @@ def get_promotion(promotion_id: str) -> Any:
 @bp.post("/promotions/<promotion_id>/<any(approve, reject):decision>")
 @role_required(Role.APPROVER)
 def decide_promotion(promotion_id: str, decision: str) -> Any:
-    """Approve or reject: 403 without the role or on your own request; 409 not pending."""
+    """Approve or reject: 403 without the role or on your own request; 409 not pending; 422
+    approving a version that failed the promotion gate without ``gate_override`` (a reason)."""
     from app.services import promotions
 
     body = _json_body() if request.content_length else {}
-    decide = promotions.approve if decision == "approve" else promotions.reject
-    row = decide(promotion_id, current_user.username, roles=current_user.roles,
-                 comment=body.get("comment", ""))
+    if decision == "approve":
+        row = promotions.approve(promotion_id, current_user.username, roles=current_user.roles,
+                                 comment=body.get("comment", ""),
+                                 gate_override=body.get("gate_override"))
+    else:
+        row = promotions.reject(promotion_id, current_user.username, roles=current_user.roles,
+                                comment=body.get("comment", ""))
     return promotions.to_dict(row)
 
 

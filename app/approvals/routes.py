@@ -134,9 +134,21 @@ def detail(promotion_id: str) -> Any:
 @role_required(Role.APPROVER)
 def decide(promotion_id: str, decision: str) -> Any:
     """Approve or reject from the inbox (the service enforces four eyes and the state)."""
-    decide_fn = promotions.approve if decision == "approve" else promotions.reject
-    row = decide_fn(promotion_id, current_user.username, roles=current_user.roles,
-                    comment=request.form.get("comment", ""))
+    comment = request.form.get("comment", "")
+    try:
+        if decision == "approve":
+            # The override counts only when its box is ticked: an explicit choice.
+            override = request.form.get("gate_override") \
+                if request.form.get("gate_override_confirm") else None
+            row = promotions.approve(promotion_id, current_user.username,
+                                     roles=current_user.roles, comment=comment,
+                                     gate_override=override)
+        else:
+            row = promotions.reject(promotion_id, current_user.username,
+                                    roles=current_user.roles, comment=comment)
+    except ValidationError as exc:
+        flash(exc.message.partition(": ")[2] or exc.message, "error")
+        return redirect(url_for("approvals.detail", promotion_id=promotion_id))
     if row.deploy_job_id:
         flash(f"Approved: job {row.deploy_job_id} {', '.join(promotions.plan(row))}.",
               "success")

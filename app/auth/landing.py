@@ -1,4 +1,4 @@
-"""Where each role lands after signing in (DESIGN.md: views by role)."""
+"""Where each role lands after signing in (README.md, "Roles")."""
 
 from __future__ import annotations
 

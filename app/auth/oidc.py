@@ -4,8 +4,8 @@ MSAL (1.38+) does not check an ID token's signature, issuer, audience or expiry,
 calls `validate_id_token` on every sign-in. `validate_access_token` checks the bearer tokens of
 the panel REST API with the gateway's own rules (app.gateway.token_rules): RS256/PS256 only,
 each key with the algorithm it is published for, required exp/iat/iss/aud/sub of the right
-JSON types, `typ` at+jwt, keys from the issuer's JWKS by `kid` (never from token headers such
-as jku/jwk).
+JSON types, `typ` at+jwt (JWT from Entra ID), keys from the issuer's JWKS by `kid` (never from
+token headers such as jku/jwk).
 """
 
 from __future__ import annotations
@@ -89,6 +89,11 @@ class OidcSettings:
         if self.identity == "entra" and not (self.tenant_id and self.api_client_id):
             raise ValueError("identity=entra needs MODELGATE_TENANT_ID and "
                              "MODELGATE_API_CLIENT_ID")
+        if self.identity == "entra" and self.api_client_id == self.client_id:
+            # Entra's ID tokens carry typ JWT like its access tokens: only the audience tells
+            # a panel sign-in's ID token from an API access token.
+            raise ValueError("MODELGATE_API_CLIENT_ID must be the scoring API's own app "
+                             "registration, not the panel's (MODELGATE_CLIENT_ID)")
 
     @property
     def authority(self) -> str:
@@ -124,6 +129,13 @@ class OidcSettings:
         if self.identity == "entra":
             return [self.api_audience, self.api_client_id]
         return [LOCAL_API_AUDIENCE]
+
+    @property
+    def access_token_type(self) -> str:
+        """The `typ` header of access tokens: at+jwt from the local issuer, JWT from Entra ID."""
+        if self.identity == "entra":
+            return token_rules.ENTRA_ACCESS_TOKEN_TYPE
+        return token_rules.ACCESS_TOKEN_TYPE
 
     @property
     def scopes(self) -> list[str]:

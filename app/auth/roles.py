@@ -6,7 +6,7 @@ import enum
 
 
 class Role(enum.StrEnum):
-    """The app roles of DESIGN.md; values are the claim strings."""
+    """The app roles (README.md, "Roles"); values are the claim strings."""
 
     ENGINEER = "MLOps.Engineer"
     APPROVER = "MLOps.Approver"

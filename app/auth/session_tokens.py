@@ -195,7 +195,7 @@ class IdentityClient:
     @property
     def access_token_type(self) -> str:
         """The `typ` header of API access tokens: at+jwt locally, JWT from Entra ID."""
-        return "JWT" if self.settings.identity == "entra" else "at+jwt"
+        return self.settings.access_token_type
 
     def msal_app(self, cache: msal.TokenCache | None = None,
                  ) -> msal.ConfidentialClientApplication:

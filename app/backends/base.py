@@ -93,13 +93,46 @@ class PolicyRefused(BackendError):
 # --------------------------------------------------------------------------- provisioning
 
 
+class OperationStore(Protocol):
+    """Where a job keeps the continuation tokens of its long-running operations, so that a
+    retried or redelivered job resumes polling (GETs only) instead of creating again."""
+
+    def get(self, key: str) -> str | None:
+        """The token stored under ``key`` (e.g. ``apim:<name>``), None when there is none."""
+        ...
+
+    def put(self, key: str, token: str | None) -> None:
+        """Store a token (None forgets it: the operation finished)."""
+        ...
+
+
+class MemoryOperationStore:
+    """An OperationStore in a dict (tests, and callers with no job to keep tokens on)."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, str] = {}
+
+    def get(self, key: str) -> str | None:
+        return self.tokens.get(key)
+
+    def put(self, key: str, token: str | None) -> None:
+        if token is None:
+            self.tokens.pop(key, None)
+        else:
+            self.tokens[key] = token
+
+
 @dataclass(frozen=True)
 class ProvisionSpec:
-    """What to create: a workspace with environments, from the pipeline configuration."""
+    """What to create: a workspace with environments, from the pipeline configuration
+    (``settings``: ``PipelineConfig.to_dict()``); ``operations`` keeps long operations'
+    continuation tokens on the job that provisions."""
 
     workspace: str
     environments: tuple[str, ...] = REQUIRED_ENVIRONMENTS
     settings: Mapping[str, Any] = field(default_factory=dict)
+    operations: OperationStore = field(default_factory=MemoryOperationStore, compare=False,
+                                       repr=False)
 
 
 @dataclass(frozen=True)
@@ -110,6 +143,43 @@ class ProvisionResult:
     created: tuple[str, ...]
     existing: tuple[str, ...]
     details: Mapping[str, Any] = field(default_factory=dict)
+
+
+class PlanAction(enum.StrEnum):
+    """What provisioning, deploying and publishing would do to one resource."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    NO_CHANGE = "no change"
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """One resource the chain needs: its kind (``"Virtual network"``), name, the action, and
+    for an update the changed properties (``"address_prefixes: [a] -> [b]"``)."""
+
+    kind: str
+    name: str
+    action: PlanAction
+    changes: tuple[str, ...] = ()
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the chain would create or change, resource by resource; ``offline``: nothing was
+    read from the target (every item is to be created)."""
+
+    backend: str
+    offline: bool
+    items: tuple[PlanItem, ...]
+
+    def counts(self) -> dict[str, int]:
+        """How many items per action, e.g. ``{"create": 12, "update": 1, "no change": 3}``."""
+        counts = {action.value: 0 for action in PlanAction}
+        for item in self.items:
+            counts[item.action.value] += 1
+        return counts
 
 
 @dataclass(frozen=True)
@@ -320,6 +390,17 @@ class Backend(Protocol):
 
     def teardown(self, workspace: str, progress: Progress) -> None:
         """Remove the workspace; removing a missing workspace is not an error."""
+        ...
+
+    def plan(self, spec: ProvisionSpec, offline: bool = False) -> Plan:
+        """Every resource provisioning, deploying and publishing the spec's configuration
+        needs, each with create / update (the changed properties) / no change, read from the
+        target; ``offline`` reads nothing (everything is to be created) and never raises for
+        want of a network. Changes nothing.
+
+        Raises:
+            BackendError: the target cannot be read (credentials, network), with what to set.
+        """
         ...
 
     def health(self) -> BackendHealth:

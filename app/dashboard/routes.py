@@ -56,7 +56,7 @@ def dashboard_helpers() -> dict[str, Any]:
 
 @bp.get("/health")
 def health() -> Any:
-    """Answer 200 while the panel process is up (DESIGN.md); ?deep=1 also checks DB and Redis."""
+    """Liveness: 200 while the panel process is up; ?deep=1 also checks the DB and Redis."""
     from flask import request
     from sqlalchemy import text
 

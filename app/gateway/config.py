@@ -26,6 +26,7 @@ from cryptography.fernet import Fernet, InvalidToken
 from app.gateway.policy import NamedValue, Policy, PolicyError, UnsafePolicy, compile_policy
 from app.gateway.safety import ServingRules, check_policy, valid_backend_entry
 from app.gateway.template import backend_url_name
+from app.gateway.token_rules import ACCESS_TOKEN_TYPE, ACCESS_TOKEN_TYPES
 from app.keyfiles import load_or_create_fernet
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ class Operation:
 
 @dataclass(frozen=True)
 class ApiRevision:
-    """A published API revision with its compiled policy (or why it is refused: 503)."""
+    """A published API revision with its compiled policy (or why it is refused: 503), and the
+    JOSE ``typ`` its validate-jwt steps require of access tokens."""
 
     name: str
     path: str
@@ -62,6 +64,7 @@ class ApiRevision:
     operations: tuple[Operation, ...]
     policy: Policy
     refusal: str | None = None
+    access_token_type: str = ACCESS_TOKEN_TYPE
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,7 @@ def _api(raw: Any, named: Mapping[str, NamedValue]) -> ApiRevision:
         raise ConfigError(f"api {name!r} revision {revision}: {exc}") from None
     return ApiRevision(name, path, revision, str(raw.get("environment", "")),
                        backend.rstrip("/"), tuple(_operation(o, name) for o in ops), policy,
-                       refusal)
+                       refusal, rules.access_token_type)
 
 
 def _resolve(value: str | None, named: Mapping[str, NamedValue], where: str) -> str | None:
@@ -202,9 +205,18 @@ def _serving_rules(raw: Mapping[str, Any], name: str,
         if value is not None and not (isinstance(value, str) and value):
             raise ConfigError(f"api {name!r}: {key} must be a non-empty string")
         identity[key] = _resolve(value, named, f"api {name!r}: {key}")
+    audiences = raw.get("audiences", [])
+    if not isinstance(audiences, list) or not all(isinstance(a, str) and a for a in audiences):
+        raise ConfigError(f"api {name!r}: audiences must be a list of non-empty strings")
+    # absent: at+jwt (documents published before the type was recorded)
+    token_type = raw.get("access_token_type", ACCESS_TOKEN_TYPE)
+    if token_type not in ACCESS_TOKEN_TYPES:
+        raise ConfigError(f"api {name!r}: access_token_type must be one of "
+                          f"{', '.join(ACCESS_TOKEN_TYPES)}")
     recorded = named.get(backend_url_name(environment))
     return ServingRules(environment, recorded.value if recorded else None, tuple(allowed),
-                        anonymous, identity["issuer"], identity["audience"])
+                        anonymous, identity["issuer"], identity["audience"], tuple(audiences),
+                        token_type)
 
 
 def parse_config(home: Path, data: Any) -> GatewayConfig:
@@ -245,6 +257,16 @@ def load_config(home: Path, path: Path) -> GatewayConfig:
         if api.refusal is not None:
             log.error("gateway refuses to serve %s (answering 503): %s", api.name, api.refusal)
     return config
+
+
+def check_revision(api: Mapping[str, Any], named_values: Mapping[str, NamedValue]) -> None:
+    """Raise ConfigError, PolicyError or UnsafePolicy naming the problem unless one API
+    document (as config.json holds it) compiles against these named values and meets its
+    serving rules: the checks the gateway runs on load, for a gateway whose configuration is
+    elsewhere (API Management: the azure backend checks before it sends the policy)."""
+    api_revision = _api(dict(api), named_values)
+    if api_revision.refusal is not None:
+        raise UnsafePolicy(api_revision.refusal)
 
 
 def check_api(home: Path, data: Mapping[str, Any], name: str) -> None:

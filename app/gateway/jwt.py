@@ -4,9 +4,10 @@ Rules (RFC 8725, RFC 9068, OWASP ASVS V9), shared with the panel through
 app.gateway.token_rules: the algorithm allow-list is fixed (never ``none``, never HMAC), a key
 verifies only with the algorithm it is published for, ``kid`` is only a length-capped dictionary
 key into the cached JWKS, ``jku``/``x5u``/``jwk`` headers are ignored (never fetched), ``typ``
-must be ``at+jwt`` so ID tokens are refused, ``exp`` is required unless the policy says
-otherwise, ``nbf``/``iat`` are honoured and must be numbers, and issuer and audience come from
-allow-lists. Keys are bound to the issuer whose discovery document served them.
+must be the API's access-token type (``at+jwt``, so ID tokens are refused; ``JWT`` only for an
+API published for Entra ID, whose access tokens carry it), ``exp`` is required unless the policy
+says otherwise, ``nbf``/``iat`` are honoured and must be numbers, and issuer and audience come
+from allow-lists. Keys are bound to the issuer whose discovery document served them.
 """
 
 from __future__ import annotations
@@ -237,9 +238,11 @@ def _unverified_header(token: str) -> dict[str, Any]:
     return header
 
 
-async def validate_token(token: str, step: ValidateJwt, registry: JwksRegistry) -> dict[str, Any]:
-    """Verify signature and registered claims; return the claims or raise TokenRejected."""
-    alg, kid = check_header(_unverified_header(token), ACCESS_TOKEN_TYPE)
+async def validate_token(token: str, step: ValidateJwt, registry: JwksRegistry,
+                         token_type: str = ACCESS_TOKEN_TYPE) -> dict[str, Any]:
+    """Verify header, signature and registered claims; return the claims or raise
+    TokenRejected. ``token_type`` is the API's recorded access-token ``typ``."""
+    alg, kid = check_header(_unverified_header(token), token_type)
     if alg not in registry.settings.algorithms:
         raise TokenRejected("alg")
     caches = [registry.cache(url) for url in step.openid_config_urls]

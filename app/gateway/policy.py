@@ -1,6 +1,7 @@
 """API Management policy XML → a typed, pre-compiled plan; anything unsupported is a PolicyError.
 
-Supported subset (one policy file, two gateways; see DESIGN.md "Gateway policy"):
+Supported subset (one policy file, two gateways; docs/pipeline-config.md says what a policy may
+do):
 
 * sections ``inbound``, ``backend``, ``outbound``, ``on-error``; ``<base/>`` anywhere directly in
   a section (there is no global scope locally, so it is a no-op);

@@ -160,7 +160,8 @@ async def _validate_jwt(state: GatewayState, request: Request, ctx: _Context,
         cache_key = (step.validation_key(), token)
         claims = ctx.validated.get(cache_key)
         if claims is None:
-            claims = await validate_token(token, step, state.jwks)
+            claims = await validate_token(token, step, state.jwks,
+                                          ctx.route.api.access_token_type)
             ctx.validated[cache_key] = claims
     except TokenRejected as exc:
         return _jwt_failure(step, str(exc))

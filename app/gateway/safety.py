@@ -13,8 +13,13 @@ or serve callers without a validated token carrying the scoring role.
   ``Score.Invoke`` as its only value. When the API's trusted issuer and audience are known
   (publishing records them), that validate-jwt must also take its keys from the issuer's
   discovery document only (``<openid-config url="{issuer}/.well-known/openid-configuration">``)
-  and accept no other issuer or audience. Every validate-jwt already needs signed tokens and
-  ``<audiences>`` (policy.py).
+  and accept no other issuer, and no audience but the API's (one, or several: Entra ID's
+  access tokens carry ``api://<app id>`` or the bare application id). Every validate-jwt
+  already needs signed tokens and ``<audiences>`` (policy.py).
+* **Token type**: the API's tokens must carry the ``typ`` publishing recorded, ``at+jwt``
+  unless recorded otherwise. ``JWT`` (Entra ID's access tokens) is taken only for an API whose
+  recorded issuer has Entra ID's v2 form, ``https://<host>/<tenant>/v2.0``, so the local
+  issuer's APIs never accept anything but ``at+jwt``.
 """
 
 from __future__ import annotations
@@ -32,10 +37,12 @@ from app.gateway.plan import (
     ValidateJwt,
 )
 from app.gateway.template import DEFAULT_ROLE
+from app.gateway.token_rules import ACCESS_TOKEN_TYPE
 
 _HOST_ENTRY = re.compile(r"^(?:[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?|\[[0-9a-f:.]{2,45}\])"
                          r"(?::[0-9]{1,5})?$")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_ENTRA_V2_ISSUER = re.compile(r"^https://[^/?#]+/[^/?#]+/v2\.0$")
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,16 @@ class ServingRules:
     anonymous: bool = False
     issuer: str | None = None
     audience: str | None = None
+    # further accepted audiences (the API's audience forms); with ``audience`` the whole set
+    audiences: tuple[str, ...] = ()
+    # the JOSE typ its access tokens carry (token_rules.ACCESS_TOKEN_TYPES)
+    access_token_type: str = ACCESS_TOKEN_TYPE
+
+    @property
+    def accepted_audiences(self) -> frozenset[str] | None:
+        """Every audience the API's tokens may carry, None when unknown."""
+        known = {*self.audiences, *([self.audience] if self.audience else [])}
+        return frozenset(known) if known else None
 
 
 def valid_backend_entry(entry: str) -> bool:
@@ -105,7 +122,8 @@ def _trusts_only(step: ValidateJwt, rules: ServingRules) -> bool:
             return False
         if not set(step.issuers) <= {rules.issuer.rstrip("/")}:
             return False
-    return rules.audience is None or set(step.audiences) == {rules.audience}
+    accepted = rules.accepted_audiences
+    return accepted is None or set(step.audiences) <= accepted
 
 
 def _check_authentication(policy: Policy, rules: ServingRules) -> None:
@@ -114,7 +132,8 @@ def _check_authentication(policy: Policy, rules: ServingRules) -> None:
             break
         if isinstance(step, ValidateJwt) and _requires_role(step) and _trusts_only(step, rules):
             return
-    trusted = f" from {rules.issuer} for {rules.audience}" if rules.issuer else ""
+    audiences = " or ".join(sorted(rules.accepted_audiences or ()))
+    trusted = f" from {rules.issuer} for {audiences}" if rules.issuer else ""
     raise UnsafePolicy(
         f"inbound has no validate-jwt checking tokens{trusted} with <required-claims><claim "
         f"name=\"roles\"> requiring {DEFAULT_ROLE} before it can answer or forward, so it "
@@ -122,8 +141,20 @@ def _check_authentication(policy: Policy, rules: ServingRules) -> None:
         "pipeline file to publish it without one")
 
 
+def _check_token_type(rules: ServingRules) -> None:
+    if rules.access_token_type == ACCESS_TOKEN_TYPE:
+        return
+    if rules.issuer is None or not _ENTRA_V2_ISSUER.match(rules.issuer.rstrip("/")):
+        raise UnsafePolicy(
+            f"access_token_type {rules.access_token_type!r} is Entra ID's access-token type, "
+            f"but the API's recorded issuer ({rules.issuer or 'none'}) is not an Entra ID v2 "
+            f"issuer (https://<host>/<tenant>/v2.0); other issuers' tokens are "
+            f"{ACCESS_TOKEN_TYPE!r}")
+
+
 def check_policy(policy: Policy, rules: ServingRules) -> None:
     """Raise UnsafePolicy naming the element unless the policy meets the serving rules."""
+    _check_token_type(rules)
     _check_backends(policy, rules)
     if not rules.anonymous:
         _check_authentication(policy, rules)

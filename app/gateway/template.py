@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from importlib import resources
 from string import Template
 from xml.sax.saxutils import escape
@@ -18,6 +18,10 @@ DEFAULT_RATE_LIMIT = 6000
 ISSUER_URL_NAME = "issuer-url"
 ISSUER_URL_REF = "{{" + ISSUER_URL_NAME + "}}"
 _CALLS = re.compile(r'<rate-limit-by-key calls="([0-9]{1,9})"')
+# One <audience> per line, indented as in default-policy.xml (one audience renders the same
+# bytes as before the template took several).
+_AUDIENCE_SEPARATOR = "\n        "
+_XML_ATTR = {'"': "&quot;", "'": "&apos;"}
 
 
 def backend_url_name(environment: str) -> str:
@@ -45,7 +49,7 @@ def render_default_policy(
     *,
     issuer: str,
     environment: str,
-    audience: str = DEFAULT_AUDIENCE,
+    audience: str | Sequence[str] = DEFAULT_AUDIENCE,
     role: str = DEFAULT_ROLE,
     rate_limit: int | None = None,
     clock_skew_s: int = 0,
@@ -57,12 +61,16 @@ def render_default_policy(
     The backend key and URL come from named values, by default ``<environment>-backend-key``
     (secret) and ``<environment>-backend-url``, which the publish job must write alongside.
     ``issuer`` is a URL or ISSUER_URL_REF (the panel's choice: the ``issuer-url`` named value).
+    ``audience`` is one audience or several, each accepted (Entra ID: ``api://<app id>`` and
+    the bare application id, the two forms its access tokens carry).
     """
     issuer = issuer.rstrip("/")
+    audiences = [audience] if isinstance(audience, str) else list(audience)
+    if not audiences or not all(audiences):
+        raise ValueError("the default policy needs at least one non-empty audience")
     values = {
         "issuer": issuer,
         "openid_config_url": f"{issuer}/.well-known/openid-configuration",
-        "audience": audience,
         "role": role,
         "rate_limit": str(rate_limit if rate_limit is not None else default_rate_limit()),
         "clock_skew": str(int(clock_skew_s)),
@@ -70,7 +78,9 @@ def render_default_policy(
         "backend_url_name": url_name or backend_url_name(environment),
     }
     text = resources.files("app.gateway").joinpath("default-policy.xml").read_text("utf-8")
-    safe = {k: escape(v, {'"': "&quot;", "'": "&apos;"}) for k, v in values.items()}
+    safe = {k: escape(v, _XML_ATTR) for k, v in values.items()}
+    safe["audiences"] = _AUDIENCE_SEPARATOR.join(
+        f"<audience>{escape(a, _XML_ATTR)}</audience>" for a in audiences)
     return Template(text).substitute(safe)
 
 

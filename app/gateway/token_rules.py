@@ -9,7 +9,9 @@ cover what PyJWT leaves open:
   two fields are ambiguous, and proxies disagree on which one counts), the scheme compared
   case-insensitively (RFC 9110 §11.1), the token in JWS compact form and length-capped;
 - the JOSE header: ``alg`` from a fixed allow-list (never ``none`` or HMAC), ``kid`` a short
-  string, ``typ`` as the caller expects (``at+jwt`` for access tokens, RFC 9068 §2.1);
+  string, ``typ`` as the caller expects: access tokens are ``at+jwt`` (RFC 9068 §2.1, the local
+  issuer's), or ``JWT`` where the caller expects Microsoft Entra ID's, which predate RFC 9068
+  (the panel under identity=entra; an API published for Entra ID records it), never both;
 - the key: a JWK verifies only with the algorithm it names; an RSA key naming none is an RS256
   key (PyJWT's reading, and what Entra ID and the local issuer sign with), so a PS256 token is
   never checked against a key published for RS256;
@@ -28,6 +30,9 @@ ALGORITHMS = ("RS256", "PS256")
 MAX_TOKEN_LENGTH = 16 * 1024
 MAX_KID_LENGTH = 256
 ACCESS_TOKEN_TYPE = "at+jwt"
+ENTRA_ACCESS_TOKEN_TYPE = "JWT"
+#: Every access-token typ a caller may expect (an API document may record only these).
+ACCESS_TOKEN_TYPES = (ACCESS_TOKEN_TYPE, ENTRA_ACCESS_TOKEN_TYPE)
 _TYPE_ALIASES = {ACCESS_TOKEN_TYPE: frozenset({"at+jwt", "application/at+jwt"})}
 _JWS_COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 _NUMERIC_DATES = ("exp", "nbf", "iat")

@@ -51,7 +51,7 @@ class IssuerSettings:
 
     @property
     def credentials_file(self) -> Path:
-        """The dev credentials file (DESIGN.md contract)."""
+        """The dev credentials file (docs/internal-contracts.md)."""
         return Path(self.home) / "dev-credentials.json"
 
     @property

@@ -122,14 +122,23 @@ def stream() -> Any:
     """Server-Sent Events of job changes (all jobs, or ?job=<id>), for at most SSE_MAX_SECONDS.
 
     Each stream holds a request thread, so streams are capped per process and per user
-    (app.services.streams); over a cap the answer is 429/503 at once and the page polls.
+    (app.services.streams); over a cap the answer is at once a stream holding one `capped`
+    event and nothing else, and the page polls.
     """
     job_filter = request.args.get("job") or None
     client = current_app.extensions["redis"]
     max_seconds = float(current_app.config["SSE_MAX_SECONDS"])
-    admission = streams.admit(current_app.extensions["stream_slots"], client, current_user.id,
-                              per_user=int(current_app.config["SSE_STREAMS_PER_USER"]),
-                              max_seconds=max_seconds)
+    try:
+        admission = streams.admit(current_app.extensions["stream_slots"], client,
+                                  current_user.id,
+                                  per_user=int(current_app.config["SSE_STREAMS_PER_USER"]),
+                                  max_seconds=max_seconds)
+    except streams.StreamRefused as refused:
+        # A 200 stream, not a 429/503: the browser logs an error status as a console error
+        # on every page opened while the user's other pages still hold their streams.
+        return Response(streams.capped_event(refused), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-store",
+                                 "Retry-After": str(refused.retry_after)})
 
     def generate() -> Iterator[str]:
         yield "retry: 2000\n\n"

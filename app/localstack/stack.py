@@ -103,6 +103,7 @@ class Stack:
         config = load_config({"HOME": str(self.home)})
         self.out(f"migrating the database ({_redact(config['DATABASE_URL'])})")
         upgrade(config["DATABASE_URL"])
+        self._relocate_mlflow_store()
         if self.external_redis:
             redis_url = self.external_redis
         else:
@@ -119,6 +120,19 @@ class Stack:
         }
         self._point_gateway_at_issuer(self.child_env["MODELGATE_ISSUER_URL"])
         self.services = self._plan()
+
+    def _relocate_mlflow_store(self) -> None:
+        """A home restored into another folder: MLflow's locations follow it (relocation)."""
+        import sqlite3
+
+        from app.backends.local.relocation import relocate
+
+        try:
+            moved = relocate(self.home)
+        except sqlite3.Error as exc:
+            raise StackError(f"mlflow/mlflow.db cannot be updated: {exc}") from None
+        for relocation in moved:
+            self.out(relocation.describe())
 
     def _point_gateway_at_issuer(self, issuer: str) -> None:
         """Set the gateway's ``issuer-url`` named value to this start's issuer URL."""
@@ -267,7 +281,7 @@ class Stack:
     # ------------------------------------------------------------------ endpoints
 
     def endpoints(self) -> dict[str, str]:
-        """The endpoints.json document (DESIGN.md contract); never includes a password."""
+        """The endpoints.json document (docs/internal-contracts.md); never includes a password."""
         redis_public = self.redis.public_url if self.redis else _redact(self.external_redis or "")
         return {
             "panel": f"http://127.0.0.1:{self.ports['panel']}",

@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 from app.ml.evaluation import CostMatrix
+from app.ml.fairness import FairnessConfig, FairnessConfigError
 from app.ml.signature import DEFAULT_BOUNDS, DEFAULT_MAX_ROWS
 
 logger = logging.getLogger(__name__)
@@ -74,6 +75,11 @@ class TrainingConfig:
     # Reuse a registered version trained on the same data with the same parameters and seed
     # instead of registering an identical one.
     skip_identical: bool = False
+    # Input columns the model is trained without (protected attributes): still accepted at
+    # scoring and ignored, still used by the fairness report.
+    exclude: tuple[str, ...] = ()
+    # The fairness report's groups (the pipeline file's top-level ``fairness:`` section).
+    fairness: FairnessConfig = field(default_factory=FairnessConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the YAML/JSON form accepted by :meth:`from_dict`."""
@@ -89,6 +95,8 @@ class TrainingConfig:
             "importance_repeats": self.importance_repeats,
             "calibration_bins": self.calibration_bins,
             "skip_identical": self.skip_identical,
+            "exclude": list(self.exclude),
+            "fairness": self.fairness.to_dict(),
         }
 
     @classmethod
@@ -162,10 +170,13 @@ def _parse_config(data: Mapping[str, Any], where: str) -> TrainingConfig:
     if not isinstance(data, Mapping):
         raise ConfigError(where, "must be a mapping")
     known = {"name", "seed", "test_size", "cv_folds", "candidates", "cost", "bounds",
-             "max_rows", "importance_repeats", "calibration_bins", "skip_identical"}
+             "max_rows", "importance_repeats", "calibration_bins", "skip_identical", "exclude",
+             "fairness"}
     for key in data:
         if key not in known:
-            raise ConfigError(f"{where}.{key}", f"unknown key; expected one of {sorted(known)}")
+            # fairness comes from the pipeline file's own top-level section
+            raise ConfigError(f"{where}.{key}", "unknown key; expected one of "
+                                                f"{sorted(known - {'fairness'})}")
     base = TrainingConfig()
     name = data.get("name", base.name)
     if not isinstance(name, str) or not name.strip():
@@ -217,7 +228,41 @@ def _parse_config(data: Mapping[str, Any], where: str) -> TrainingConfig:
         calibration_bins=_number(data, "calibration_bins", where, int, 2, 50,
                                  base.calibration_bins),
         skip_identical=_flag(data, "skip_identical", where, base.skip_identical),
+        exclude=_exclude(data.get("exclude"), f"{where}.exclude"),
+        fairness=_fairness(data.get("fairness"), f"{where}.fairness"),
     )
+
+
+def _input_columns() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The model's (numeric, categorical) input columns (late import: training imports us)."""
+    from app.ml.training import CATEGORICAL, NUMERIC
+
+    return NUMERIC, CATEGORICAL
+
+
+def _exclude(raw: Any, where: str) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    numeric, categorical = _input_columns()
+    columns = (*numeric, *categorical)
+    if not isinstance(raw, list | tuple):
+        raise ConfigError(where, f"must be a list of input columns ({', '.join(columns)})")
+    for index, item in enumerate(raw):
+        if item not in columns:
+            raise ConfigError(f"{where}[{index}]", f"{item!r} is not an input column; choose "
+                                                   f"from {', '.join(columns)}")
+    if len(set(raw)) == len(columns):
+        raise ConfigError(where, "cannot exclude every input column")
+    # Input order, duplicates dropped: the same choice always gives the same run parameters.
+    return tuple(c for c in columns if c in raw)
+
+
+def _fairness(raw: Any, where: str) -> FairnessConfig:
+    numeric, categorical = _input_columns()
+    try:
+        return FairnessConfig.from_dict(raw, where, numeric=numeric, categorical=categorical)
+    except FairnessConfigError as exc:
+        raise ConfigError(exc.key, str(exc).split(": ", 1)[-1]) from None
 
 
 def _flag(data: Mapping[str, Any], key: str, where: str, default: bool) -> bool:

@@ -367,7 +367,7 @@ def build_signature(
 
     Categories are the observed ones; numeric ranges come from ``bounds`` (default
     DEFAULT_BOUNDS) and fall back to the observed range for columns without a bound. A column
-    with gaps in the data is nullable. The example is DESIGN.md's record when it fits,
+    with gaps in the data is nullable. The example is the seed's record when it fits,
     else one built from the schema.
 
     Raises:

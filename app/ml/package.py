@@ -9,10 +9,11 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.ml.reasons import EXPLAIN_FILE
 from app.ml.signature import Signature
 
 if TYPE_CHECKING:
@@ -29,9 +30,13 @@ ROC_FILE = "roc.json"
 PACKAGE_FILES: tuple[str, ...] = (
     MODEL_FILE, SIGNATURE_FILE, METRICS_FILE, IMPORTANCE_FILE, CALIBRATION_FILE, ROC_FILE,
 )
+# Written by every training since the fairness report exists; packages of versions trained
+# before lack it and stay loadable and deployable.
+FAIRNESS_FILE = "fairness.json"
 # The training baseline for drift checks (app.ml.drift); optional: packages written before it
 # existed stay valid, and their baseline is computed from the registered data on first use.
 BASELINE_FILE = "baseline.json"
+OPTIONAL_FILES: tuple[str, ...] = (FAIRNESS_FILE, EXPLAIN_FILE, BASELINE_FILE)
 
 
 class PackageError(Exception):
@@ -49,6 +54,7 @@ class ModelPackage:
     importance: Mapping[str, Any]
     calibration: Mapping[str, Any]
     roc: Mapping[str, Any]
+    fairness: Mapping[str, Any] = field(default_factory=dict)  # {} when the package has none
 
 
 def _dump_json(path: Path, data: Any) -> None:
@@ -80,6 +86,8 @@ def write_package(
         importance=outcome.importance,
         calibration=outcome.calibration,
         roc=outcome.roc,
+        explain=outcome.explain or None,
+        fairness=outcome.fairness or None,
         baseline=outcome.baseline or None,
     )
 
@@ -93,9 +101,18 @@ def write_package_parts(
     importance: Mapping[str, Any],
     calibration: Mapping[str, Any],
     roc: Mapping[str, Any],
+    explain: Mapping[str, Any] | None = None,
+    fairness: Mapping[str, Any] | None = None,
     baseline: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write a model package from its parts (see :func:`write_package`)."""
+    """Write a model package from its parts (see :func:`write_package`).
+
+    ``explain`` (explain.json, the baseline of linear reason codes), ``fairness``
+    (fairness.json, the report by group) and ``baseline`` (baseline.json, the drift baseline)
+    are optional: packages written before them lack them; the scoring service then declines
+    to explain a linear model's predictions, and drift checks compute the baseline from the
+    registered data.
+    """
     import joblib
 
     target = Path(dest)
@@ -108,6 +125,10 @@ def write_package_parts(
         _dump_json(tmp / IMPORTANCE_FILE, dict(importance))
         _dump_json(tmp / CALIBRATION_FILE, dict(calibration))
         _dump_json(tmp / ROC_FILE, dict(roc))
+        if explain is not None:
+            _dump_json(tmp / EXPLAIN_FILE, dict(explain))
+        if fairness is not None:
+            _dump_json(tmp / FAIRNESS_FILE, dict(fairness))
         if baseline:
             _dump_json(tmp / BASELINE_FILE, dict(baseline))
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700; readers may run as another user
@@ -159,6 +180,7 @@ def load_package(path: str | os.PathLike[str]) -> ModelPackage:
         pipeline = joblib.load(pdir / MODEL_FILE)
         parts = {name: _read_json(pdir / name)
                  for name in (METRICS_FILE, IMPORTANCE_FILE, CALIBRATION_FILE, ROC_FILE)}
+        fairness = _read_json(pdir / FAIRNESS_FILE) if (pdir / FAIRNESS_FILE).is_file() else {}
     except (OSError, ValueError, KeyError) as exc:
         raise PackageError(f"cannot read model package {pdir}: {exc}") from exc
     classes = [str(c) for c in getattr(pipeline, "classes_", [])]
@@ -174,4 +196,5 @@ def load_package(path: str | os.PathLike[str]) -> ModelPackage:
         importance=parts[IMPORTANCE_FILE],
         calibration=parts[CALIBRATION_FILE],
         roc=parts[ROC_FILE],
+        fairness=fairness,
     )

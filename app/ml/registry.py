@@ -433,6 +433,40 @@ class ModelRegistry:
             shutil.rmtree(tmp, ignore_errors=True)
         return target
 
+    def package_json(self, name: str, version: str | int, filename: str) -> Any | None:
+        """Read one JSON file of a version's package without downloading the rest of it.
+
+        Returns None when the package has no such file (e.g. fairness.json of a version
+        trained before the fairness report existed).
+
+        Raises:
+            RegistryError: the version is unknown or the store cannot be read.
+        """
+        import json
+
+        from mlflow.exceptions import MlflowException
+
+        info = self.get_version(name, version)
+        if not info.run_id:
+            return None
+        try:
+            listed = self.client.list_artifacts(info.run_id, PACKAGE_ARTIFACT_PATH)
+        except (MlflowException, OSError) as exc:
+            raise RegistryError(f"cannot list the package of {name} v{version}: {exc}") from exc
+        wanted = f"{PACKAGE_ARTIFACT_PATH}/{filename}"
+        if not any(item.path == wanted for item in listed):
+            return None
+        with tempfile.TemporaryDirectory(prefix="modelgate-json-") as tmp:
+            try:
+                mlflow = _import_mlflow()
+                local = mlflow.artifacts.download_artifacts(
+                    run_id=info.run_id, artifact_path=wanted, dst_path=tmp,
+                    tracking_uri=self.tracking_uri)
+                return json.loads(Path(local).read_text(encoding="utf-8"))
+            except (MlflowException, OSError, ValueError) as exc:
+                raise RegistryError(f"cannot read {filename} of {name} v{version}: {exc}"
+                                    ) from exc
+
     def load_package(self, name: str, version: str | int, dest: str | os.PathLike[str]
                      ) -> ModelPackage:
         """Download a version's package to ``dest`` and load it."""
@@ -453,3 +487,43 @@ class ModelRegistry:
 
 def _quote(value: str) -> str:
     return value.replace("'", "\\'")
+
+
+def save_model_dir(outcome: TrainingOutcome, dest: str | os.PathLike[str],
+                   version: str | int | None = None) -> Path:
+    """Write an MLflow-format model directory that also holds modelgate's serving package.
+
+    ``dest`` gets MLflow's sklearn flavour (``MLmodel``, the pickled pipeline, signature,
+    input example, pinned requirements) and, under ``package/``, the model package the
+    scoring service loads (signature.json, model.joblib, metrics…). This is what an Azure ML
+    training job writes as its ``model`` output and Azure ML registers as an ``mlflow_model``;
+    the package's signature carries ``version`` (None: the registry assigns it later, and the
+    scoring container takes it from where Azure ML mounts the model).
+
+    ``dest`` must not exist or be empty (MLflow refuses to write over files).
+    """
+    mlflow = _import_mlflow()
+    target = Path(dest)
+    mlflow.sklearn.save_model(
+        outcome.pipeline,
+        str(target),
+        serialization_format="cloudpickle",
+        signature=_mlflow_signature(outcome.signature),
+        input_example=_input_example(outcome.signature),
+        pip_requirements=_requirements(),
+    )
+    write_package(outcome, target / PACKAGE_ARTIFACT_PATH, version)
+    return target
+
+
+def log_to_environment_run(outcome: TrainingOutcome, tags: Mapping[str, str]) -> str:
+    """Log a training run's params, metrics and tags to the run MLflow's environment names
+    (``MLFLOW_TRACKING_URI``, and ``MLFLOW_RUN_ID`` inside an Azure ML job, whose own run it
+    is); returns the run id."""
+    mlflow = _import_mlflow()
+    with mlflow.start_run() as run:
+        mlflow.log_params(outcome.params())
+        mlflow.log_metrics(outcome.flat_metrics())
+        mlflow.set_tags(dict(tags))
+        run_id: str = run.info.run_id
+    return run_id

@@ -36,7 +36,7 @@ DEFAULT_BOUNDS: Mapping[str, tuple[float, float]] = {
     "Duration": (1, 120),
 }
 
-# The example record of DESIGN.md, used when it fits the signature.
+# The seed's example record, used when it fits the signature.
 DESIGN_EXAMPLE: Mapping[str, Any] = {
     "Age": 20,
     "Sex": "male",

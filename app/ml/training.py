@@ -30,7 +30,9 @@ from app.ml.evaluation import (
     importance_data,
     roc_data,
 )
+from app.ml.fairness import fairness_report
 from app.ml.predict import frame_from_dataframe
+from app.ml.reasons import encoded_baseline
 from app.ml.signature import Signature
 
 logger = logging.getLogger(__name__)
@@ -106,6 +108,10 @@ class TrainingOutcome:
     candidates: tuple[CandidateResult, ...]
     dataset: DatasetRef
     config: TrainingConfig
+    # explain.json: the encoded training mean that linear reason codes are taken from.
+    explain: Mapping[str, Any] = field(default_factory=dict)
+    # fairness.json: the report by group on the held-out part (app/ml/fairness.py)
+    fairness: Mapping[str, Any] = field(default_factory=dict)
     # baseline.json: the training part's field distributions and the held-out P(bad), for
     # drift checks (app.ml.drift); empty for outcomes built without one.
     baseline: Mapping[str, Any] = field(default_factory=dict)
@@ -144,6 +150,9 @@ class TrainingOutcome:
             "cost_good_as_bad": str(self.config.cost.good_as_bad),
             "candidates": ",".join(c.family for c in self.config.candidates),
         }
+        if self.config.exclude:
+            # Only when set, so versions trained before the option existed stay identical.
+            out["exclude"] = ",".join(self.config.exclude)
         est_params = self.pipeline.named_steps["classifier"].get_params()
         for key in sorted(set(est_params) | set(chosen.params)):
             out[f"classifier.{key}"] = str(est_params.get(key))
@@ -154,8 +163,12 @@ def _jsonable(value: Any) -> Any:
     return value if isinstance(value, str | int | float | bool | type(None)) else str(value)
 
 
-def build_pipeline(estimator: Any) -> Any:
-    """Return the model package's Pipeline shape (docs/internal-contracts.md)."""
+def build_pipeline(estimator: Any, exclude: Sequence[str] = ()) -> Any:
+    """Return the model package's Pipeline shape (docs/internal-contracts.md).
+
+    Columns in ``exclude`` are left out of the preprocessing, so the model never sees them;
+    they may still be present in the input (the ColumnTransformer drops what it does not use).
+    """
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
@@ -169,8 +182,8 @@ def build_pipeline(estimator: Any) -> Any:
     ])
     return Pipeline([
         ("preprocess", ColumnTransformer([
-            ("numeric", numeric, list(NUMERIC)),
-            ("categorical", categorical, list(CATEGORICAL)),
+            ("numeric", numeric, [c for c in NUMERIC if c not in exclude]),
+            ("categorical", categorical, [c for c in CATEGORICAL if c not in exclude]),
         ])),
         ("classifier", estimator),
     ])
@@ -197,8 +210,8 @@ def _proba_bad(pipeline: Any, X: Any) -> Any:
     return pipeline.predict_proba(X)[:, idx]
 
 
-def _cross_validate(spec: CandidateSpec, X: Any, y: Any, config: TrainingConfig
-                    ) -> tuple[list[float], Any]:
+def _cross_validate(spec: CandidateSpec, X: Any, y: Any, config: TrainingConfig,
+                    exclude: Sequence[str] | None = None) -> tuple[list[float], Any]:
     """Return per-fold ROC AUCs and out-of-fold P(bad) on the training part."""
     import numpy as np
     from sklearn.base import clone
@@ -208,7 +221,8 @@ def _cross_validate(spec: CandidateSpec, X: Any, y: Any, config: TrainingConfig
     folds = StratifiedKFold(n_splits=config.cv_folds, shuffle=True, random_state=config.seed)
     oof = np.zeros(len(y), dtype="float64")
     aucs = []
-    template = build_pipeline(spec.estimator(config.seed))
+    template = build_pipeline(spec.estimator(config.seed),
+                              config.exclude if exclude is None else exclude)
     y_bad = (y == POSITIVE_CLASS).to_numpy()
     for train_idx, test_idx in folds.split(X, y):
         model = clone(template).fit(X.iloc[train_idx], y.iloc[train_idx])
@@ -268,7 +282,8 @@ def train(
     for i, spec in enumerate(config.candidates):
         report(5 + int(70 * i / n), f"cross-validating {spec.family}")
         aucs, oof = _cross_validate(spec, X_train, y_train, config)
-        model = build_pipeline(spec.estimator(config.seed)).fit(X_train, y_train)
+        model = build_pipeline(spec.estimator(config.seed), config.exclude).fit(X_train,
+                                                                                y_train)
         p_test = _proba_bad(model, X_test)
         results.append(CandidateResult(
             family=spec.family,
@@ -291,10 +306,18 @@ def train(
     report(80, "evaluating on held-out data")
     held = heldout_metrics(y_test_bad, p_test, threshold, config.cost)
     report(85, "permutation importance")
-    importance = importance_data(pipeline, X_test, y_test, [*NUMERIC, *CATEGORICAL],
+    importance = importance_data(pipeline, X_test, y_test,
+                                 [c for c in (*NUMERIC, *CATEGORICAL) if c not in config.exclude],
                                  config.importance_repeats, config.seed)
     calibration = calibration_data(y_test_bad, p_test, config.calibration_bins)
     roc = roc_data(y_test_bad, p_test)
+    report(90, "fairness report")
+    fairness = fairness_report(X_test, y_test_bad, p_test, threshold, config.fairness,
+                               trained_without=config.exclude)
+    if config.exclude:
+        fairness["comparison"] = _comparison(
+            next(c for c in config.candidates if c.family == best.family), config,
+            (X_train, y_train, X_test, y_test))
 
     report(95, "building signature")
     schema: DatasetSchema = infer_schema(csv)
@@ -326,13 +349,38 @@ def train(
         "heldout": held,
         "candidates": [r.to_dict() for r in results],
         "dataset": {"name": ref.name, "version": ref.version, "sha256": ref.sha256},
+        "exclude": list(config.exclude),
     }
     report(100, "trained")
     return TrainingOutcome(
         pipeline=pipeline, family=best.family, signature=signature, threshold=threshold,
         metrics=metrics, importance=importance, calibration=calibration, roc=roc,
-        candidates=tuple(results), dataset=ref, config=config, baseline=baseline.to_dict(),
+        candidates=tuple(results), dataset=ref, config=config, fairness=fairness,
+        explain=encoded_baseline(pipeline, X_train), baseline=baseline.to_dict(),
     )
+
+
+def _comparison(spec: CandidateSpec, config: TrainingConfig, split: tuple[Any, Any, Any, Any]
+                ) -> dict[str, Any]:
+    """The fairness report of the same family trained with every input column.
+
+    The comparison model goes through the same steps as the real one (cross-validated scores,
+    the cost-minimising threshold on them, a fit on the training part), so the two reports
+    differ only by the excluded columns.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    X_train, y_train, X_test, y_test = split
+    _aucs, oof = _cross_validate(spec, X_train, y_train, config, exclude=())
+    threshold = choose_threshold((y_train == POSITIVE_CLASS).to_numpy(), oof, config.cost)
+    model = build_pipeline(spec.estimator(config.seed)).fit(X_train, y_train)
+    y_test_bad = (y_test == POSITIVE_CLASS).to_numpy()
+    p_test = _proba_bad(model, X_test)
+    report = fairness_report(X_test, y_test_bad, p_test, threshold, config.fairness)
+    return {"trained_without": [], "family": spec.family, "threshold": threshold,
+            "heldout_roc_auc": float(roc_auc_score(y_test_bad, p_test)),
+            "expected_cost": expected_cost(y_test_bad, p_test, threshold, config.cost),
+            "overall": report["overall"], "attributes": report["attributes"]}
 
 
 def feature_names() -> Sequence[str]:

@@ -58,7 +58,22 @@ class TrainResult:
                            for c in self.outcome.candidates},
             "package_path": str(self.package_path) if self.package_path else None,
             "reused_identical": self.reused_identical,
+            "fairness": fairness_summary(self.outcome.fairness),
         }
+
+
+def fairness_summary(report: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per attribute, the selection-rate ratio and equalised-odds gap of a fairness report
+    (None where not judged): what a train job's result shows of it."""
+    out = {}
+    for attribute in report.get("attributes") or []:
+        summary = attribute.get("summary") or {}
+        ratio = summary.get("selection_rate") or {}
+        gap = summary.get("equalized_odds_gap") or {}
+        out[str(attribute.get("name"))] = {
+            "selection_rate_ratio": ratio.get("ratio") if ratio.get("meaningful") else None,
+            "equalized_odds_gap": gap.get("value") if gap.get("meaningful") else None}
+    return out
 
 
 def _resolve_dataset(

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, redirect, render_template, request, url_for
+from flask import Blueprint, Response, redirect, render_template, request, url_for
 
 from app.auth.users import signed_in
 from app.errors import NotFound, ValidationError
 from app.labels import SUMMARY_METRICS
-from app.registry import charts
-from app.services import models
+from app.registry import charts, fairness_charts
+from app.services import fairness, model_cards, models
 
 bp = Blueprint("registry", __name__, url_prefix="/models")
 
@@ -35,10 +35,37 @@ def list(name: str) -> Any:  # noqa: A001  (view names follow the list/detail co
 @signed_in
 def detail(name: str, version: int) -> Any:
     """Show one version: metrics, ROC, confusion matrix, importance, calibration, lineage."""
+    from app.errors import ServiceUnavailable
+
     info = models.get_version(name, str(version))
+    report, gate, fairness_error = None, None, ""
+    try:
+        report = fairness.report(info)
+        gate = fairness.gate(info, report).to_dict()
+    except ServiceUnavailable as exc:
+        fairness_error = exc.message
     return render_template("registry/detail.html", name=name, info=info,
                            lineage=models.lineage(info), charts_data=models.chart_data(info),
-                           identical=models.identical_versions(info))
+                           identical=models.identical_versions(info), fairness_report=report,
+                           gate=gate, fairness_error=fairness_error)
+
+
+@bp.get("/<name>/versions/<id:version>/card")
+@signed_in
+def card(name: str, version: int) -> Any:
+    """The model card of a version: data, use, metrics, decision rule, fairness, approvals."""
+    return render_template("registry/card.html", card=model_cards.build(name, str(version)))
+
+
+@bp.get("/<name>/versions/<id:version>/card.md")
+@signed_in
+def card_file(name: str, version: int) -> Any:
+    """The model card as a Markdown file to download."""
+    built = model_cards.build(name, str(version))
+    text = render_template("registry/card.md", card=built, cell=model_cards.md_cell)
+    return Response(text, mimetype="text/markdown",
+                    headers={"Content-Disposition":
+                             f'attachment; filename="{built.file_name}"'})
 
 
 @bp.get("/<name>/compare")
@@ -66,4 +93,5 @@ def compare(name: str) -> Any:
 @bp.context_processor
 def chart_helpers() -> dict[str, Any]:
     """Expose the SVG chart helpers and metric labels to the registry templates."""
-    return {"charts": charts, "summary_metrics": SUMMARY_METRICS}
+    return {"charts": charts, "fairness_charts": fairness_charts,
+            "summary_metrics": SUMMARY_METRICS}

@@ -34,10 +34,13 @@ class PublishRefused(ValidationError):
 
 @dataclass(frozen=True)
 class IssuerSettings:
-    """What the default policy checks: the token issuer and the API audience."""
+    """What the default policy checks: the token issuer and the API's audience forms (Entra
+    ID: ``api://<app id>`` first, then the bare application id its v2 tokens carry), and the
+    ``typ`` its access tokens carry (at+jwt; Entra ID's: JWT), which the gateway checks."""
 
     issuer: str
-    audience: str
+    audiences: tuple[str, ...]
+    access_token_type: str
 
 
 def check_environment(environment: Any) -> str:
@@ -52,7 +55,8 @@ def check_environment(environment: Any) -> str:
 
 
 def issuer_settings(config: Mapping[str, Any]) -> IssuerSettings:
-    """The issuer and audience access tokens carry, for the local issuer or Entra ID."""
+    """The issuer, audiences and typ access tokens carry, for the local issuer or Entra ID
+    (only its v2 issuer, ``https://login.microsoftonline.com/<tenant>/v2.0``)."""
     from app.auth.oidc import OidcSettings
 
     # Built directly (not from_config): publishing needs no client secret.
@@ -61,19 +65,20 @@ def issuer_settings(config: Mapping[str, Any]) -> IssuerSettings:
                             issuer_url=str(config.get("ISSUER_URL") or "").rstrip("/"),
                             tenant_id=str(config.get("TENANT_ID") or ""),
                             api_client_id=str(config.get("API_CLIENT_ID") or ""))
-    return IssuerSettings(settings.issuer, settings.api_audience)
+    return IssuerSettings(settings.issuer, tuple(settings.api_audiences),
+                          settings.access_token_type)
 
 
 def render_policy(config: Mapping[str, Any], environment: str,
                   rate_limit: int | None = None) -> str:
-    """The default policy for an environment: issuer, audience, role, per-caller limit."""
+    """The default policy for an environment: issuer, audiences, role, per-caller limit."""
     from app.gateway.template import DEFAULT_ROLE, render_default_policy
 
     idp = issuer_settings(config)
     limit = rate_limit if rate_limit is not None else int(config.get("RATE_LIMIT") or 6000)
     # the issuer by name: whoever starts the gateway sets it (restarts on other ports)
     return render_default_policy(issuer=ISSUER_URL_REF, environment=environment,
-                                 audience=idp.audience, role=DEFAULT_ROLE, rate_limit=limit)
+                                 audience=idp.audiences, role=DEFAULT_ROLE, rate_limit=limit)
 
 
 def _require_deployment(environment: str) -> None:
@@ -148,16 +153,25 @@ def rollback_to(name: str, revision: int, actor: str) -> ApiRevision:
     return rollback(row.id, actor)
 
 
+def identity_rules(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The serving rules the identity settings give an API document: the issuer (by name), the
+    audiences and the access-token ``typ`` its tokens carry (absent in older documents: at+jwt).
+    """
+    idp = issuer_settings(config)
+    return {"issuer": ISSUER_URL_REF, "audiences": list(idp.audiences),
+            "access_token_type": idp.access_token_type}
+
+
 def serving_rules(name: str) -> dict[str, Any]:
     """What the gateway checks an API's policy against (app/gateway/safety.py): the pipeline
-    file's allowed backends and anonymous APIs, and the issuer and audience tokens carry."""
+    file's allowed backends and anonymous APIs, and the issuer, audiences and typ tokens
+    carry."""
     from flask import current_app
 
     gateway = pipeline().gateway
-    idp = issuer_settings(current_app.config)
     return {"anonymous": name in gateway.anonymous_apis,
             "allowed_backends": list(gateway.allowed_backends),
-            "issuer": ISSUER_URL_REF, "audience": idp.audience}
+            **identity_rules(current_app.config)}
 
 
 def _make_current(row: ApiRevision) -> None:

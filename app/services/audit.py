@@ -53,6 +53,7 @@ class AuditAction(enum.StrEnum):
     PROMOTION_REJECTED = "promotion.rejected"
     PROMOTION_EXPIRED = "promotion.expired"
     PROMOTION_SUPERSEDED = "promotion.superseded"
+    PROMOTION_GATE_OVERRIDDEN = "promotion.gate-overridden"
     MODEL_DRIFT = "model.drift"
     SETTINGS_CHANGED = "settings.changed"
 

@@ -28,7 +28,7 @@ from app.errors import Conflict, Forbidden, NotFound, ServiceUnavailable, Valida
 from app.extensions import db
 from app.services import audit, events, protected
 from app.services.audit import AuditAction
-from app.services.kinds import KIND_SPECS, JobKind
+from app.services.kinds import KIND_SPECS, JobKind, time_limit_options
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +205,8 @@ def _enqueue(job: Job, kind: JobKind, requested_by: str) -> None:
     """Send the job's id to its task; on failure delete the row and raise ServiceUnavailable."""
     spec = KIND_SPECS[kind]
     try:
-        result = current_app.extensions["celery"].send_task(spec.task_name, args=[job.id])
+        result = current_app.extensions["celery"].send_task(
+            spec.task_name, args=[job.id], **time_limit_options(kind, current_app.config))
     except Exception as exc:  # kombu raises OperationalError and friends; all mean "not queued"
         logger.error("could not enqueue job %s (%s): %s", job.id, kind.value,
                      exc.__class__.__name__)
@@ -494,8 +495,10 @@ def reconcile() -> ReconcileReport:
 def _send(job: Job) -> None:
     """Re-enqueue an existing job (reconciler); a failure leaves it QUEUED for the next pass."""
     try:
-        current_app.extensions["celery"].send_task(KIND_SPECS[JobKind(job.kind)].task_name,
-                                                   args=[job.id])
+        kind = JobKind(job.kind)
+        current_app.extensions["celery"].send_task(
+            KIND_SPECS[kind].task_name, args=[job.id],
+            **time_limit_options(kind, current_app.config))
     except Exception as exc:
         logger.warning("could not requeue job %s: %s", job.id, exc.__class__.__name__)
 

@@ -261,9 +261,13 @@ def lineage(info: ModelVersionInfo, deployed: list[Any] | None = None) -> dict[s
 
 
 def versions_dicts(infos: list[ModelVersionInfo]) -> list[dict[str, Any]]:
-    """Serialise versions for the REST API: metrics, aliases, tags and lineage."""
+    """Serialise versions for the REST API: metrics, aliases, tags, lineage and fairness (the
+    report and the promotion gate's result)."""
+    from app.services import fairness
+
     by_version = lineages(infos)
-    return [{**info.to_dict(), "lineage": by_version[info.version]} for info in infos]
+    return [{**info.to_dict(), "lineage": by_version[info.version],
+             "fairness": fairness.for_api(info)} for info in infos]
 
 
 def chart_data(info: ModelVersionInfo) -> ChartData:

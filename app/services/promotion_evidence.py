@@ -1,5 +1,6 @@
 """What an approver decides on, frozen when a promotion is requested: the candidate's metrics
-next to those of the version the environment serves, and the candidate's staging smoke test."""
+and fairness report next to those of the version the environment serves, the promotion gate's
+result for the candidate, and the candidate's staging smoke test."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from app.db import Job, JobStatus
+from app.db import Job, JobStatus, Promotion
 from app.errors import NotFound, ValidationError
 from app.extensions import db
 from app.labels import METRICS
@@ -36,9 +37,16 @@ def metric_rows(evidence: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def model_evidence(environment: str, version: str) -> tuple[str, dict[str, Any]]:
-    """What the approver needs: the candidate's and the current version's metrics, and the
-    staging smoke results of the candidate (frozen at request time)."""
-    from app.services import deployments, models
+    """What the approver needs: the candidate's and the current version's metrics and fairness
+    reports, the gate's result for the candidate, and the staging smoke results of the
+    candidate (frozen at request time).
+
+    Raises:
+        ValidationError: the version is unknown.
+        ServiceUnavailable: the candidate's fairness report cannot be read (the gate could
+            not be judged, so nothing is recorded).
+    """
+    from app.services import deployments, fairness, models
 
     name = models.default_model_name()
     try:
@@ -47,9 +55,12 @@ def model_evidence(environment: str, version: str) -> tuple[str, dict[str, Any]]
         raise ValidationError(f"version: {name} has no version {version}",
                               errors=[{"field": "version", "message": "no such version"}]
                               ) from None
+    judged = fairness.for_evidence(candidate)
     evidence: dict[str, Any] = {
         "candidate": {"version": version, "metrics": dict(candidate.metrics),
-                      "created_at": candidate.created_at.isoformat()},
+                      "created_at": candidate.created_at.isoformat(),
+                      "fairness": judged["report"]},
+        "gate": judged["gate"],
         "current": None, "staging": staging_evidence(version)}
     active = deployments.active(environment)
     if active is not None:
@@ -57,6 +68,7 @@ def model_evidence(environment: str, version: str) -> tuple[str, dict[str, Any]]
         try:
             serving = models.get_version(active.model_name, active.model_version)
             current["metrics"] = dict(serving.metrics)
+            current["fairness"] = _current_fairness(serving)
             identity = candidate.training_identity()
             # Same data, parameters and seed: approving would change nothing.
             evidence["identical_to_current"] = identity is not None and \
@@ -66,6 +78,18 @@ def model_evidence(environment: str, version: str) -> tuple[str, dict[str, Any]]
                         active.model_version)
         evidence["current"] = current
     return name, evidence
+
+
+def _current_fairness(serving: Any) -> dict[str, Any] | None:
+    """The serving version's report for comparison; None when it has none or is unreadable
+    (the request is still worth making: the candidate's own report decides the gate)."""
+    from app.errors import ServiceUnavailable
+    from app.services import fairness
+
+    try:
+        return fairness.compact(fairness.report(serving))
+    except ServiceUnavailable:
+        return None
 
 
 def staging_evidence(version: str) -> dict[str, Any]:
@@ -93,3 +117,49 @@ def staging_evidence(version: str) -> dict[str, Any]:
         if job.status == JobStatus.SUCCEEDED:
             break
     return out
+
+
+# --------------------------------------------------------------------------- the gate
+
+MAX_OVERRIDE = 2000
+
+
+def gate_of(row: Promotion) -> dict[str, Any] | None:
+    """The promotion gate's result for a model request, as judged when it was requested
+    (None for an API revision, or a request made before the gate existed)."""
+    gate = (row.evidence or {}).get("gate")
+    return gate if isinstance(gate, dict) else None
+
+
+def gate_failed(row: Promotion) -> bool:
+    """Whether approving the request needs an override."""
+    gate = gate_of(row)
+    return row.kind == "model" and gate is not None and gate.get("passed") is False
+
+
+def override_reason(row: Promotion, reason: Any) -> str | None:
+    """The override reason an approval of this request carries (None: it needs none).
+
+    Raises:
+        ValidationError: the gate failed and no reason was given, the reason is too long, or
+            a reason was given for a request that passed (there is nothing to override).
+    """
+    given = reason.strip() if isinstance(reason, str) else reason
+    if not gate_failed(row):
+        if given not in (None, ""):
+            raise ValidationError("gate_override: this request passed the promotion gate; "
+                                  "there is nothing to override",
+                                  errors=[{"field": "gate_override",
+                                           "message": "nothing to override"}])
+        return None
+    failures = "; ".join((gate_of(row) or {}).get("failures") or []) or "a threshold"
+    if not isinstance(given, str) or not given:
+        raise ValidationError(f"gate_override: v{row.model_version} fails the promotion gate "
+                              f"({failures}); approving it needs an explicit override with a "
+                              "reason",
+                              errors=[{"field": "gate_override",
+                                       "message": "required: the version fails the gate"}])
+    if len(given) > MAX_OVERRIDE:
+        raise ValidationError(f"gate_override: at most {MAX_OVERRIDE} characters",
+                              errors=[{"field": "gate_override", "message": "too long"}])
+    return given

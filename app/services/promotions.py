@@ -6,8 +6,11 @@ State machine (every state but PENDING is final):
        ├─────expire────► EXPIRED    (lazily on read/decision, and by the beat task)
        └───supersede───► SUPERSEDED (a newer request for the same environment)
 Guards: only MLOps.Engineer/Admin may request; only MLOps.Approver/Admin may decide, and never
-on their own request, admins included. Each transition is a conditional UPDATE on the current
-state, so two approvers clicking at once cannot both approve (the loser gets 409).
+on their own request, admins included. A model version that failed the promotion gate (its
+thresholds in the pipeline file, judged when the request was made) is approved only with an
+explicit override and its reason, audited as promotion.gate-overridden. Each transition is a
+conditional UPDATE on the current state, so two approvers clicking at once cannot both approve
+(the loser gets 409).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from app.errors import Conflict, Forbidden, NotFound, ValidationError
 from app.extensions import db
 from app.services import audit, notifications, promotion_evidence, protected
 from app.services.audit import AuditAction
+from app.services.promotion_evidence import gate_failed as gate_failed  # the gate, for callers
+from app.services.promotion_evidence import gate_of as gate_of
 from app.services.promotion_evidence import metric_rows as metric_rows  # shown by the pages
 
 MAX_REASON = 2000
@@ -130,6 +135,7 @@ def to_dict(row: Promotion) -> dict[str, Any]:
         "decided_at": row.decided_at.isoformat() if row.decided_at else None,
         "comment": row.comment, "deploy_job_id": row.deploy_job_id,
         "superseded_by": row.superseded_by,
+        "gate": gate_of(row), "gate_override": row.gate_override,
     }
 
 
@@ -148,7 +154,7 @@ def request(version: Any, environment: Any, reason: Any, actor: str, *,
     if not isinstance(version, str | int) or not str(version).strip().isdigit():
         raise ValidationError("version: give a registered model version number",
                               errors=[{"field": "version", "message": "required, a number"}])
-    reason = _check_reason(reason)
+    reason = check_reason(reason)
     version = str(version).strip()
     name, evidence = promotion_evidence.model_evidence(environment, version)
     if (evidence.get("current") or {}).get("version") == version:
@@ -189,7 +195,7 @@ def request_api_revision(environment: Any, policy_xml: Any, reason: Any, actor: 
     from app.services import apis
 
     environment = _check_requester(environment, roles)
-    reason = _check_reason(reason)
+    reason = check_reason(reason)
     if policy_xml in (None, ""):
         policy_xml = apis.render_policy(current_app.config, environment)
     if not isinstance(policy_xml, str) or not policy_xml.strip():
@@ -257,9 +263,15 @@ def _check_requester(environment: Any, roles: frozenset[str]) -> str:
     return str(environment)
 
 
-def _check_reason(reason: Any) -> str:
+def check_reason(reason: Any, *, ask: str = "say why this change should go to production"
+                 ) -> str:
+    """Return the reason stripped; `ask` is what a missing reason's error asks for.
+
+    Raises:
+        ValidationError: no reason, or one longer than MAX_REASON characters (field `reason`).
+    """
     if not isinstance(reason, str) or not reason.strip():
-        raise ValidationError("reason: say why this change should go to production",
+        raise ValidationError(f"reason: {ask}",
                               errors=[{"field": "reason", "message": "required"}])
     if len(reason) > MAX_REASON:
         raise ValidationError(f"reason: at most {MAX_REASON} characters",
@@ -291,13 +303,18 @@ def _record(kind: PromotionKind, environment: str, name: str, version: str,
 
 
 def approve(promotion_id: str, actor: str, *, roles: frozenset[str],
-            comment: Any = "") -> Promotion:
+            comment: Any = "", gate_override: Any = None) -> Promotion:
     """Approve a pending request and queue its job: the deploy of its version (which also
     publishes the environment's API when it has none) or the publish of its API revision.
+
+    Args:
+        gate_override: the reason for approving a version that failed the promotion gate;
+            required then, refused otherwise (there is nothing to override).
 
     Raises:
         Forbidden: missing role, or the approver is the requester.
         Conflict: the request is no longer pending (decided, expired or superseded).
+        ValidationError: the gate failed and no override reason was given, or the reverse.
         ServiceUnavailable: the job queue is down (the request stays pending).
     """
     from app.services import jobs
@@ -305,7 +322,9 @@ def approve(promotion_id: str, actor: str, *, roles: frozenset[str],
 
     row = _decidable(promotion_id, actor, roles, comment)
     text = _comment(comment)
-    if not _move(row.id, PromotionState.APPROVED, actor, audit_it=False, comment=text):
+    override = promotion_evidence.override_reason(row, gate_override)
+    if not _move(row.id, PromotionState.APPROVED, actor, audit_it=False, comment=text,
+                 gate_override=override):
         raise Conflict(f"promotion request {row.id} was decided by someone else just now")
 
     def link(job: Job) -> None:
@@ -326,11 +345,21 @@ def approve(promotion_id: str, actor: str, *, roles: frozenset[str],
     except Exception:
         # Not queued: put the request back so it can be approved again once the queue is up.
         _set(row.id, PromotionState.APPROVED, state=PromotionState.PENDING.value,
-             decided_by=None, decided_at=None, comment=None, deploy_job_id=None)
+             decided_by=None, decided_at=None, comment=None, deploy_job_id=None,
+             gate_override=None)
         raise
-    audit.record(actor, AuditAction.PROMOTION_APPROVED, f"promotion:{row.id}",
-                 {"environment": row.environment, "model_version": row.model_version,
-                  "requested_by": row.requested_by, "comment": text, "deploy_job_id": job.id})
+    details: dict[str, Any] = {"environment": row.environment,
+                               "model_version": row.model_version,
+                               "requested_by": row.requested_by, "comment": text,
+                               "deploy_job_id": job.id}
+    if override is not None:
+        audit.record(actor, AuditAction.PROMOTION_GATE_OVERRIDDEN, f"promotion:{row.id}",
+                     {"environment": row.environment, "model_version": row.model_version,
+                      "requested_by": row.requested_by, "reason": override,
+                      "failures": (gate_of(row) or {}).get("failures") or [],
+                      "deploy_job_id": job.id})
+        details["gate_override"] = override
+    audit.record(actor, AuditAction.PROMOTION_APPROVED, f"promotion:{row.id}", details)
     done = get(row.id)
     notifications.notify("promotion.approved", to_dict(done))
     return done
@@ -398,12 +427,15 @@ def _expire_if_due(row: Promotion) -> None:
 
 
 def _move(promotion_id: str, to: PromotionState, actor: str, *, audit_it: bool = True,
-          comment: str | None = None, superseded_by: str | None = None) -> bool:
+          comment: str | None = None, superseded_by: str | None = None,
+          gate_override: str | None = None) -> bool:
     """Apply one transition out of PENDING if the row is still PENDING; audit it."""
     assert to in TRANSITIONS[PromotionState.PENDING]
     values: dict[str, Any] = {"state": to.value}
     if to in (PromotionState.APPROVED, PromotionState.REJECTED):
         values.update(decided_by=actor, decided_at=utcnow(), comment=comment)
+    if gate_override is not None:
+        values["gate_override"] = gate_override
     if superseded_by:
         values["superseded_by"] = superseded_by
     if not _set(promotion_id, PromotionState.PENDING, **values):

@@ -12,6 +12,7 @@ from app.pipeline_config import PipelineConfig
 from app.services import environments
 from app.services.backend import backend
 from app.services.models import pipeline
+from app.services.operations import JobOperationStore
 from app.services.rollout import Reporter
 
 
@@ -29,8 +30,14 @@ def run_provision(job: Reporter, params: Mapping[str, Any]) -> dict[str, Any]:
     try:
         if params.get("teardown", False):
             return _teardown(job, target, workspace)
+        # Long operations keep their continuation tokens on the job: a retried attempt
+        # resumes polling them (API Management takes 30-75 minutes to create).
+        operations = JobOperationStore(job.job_id)
+        under_way = [key for key in operations.keys() if "#" not in key]
+        if under_way:
+            job.log(f"resuming operations already under way: {', '.join(under_way)}")
         spec = ProvisionSpec(workspace=workspace, environments=config.environment_names,
-                             settings=config.to_dict())
+                             settings=config.to_dict(), operations=operations)
         result = target.provision(spec, job.progress)
     except TransientBackendError:
         raise

@@ -8,10 +8,8 @@ from typing import Any
 from app.auth.roles import Role, has_role
 from app.db import Job
 from app.errors import Forbidden, ValidationError
-from app.services import audit, notifications, protected
+from app.services import audit, notifications, promotions, protected
 from app.services.audit import AuditAction
-
-MAX_REASON = 2000
 
 
 @dataclass(frozen=True)
@@ -58,12 +56,7 @@ def rollback(environment: str, version: Any, reason: Any, actor: str, *,
 
     if not has_role(roles, Role.ENGINEER):
         raise Forbidden(f"rolling back needs the {Role.ENGINEER.value} role")
-    if not isinstance(reason, str) or not reason.strip():
-        raise ValidationError("reason: say why you roll back",
-                              errors=[{"field": "reason", "message": "required"}])
-    if len(reason) > MAX_REASON:
-        raise ValidationError(f"reason: at most {MAX_REASON} characters",
-                              errors=[{"field": "reason", "message": "too long"}])
+    reason = promotions.check_reason(reason, ask="say why you roll back")
     current = deployments.active_row(environment)
     earlier = [t for t in targets(environment, limit=100) if not t.is_current]
     if version in (None, ""):
@@ -85,7 +78,7 @@ def rollback(environment: str, version: Any, reason: Any, actor: str, *,
                               errors=[{"field": "version", "message": "not an earlier version"}])
     details = {"environment": environment, "model_version": version,
                "from_version": current.model_version if current else None,
-               "reason": reason.strip(), "phase": "queued"}
+               "reason": reason, "phase": "queued"}
 
     def link(job: Job) -> None:
         # The audit record is the break-glass grant the worker checks, so it comes first.

@@ -22,6 +22,7 @@ from app.services.backend import api_path, environment_names
 
 GATEWAY_TIMEOUT_SECONDS = 10.0
 MAX_CHUNK_ROWS = 100
+TOP_REASONS = 3  # reason codes per row in the batch download
 TOKEN_PLACEHOLDER = "<your access token>"
 NO_ACCOUNT = ""  # the form value of the "no account" option of a nullable category
 _FIELD_PATH = re.compile(r"^data\[(\d+)\]\.(.+)$")
@@ -112,7 +113,7 @@ def score_url(gateway_url: str, environment: str) -> str:
 
 
 def example_record(signature: Signature) -> dict[str, Any]:
-    """The seed's example record (DESIGN.md) when it fits the signature, else the signature's."""
+    """The seed's example record when it fits the signature, else the signature's."""
     names = set(signature.feature_names)
     if set(DESIGN_EXAMPLE) == names:
         return dict(DESIGN_EXAMPLE)
@@ -293,6 +294,43 @@ def mask(value: Any, token: str) -> Any:
     return json.loads(text.replace(token, TOKEN_PLACEHOLDER))
 
 
+def explain_refused(outcome: ScoreOutcome) -> str | None:
+    """The gateway's detail when a 422 refused only the ``explain`` option, else None.
+
+    A model version that cannot explain (a package trained before reason codes, a model
+    served by scikit-learn) still scores: callers retry without ``explain``.
+    """
+    body = outcome.body
+    if outcome.status != 422 or not isinstance(body, dict):
+        return None
+    errors = body.get("errors")
+    if not isinstance(errors, list) or not errors or not all(
+            isinstance(e, dict) and e.get("field") == "explain" for e in errors):
+        return None
+    return str(body.get("detail") or "This model version cannot explain its predictions.")
+
+
+def score_explained(url: str, token: str, body: dict[str, Any], *, verify: str | bool
+                    ) -> tuple[ScoreOutcome, str | None]:
+    """Score with reason codes; when the model cannot explain, score without and say why."""
+    outcome = call_gateway(url, token, {**body, "explain": True}, verify=verify)
+    refused = explain_refused(outcome)
+    if refused is None:
+        return outcome, None
+    return call_gateway(url, token, body, verify=verify), refused
+
+
+def top_reasons(prediction: Mapping[str, Any], count: int = TOP_REASONS) -> list[str]:
+    """The first ``count`` reason codes of a prediction as sentences (largest first)."""
+    from app.labels import reason_sentence
+
+    reasons = prediction.get("reasons")
+    factors = reasons.get("factors") if isinstance(reasons, dict) else None
+    if not isinstance(factors, list):
+        return []
+    return [reason_sentence(f) for f in factors[:count] if isinstance(f, dict)]
+
+
 # --------------------------------------------------------------------------- shown back
 
 
@@ -333,33 +371,46 @@ class ChunkResult:
 
 
 def score_chunk(url: str, token: str, signature: Signature, columns: Sequence[str],
-                rows: Sequence[Sequence[Any]], *, verify: str | bool) -> ChunkResult:
+                rows: Sequence[Sequence[Any]], *, verify: str | bool,
+                explain: bool = False) -> ChunkResult:
     """Score up to MAX_CHUNK_ROWS CSV rows; rows the gateway refuses get their errors instead.
 
     A 422 names the bad rows (data[i].Field): those are reported, and the others are sent
     again on their own, so one bad row does not cost the chunk.
     """
-    return score_records(url, token, records_from_rows(signature, columns, rows), verify=verify)
+    return score_records(url, token, records_from_rows(signature, columns, rows), verify=verify,
+                         explain=explain)
 
 
 def score_records(url: str, token: str, records: Sequence[dict[str, Any]], *,
-                  verify: str | bool) -> ChunkResult:
-    """Score up to MAX_CHUNK_ROWS records; each result is a prediction or that row's errors."""
+                  verify: str | bool, explain: bool = False) -> ChunkResult:
+    """Score up to MAX_CHUNK_ROWS records; each result is a prediction or that row's errors.
+
+    With ``explain``, each prediction also carries ``reasons``: its TOP_REASONS largest reason
+    codes as sentences (none when the model version cannot explain).
+    """
     results: list[dict[str, Any]] = [{} for _ in records]
     pending = list(range(len(records)))
     version: str | None = None
     status = 200
-    for _ in range(2):
+    attempts = 3 if explain else 2  # one more when only `explain` is refused
+    for _ in range(attempts):
         if not pending:
             break
-        outcome = call_gateway(url, token, {"data": [records[i] for i in pending]},
+        body: dict[str, Any] = {"data": [records[i] for i in pending]}
+        outcome = call_gateway(url, token, {**body, "explain": True} if explain else body,
                                verify=verify)
         status = outcome.status
+        if explain and explain_refused(outcome) is not None:
+            explain = False
+            continue
         if outcome.ok:
             version = str((outcome.body.get("model") or {}).get("version") or "") or None
             for index, prediction in zip(pending, outcome.body["predictions"], strict=False):
                 results[index] = {"label": prediction.get("label"),
                                   "probabilities": prediction.get("probabilities") or {}}
+                if explain:
+                    results[index]["reasons"] = top_reasons(prediction)
             pending = []
             break
         by_row, other = split_errors(outcome.body) if outcome.status == 422 else ({}, [])

@@ -6,20 +6,21 @@ in would take every thread and stall everybody's pages. So a stream is admitted 
 this process has a free stream slot (its request threads less SSE_RESERVED_THREADS, kept for
 ordinary requests) and its user holds fewer than SSE_STREAMS_PER_USER streams across all
 panel processes (leases in Redis, each expiring with its stream, so a killed process cannot
-leak them). A refused stream is answered at once (429 per user, 503 per process, with
-Retry-After); the browser's EventSource then gives up and the page polls instead.
+leak them). A refused stream is answered at once, as a stream still (200
+`text/event-stream`, so the browser logs no error): one `capped` event saying why and when to
+try again, and no job events. The page's script then closes it and polls instead.
 """
 
 from __future__ import annotations
 
+import enum
+import json
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 
 import redis
-
-from app.errors import ServiceUnavailable, TooManyRequests
 
 LEASE_PREFIX = "modelgate:sse-leases:"
 LEASE_SLACK_SECONDS = 30.0  # a lease outlives its stream's maximum by this much
@@ -33,6 +34,24 @@ redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 return 1
 """
+
+
+class Cap(enum.Enum):
+    """Why a stream was refused."""
+
+    USER = "user"  # the user holds SSE_STREAMS_PER_USER streams already
+    SERVER = "server"  # this process has no free stream slot
+    UNAVAILABLE = "unavailable"  # Redis, which counts the user's streams, cannot be reached
+
+
+class StreamRefused(Exception):
+    """A stream not admitted: why, a sentence for people, and seconds before trying again."""
+
+    def __init__(self, cap: Cap, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.cap = cap
+        self.detail = detail
+        self.retry_after = retry_after
 
 
 class StreamSlots:
@@ -87,14 +106,14 @@ def admit(slots: StreamSlots, client: redis.Redis, user_id: str, *, per_user: in
           max_seconds: float) -> Admission:
     """Admit one stream for `user_id` or raise.
 
-    The user's cap is checked first, so a user over it is always told so (429), whatever
-    the load of the process that answers.
+    The user's cap is checked first, so a user over it is always told so, whatever the load
+    of the process that answers.
 
     Raises:
-        TooManyRequests: the user already holds `per_user` streams (429).
-        ServiceUnavailable: this process has no free stream slot, or Redis is down (503).
+        StreamRefused: the user already holds `per_user` streams (Cap.USER), this process has
+            no free stream slot (Cap.SERVER), or Redis is down (Cap.UNAVAILABLE).
     """
-    retry_after = {"Retry-After": str(max(1, round(max_seconds)))}
+    retry_after = max(1, round(max_seconds))
     key = LEASE_PREFIX + user_id
     lease = uuid.uuid4().hex
     now = time.time()
@@ -103,13 +122,25 @@ def admit(slots: StreamSlots, client: redis.Redis, user_id: str, *, per_user: in
                               now + max_seconds + LEASE_SLACK_SECONDS, lease,
                               round(max_seconds + LEASE_SLACK_SECONDS) + 1)
     except redis.RedisError as exc:
-        raise ServiceUnavailable("live updates are unavailable; the page will poll") from exc
+        raise StreamRefused(Cap.UNAVAILABLE, "live updates are unavailable; the page polls "
+                            "instead", retry_after) from exc
     if not granted:
-        raise TooManyRequests(f"at most {per_user} live streams per user are open at once; "
-                              "the page polls instead", headers=retry_after)
+        raise StreamRefused(Cap.USER, f"at most {per_user} live streams per user are open at "
+                            "once; the page polls instead", retry_after)
     admission = Admission(slots, client, key, lease)
     if not slots.try_acquire():
         admission.release_lease()
-        raise ServiceUnavailable("this server has no room for another live stream; "
-                                 "the page polls instead", headers=retry_after)
+        raise StreamRefused(Cap.SERVER, "this server has no room for another live stream; "
+                            "the page polls instead", retry_after)
     return admission
+
+
+def capped_event(refused: StreamRefused) -> str:
+    """The whole body of a refused stream: a reconnection delay and one `capped` event.
+
+    `retry` holds a browser that ignores the event back from reconnecting for `retry_after`
+    seconds; the panel's scripts close the stream on the event and poll.
+    """
+    data = json.dumps({"cap": refused.cap.value, "detail": refused.detail,
+                       "retry_after": refused.retry_after})
+    return f"retry: {refused.retry_after * 1000}\nevent: capped\ndata: {data}\n\n"

@@ -26,6 +26,7 @@ KINDS: dict[str, str] = {
     AuditAction.PROMOTION_REJECTED.value: "approval",
     AuditAction.PROMOTION_EXPIRED.value: "approval",
     AuditAction.PROMOTION_SUPERSEDED.value: "approval",
+    AuditAction.PROMOTION_GATE_OVERRIDDEN.value: "approval",
     AuditAction.DEPLOYED.value: "deployment",
     AuditAction.TRAFFIC_SWITCHED.value: "deployment",
     AuditAction.ROLLED_BACK.value: "rollback",

@@ -61,4 +61,14 @@ def run_train(job: Reporter, params: Mapping[str, Any]) -> dict[str, Any]:
             f"({summary.get('family')}, held-out ROC AUC {summary['metrics']['roc_auc']:.3f}, "
             f"threshold {summary.get('threshold', 0):.3f}) on dataset "
             f"{summary['dataset']['name']} v{summary['dataset']['version']} ({info.where})")
+    fairness = summary.get("fairness") or {}
+    if fairness:
+        job.log("fairness on the held-out part (selection-rate ratio, equalised-odds gap): " +
+                "; ".join(f"by {name} {_figure(f.get('selection_rate_ratio'))}, "
+                          f"{_figure(f.get('equalized_odds_gap'))}"
+                          for name, f in fairness.items()))
     return summary
+
+
+def _figure(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, int | float) else "not judged"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from app.serving import explain
 from app.serving.errors import ProblemError, problem_response
 from app.serving.keys import KeyStore
 from app.serving.model import ModelLoadError, ScoringModel, load_model
@@ -39,6 +40,8 @@ class LoadedModel:
     validator: RecordValidator
     openapi: bytes
     model_info: dict[str, str]
+    explainer: explain.Explainer | None = None
+    explain_unavailable: str | None = None  # why this model cannot give reason codes
 
 
 class ServiceState:
@@ -86,8 +89,12 @@ async def score(request: web.Request) -> web.Response:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise ProblemError(413, f"The body exceeds {state.max_body_bytes} bytes.") from None
-        rows = loaded.validator.validate_body(parse_body(body))
+        payload = parse_body(body)
+        wanted = explain.requested(payload, request.query_string)
+        rows = loaded.validator.validate_body(payload)
         predictions = loaded.model.predictions(rows)
+        if wanted:
+            explain.add_reasons(predictions, rows, loaded.explainer, loaded.explain_unavailable)
     except ProblemError as problem:
         return problem.to_response(request_id)
     if state.sampler is not None:
@@ -121,6 +128,8 @@ async def ready(request: web.Request) -> web.Response:
             "model": loaded.model_info,
             "compute_path": model.path_name,
             "fallback_reason": model.fallback_reason,
+            "explain": loaded.explainer is not None,
+            "explain_unavailable": loaded.explain_unavailable,
         }
     )
 
@@ -157,14 +166,17 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         state.in_flight -= 1
 
 
-def _loaded(model: ScoringModel) -> LoadedModel:
-    """Precompute the hot path's validator, model info and OpenAPI bytes."""
+def _loaded(model: ScoringModel, model_dir: Path) -> LoadedModel:
+    """Precompute the hot path's validator, model info, OpenAPI bytes and explainer."""
     signature = model.signature
+    explainer, unavailable = explain.explainer_for(model, model_dir)
     return LoadedModel(
         model=model,
         validator=RecordValidator(signature),
         openapi=json.dumps(build_openapi(signature)).encode(),
         model_info={"name": signature.name, "version": signature.version or ""},
+        explainer=explainer,
+        explain_unavailable=unavailable,
     )
 
 
@@ -186,7 +198,7 @@ async def _load_in_background(state: ServiceState, loader: Loader) -> None:
 
 def _install(state: ServiceState, model: ScoringModel) -> None:
     """Make a self-tested model live and say which compute path it uses."""
-    state.loaded = _loaded(model)
+    state.loaded = _loaded(model, state.model_dir)
     signature = model.signature
     log.info(
         "model %s version %s ready on the %s path%s",

@@ -134,6 +134,20 @@ class LogisticModel:
                 out.append(_softmax(decisions))
         return out
 
+    def raw_scores(self, rows: Sequence[Row]) -> list[list[float]]:
+        """Decision function values (binary: the log-odds of classes_[1]), one list per row."""
+        encoder = self.encoder
+        out: list[list[float]] = []
+        for row in rows:
+            numeric = encoder.numeric_values(row)
+            hot = encoder.hot_positions(row)
+            out.append([
+                sum(w * x for w, x in zip(self.numeric_coef[k], numeric, strict=True))
+                + sum(self.hot_coef[k][p] for p in hot) + intercept
+                for k, intercept in enumerate(self.intercept)
+            ])
+        return out
+
 
 @dataclass(frozen=True)
 class Tree:
@@ -144,6 +158,7 @@ class Tree:
     feature: tuple[int, ...]
     threshold: tuple[float, ...]
     value: tuple[float, ...]
+    cover: tuple[float, ...] = ()  # weighted training samples per node (TreeSHAP's baseline)
 
 
 @dataclass(frozen=True)
@@ -165,6 +180,10 @@ class BoostingModel:
         if len(self.init_raw) == 1:
             return [(1.0 - p, p) for p in (_expit(raw[0]) for raw in raws)]
         return [_softmax(raw) for raw in raws]
+
+    def raw_scores(self, rows: Sequence[Row]) -> list[list[float]]:
+        """Raw scores (binary: the log-odds of classes_[1]), one list per row."""
+        return [self._raw_one(row) for row in rows]
 
     def _raw_one(self, row: Row) -> list[float]:
         """Raw scores of one row by walking each tree in Python."""
@@ -333,6 +352,7 @@ def _compile_tree(estimator: Any) -> tuple[Tree, tuple[np.ndarray[Any, Any], ...
         tuple(int(f) for f in t.feature),
         tuple(float(v) for v in t.threshold),
         tuple(value.tolist()),
+        tuple(float(c) for c in t.weighted_n_node_samples),
     )
     # For the level-by-level batch walk, leaves point to themselves and compare feature 0.
     leaves = left == -1

@@ -36,6 +36,68 @@ def _problem_response(description: str) -> dict[str, Any]:
     }
 
 
+_EXPLAIN = (
+    "Add reason codes to each prediction: `reasons` with the log-odds of the positive class "
+    "split into a base and one contribution per input field. A model version that cannot "
+    "explain (see /health/ready) answers 422 naming `explain`."
+)
+
+
+def _reasons_schemas(signature: Signature) -> dict[str, Any]:
+    """Schemas of the ``reasons`` object added when a request asks for ``explain``."""
+    positive = signature.positive_class
+    value_types = sorted({"string" if f.type is FieldType.CATEGORY else
+                          ("integer" if f.type is FieldType.INTEGER else "number")
+                          for f in signature.fields} | {"null"})
+    return {
+        "Reasons": {
+            "type": "object",
+            "description": (
+                f"Why the model gave this record its probability of {positive!r}, in log-odds "
+                f"of {positive!r}: base + the sum of every factor's contribution equals "
+                f"log(P({positive}) / (1 - P({positive}))) to 1e-9. Logistic regression: "
+                "exact linear contributions relative to the training mean of the encoded "
+                "features (base = intercept + coef · mean). Gradient boosting: path-dependent "
+                "TreeSHAP values on the served trees (base = the trees' expected output over "
+                "their training cover). A field's one-hot columns are summed."
+            ),
+            "required": ["base", "factors"],
+            "properties": {
+                "base": {
+                    "type": "number",
+                    "description": f"Log-odds of {positive!r} for the baseline applicant.",
+                },
+                "factors": {
+                    "type": "array",
+                    "description": "One per input field, largest |contribution| first.",
+                    "items": {"$ref": "#/components/schemas/ReasonFactor"},
+                },
+            },
+        },
+        "ReasonFactor": {
+            "type": "object",
+            "required": ["field", "value", "direction", "contribution"],
+            "properties": {
+                "field": {"type": "string", "enum": list(signature.feature_names)},
+                "value": {
+                    "type": value_types,
+                    "description": "The record's value of the field (null: none given).",
+                },
+                "direction": {
+                    "type": "string",
+                    "enum": ["raises", "lowers", "neutral"],
+                    "description": f"Whether the field raises or lowers the risk of "
+                                   f"{positive!r} (neutral: no effect at all).",
+                },
+                "contribution": {
+                    "type": "number",
+                    "description": f"Change in the log-odds of {positive!r} due to the field.",
+                },
+            },
+        },
+    }
+
+
 def build_openapi(signature: Signature) -> dict[str, Any]:
     """The OpenAPI document for POST /score and the health endpoints."""
     record = {
@@ -63,7 +125,8 @@ def build_openapi(signature: Signature) -> dict[str, Any]:
                     "minItems": 1,
                     "maxItems": signature.max_rows,
                     "items": {"$ref": "#/components/schemas/Record"},
-                }
+                },
+                "explain": {"type": "boolean", "default": False, "description": _EXPLAIN},
             },
             "example": {"data": [dict(signature.example)]},
         },
@@ -73,8 +136,13 @@ def build_openapi(signature: Signature) -> dict[str, Any]:
             "properties": {
                 "label": {"type": "string", "enum": list(signature.classes)},
                 "probabilities": probabilities,
+                "reasons": {
+                    "$ref": "#/components/schemas/Reasons",
+                    "description": "Present only when the request asked for explain.",
+                },
             },
         },
+        **_reasons_schemas(signature),
         "ScoreResponse": {
             "type": "object",
             "required": ["predictions", "model", "request_id"],
@@ -120,7 +188,14 @@ def build_openapi(signature: Signature) -> dict[str, Any]:
                     "in": "header",
                     "required": False,
                     "schema": {"type": "string"},
-                }
+                },
+                {
+                    "name": "explain",
+                    "in": "query",
+                    "required": False,
+                    "description": _EXPLAIN + " Same as `\"explain\": true` in the body.",
+                    "schema": {"type": "boolean", "default": False},
+                },
             ],
             "requestBody": {
                 "required": True,
@@ -141,7 +216,10 @@ def build_openapi(signature: Signature) -> dict[str, Any]:
                 "401": _problem_response("Missing or wrong key"),
                 "413": _problem_response("Body larger than 1 MiB"),
                 "415": _problem_response("Content-Type is not application/json"),
-                "422": _problem_response("Schema violation, with errors per field"),
+                "422": _problem_response(
+                    "Schema violation, with errors per field (or explain asked of a model "
+                    "version that cannot explain)"
+                ),
                 "503": _problem_response("Model not ready"),
             },
         }

@@ -47,7 +47,8 @@ def _token() -> str:
 
 def _page(environment: str, *, values: dict[str, Any] | None = None,
           outcome: scoring.ScoreOutcome | None = None, problem: str | None = None,
-          sign_in_again: bool = False, status: int = 200) -> Any:
+          sign_in_again: bool = False, status: int = 200, explain: bool = True,
+          explain_note: str | None = None) -> Any:
     """Render the tester for an environment (with the last call's outcome, if any)."""
     gateway, _, ca = _gateway()
     url = scoring.score_url(gateway, environment)
@@ -59,7 +60,7 @@ def _page(environment: str, *, values: dict[str, Any] | None = None,
         unavailable = str(exc)
     fields = scoring.form_fields(model.signature, values) if model else []
     body = outcome.request_json if outcome else (
-        {"data": [scoring.example_record(model.signature)]} if model else None)
+        {"data": [scoring.example_record(model.signature)], "explain": True} if model else None)
     return render_template(
         "tester/index.html", environment=environment, environments=environment_names(),
         model=model, unavailable=unavailable, fields=fields, outcome=outcome, url=url,
@@ -69,6 +70,7 @@ def _page(environment: str, *, values: dict[str, Any] | None = None,
         curl=scoring.curl_snippet(url, body, ca) if body else "",
         python=scoring.python_snippet(url, body, ca) if body else "",
         max_chunk=scoring.MAX_CHUNK_ROWS, max_bytes=BATCH_MAX_BYTES, max_rows=BATCH_MAX_ROWS,
+        explain=explain, explain_note=explain_note, top_reasons=scoring.TOP_REASONS,
     ), status
 
 
@@ -92,19 +94,27 @@ def create() -> Any:
         return _page(environment, problem=str(exc), status=409)
     values = {name: request.form.get(name) for name in model.signature.feature_names}
     record = scoring.record_from_form(model.signature, values)
+    explain = request.form.get("explain") == "1"
     try:
         token = _token()
     except SignInRequired as exc:
         return _page(environment, values=values, problem=exc.message, sign_in_again=True,
-                     status=401)
+                     status=401, explain=explain)
     except AppError as exc:  # the token cache is busy or the identity provider is down
-        return _page(environment, values=values, problem=exc.message, status=exc.status)
+        return _page(environment, values=values, problem=exc.message, status=exc.status,
+                     explain=explain)
     gateway, verify, _ = _gateway()
-    outcome = scoring.call_gateway(scoring.score_url(gateway, environment), token,
-                                   {"data": [record]}, verify=verify)
+    url = scoring.score_url(gateway, environment)
+    explain_note = None
+    if explain:
+        outcome, explain_note = scoring.score_explained(url, token, {"data": [record]},
+                                                        verify=verify)
+    else:
+        outcome = scoring.call_gateway(url, token, {"data": [record]}, verify=verify)
     log.info("score tester: user=%s environment=%s status=%s latency_ms=%s", current_user.username,
              environment, outcome.status, outcome.latency_ms)
-    return _page(environment, values=values, outcome=outcome)
+    return _page(environment, values=values, outcome=outcome, explain=explain,
+                 explain_note=explain_note)
 
 
 @bp.post("/batch")
@@ -132,7 +142,8 @@ def batch() -> Any:
     token = _token()  # SignInRequired becomes a 401 problem the page turns into a prompt
     gateway, verify, _ = _gateway()
     result = scoring.score_chunk(scoring.score_url(gateway, environment), token,
-                                 model.signature, columns, rows, verify=verify)
+                                 model.signature, columns, rows, verify=verify,
+                                 explain=body.get("explain") is True)
     return {"rows": result.rows, "model": {"name": model.name, "version": result.model_version
                                            or model.version},
             "status": result.status}

@@ -160,10 +160,13 @@
     // Catch up on whatever happened between rendering the page and the stream opening.
     source.onopen = function () { if (polling) { clearInterval(polling); polling = null; } poll(); };
     source.onerror = function () {
-      // The stream ends every half minute by design and the browser reconnects; refused
-      // (too many open streams: 429/503) or without Redis it stays closed, and the page polls.
+      // The stream ends every half minute by design and the browser reconnects; if it
+      // stays closed (the panel cannot be reached), the page polls.
       if (source.readyState === EventSource.CLOSED) startPolling();
     };
+    // Too many open streams (this user's other pages, or the server's cap) or no Redis: the
+    // panel answers one "capped" event instead of job events, and the page polls.
+    source.addEventListener("capped", function () { source.close(); startPolling(); });
   }
 
   document.addEventListener("DOMContentLoaded", function () {

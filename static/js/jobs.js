@@ -159,10 +159,13 @@
       if (list) appendLog(list, data.line);
     });
     source.onerror = function () {
-      // The stream ends every half minute by design and the browser reconnects; refused
-      // (too many open streams: 429/503) or without Redis it stays closed: poll instead.
+      // The stream ends every half minute by design and the browser reconnects; if it
+      // stays closed (the panel cannot be reached), poll instead.
       if (source.readyState === EventSource.CLOSED) startPolling();
     };
+    // Too many open streams (this user's other pages, or the server's cap) or no Redis: the
+    // panel answers one "capped" event instead of job events. Poll instead.
+    source.addEventListener("capped", function () { source.close(); startPolling(); });
     source.onopen = function () { poll(); };
   }
 
@@ -192,9 +195,11 @@
       else if (!table.hasAttribute("data-no-insert")) window.location.reload();
     });
     source.onerror = function () {
-      // Refused (too many open streams: 429/503) or no Redis: the browser gives up; poll.
+      // The panel cannot be reached and the browser gives up: poll.
       if (source.readyState === EventSource.CLOSED) startPolling();
     };
+    // Too many open streams or no Redis: one "capped" event instead of job events. Poll.
+    source.addEventListener("capped", function () { source.close(); startPolling(); });
   }
 
   document.addEventListener("DOMContentLoaded", function () {

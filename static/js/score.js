@@ -62,6 +62,7 @@
   function startBatch(section) {
     var form = document.getElementById("batch-form");
     var input = document.getElementById("batch-file");
+    var explainBox = document.getElementById("batch-explain");
     var status = section.querySelector("[data-batch-status]");
     var bar = document.getElementById("batch-progress");
     var text = document.getElementById("batch-progress-text");
@@ -94,16 +95,17 @@
         if (rows.length > maxRows) { fail("The file has " + rows.length + " records; at most " + maxRows + "."); return; }
         var results = [];
         var model = "";
+        var explain = !!(explainBox && explainBox.checked);
         status.hidden = false;
         bar.value = 0;
 
         function next(start) {
-          if (start >= rows.length) { finish(columns, rows, results, model); return; }
+          if (start >= rows.length) { finish(columns, rows, results, model, explain); return; }
           var chunk = rows.slice(start, start + maxChunk);
           fetch(url, {
             method: "POST", credentials: "same-origin",
             headers: {"Content-Type": "application/json", "Accept": "application/json", "X-CSRFToken": csrfToken()},
-            body: JSON.stringify({environment: environment, columns: columns, rows: chunk})
+            body: JSON.stringify({environment: environment, columns: columns, rows: chunk, explain: explain})
           }).then(function (r) {
             return r.json().then(function (body) { return {ok: r.ok, body: body}; });
           }).then(function (answer) {
@@ -121,20 +123,26 @@
       }, function () { fail("The file could not be read."); });
     });
 
-    function finish(columns, rows, results, model) {
+    function finish(columns, rows, results, model, explain) {
       var classes = [];
+      var reasonCount = 0;
       results.forEach(function (r) {
         Object.keys(r.probabilities || {}).forEach(function (c) { if (classes.indexOf(c) < 0) classes.push(c); });
+        if (r.reasons) reasonCount = Math.max(reasonCount, r.reasons.length);
       });
       classes.sort();
-      var header = columns.concat(["label"], classes.map(function (c) { return "p_" + c; }), ["model", "error"]);
+      // The top reasons, as sentences the panel wrote (largest contribution first).
+      var reasonColumns = [];
+      for (var k = 1; explain && k <= reasonCount; k++) reasonColumns.push("reason_" + k);
+      var header = columns.concat(["label"], classes.map(function (c) { return "p_" + c; }), reasonColumns, ["model", "error"]);
       var lines = [header.map(csvCell).join(",")];
       var failed = 0;
       rows.forEach(function (row, i) {
         var r = results[i] || {error: "not scored"};
         if (r.error) failed++;
         var probs = classes.map(function (c) { return r.probabilities && c in r.probabilities ? r.probabilities[c] : ""; });
-        lines.push(row.concat([r.label || ""], probs, [r.error ? "" : model, r.error || ""]).map(csvCell).join(","));
+        var reasons = reasonColumns.map(function (_, k) { return r.reasons && r.reasons[k] ? r.reasons[k] : ""; });
+        lines.push(row.concat([r.label || ""], probs, reasons, [r.error ? "" : model, r.error || ""]).map(csvCell).join(","));
       });
       var blob = new Blob([lines.join("\r\n") + "\r\n"], {type: "text/csv"});
       if (link.href && link.href.indexOf("blob:") === 0) URL.revokeObjectURL(link.href);

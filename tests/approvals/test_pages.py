@@ -230,9 +230,13 @@ def test_deployments_page_rollback_is_the_same_audited_path(panel: Any, tmp_path
     token = _form_token(page)
     refused = alice.post("/deployments/prod/rollback",
                          data={"csrf_token": token, "version": "1", "reason": " "})
-    assert refused.status_code == 422
-    done = alice.post("/deployments/prod/rollback",
-                      data={"csrf_token": token, "version": "1", "reason": "latency regression"})
+    assert refused.status_code == 422 and "say why you roll back" in refused.get_data(as_text=True)
+    too_long = alice.post("/deployments/prod/rollback",
+                          data={"csrf_token": token, "version": "1", "reason": "x" * 2001})
+    assert too_long.status_code == 422 and "at most 2000 characters" in too_long.get_data(
+        as_text=True)
+    done = alice.post("/deployments/prod/rollback", data={
+        "csrf_token": token, "version": "1", "reason": "  latency regression\n"})
     assert done.status_code == 302
     job_id = done.headers["Location"].rstrip("/").rsplit("/", 1)[1]
     assert alice.get(f"/api/v1/jobs/{job_id}").get_json()["params"] == {

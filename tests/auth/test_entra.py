@@ -105,6 +105,17 @@ def test_incomplete_entra_configuration_fails_clearly(tmp_path: Path, redis_serv
         identity_client()
 
 
+def test_the_api_registration_must_not_be_the_panels(tmp_path: Path, redis_server: Any,
+                                                    sqlite_url: str) -> None:
+    from app.auth.session_tokens import identity_client
+
+    app = build_app(tmp_path, sqlite_url, redis_server.url,
+                    **{**ENTRA, "API_CLIENT_ID": ENTRA["CLIENT_ID"]})
+    with app.app_context(), pytest.raises(ConfigError, match="API_CLIENT_ID must be the "
+                                                             "scoring API's own"):
+        identity_client()
+
+
 def test_sign_in_goes_to_the_tenant_with_pkce_and_the_api_scope(entra_app: Any,
                                                                  fake_entra: FakeEntra) -> None:
     from app.auth.session_tokens import identity_client, start_sign_in

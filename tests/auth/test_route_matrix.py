@@ -22,7 +22,7 @@ from tests.conftest import USERS, build_app, csrf_headers, sign_in
 PUBLIC = {
     "static": "CSS and JavaScript",
     "favicon": "the browser's tab icon (a static file)",
-    "dashboard.health": "liveness probe (DESIGN.md)",
+    "dashboard.health": "liveness probe",
     "api.openapi": "the API description",
     "auth.login": "the sign-in page",
     "auth.start": "starts sign-in (CSRF-protected)",

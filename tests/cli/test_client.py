@@ -4,6 +4,7 @@ and scoring replica (the seed's test client as two commands)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -197,3 +198,22 @@ def test_score_takes_a_csv_as_the_panel_does(parts: Parts, tmp_path: Path) -> No
     assert ok.returncode == 0 and ok.stdout.startswith("row 1: ")
     empty = parts.modelgate("score", "--csv", "-", stdin=header)
     assert empty.returncode == 1 and "header row and at least one record" in empty.stderr
+
+
+def test_score_explain_asks_for_reason_codes(parts: Parts) -> None:
+    result = parts.modelgate("score", "--explain")
+    assert result.returncode == 0, result.stderr
+    prediction = json.loads(result.stdout)["predictions"][0]
+    reasons = prediction["reasons"]
+    assert len(reasons["factors"]) == 9
+    p = prediction["probabilities"]
+    total = reasons["base"] + sum(f["contribution"] for f in reasons["factors"])
+    assert abs(total - (math.log(p["bad"]) - math.log(p["good"]))) < 1e-9
+    header = "Age,Sex,Job,Housing,Saving accounts,Checking account,Credit amount,Duration,Purpose"
+    rows = ["20,male,0,own,,little,100,48,radio/TV", "12,male,0,own,,little,100,48,radio/TV"]
+    table = parts.modelgate("score", "--csv", "-", "--explain", stdin="\n".join([header, *rows]))
+    assert table.returncode == 1, table.stderr  # the second row is refused
+    first, second = table.stdout.splitlines()
+    sentences = first.split("  reasons: ")[1].split("; ")
+    assert len(sentences) == 3 and "Checking account: little — raises the risk" in sentences
+    assert second.startswith("row 2: refused: ") and "reasons" not in second

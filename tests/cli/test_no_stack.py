@@ -15,7 +15,8 @@ from tests.identity_support import free_port
 from tests.support import ROOT
 
 COMMANDS = [("jobs",), ("jobs", "show", "j1"), ("jobs", "cancel", "j1"), ("audit", "verify"),
-            ("audit", "export"), ("token",), ("score",), ("pipeline", "run")]
+            ("audit", "export"), ("token",), ("score",), ("pipeline", "run"), ("provision",),
+            ("train",), ("deploy",), ("publish",)]
 
 
 def _run(args: tuple[str, ...], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -36,7 +37,8 @@ def test_a_new_terminal_without_modelgate_home(args: tuple[str, ...], tmp_path: 
     assert not (tmp_path / "instance").exists()  # looking created nothing
 
 
-@pytest.mark.parametrize("args", [("token",), ("score",), ("pipeline", "run")], ids=" ".join)
+@pytest.mark.parametrize("args", [("token",), ("score",), ("pipeline", "run"), ("train",)],
+                         ids=" ".join)
 def test_a_home_whose_stack_has_stopped(args: tuple[str, ...], tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()

@@ -41,10 +41,12 @@ def add_job(app: Any, kind: str, status: str, *, result: dict[str, Any] | None =
 
 def test_engineers_get_run_buttons_and_everyone_else_reads(app: Any) -> None:
     client = app.test_client()
-    for user, forms in (("alice", 5), ("dave", 5), ("bob", 0), ("carol", 0), ("erin", 0)):
+    for user, forms in (("alice", 8), ("dave", 8), ("bob", 0), ("carol", 0), ("erin", 0)):
         sign_in(client, user)
         html = client.get("/").get_data(as_text=True)
         assert len(RUN_FORM.findall(html)) == forms, user
+        # a Plan button beside Provision, Deploy and Publish, for engineers only
+        assert html.count('data-run="plan"') == (3 if forms else 0), user
         assert html.count('class="stage stage-not_run"') == 4, user
         assert "Nothing is deployed to staging yet." in html
         assert "style=" not in html

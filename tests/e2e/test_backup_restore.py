@@ -1,6 +1,7 @@
 """docs/operations.md, "Backup and restore": a stopped home and its PostgreSQL database are
-backed up with tar and pg_dump exactly as documented, restored into a fresh folder at the same
-path and an empty database, and the restored stack scores."""
+backed up with tar and pg_dump exactly as documented, restored into another folder (the one
+backed up is gone) and an empty database; the restored stack scores as before, and a new
+pipeline run trains, registers and deploys inside the new folder."""
 
 from __future__ import annotations
 
@@ -62,17 +63,28 @@ def test_backup_restore_into_a_fresh_home_and_database_then_score(
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
 
-    # restore into a fresh folder at the same path and the empty database
-    home.mkdir()
-    _run("tar", "-C", str(home), "-xzf", str(archive))
+    # restore into another folder and the empty database
+    restored = tmp_path / "restored home"
+    restored.mkdir()
+    _run("tar", "-C", str(restored), "-xzf", str(archive))
     _run("pg_restore", "--no-owner", f"--dbname={_libpq(postgres_url)}", str(dump))
+    env["MODELGATE_HOME"] = str(restored)
+    runs_before = set((restored / "mlflow" / "artifacts").iterdir())
 
-    up, _ = _up(env, home)
+    up, _ = _up(env, restored)
     try:
-        wait_for(lambda: slots_ready(home), 120, "the restored slots to serve")
+        wait_for(lambda: slots_ready(restored), 120, "the restored slots to serve")
         scored = _modelgate(env, "score")
         assert scored.returncode == 0, scored.stdout + scored.stderr
         assert (json.loads(scored.stdout)["predictions"]
                 == json.loads(before.stdout)["predictions"])
+        # The restored registry works where it now is: a new run is logged, registered,
+        # deployed and scored, its artifacts inside the restored folder.
+        run = _modelgate(env, "pipeline", "run", timeout=900)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert set((restored / "mlflow" / "artifacts").iterdir()) > runs_before
+        assert not home.exists(), "the new run wrote into the folder that was backed up"
+        again = _modelgate(env, "score")
+        assert again.returncode == 0, again.stdout + again.stderr
     finally:
         _stop(up)

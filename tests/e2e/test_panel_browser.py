@@ -8,8 +8,11 @@ a forged job POST is refused. Screenshots go outside the tree (tests/e2e/shots.p
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -207,6 +210,54 @@ def test_carol_scores_the_example_record_through_the_gateway(context: Any,
     assert width <= 820, f"the score tester scrolls sideways at tablet width ({width} px)"
 
 
+def test_carol_sees_the_reasons_behind_a_score(context: Any, stack: Stack) -> None:
+    """Reason codes as a bar chart with sentences, computed by the replica behind the gateway."""
+    ensure_deployed(stack)
+    page = sign_in(context, stack, "carol", "/score/")
+    assert page.is_checked("#score-explain")
+    assert '"explain": true' in page.text_content("#raw-request")
+    page.select_option("#field-checking-account", "little")
+    page.click("#score-submit")
+    page.wait_for_selector("#score-reasons svg.reasons-chart")
+    answer = json.loads(page.text_content("#raw-response"))
+    prediction = answer["predictions"][0]
+    factors = prediction["reasons"]["factors"]
+    bars = page.locator("#score-reasons g.reason")
+    assert bars.count() == len(factors) == 9
+    sentences = page.locator("#score-reasons g.reason text").all_text_contents()
+    checking = next(f for f in factors if f["field"] == "Checking account")
+    expected = ("raises the risk" if checking["direction"] == "raises" else
+                "lowers the risk" if checking["direction"] == "lowers" else "no effect")
+    assert f"Checking account: little — {expected}" in sentences
+    # largest first, red bars right of the centre line for what raises the risk of "bad"
+    assert [bars.nth(i).get_attribute("data-field") for i in range(9)] == [
+        f["field"] for f in factors]
+    for i, factor in enumerate(factors):
+        rect = bars.nth(i).locator("rect")
+        x, width = float(rect.get_attribute("x")), float(rect.get_attribute("width"))
+        if factor["contribution"] > 0:
+            assert x == 200 and width > 0 and rect.get_attribute("fill") == "#c53030"
+        elif factor["contribution"] < 0:
+            assert abs(x + width - 200) < 0.01 and rect.get_attribute("fill") == "#1f8a4c"
+    assert float(bars.nth(0).locator("rect").get_attribute("width")) == 190.0
+    # the shown answer sums to the model's log-odds of "bad"
+    p = prediction["probabilities"]
+    total = prediction["reasons"]["base"] + sum(f["contribution"] for f in factors)
+    assert abs(total - (math.log(p["bad"]) - math.log(p["good"]))) < 1e-9
+    assert "log-odds" in page.text_content("#score-reasons figcaption")
+    page.screenshot(path=str(screenshot_path("score-reasons.png")), full_page=True)
+    page.set_viewport_size({"width": 820, "height": 1100})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 820
+    # without explain: the same score, no chart
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.uncheck("#score-explain")
+    page.click("#score-submit")
+    page.wait_for_selector("#score-label")
+    assert page.locator("#score-reasons").count() == 0
+    assert not page.is_checked("#score-explain")
+    assert "reasons" not in json.loads(page.text_content("#raw-response"))["predictions"][0]
+
+
 def test_a_tester_sees_no_engineer_actions_and_a_forged_post_is_refused(context: Any,
                                                                         stack: Stack) -> None:
     page = sign_in(context, stack, "carol", "/score/")
@@ -240,10 +291,20 @@ def test_carol_scores_a_csv_in_chunks_and_downloads_the_predictions(context: Any
         page.click("#batch-download")
     lines = Path(download.value.path()).read_text().splitlines()
     assert len(lines) == 151
-    assert lines[0].endswith(",label,p_bad,p_good,model,error")
+    assert lines[0].endswith(",label,p_bad,p_good,reason_1,reason_2,reason_3,model,error")
     scored = [line for i, line in enumerate(lines[1:]) if i != 120]
     assert all(",good," in line or ",bad," in line for line in scored)
     assert "Age: must be" in lines[121]
+    # the top three reason codes of every scored row, as sentences
+    table = list(csv.reader(lines))
+    first = table[0].index("reason_1")
+    for number, row in enumerate(table[1:]):
+        reasons = row[first:first + 3]
+        if number == 120:
+            assert reasons == ["", "", ""]
+        else:
+            assert all(re.fullmatch(r"[A-Z][\w ]+: .+ — (raises|lowers) the risk", r)
+                       for r in reasons), reasons
     # The calls just made show on the dashboard's staging card and its charts.
     def calls_shown() -> bool:
         # The gateway writes its request log in batches: reload until the calls are there.

@@ -1,4 +1,7 @@
-"""`modelgate up` on a fresh MODELGATE_HOME: ready, endpoints.json, restarts, clean Ctrl-C."""
+"""`modelgate up` on a fresh MODELGATE_HOME: ready, endpoints.json, restarts, clean Ctrl-C.
+
+One `up` serves the whole module; the last test stops it with Ctrl-C (SIGINT).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +10,62 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import pytest
 import requests
 
 from app.cli import BEAT_PROCESS_NAME
 from tests.support import ROOT, wait_for
+
+
+@dataclass
+class Up:
+    """A running `modelgate up` on a fresh home, its endpoints and its output file."""
+
+    process: subprocess.Popen[bytes]
+    home: Path
+    endpoints: dict[str, Any]
+    log: Path
+
+    def stop(self) -> int:
+        """Ctrl-C, as a person would; return the exit code (idempotent)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+                raise
+        return self.process.returncode
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    tmp_path = tmp_path_factory.mktemp("up")
+    home = tmp_path / "instance"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELGATE_")}
+    env["MODELGATE_HOME"] = str(home)
+    log = tmp_path / "up.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app", "up", "--panel-port", "0", "--issuer-port", "0",
+             "--gateway-port", "0"],
+            cwd=str(ROOT), env=env, stdout=out, stderr=subprocess.STDOUT)
+    running = Up(process, home, {}, log)
+    try:
+        endpoints_file = home / "endpoints.json"
+        wait_for(lambda: endpoints_file.exists() or process.poll() is not None, 90,
+                 "endpoints.json")
+        assert process.poll() is None, log.read_text()
+        running.endpoints = json.loads(endpoints_file.read_text())
+        yield running
+    finally:
+        running.stop()
 
 
 def _processes_of(home: Path) -> set[int]:
@@ -41,54 +94,6 @@ def _panel_pid(home: Path) -> int | None:
         if b"panel" in cmd and os.getpgid(pid) == pid:
             return pid
     return None
-
-
-def test_up_starts_everything_restarts_a_dead_child_and_stops_cleanly(tmp_path: Path) -> None:
-    home = tmp_path / "instance"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELGATE_")}
-    env["MODELGATE_HOME"] = str(home)
-    up = subprocess.Popen(
-        [sys.executable, "-m", "app", "up", "--panel-port", "0", "--issuer-port", "0",
-         "--gateway-port", "0"],
-        cwd=str(ROOT), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    try:
-        endpoints_file = home / "endpoints.json"
-        wait_for(lambda: endpoints_file.exists() or up.poll() is not None, 90, "endpoints.json")
-        assert up.poll() is None, up.stdout.read().decode() if up.stdout else ""
-        endpoints = json.loads(endpoints_file.read_text())
-        assert set(endpoints) >= {"panel", "issuer", "gateway", "ca_bundle", "redis"}
-        assert endpoints["panel"].startswith("http://127.0.0.1:")
-        assert "@" not in endpoints["redis"], "the Redis password must not be published"
-        assert requests.get(endpoints["panel"] + "/health", timeout=5).status_code == 200
-        assert requests.get(endpoints["panel"] + "/health?deep=1", timeout=5).status_code == 200
-        discovery = requests.get(endpoints["issuer"] + "/.well-known/openid-configuration",
-                                 verify=endpoints["ca_bundle"], timeout=5).json()
-        assert discovery["issuer"] == endpoints["issuer"]
-        assert (home / "dev-credentials.json").stat().st_mode & 0o077 == 0
-        secret = home / "secret_key"
-        assert secret.stat().st_mode & 0o077 == 0
-
-        # A child that dies is restarted.
-        first = _panel_pid(home)
-        assert first is not None
-        os.killpg(first, signal.SIGKILL)
-        wait_for(lambda: (p := _panel_pid(home)) is not None and p != first, 30,
-                 "the panel to be restarted")
-        wait_for(lambda: _healthy(endpoints["panel"]), 30, "the restarted panel")
-
-        children = _processes_of(home) - {up.pid}
-        assert len(children) >= 3  # redis, panel (+ its workers), worker (+ its pool)
-    finally:
-        up.send_signal(signal.SIGINT)
-        try:
-            code = up.wait(30)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            raise
-    assert code == 0
-    assert not (home / "endpoints.json").exists()
-    wait_for(lambda: not _processes_of(home), 10, "every child process to be gone")
 
 
 def _healthy(url: str) -> bool:
@@ -122,37 +127,48 @@ def _worker_pid(home: Path) -> int | None:
     return None
 
 
-def test_killing_the_workers_main_process_leaves_exactly_one_beat(tmp_path: Path) -> None:
-    """Its beat child dies with the old group; the restarted worker's beat is the only one."""
-    home = tmp_path / "instance"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELGATE_")}
-    env["MODELGATE_HOME"] = str(home)
-    up = subprocess.Popen(
-        [sys.executable, "-m", "app", "up", "--panel-port", "0", "--issuer-port", "0",
-         "--gateway-port", "0"],
-        cwd=str(ROOT), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_for(lambda: (home / "endpoints.json").exists() or up.poll() is not None, 90,
-                 "endpoints.json")
-        assert up.poll() is None
-        first_beat = wait_for(lambda: _beat_pids(home), 30, "the embedded beat")
-        assert len(first_beat) == 1
-        worker = _worker_pid(home)
-        assert worker is not None
+def test_up_starts_everything(up: Up) -> None:
+    endpoints = up.endpoints
+    assert set(endpoints) >= {"panel", "issuer", "gateway", "ca_bundle", "redis"}
+    assert endpoints["panel"].startswith("http://127.0.0.1:")
+    assert "@" not in endpoints["redis"], "the Redis password must not be published"
+    assert requests.get(endpoints["panel"] + "/health", timeout=5).status_code == 200
+    assert requests.get(endpoints["panel"] + "/health?deep=1", timeout=5).status_code == 200
+    discovery = requests.get(endpoints["issuer"] + "/.well-known/openid-configuration",
+                             verify=endpoints["ca_bundle"], timeout=5).json()
+    assert discovery["issuer"] == endpoints["issuer"]
+    assert (up.home / "dev-credentials.json").stat().st_mode & 0o077 == 0
+    assert (up.home / "secret_key").stat().st_mode & 0o077 == 0
+    children = _processes_of(up.home) - {up.process.pid}
+    assert len(children) >= 3  # redis, panel (+ its workers), worker (+ its pool)
 
-        os.kill(worker, signal.SIGKILL)  # the main process only, as an OOM kill would
-        wait_for(lambda: (p := _worker_pid(home)) is not None and p != worker, 30,
-                 "the worker to be restarted")
-        wait_for(lambda: _beat_pids(home) - first_beat, 60, "the new worker's beat")
-        assert len(_beat_pids(home)) == 1, "two schedulers run: the old beat was orphaned"
-    finally:
-        up.send_signal(signal.SIGINT)
-        try:
-            code = up.wait(30)
-        except subprocess.TimeoutExpired:
-            up.kill()
-            raise
-    assert code == 0
-    assert not _beat_pids(home), "a beat outlived modelgate up"
-    assert not _processes_of(home)
+
+def test_a_dead_child_is_restarted(up: Up) -> None:
+    first = _panel_pid(up.home)
+    assert first is not None
+    os.killpg(first, signal.SIGKILL)
+    wait_for(lambda: (p := _panel_pid(up.home)) is not None and p != first, 30,
+             "the panel to be restarted")
+    wait_for(lambda: _healthy(up.endpoints["panel"]), 30, "the restarted panel")
+
+
+def test_killing_the_workers_main_process_leaves_exactly_one_beat(up: Up) -> None:
+    """Its beat child dies with the old group; the restarted worker's beat is the only one."""
+    first_beat = wait_for(lambda: _beat_pids(up.home), 30, "the embedded beat")
+    assert len(first_beat) == 1
+    worker = _worker_pid(up.home)
+    assert worker is not None
+
+    os.kill(worker, signal.SIGKILL)  # the main process only, as an OOM kill would
+    wait_for(lambda: (p := _worker_pid(up.home)) is not None and p != worker, 30,
+             "the worker to be restarted")
+    wait_for(lambda: _beat_pids(up.home) - first_beat, 60, "the new worker's beat")
+    assert len(_beat_pids(up.home)) == 1, "two schedulers run: the old beat was orphaned"
+
+
+def test_ctrl_c_stops_every_process(up: Up) -> None:
+    assert up.process.poll() is None, up.log.read_text()
+    assert up.stop() == 0, up.log.read_text()
+    assert not (up.home / "endpoints.json").exists()
+    wait_for(lambda: not _processes_of(up.home), 10, "every child process to be gone")
+    assert not _beat_pids(up.home), "a beat outlived modelgate up"

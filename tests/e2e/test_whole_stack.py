@@ -95,6 +95,16 @@ def test_up_pipeline_run_score_and_stop(tmp_path: Path) -> None:
                              headers=auth, timeout=10)
         assert back.status_code == 200 and back.json()["is_current"]
         wait_for(lambda: _served_revision(endpoints, token, home) == 1, 15, "revision 1")
+
+        # One stage per command, as the CI definitions in ci/ run them.
+        for stage in ("provision", "publish"):
+            single = _modelgate(env, stage, timeout=300)
+            assert single.returncode == 0, single.stdout + single.stderr
+            assert single.stdout.splitlines()[0].startswith(f"{stage} job ")
+            assert single.stdout.splitlines()[-1].endswith("succeeded")
+        wait_for(lambda: _served_revision(endpoints, token, home) == 3, 15, "revision 3")
+        protected = _modelgate(env, "deploy", "--environment", "prod")
+        assert protected.returncode == 1 and "--reason" in protected.stderr
     finally:
         up.send_signal(signal.SIGINT)
         try:

@@ -111,6 +111,32 @@ def test_declared_anonymous_apis_and_listed_backends() -> None:
             check(f'<set-backend-service base-url="{url}" />', listed)
 
 
+@pytest.mark.parametrize(("issuer", "token_type", "served"), [
+    (ISSUER, "at+jwt", True),
+    ("https://login.microsoftonline.com/9188040d-6c67-4c5b-b112-36a304b66dad/v2.0", "JWT", True),
+    ("https://login.microsoftonline.us/contoso.onmicrosoft.com/v2.0/", "JWT", True),
+    (ISSUER, "JWT", False),  # the local issuer's tokens are at+jwt: never loosened
+    (None, "JWT", False),  # no recorded issuer: nothing says the tokens come from Entra ID
+    ("http://login.microsoftonline.com/tenant/v2.0", "JWT", False),
+    ("https://login.microsoftonline.com/tenant/", "JWT", False),  # the v1 issuer
+    ("https://login.microsoftonline.com/v2.0", "JWT", False),
+    ("https://login.microsoftonline.com/a/b/v2.0", "JWT", False),
+])
+def test_typ_jwt_only_for_an_entra_v2_issuer(issuer: str | None, token_type: str,
+                                             served: bool) -> None:
+    """An API may record Entra ID's access-token type only with an Entra v2 issuer."""
+    audience = "api://6e9a3c1f"
+    rules = ServingRules("staging", "http://127.0.0.1:9000", issuer=issuer, audience=audience,
+                         access_token_type=token_type)
+    trusted = issuer if issuer and issuer.startswith("https://") else ISSUER  # compiles
+    inbound = jwt(issuer=trusted.rstrip("/"), audiences=f"<audience>{audience}</audience>") + KEY
+    if served:
+        check(inbound, rules)
+    else:
+        with pytest.raises(UnsafePolicy, match=f"access_token_type '{token_type}'"):
+            check(inbound, rules)
+
+
 def test_pipeline_file_declares_backends_and_anonymous_apis(tmp_path: Path) -> None:
     """gateway.allowed_backends and gateway.anonymous_apis: optional lists, each item checked."""
     own = tmp_path / "pipeline.yml"

@@ -29,7 +29,7 @@ API = "api://modelgate"
 
 
 def ci_app(issuer: Issuer, secret: str | None = None) -> msal.ConfidentialClientApplication:
-    """MSAL as the CI client, exactly as DESIGN.md prescribes."""
+    """MSAL as the CI client, exactly as the CI client does (app/client.py)."""
     return msal.ConfidentialClientApplication(
         "modelgate-ci", client_credential=secret or issuer.secret("modelgate-ci"),
         oidc_authority=issuer.url, http_client=issuer.session(),

@@ -11,6 +11,8 @@ import pytest
 
 from app.ml.package import (
     BASELINE_FILE,
+    FAIRNESS_FILE,
+    OPTIONAL_FILES,
     PACKAGE_FILES,
     PackageError,
     load_package,
@@ -18,6 +20,7 @@ from app.ml.package import (
     write_package_parts,
 )
 from app.ml.predict import features_frame, predict_records
+from app.ml.reasons import read_baseline
 from app.ml.signature import DESIGN_EXAMPLE, Signature
 from app.ml.training import CATEGORICAL, NUMERIC, TrainingOutcome
 from app.ml.validation import validate_records
@@ -25,7 +28,8 @@ from app.ml.validation import validate_records
 
 def test_write_and_load_round_trip(tmp_path: Path, outcome: TrainingOutcome) -> None:
     dest = write_package(outcome, tmp_path / "models" / "german-credit" / "3", version=3)
-    assert sorted(p.name for p in dest.iterdir()) == sorted((*PACKAGE_FILES, BASELINE_FILE))
+    assert sorted(p.name for p in dest.iterdir()) == sorted(PACKAGE_FILES + OPTIONAL_FILES)
+    assert BASELINE_FILE in OPTIONAL_FILES
     assert json.loads((dest / BASELINE_FILE).read_text()) == json.loads(
         json.dumps(outcome.baseline))
     sig = json.loads((dest / "signature.json").read_text())
@@ -33,6 +37,8 @@ def test_write_and_load_round_trip(tmp_path: Path, outcome: TrainingOutcome) -> 
     pkg = load_package(dest)
     assert pkg.signature == outcome.signature.with_version("3")
     assert pkg.metrics == json.loads(json.dumps(outcome.metrics))
+    assert pkg.fairness == json.loads(json.dumps(outcome.fairness))
+    assert [a["name"] for a in pkg.fairness["attributes"]] == ["sex", "age"]
     assert pkg.importance["features"][0]["feature"] == outcome.importance["features"][0][
         "feature"]
     frame = features_frame([DESIGN_EXAMPLE], NUMERIC, CATEGORICAL)
@@ -41,6 +47,38 @@ def test_write_and_load_round_trip(tmp_path: Path, outcome: TrainingOutcome) -> 
     records = validate_records(pkg.signature, [dict(DESIGN_EXAMPLE)])
     assert predict_records(pkg.pipeline, pkg.signature, records) == predict_records(
         outcome.pipeline, outcome.signature, records)
+
+
+def test_the_package_holds_the_encoded_training_mean(tmp_path: Path,
+                                                     outcome: TrainingOutcome) -> None:
+    """explain.json: the baseline of linear reason codes, one mean per encoded feature."""
+    from app.ml.dataset import read_csv
+    from app.ml.predict import frame_from_dataframe
+
+    dest = write_package(outcome, tmp_path / "pkg", version=1)
+    mean = np.asarray(read_baseline(dest))
+    preprocess = outcome.pipeline.named_steps["preprocess"]
+    names = list(preprocess.get_feature_names_out())
+    assert len(mean) == len(names)
+    # scaled numeric columns average 0 on the training part; one-hot columns are frequencies
+    numeric = [i for i, n in enumerate(names) if n.startswith("numeric__")]
+    onehot = [i for i, n in enumerate(names) if n.startswith("categorical__")]
+    assert np.allclose(mean[numeric], 0.0, atol=1e-12)
+    assert np.all((mean[onehot] > 0.0) & (mean[onehot] < 1.0))
+    assert math.isclose(mean[onehot].sum(), len(CATEGORICAL))  # one category per field
+    # it is the training part's mean, not the whole dataset's
+    whole = frame_from_dataframe(read_csv(outcome.dataset.path), NUMERIC, CATEGORICAL)
+    assert outcome.explain["n_train"] == outcome.metrics["n_train"] < len(whole)
+    assert not np.allclose(np.asarray(preprocess.transform(whole)).mean(axis=0), mean)
+
+
+def test_a_package_without_a_fairness_report_still_loads(tmp_path: Path,
+                                                        outcome: TrainingOutcome) -> None:
+    """Versions trained before the report existed stay deployable."""
+    dest = write_package(outcome, tmp_path / "pkg", version=1)
+    (dest / FAIRNESS_FILE).unlink()
+    pkg = load_package(dest)
+    assert pkg.fairness == {} and pkg.signature.version == "1"
 
 
 def test_rewrite_replaces_whole_package(tmp_path: Path, outcome: TrainingOutcome) -> None:

@@ -12,6 +12,7 @@ import yaml
 
 from app.ml.dataset import register_dataset
 from app.ml.predict import features_frame, predict_records
+from app.ml.reasons import read_baseline
 from app.ml.registry import ModelRegistry, ModelVersionInfo, RegistryError
 from app.ml.signature import DESIGN_EXAMPLE
 from app.ml.training import CATEGORICAL, NUMERIC, TrainingConfig, TrainingOutcome, train
@@ -136,6 +137,8 @@ def test_download_package_load_and_predict(
     expected = predict_records(lineage_outcome.pipeline, lineage_outcome.signature, records)
     assert preds == expected
     assert all(set(p.probabilities) == {"bad", "good"} for p in preds)
+    # the baseline of linear reason codes travels with the package
+    assert read_baseline(dest) == tuple(lineage_outcome.explain["encoded_mean"])
     # Downloading again replaces the directory in place.
     registry.download_package(NAME, first.version, dest)
     assert sorted(p.name for p in dest.parent.iterdir()) == [first.version]

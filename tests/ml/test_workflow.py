@@ -34,6 +34,11 @@ def test_train_and_register_end_to_end(tmp_path: Path, csv_path: Path) -> None:
     assert pkg.signature.version == "1"
     summary = json.loads(json.dumps(result.to_dict(), allow_nan=False))
     assert summary["model"]["version"] == "1" and summary["family"] == "logistic_regression"
+    # The job result carries the fairness report's headline figures, as the package holds it.
+    assert set(summary["fairness"]) == {"sex", "age"} == {
+        a["name"] for a in pkg.fairness["attributes"]}
+    sex = next(a for a in pkg.fairness["attributes"] if a["name"] == "sex")["summary"]
+    assert summary["fairness"]["sex"]["selection_rate_ratio"] == sex["selection_rate"]["ratio"]
     pcts = [p for p, _ in seen]
     assert pcts == sorted(pcts) and pcts[0] == 0 and pcts[-1] == 100
 

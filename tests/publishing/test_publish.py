@@ -115,6 +115,9 @@ def test_each_publish_is_a_new_current_revision(panel: Panel) -> None:
                                                                   "staging")
     assert 'calls="42"' in api["policy_xml"]
     assert "<audience>api://modelgate</audience>" in api["policy_xml"]
+    # the rules recorded from the (local) identity settings: RFC 9068 access tokens only
+    assert (api["issuer"], api["audiences"], api["access_token_type"]) == (
+        "{{issuer-url}}", ["api://modelgate"], "at+jwt")
     assert "Score.Invoke" in api["policy_xml"]
     assert "{{staging-backend-key}}" in api["policy_xml"]
     assert "backend-key-1" not in (panel.home / "gateway" / "config.json").read_text()

@@ -55,7 +55,10 @@ def test_version_detail_draws_charts_and_lineage(
     html = page.get_data(as_text=True)
     for chart in ("roc", "confusion", "importance", "calibration"):
         assert f'data-chart="{chart}"' in html
-    assert html.count("<svg") == 4
+    # and two per attribute of the fairness report (rates, calibration by group)
+    assert html.count("<svg") == 4 + 2 * len(outcome.fairness["attributes"])
+    for chart in ("fairness-rates", "fairness-calibration"):
+        assert html.count(f'data-chart="{chart}"') == len(outcome.fairness["attributes"])
     assert 'class="roc-line"' in html and 'class="operating-point"' in html
     assert html.count('class="cm-cell"') == 4
     assert html.count('class="importance-bar"') == 9

@@ -131,3 +131,68 @@ def test_missing_file_is_an_error_naming_it(tmp_path: Path) -> None:
     with pytest.raises(PipelineConfigError, match="cannot read the file") as caught:
         load_pipeline_config(tmp_path / "nope.yml")
     assert caught.value.key.endswith("nope.yml")
+
+
+def test_fairness_and_gate_sections_default_and_merge(tmp_path: Path) -> None:
+    default = load_pipeline_config(DEFAULT_PATH)
+    assert [(g.name, g.column, g.bands) for g in default.fairness.groups] == [
+        ("sex", "Sex", ()), ("age", "Age", (25.0, 35.0, 50.0))]
+    assert default.fairness.min_group_size == 30
+    assert default.model.fairness == default.fairness  # the train job carries it
+    assert default.model.exclude == ()
+    assert (default.gate.min_heldout_auc, default.gate.min_selection_rate_ratio,
+            default.gate.max_equalized_odds_gap) == (0.7, None, None)
+    own = tmp_path / "pipeline.yml"
+    own.write_text("fairness:\n  groups:\n    band: {column: Duration, bands: [12, 24]}\n"
+                   "gate: {min_selection_rate_ratio: 0.8}\n"
+                   "model: {exclude: [Sex, Age]}\n")
+    config = load_pipeline_config(own)
+    # A user's groups replace the default's (no age left over); gate keys merge.
+    assert [(g.name, g.column, g.bands) for g in config.fairness.groups] == [
+        ("band", "Duration", (12.0, 24.0))]
+    assert config.fairness.groups[0].labels() == ["under 12", "12–23", "24+"]
+    assert (config.gate.min_heldout_auc, config.gate.min_selection_rate_ratio) == (0.7, 0.8)
+    assert config.model.exclude == ("Age", "Sex")  # input order
+    assert parse_pipeline_config(config.to_dict()).to_dict() == config.to_dict()
+    assert "fairness" not in config.to_dict()["model"]
+
+
+@pytest.mark.parametrize("text,key,message", [
+    ("fairness: {grups: {}}\n", "fairness.grups", "unknown key; expected one of groups"),
+    ("fairness: {groups: {sex: {column: Gender}}}\n", "fairness.groups.sex.column",
+     "must be one of the model's input columns: Age, Job"),
+    ("fairness: {groups: {sex: {column: Sex, bands: [1]}}}\n", "fairness.groups.sex.bands",
+     "categorical"),
+    ("fairness: {groups: {age: {column: Age}}}\n", "fairness.groups.age.bands",
+     "a numeric column needs 1-10 band edges"),
+    ("fairness: {groups: {age: {column: Age, bands: [40, 30]}}}\n",
+     "fairness.groups.age.bands", "must increase"),
+    ("fairness: {groups: {age: {column: Age, edges: [30]}}}\n", "fairness.groups.age.edges",
+     "unknown key"),
+    ("fairness: {groups: []}\n", "fairness.groups", "must be a mapping"),
+    ("fairness: {min_group_size: 0}\n", "fairness.min_group_size", "integer 1..10000"),
+    ("fairness: {confidence_level: 95}\n", "fairness.confidence_level", "number 0.5..0.999"),
+    ("fairness: [sex]\n", "fairness", "must be a mapping"),
+    ("gate: {min_auc: 0.7}\n", "gate.min_auc",
+     "unknown key; expected one of min_heldout_auc, min_selection_rate_ratio, "
+     "max_equalized_odds_gap"),
+    ("gate: {min_heldout_auc: 1.5}\n", "gate.min_heldout_auc", "must be a number 0..1"),
+    ("gate: {max_equalized_odds_gap: 'low'}\n", "gate.max_equalized_odds_gap",
+     "must be a number 0..1"),
+    ("gate: {min_selection_rate_ratio: true}\n", "gate.min_selection_rate_ratio",
+     "must be a number 0..1"),
+    ("model: {fairness: {groups: {}}}\n", "model.fairness", "top-level fairness section"),
+    ("model: {exclude: [Gender]}\n", "model.exclude[0]", "'Gender' is not an input column"),
+    ("model: {exclude: Sex}\n", "model.exclude", "must be a list"),
+    ("model: {exclude: [Age, Job, Credit amount, Duration, Sex, Housing, Saving accounts, "
+     "Checking account, Purpose]}\n", "model.exclude", "cannot exclude every input column"),
+])
+def test_bad_fairness_and_gate_keys_are_named(tmp_path: Path, text: str, key: str,
+                                              message: str) -> None:
+    own = tmp_path / "pipeline.yml"
+    own.write_text(text)
+    with pytest.raises(PipelineConfigError) as caught:
+        load_pipeline_config(own)
+    assert caught.value.key == key
+    assert str(caught.value).startswith(f"{key}: ")
+    assert message in str(caught.value)

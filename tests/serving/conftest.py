@@ -138,5 +138,5 @@ def replica(lr_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 @pytest.fixture()
 def example_body() -> dict[str, object]:
-    """DESIGN.md's example request."""
+    """The seed's example request."""
     return {"data": [dict(EXAMPLE)]}

@@ -15,6 +15,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from app.ml.reasons import EXPLAIN_FILE, encoded_baseline
+
 ROOT = Path(__file__).resolve().parents[2]
 DATA_CSV = ROOT / "data" / "german_credit_data.csv"
 NUMERIC = ["Age", "Job", "Credit amount", "Duration"]
@@ -106,7 +108,7 @@ def make_pipeline(kind: str) -> Pipeline:
 
 
 def signature_dict(version: str = "3", name: str = "german-credit") -> dict[str, Any]:
-    """signature.json content with the sanity ranges and DESIGN.md's example record."""
+    """signature.json content with the sanity ranges and the seed's example record."""
     fields: list[dict[str, Any]] = []
     for field in FEATURES:
         if field in RANGES:
@@ -150,4 +152,7 @@ def build_model_package(directory: Path, kind: str = "lr", version: str = "3") -
     joblib.dump(pipeline, directory / "model.joblib")
     (directory / "signature.json").write_text(json.dumps(signature_dict(version)), "utf-8")
     (directory / "metrics.json").write_text(json.dumps({"kind": kind}), "utf-8")
+    # the baseline of linear reason codes, as training writes it
+    baseline = encoded_baseline(pipeline, features)
+    (directory / EXPLAIN_FILE).write_text(json.dumps(baseline), "utf-8")
     return directory

@@ -36,6 +36,10 @@ BODIES = st.one_of(
         lambda rows: json.dumps({"data": rows}, allow_nan=True).encode(),
         st.lists(MUTATED | RECORDS, max_size=4),
     ),
+    st.builds(  # the explain option, well- or ill-typed, with good and bad records
+        lambda rows, flag: json.dumps({"data": rows, "explain": flag}, allow_nan=True).encode(),
+        st.lists(MUTATED | st.just(dict(EXAMPLE)), max_size=4), st.booleans() | VALUES,
+    ),
     st.builds(lambda v: json.dumps(v, allow_nan=True).encode(), VALUES),
     st.binary(max_size=200),
     st.builds(

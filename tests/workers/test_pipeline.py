@@ -143,3 +143,25 @@ def test_cancelling_a_stage_stops_the_pipeline(stack: Stack) -> None:
     assert parent["status"] == "CANCELLED", parent
     assert any("was cancelled; stopping the pipeline" in line["message"]
                for line in parent["log"])
+
+
+def test_the_plan_job_reads_the_backend_and_changes_nothing(stack: Stack) -> None:
+    r = stack.client.post("/api/v1/jobs", json={"kind": "provision"}, headers=stack.headers)
+    assert stack.finish(r.get_json()["id"])["status"] == "SUCCEEDED"
+    workspace = stack.home / "workspace.json"
+    before = workspace.stat().st_mtime_ns
+    r = stack.client.post("/api/v1/jobs", json={"kind": "plan"}, headers=stack.headers)
+    assert r.status_code == 202, r.get_json()
+    job = stack.finish(r.get_json()["id"])
+    assert job["status"] == "SUCCEEDED", job
+    actions = {i["kind"]: i["action"] for i in job["result"]["items"]}
+    assert actions["Workspace record"] == "no change"
+    assert actions["Dataset version"] == "no change"
+    assert job["result"]["offline"] is False
+    assert any(line["message"].startswith("plan: ") for line in job["log"])
+    assert workspace.stat().st_mtime_ns == before
+    page = stack.client.get(f"/jobs/{job['id']}").get_data(as_text=True)
+    assert "data-plan" in page and "No change" in page
+    r = stack.client.post("/api/v1/jobs", json={"kind": "plan", "params": {"offline": "yes"}},
+                          headers=stack.headers)
+    assert r.status_code == 422 and "offline" in str(r.get_json())

@@ -161,6 +161,14 @@ def test_train_job_registers_version_with_lineage(
     assert version["lineage"]["run_id"] == result["model"]["run_id"]
     assert (stack.home / "models" / "german-credit" / result["model"]["version"]
             / "signature.json").is_file()
+    # The worker computed the fairness report: in the log, the package and the versions API.
+    assert any(m.startswith("fairness on the held-out part") and "; by age " in m
+               for m in _messages(first))
+    assert set(result["fairness"]) == {"sex", "age"}
+    report = version["fairness"]["report"]
+    assert [a["name"] for a in report["attributes"]] == ["sex", "age"]
+    assert report["n"] == 200 and report["threshold"] == result["threshold"]
+    assert version["fairness"]["gate"]["passed"] is True  # the shipped gate: AUC >= 0.7
 
 
 def test_identical_inputs_give_new_run_and_version_with_identical_metrics(

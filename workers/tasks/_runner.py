@@ -69,7 +69,7 @@ def run_job(task: Any, job_id: str, operation: Operation) -> None:
     except jobs.JobCancelled:
         jobs.mark_cancelled(job_id, worker)
     except SoftTimeLimitExceeded:
-        jobs.fail(job_id, worker, f"timed out after {config['JOB_TIME_LIMIT_SECONDS']} s")
+        jobs.fail(job_id, worker, f"timed out after {_soft_limit(task, config)} s")
     except TransientBackendError as exc:  # worth retrying: the job is queued again
         if jobs.release_for_retry(job_id, worker, str(exc)):
             raise task.retry(countdown=min(60, 2 ** ctx.attempt), max_retries=None) from exc
@@ -86,6 +86,14 @@ def run_job(task: Any, job_id: str, operation: Operation) -> None:
         jobs.succeed(job_id, worker, result)
     finally:
         stop.set()
+
+
+def _soft_limit(task: Any, config: Any) -> int:
+    """The soft time limit this run had: the one sent with the task (a kind's longer limit on
+    a backend, app.services.kinds), the task's own, or the configured default."""
+    sent = getattr(getattr(task, "request", None), "timelimit", None) or (None, None)
+    soft = sent[1] if isinstance(sent, list | tuple) and len(sent) > 1 else None
+    return int(soft or getattr(task, "soft_time_limit", None) or config["JOB_TIME_LIMIT_SECONDS"])
 
 
 def _heartbeat(app: Any, job_id: str, worker: str, ctx: JobContext, stop: threading.Event,

@@ -31,6 +31,7 @@ from app.backends.base import (
     Capability,
     Checkpoint,
     KeyRole,
+    Plan,
     PolicyRefused,
     Progress,
     ProvisionResult,
@@ -91,6 +92,12 @@ class LocalBackend:
         from app.backends.local.provisioning import teardown
 
         teardown(self.home, workspace, progress)
+
+    def plan(self, spec: ProvisionSpec, offline: bool = False) -> Plan:
+        """What provisioning, deploying and publishing would do in MODELGATE_HOME."""
+        from app.backends.local.plan import plan
+
+        return plan(self.home, spec, offline)
 
     def health(self) -> BackendHealth:
         """Healthy when MODELGATE_HOME exists (or can be created) and is writable."""

@@ -1,8 +1,7 @@
 """Drift: model versions' training baselines and the results of drift checks.
 
 Revision ID: 0011
-Revises: 0008 (on the drift branch; 0009 and 0010 are other branches' — the merge re-chains
-this to follow 0010)
+Revises: 0010
 Create Date: 2026-12-20
 """
 import sqlalchemy as sa
@@ -11,7 +10,7 @@ from alembic import op
 from app.db import UtcDateTime
 
 revision = "0011"
-down_revision = "0008"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
