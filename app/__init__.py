@@ -77,6 +77,7 @@ def register_blueprints(app: Flask) -> None:
     from app.auth.routes import bp as auth_bp
     from app.dashboard.routes import bp as dashboard_bp
     from app.deployments.routes import bp as deployments_bp
+    from app.drift.routes import bp as drift_bp
     from app.jobs.routes import bp as jobs_bp
     from app.publishing.routes import bp as publishing_bp
     from app.registry.routes import bp as registry_bp
@@ -92,6 +93,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(deployments_bp)
     app.register_blueprint(approvals_bp)
     app.register_blueprint(audit_bp)
+    app.register_blueprint(drift_bp)
 
 
 def register_favicon(app: Flask) -> None:

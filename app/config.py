@@ -68,6 +68,8 @@ class BaseConfig:
     DEPLOY_DRAIN_SECONDS = 30.0
     KEY_SWITCH_GRACE_SECONDS = 2.0
     KEY_ROTATION_CHECK_SECONDS = 3600.0
+    # Drift: how often beat compares the sampled scoring records with the training baseline.
+    DRIFT_CHECK_SECONDS = 3600.0
     # Fault injection for crash tests (docs/internal-contracts.md): empty = inert.
     FAULT_AT = ""
     # Promotions: how long a request waits for a decision; webhooks per event type (JSON object
@@ -209,6 +211,10 @@ def celery_settings(config: dict[str, Any]) -> dict[str, Any]:
             "rotate-due-keys": {
                 "task": "modelgate.deployments.rotate_due",
                 "schedule": float(config["KEY_ROTATION_CHECK_SECONDS"]),
+            },
+            "check-drift": {
+                "task": "modelgate.drift.check",
+                "schedule": float(config["DRIFT_CHECK_SECONDS"]),
             },
         },
     }

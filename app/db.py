@@ -273,3 +273,43 @@ class Promotion(Base):
     # The approver's reason for approving a version that failed the promotion gate.
     gate_override: Mapped[str | None] = mapped_column(Text, nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class DriftBaseline(Base):
+    """A model version's training baseline for drift checks (app.ml.drift), kept once read
+    from its package (baseline.json) or computed from its registered data."""
+
+    __tablename__ = "drift_baselines"
+
+    model_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(32), primary_key=True)
+    source: Mapped[str] = mapped_column(String(32))
+    baseline: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class DriftCheck(Base):
+    """One drift check of one model version's sample in one environment: PSI and band per
+    field and of P(bad); written only by app.services.drift."""
+
+    __tablename__ = "drift_checks"
+    __table_args__ = (Index("ix_drift_checks_environment_checked", "environment",
+                            "checked_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    environment: Mapped[str] = mapped_column(String(64))
+    model_name: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(32))
+    checked_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, default=utcnow)
+    # The UTC hours the sample's records were scored in (first and last).
+    first_hour: Mapped[str] = mapped_column(String(20))
+    last_hour: Mapped[str] = mapped_column(String(20))
+    samples: Mapped[int] = mapped_column(Integer)
+    band: Mapped[str] = mapped_column(String(8))  # the worst band of the fields and the score
+    score_psi: Mapped[float] = mapped_column(Float)
+    score_band: Mapped[str] = mapped_column(String(8))
+    # [{"field", "psi", "band", "bins": [{"label", "expected", "actual"}]}], then the score's
+    fields: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    score: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # Fields (and "P(bad)") whose band rose since the previous check of this version here.
+    crossed: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)

@@ -67,6 +67,29 @@ STATES: dict[str, str] = {
 }
 
 
+# Drift bands (app.ml.drift.Band) → (label, what it asks of people).
+DRIFT_BANDS: dict[str, tuple[str, str]] = {
+    "stable": ("Stable", "PSI below the watch threshold: scored applicants look like the "
+                         "training data"),
+    "watch": ("Watch", "PSI between the watch and act thresholds: a moderate shift; keep an "
+                       "eye on it"),
+    "act": ("Act", "PSI above the act threshold: applicants no longer look like the training "
+                   "data; review the model and consider retraining"),
+}
+
+
+def band_label(band: str) -> str:
+    """A drift band as people read it (``act`` → ``Act``)."""
+    known = DRIFT_BANDS.get(str(band))
+    return known[0] if known else str(band).capitalize()
+
+
+def band_meaning(band: str) -> str:
+    """What a drift band means, in a sentence."""
+    known = DRIFT_BANDS.get(str(band))
+    return known[1] if known else ""
+
+
 # Input fields of the credit model → label, and how their values read (data/README.md).
 FIELDS: dict[str, str] = {
     "Age": "Age",
@@ -166,4 +189,5 @@ def register(app: Flask) -> None:
     app.jinja_env.filters.update(metric_label=metric_label, state_label=state_label,
                                  plural=plural, age_label=age_label,
                                  family_label=family_label, field_label=field_label,
-                                 reason_sentence=reason_sentence)
+                                 reason_sentence=reason_sentence, band_label=band_label,
+                                 band_meaning=band_meaning)

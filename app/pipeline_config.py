@@ -38,7 +38,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _ENV_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 _API_PATH = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}(/[a-z0-9][a-z0-9-]{0,62}){0,2}$")
 _SECTIONS = ("workspace", "data", "mlflow", "model", "fairness", "gate", "environments",
-             "runtime", "gateway", "keys", "azure")
+             "runtime", "gateway", "keys", "azure", "drift")
 
 
 class PipelineConfigError(ValueError):
@@ -142,6 +142,24 @@ class GateSettings:
 
 
 @dataclass(frozen=True)
+class DriftSettings:
+    """Drift sampling and checks (app.serving.sampling, app.services.drift).
+
+    Every key is optional; a missing one takes the default below.
+    """
+
+    # Share of scored records each scoring replica samples (0 turns sampling off).
+    sample_rate: float = 0.1
+    # Bound of each environment's sample store: the newest this many records are kept.
+    max_samples: int = 10_000
+    # A check compares a model version's sample only once it holds this many records.
+    min_samples: int = 100
+    # PSI bands: below `watch` stable, `watch` to `act` watch, above `act` act.
+    watch: float = 0.1
+    act: float = 0.25
+
+
+@dataclass(frozen=True)
 class AzureSettings:
     """Names, sizes and networks the azure backend uses (ignored by the local backend).
 
@@ -188,6 +206,7 @@ class PipelineConfig:
     gateway: GatewaySettings
     keys: KeySettings
     azure: AzureSettings
+    drift: DriftSettings = DriftSettings()
     gate: GateSettings = GateSettings()
     source: str = "<mapping>"
 
@@ -229,6 +248,7 @@ class PipelineConfig:
             "gateway": vars(self.gateway).copy(),
             "keys": vars(self.keys).copy(),
             "azure": vars(self.azure).copy(),
+            "drift": vars(self.drift).copy(),
         }
 
 
@@ -339,6 +359,7 @@ def parse_pipeline_config(data: Mapping[str, Any], *, base_dir: Path = PROJECT_R
         gateway=_gateway(_section(data, "gateway")),
         keys=_keys(_section(data, "keys")),
         azure=_azure(_section(data, "azure")),
+        drift=_drift(_section(data, "drift")),
         gate=_gate(_section(data, "gate")),
         source=source,
     )
@@ -498,6 +519,25 @@ def _azure_networks(values: Mapping[str, Any]) -> None:
         raise PipelineConfigError("azure.dns_service_ip", "must be an IP address") from None
     if dns not in nets["service_cidr"]:
         raise PipelineConfigError("azure.dns_service_ip", "must lie inside azure.service_cidr")
+
+
+def _drift(d: Mapping[str, Any]) -> DriftSettings:
+    defaults = DriftSettings()
+    fields = tuple(DriftSettings.__dataclass_fields__)
+    _known(d, "drift", fields)
+    given = {**vars(defaults), **{k: v for k, v in d.items() if v is not None}}
+    settings = DriftSettings(
+        sample_rate=_number(given, "sample_rate", "drift", 0, 1),
+        max_samples=_integer(given, "max_samples", "drift", 100, 1_000_000),
+        min_samples=_integer(given, "min_samples", "drift", 10, 1_000_000),
+        watch=_number(given, "watch", "drift", 0.001, 10),
+        act=_number(given, "act", "drift", 0.001, 10),
+    )
+    if settings.min_samples > settings.max_samples:
+        raise PipelineConfigError("drift.min_samples", "must not exceed drift.max_samples")
+    if settings.act <= settings.watch:
+        raise PipelineConfigError("drift.act", "must be above drift.watch")
+    return settings
 
 
 # --------------------------------------------------------------------------- values

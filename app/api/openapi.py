@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.api import openapi_drift as drift_openapi
 from app.api import openapi_promotions as promotion_openapi
 from app.db import JobStatus
 from app.params import SQL_INT_MAX
@@ -119,6 +120,7 @@ def document() -> dict[str, Any]:
                     "401": _error("Not signed in"),
                     "404": _error("No registered version of this model")}}},
             **promotion_openapi.paths(),
+            **drift_openapi.paths(),
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
@@ -173,6 +175,7 @@ def document() -> dict[str, Any]:
                     "errors": {"type": "array", "items": {"type": "object", "properties": {
                         "field": {"type": "string"}, "message": {"type": "string"}}}}}},
                 **promotion_openapi.schemas(),
+                **drift_openapi.schemas(),
             },
         },
     }

@@ -212,3 +212,18 @@ def decide_promotion(promotion_id: str, decision: str) -> Any:
         row = promotions.reject(promotion_id, current_user.username, roles=current_user.roles,
                                 comment=body.get("comment", ""))
     return promotions.to_dict(row)
+
+
+@bp.get("/drift/<environment>")
+@role_required(Role.ENGINEER, Role.APPROVER)
+def get_drift(environment: str) -> Any:
+    """An environment's latest drift checks (oldest first) and its waiting samples."""
+    from app.errors import NotFound
+    from app.services import deployments, drift
+
+    if environment not in deployments.environments():
+        raise NotFound(f"environment {environment!r} is not known")
+    view = drift.overview(environment, int_arg("limit", drift.HISTORY_LIMIT, minimum=1,
+                                               maximum=drift.MAX_HISTORY))
+    return {"environment": environment, "pending": view.pending,
+            "checks": [drift.check_to_dict(row) for row in view.checks]}

@@ -33,7 +33,10 @@ PACKAGE_FILES: tuple[str, ...] = (
 # Written by every training since the fairness report exists; packages of versions trained
 # before lack it and stay loadable and deployable.
 FAIRNESS_FILE = "fairness.json"
-OPTIONAL_FILES: tuple[str, ...] = (FAIRNESS_FILE, EXPLAIN_FILE)
+# The training baseline for drift checks (app.ml.drift); optional: packages written before it
+# existed stay valid, and their baseline is computed from the registered data on first use.
+BASELINE_FILE = "baseline.json"
+OPTIONAL_FILES: tuple[str, ...] = (FAIRNESS_FILE, EXPLAIN_FILE, BASELINE_FILE)
 
 
 class PackageError(Exception):
@@ -85,6 +88,7 @@ def write_package(
         roc=outcome.roc,
         explain=outcome.explain or None,
         fairness=outcome.fairness or None,
+        baseline=outcome.baseline or None,
     )
 
 
@@ -99,12 +103,15 @@ def write_package_parts(
     roc: Mapping[str, Any],
     explain: Mapping[str, Any] | None = None,
     fairness: Mapping[str, Any] | None = None,
+    baseline: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a model package from its parts (see :func:`write_package`).
 
-    ``explain`` (explain.json, the baseline of linear reason codes) and ``fairness``
-    (fairness.json, the report by group) are optional: packages written before them lack them;
-    the scoring service then declines to explain a linear model's predictions.
+    ``explain`` (explain.json, the baseline of linear reason codes), ``fairness``
+    (fairness.json, the report by group) and ``baseline`` (baseline.json, the drift baseline)
+    are optional: packages written before them lack them; the scoring service then declines
+    to explain a linear model's predictions, and drift checks compute the baseline from the
+    registered data.
     """
     import joblib
 
@@ -122,6 +129,8 @@ def write_package_parts(
             _dump_json(tmp / EXPLAIN_FILE, dict(explain))
         if fairness is not None:
             _dump_json(tmp / FAIRNESS_FILE, dict(fairness))
+        if baseline:
+            _dump_json(tmp / BASELINE_FILE, dict(baseline))
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700; readers may run as another user
         _swap_in(tmp, target)
     finally:

@@ -20,6 +20,7 @@ from app.ml.config import (
     TrainingConfig,
 )
 from app.ml.dataset import META_FILE, DatasetSchema, build_signature, infer_schema, read_csv
+from app.ml.drift import DEFAULT_BINS, build_baseline
 from app.ml.evaluation import (
     CostMatrix,
     calibration_data,
@@ -111,6 +112,9 @@ class TrainingOutcome:
     explain: Mapping[str, Any] = field(default_factory=dict)
     # fairness.json: the report by group on the held-out part (app/ml/fairness.py)
     fairness: Mapping[str, Any] = field(default_factory=dict)
+    # baseline.json: the training part's field distributions and the held-out P(bad), for
+    # drift checks (app.ml.drift); empty for outcomes built without one.
+    baseline: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def heldout(self) -> Mapping[str, Any]:
@@ -322,6 +326,7 @@ def train(
         name=config.name, target=TARGET, classes=CLASSES, positive_class=POSITIVE_CLASS,
         threshold=threshold, bounds=config.bounds, max_rows=config.max_rows,
     )
+    baseline = build_baseline(signature, X_train, p_test, bins=DEFAULT_BINS)
     metrics = {
         "family": best.family,
         "selection": "cv_roc_auc_mean",
@@ -351,7 +356,7 @@ def train(
         pipeline=pipeline, family=best.family, signature=signature, threshold=threshold,
         metrics=metrics, importance=importance, calibration=calibration, roc=roc,
         candidates=tuple(results), dataset=ref, config=config, fairness=fairness,
-        explain=encoded_baseline(pipeline, X_train),
+        explain=encoded_baseline(pipeline, X_train), baseline=baseline.to_dict(),
     )
 
 

@@ -274,7 +274,8 @@ class Runtime:
         slot.error = None
         argv = [sys.executable, "-m", "app.serving", "--model-dir", str(slot.model_dir),
                 "--keys-file", str(slot.keys_file), "--host", self.host,
-                "--port", str(slot.port), *self.serving_args]
+                "--port", str(slot.port), "--environment", slot.environment,
+                *self._sampling_args(), *self.serving_args]
         log = open(self.log_dir / f"{slot.deployment_id}-{replica.index}.log", "ab")  # noqa: SIM115
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         replica.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
@@ -285,6 +286,22 @@ class Runtime:
         replica.started_at = time.monotonic()
         logger.info("started replica %s/%d (pid %d) on port %d", slot.deployment_id,
                     replica.index, replica.process.pid, slot.port)
+
+    def _sampling_args(self) -> list[str]:
+        """The drift sampling options of the pipeline file, read when a replica starts.
+
+        The replica writes samples to MODELGATE_REDIS_URL, which it inherits from this
+        process's environment (never on its command line: the URL may hold a password).
+        """
+        from app.pipeline_config import PipelineConfigError, load_pipeline_config
+
+        try:
+            drift = load_pipeline_config().drift
+        except PipelineConfigError as exc:
+            logger.warning("drift sampling off for new replicas: %s", exc)
+            return []
+        return ["--sample-rate", repr(drift.sample_rate), "--sample-max",
+                str(drift.max_samples)]
 
     def _terminate(self, proc: subprocess.Popen[bytes]) -> None:
         try:

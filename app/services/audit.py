@@ -54,6 +54,7 @@ class AuditAction(enum.StrEnum):
     PROMOTION_EXPIRED = "promotion.expired"
     PROMOTION_SUPERSEDED = "promotion.superseded"
     PROMOTION_GATE_OVERRIDDEN = "promotion.gate-overridden"
+    MODEL_DRIFT = "model.drift"
     SETTINGS_CHANGED = "settings.changed"
 
 

@@ -33,6 +33,7 @@ KINDS: dict[str, str] = {
     AuditAction.KEYS_ROTATED.value: "keys",
     AuditAction.API_PUBLISHED.value: "api",
     AuditAction.API_ROLLED_BACK.value: "api",
+    AuditAction.MODEL_DRIFT.value: "drift",
 }
 SCAN_LIMIT = 5000
 

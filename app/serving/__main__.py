@@ -17,6 +17,10 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
+if TYPE_CHECKING:
+    from app.serving.sampling import Sampler
 
 log = logging.getLogger("app.serving")
 
@@ -49,6 +53,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="listen while the model loads (health answers 503); default: load, then listen",
     )
+    parser.add_argument("--environment", default="",
+                        help="the environment this replica serves (names its drift sample store)")
+    parser.add_argument("--sample-rate", type=float, default=0.0,
+                        help="share of scored records kept for drift checks (0: off; needs "
+                             "--environment and MODELGATE_REDIS_URL)")
+    parser.add_argument("--sample-max", type=int, default=10_000,
+                        help="records the environment's drift sample store keeps")
+    parser.add_argument("--sample-flush-seconds", type=float, default=1.0,
+                        help="how often sampled records are written to the store")
     parser.add_argument("--access-log", action="store_true", help="log every request line")
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
@@ -72,7 +85,8 @@ async def serve(args: argparse.Namespace) -> None:
         except ModelLoadError as exc:
             log.error("model load failed, not binding the port: %s", exc)
             raise SystemExit(3) from None
-    app = create_scoring_app(args.model_dir, args.keys_file, model=model)
+    app = create_scoring_app(args.model_dir, args.keys_file, model=model,
+                             sampler=make_sampler(args))
     # The default access log line holds no Authorization header; off unless asked, for speed.
     runner = web.AppRunner(
         app,
@@ -107,6 +121,24 @@ async def serve(args: argparse.Namespace) -> None:
     log.info("stopped")
 
 
+def make_sampler(args: argparse.Namespace) -> Sampler | None:
+    """The drift sampler the options ask for, or None (off, or no store to write to)."""
+    from app.serving.sampling import Sampler, SamplingSettings
+
+    if args.sample_rate <= 0:
+        return None
+    # The store's URL may carry a password: it comes from the environment, never argv.
+    url = os.environ.get("MODELGATE_REDIS_URL", "")
+    if not args.environment or not url:
+        log.warning("drift sampling off: it needs --environment and MODELGATE_REDIS_URL")
+        return None
+    log.info("drift sampling %.3g of scored records into %s's store (newest %d kept)",
+             args.sample_rate, args.environment, args.sample_max)
+    return Sampler(SamplingSettings(environment=args.environment, rate=args.sample_rate,
+                                    max_samples=args.sample_max, redis_url=url,
+                                    flush_seconds=args.sample_flush_seconds))
+
+
 def supervise(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """Start args.workers single-worker replicas on the same port; forward signals; wait."""
     command = [sys.executable, "-m", "app.serving", *argv, "--workers", "1"]
@@ -138,6 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"keys file {args.keys_file} not found")
     if not args.model_dir.is_dir():
         raise SystemExit(f"model directory {args.model_dir} not found")
+    if not 0.0 <= args.sample_rate <= 1.0 or args.sample_max < 1 \
+            or args.sample_flush_seconds <= 0:
+        raise SystemExit("--sample-rate must be in 0..1, --sample-max at least 1 and "
+                         "--sample-flush-seconds above 0")
     if args.workers > 1:
         without = _strip_workers(raw)
         return supervise(args, without)

@@ -18,6 +18,7 @@ from app.serving.errors import ProblemError, problem_response
 from app.serving.keys import KeyStore
 from app.serving.model import ModelLoadError, ScoringModel, load_model
 from app.serving.openapi import build_openapi
+from app.serving.sampling import Sampler
 from app.serving.validation import RecordValidator, parse_body
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class ServiceState:
         self.draining = False
         self.in_flight = 0
         self.load_task: asyncio.Future[None] | None = None
+        self.sampler: Sampler | None = None  # drift sampling (app.serving.sampling), if on
 
 
 STATE = web.AppKey("scoring_state", ServiceState)
@@ -95,6 +97,8 @@ async def score(request: web.Request) -> web.Response:
             explain.add_reasons(predictions, rows, loaded.explainer, loaded.explain_unavailable)
     except ProblemError as problem:
         return problem.to_response(request_id)
+    if state.sampler is not None:
+        state.sampler.offer(loaded.model.signature, rows, predictions)
     payload = {"predictions": predictions, "model": loaded.model_info, "request_id": request_id}
     response = web.Response(body=json.dumps(payload).encode(), content_type=_JSON)
     response.headers["X-Request-ID"] = request_id
@@ -205,6 +209,23 @@ def _install(state: ServiceState, model: ScoringModel) -> None:
     )
 
 
+def _run_sampler(app: web.Application, sampler: Sampler) -> None:
+    """Flush the sampler in the background while the app runs, and once more at cleanup."""
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start(app: web.Application) -> None:
+        tasks.append(asyncio.ensure_future(sampler.run()))
+
+    async def stop(app: web.Application) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await sampler.close()
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
+
+
 def create_scoring_app(
     model_dir: Path | str,
     keys_file: Path | str,
@@ -212,6 +233,7 @@ def create_scoring_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     loader: Loader = load_model,
     model: ScoringModel | None = None,
+    sampler: Sampler | None = None,
 ) -> web.Application:
     """Build the scoring service; ready at once with a preloaded model, else loads in background.
 
@@ -221,12 +243,16 @@ def create_scoring_app(
         max_body_bytes: request body limit; larger bodies get 413.
         loader: how to load the package (tests inject slow or failing loaders).
         model: an already loaded and self-tested model (from load_model); no loading then.
+        sampler: drift sampling of scored records, flushed in the background (None: off).
     """
     app = web.Application(client_max_size=max_body_bytes, middlewares=[problem_middleware])
     state = ServiceState(Path(model_dir), KeyStore(keys_file), max_body_bytes)
     app[STATE] = state
+    state.sampler = sampler
     if model is not None:
         _install(state, model)
+    if sampler is not None:
+        _run_sampler(app, sampler)
 
     async def start_loading(app: web.Application) -> None:
         if state.loaded is not None:

@@ -94,7 +94,7 @@ def pages(content: dict[str, str]) -> list[str]:
 NEEDS = {"/score/": {"alice", "bob", "carol", "dave"}, "/approvals/new": {"alice", "dave"},
          "/audit/": {"bob", "dave"}}
 # Links the walk does not follow: the REST API, downloads, assets, sign-in and sign-out.
-NOT_PAGES = re.compile(r"^/(api|static|auth|health)\b|\.(csv|jsonl|json|yaml)$")
+NOT_PAGES = re.compile(r"^/(api|static|auth|health)\b|\.(csv|jsonl|json|yaml|md)$")
 # A path segment that is an id: a number, or hex of 8 or more with a digit (jobs, promotions).
 ID = re.compile(r"^([0-9]+|(?=[0-9a-f-]*[0-9])[0-9a-f-]{8,})$")
 MAX_PAGES = 60

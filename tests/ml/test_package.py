@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from app.ml.package import (
+    BASELINE_FILE,
     FAIRNESS_FILE,
     OPTIONAL_FILES,
     PACKAGE_FILES,
@@ -28,6 +29,9 @@ from app.ml.validation import validate_records
 def test_write_and_load_round_trip(tmp_path: Path, outcome: TrainingOutcome) -> None:
     dest = write_package(outcome, tmp_path / "models" / "german-credit" / "3", version=3)
     assert sorted(p.name for p in dest.iterdir()) == sorted(PACKAGE_FILES + OPTIONAL_FILES)
+    assert BASELINE_FILE in OPTIONAL_FILES
+    assert json.loads((dest / BASELINE_FILE).read_text()) == json.loads(
+        json.dumps(outcome.baseline))
     sig = json.loads((dest / "signature.json").read_text())
     assert sig["version"] == "3" and sig["threshold"] == outcome.threshold
     pkg = load_package(dest)

@@ -1,3 +1,12 @@
 """Import every task module so a worker registers all tasks."""
 
-from workers.tasks import apis, deployments, infra, jobs, pipeline, promotions, training  # noqa: F401
+from workers.tasks import (  # noqa: F401
+    apis,
+    deployments,
+    drift,
+    infra,
+    jobs,
+    pipeline,
+    promotions,
+    training,
+)

@@ -1,0 +1,1 @@
+"""The Drift page: each field's population stability over time, and the current alert."""
