@@ -27,8 +27,7 @@ import re
 import shlex
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -103,13 +102,13 @@ def train(ctx: AzureContext, spec: TrainSpec, progress: Progress) -> TrainInfo:
     model_name = spec.model.name
     name = job_name(spec.job_id)
     progress(1, f"Azure ML: looking for a {model_name} version registered by this job")
-    with _ml_errors(f"reading the versions of model {model_name}"):
+    with azure_errors(f"reading the versions of model {model_name}"):
         done = _version_of_job(ml, model_name, spec.job_id)
     if done is not None:
         progress(100, f"{model_name} version {done.version} was registered by an earlier "
                       "attempt of this job")
         return _info(done, reused=True)
-    with _ml_errors(f"reading Azure ML job {name}"):
+    with azure_errors(f"reading Azure ML job {name}"):
         existing = _find_job(ml, name)
     follower = _Follower(ctx, ml, name, progress)
     if existing is None:
@@ -123,27 +122,10 @@ def train(ctx: AzureContext, spec: TrainSpec, progress: Progress) -> TrainInfo:
         raise BackendError(f"Azure ML job {name} {status.lower()}: {_error_message(details)}")
     summary = _run_summary(name, details)
     progress(86, f"registering {model_name} from the output of Azure ML job {name}")
-    with _ml_errors(f"registering model {model_name} from Azure ML job {name}"):
+    with azure_errors(f"registering model {model_name} from Azure ML job {name}"):
         model = _register(ml, model_name, name, spec.job_id, summary)
     progress(100, f"registered {model_name} version {model.version} (Azure ML job {name})")
     return _info(model, reused=False)
-
-
-# --------------------------------------------------------------------------- errors
-
-
-@contextmanager
-def _ml_errors(action: str) -> Iterator[None]:
-    """azure_errors, plus azure.ai.ml's own exceptions (validation, missing assets) as
-    BackendErrors."""
-    from azure.ai.ml.exceptions import MlException
-
-    try:
-        with azure_errors(action):
-            yield
-    except MlException as exc:
-        message = str(getattr(exc, "message", "") or exc).strip().splitlines()[0]
-        raise BackendError(f"{action}: {message}") from None
 
 
 # --------------------------------------------------------------------------- reuse
@@ -203,11 +185,11 @@ def _submit(ctx: AzureContext, ml: Any, spec: TrainSpec, name: str, progress: Pr
     )
     progress(4, f"submitting Azure ML job {name}")
     try:
-        with _ml_errors(f"submitting Azure ML job {name}"):
+        with azure_errors(f"submitting Azure ML job {name}"):
             ml.jobs.create_or_update(job)
     except BackendError:
         # Another attempt may have submitted it meanwhile: follow that one.
-        with _ml_errors(f"reading Azure ML job {name}"):
+        with azure_errors(f"reading Azure ML job {name}"):
             if _find_job(ml, name) is None:
                 raise
         logger.info("Azure ML job %s exists already; following it", name)
@@ -218,15 +200,12 @@ def _data_asset(ctx: AzureContext, ml: Any, spec: TrainSpec) -> Any:
     wanted = "latest version" if spec.dataset_version is None else \
         f"version {spec.dataset_version}"
     try:
-        with _ml_errors(f"reading dataset {spec.dataset_name} ({wanted})"):
+        with azure_errors(f"reading dataset {spec.dataset_name} ({wanted})"):
             if spec.dataset_version is None:
                 return ml.data.get(spec.dataset_name, label="latest")
             return ml.data.get(spec.dataset_name, version=str(spec.dataset_version))
     except ResourceNotFound:
         pass
-    except BackendError as exc:
-        if "does not exist" not in str(exc):
-            raise
     raise BackendError(f"dataset {spec.dataset_name} ({wanted}) is not registered in Azure ML "
                        f"workspace {ctx.workspace}: run provision, which registers it")
 
@@ -238,7 +217,7 @@ def _ensure_environment(ml: Any, progress: Progress) -> str:
 
     spec = conda_spec()
     version = environment_version(spec)
-    with _ml_errors(f"creating Azure ML environment {ENVIRONMENT_NAME}"):
+    with azure_errors(f"creating Azure ML environment {ENVIRONMENT_NAME}"):
         try:
             ml.environments.get(ENVIRONMENT_NAME, version=version)
         except ResourceNotFoundError:
@@ -263,7 +242,7 @@ def _ensure_code(ml: Any, snapshot: CodeSnapshot, progress: Progress) -> str:
     from azure.ai.ml.entities._assets import Code  # not exported by azure.ai.ml.entities
 
     progress(3, f"Azure ML: training code {CODE_NAME} version {snapshot.version}")
-    with _ml_errors(f"registering the training code ({CODE_NAME} version {snapshot.version})"):
+    with azure_errors(f"registering the training code ({CODE_NAME} version {snapshot.version})"):
         code = ml._code.create_or_update(Code(name=CODE_NAME, version=snapshot.version,
                                               path=str(snapshot.path)))
     return str(code.id)
@@ -300,7 +279,7 @@ class _Follower:
         """Ask Azure ML to cancel the job (a failure to do so is logged, not raised: the
         cancellation that caused it is what the caller must see)."""
         try:
-            with _ml_errors(f"cancelling Azure ML job {self.name}"):
+            with azure_errors(f"cancelling Azure ML job {self.name}"):
                 self.ml.jobs.begin_cancel(self.name).wait(timeout=CANCEL_WAIT_SECONDS)
             logger.info("cancelled Azure ML job %s", self.name)
         except BackendError as exc:
@@ -312,7 +291,7 @@ class _Follower:
         started = time.monotonic()
         seen = ""
         while True:
-            with _ml_errors(f"reading Azure ML job {self.name}"):
+            with azure_errors(f"reading Azure ML job {self.name}"):
                 status = _status(self.ml.jobs.get(self.name))
             if status != seen:
                 self.report(STATUS_PERCENT.get(status, self.percent),
