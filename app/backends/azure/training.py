@@ -14,9 +14,12 @@ its console printing. When the run history cannot be read, the status transition
 reported. A progress callback that raises (the job was cancelled) cancels the Azure ML job
 (``jobs.begin_cancel``) and the exception goes through.
 
-The job logs its metrics to its own MLflow run and the summary as the run tag
-``modelgate.summary`` (app/ml/train_job.py); the run details carry that tag, and the model
-version gets the summary as tags, so a reused version reports the same result.
+The job logs its metrics to its own MLflow run, the summary as the run tag
+``modelgate.summary`` and the serving package's signature as ``modelgate.signature``
+(app/ml/train_job.py); the run details carry those tags. The model version gets the summary as
+tags, so a reused version reports the same result, and the signature (with the version number
+filled in) as its property ``modelgate.signature``, where the smoke test reads the example it
+scores and the classes and version it expects.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from app.backends.azure import infra
 from app.backends.azure.context import AzureContext, azure_errors
 from app.backends.azure.training_assets import (
     BASE_IMAGE,
@@ -55,6 +59,11 @@ logger = logging.getLogger(__name__)
 
 JOB_TAG = "modelgate_job"
 SUMMARY_TAG = "modelgate.summary"  # app.ml.train_job.SUMMARY_TAG (not imported: no app.ml here)
+SIGNATURE_TAG = "modelgate.signature"  # app.ml.train_job.SIGNATURE_TAG
+# The model version property the smoke test reads (endpoints' names.SIGNATURE_PROPERTY).
+SIGNATURE_PROPERTY = "modelgate.signature"
+# What azure-ai-ml sends for model assets (the container's nextVersion is read with it).
+MODELS_API_VERSION = "2023-08-01-preview"
 SUMMARY_METRICS: tuple[str, ...] = ("cv_roc_auc", "roc_auc", "accuracy", "f1_bad", "brier",
                                     "expected_cost")
 OUTPUT = "model"
@@ -121,9 +130,10 @@ def train(ctx: AzureContext, spec: TrainSpec, progress: Progress) -> TrainInfo:
     if status != COMPLETED:
         raise BackendError(f"Azure ML job {name} {status.lower()}: {_error_message(details)}")
     summary = _run_summary(name, details)
+    signature = _run_signature(name, details)
     progress(86, f"registering {model_name} from the output of Azure ML job {name}")
     with azure_errors(f"registering model {model_name} from Azure ML job {name}"):
-        model = _register(ml, model_name, name, spec.job_id, summary)
+        model = _register(ctx, ml, model_name, name, spec.job_id, summary, signature)
     progress(100, f"registered {model_name} version {model.version} (Azure ML job {name})")
     return _info(model, reused=False)
 
@@ -435,19 +445,58 @@ def _version_tags(job_id: str, name: str, summary: Mapping[str, Any]) -> dict[st
     return tags
 
 
-def _register(ml: Any, model_name: str, name: str, job_id: str,
-              summary: Mapping[str, Any]) -> Any:
-    """Register the job's ``model`` output as the next version of the model (mlflow_model)."""
+def _run_signature(name: str, details: Any) -> dict[str, Any]:
+    """The serving package's signature the job logged (run tag ``modelgate.signature``).
+
+    Raises:
+        BackendError: the job logged none, or not a signature (classes and an example).
+    """
+    raw = (getattr(details, "tags", None) or {}).get(SIGNATURE_TAG)
+    try:
+        signature = json.loads(raw) if raw else None
+        ok = isinstance(signature, dict) and isinstance(signature.get("classes"), list) and \
+            isinstance(signature.get("example"), dict)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise BackendError(f"Azure ML job {name} completed without logging the model's "
+                           f"signature (run tag {SIGNATURE_TAG}), which the smoke test needs: "
+                           "was it run by an older modelgate? Train again")
+    assert isinstance(signature, dict)
+    return signature
+
+
+def _next_version(ctx: AzureContext, model_name: str) -> str:
+    """The version Azure ML gives the next registration of the model: its container's
+    ``nextVersion`` ("1" for a new model), read as azure-ai-ml reads it before registering."""
+    container = infra.arm_get(ctx, ctx.resource_id(
+        f"Microsoft.MachineLearningServices/workspaces/{ctx.workspace}/models/{model_name}"),
+        MODELS_API_VERSION)
+    version = ((container or {}).get("properties") or {}).get("nextVersion")
+    return str(version or "1")
+
+
+def _register(ctx: AzureContext, ml: Any, model_name: str, name: str, job_id: str,
+              summary: Mapping[str, Any], signature: Mapping[str, Any]) -> Any:
+    """Register the job's ``model`` output as the next version of the model (mlflow_model),
+    with the signature (naming that version) as its property."""
     from azure.ai.ml.constants import AssetTypes
     from azure.ai.ml.entities import Model
 
+    # The version is fixed before the PUT so that the signature can name it (the scoring
+    # container answers with the version Azure ML mounts; the smoke test compares them).
+    version = _next_version(ctx, model_name)
+    signed = json.dumps({**signature, "version": version}, sort_keys=True,
+                        separators=(",", ":"))
     return ml.models.create_or_update(Model(
         name=model_name,
+        version=version,
         path=f"azureml://jobs/{name}/outputs/{OUTPUT}",
         type=AssetTypes.MLFLOW_MODEL,
         description=f"trained by modelgate job {job_id} (Azure ML job {name}); the serving "
                     "package is under package/",
         tags=_version_tags(job_id, name, summary),
+        properties={SIGNATURE_PROPERTY: signed},
     ))
 
 
