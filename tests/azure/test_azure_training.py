@@ -501,3 +501,55 @@ def test_the_training_entry_writes_an_mlflow_model_with_the_serving_package(
     assert train_job.main(["--data", str(root / "data"), "--out", str(tmp_path / "m2"),
                            "--config", str(config)]) == 2
     assert "model.cv_folds" in capsys.readouterr().err
+
+
+def test_the_train_service_leaves_a_job_still_running_to_the_retry(
+        tmp_path: Path, redis_server: Any, sqlite_url: str, azure_backend: Any,
+        ml_ready: FakeAzure, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the real train service: a transient error reaches the job runner (which queues
+    the job again) instead of failing the job; the retry follows the same Azure ML job; a
+    job that failed in Azure ML still fails the panel job with its message."""
+    import yaml
+
+    from app.backends.azure import training
+    from app.errors import ValidationError
+    from app.services.training import run_train
+    from tests.azure.conftest import azure_pipeline_settings
+    from tests.conftest import build_app
+
+    config_file = tmp_path / "pipeline.yml"
+    config_file.write_text(yaml.safe_dump(azure_pipeline_settings()))
+    monkeypatch.setenv("MODELGATE_PIPELINE_CONFIG", str(config_file))
+    app = build_app(tmp_path, sqlite_url, redis_server.url)
+    monkeypatch.setattr(training, "FOLLOW_SECONDS", 0.0)
+
+    class Reporter:
+        def __init__(self, job_id: str) -> None:
+            self.job_id, self.lines, self.steps = job_id, [], Steps()
+
+        def progress(self, percent: int, step: str) -> None:
+            self.steps(percent, step)
+
+        def log(self, message: str, *, level: str = "INFO") -> None:
+            self.lines.append(message)
+
+        def check_cancelled(self) -> None:
+            pass
+
+    with app.app_context():
+        app.extensions["modelgate.backend"] = azure_backend
+        ml_ready.training.plan(JOB_NAME, statuses=["Queued"])
+        with pytest.raises(TransientBackendError, match="still Queued"):
+            run_train(Reporter(JOB_ID), {})
+        ml_ready.training.plan(JOB_NAME, statuses=["Running", "Completed"])
+        retry = Reporter(JOB_ID)
+        result = run_train(retry, {})
+        assert len(ml_ready.calls("PUT", "/jobs/")) == 1, "the retry followed the same job"
+        assert any("submitted by an earlier attempt (Running)" in t for t in retry.steps.texts())
+        assert result["model"]["version"] == "1" and "reused" not in result
+
+        other = "f0e1d2c3b4a5"
+        ml_ready.training.plan(f"modelgate-train-{other}", statuses=["Failed"],
+                               error=("UserError", "Out of memory while fitting"))
+        with pytest.raises(ValidationError, match="failed: UserError: Out of memory"):
+            run_train(Reporter(other), {})
