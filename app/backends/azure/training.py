@@ -71,8 +71,9 @@ COMMAND = ("python -m app.ml.train_job --data ${{inputs.data}} --out ${{outputs.
            f"--config {CONFIG_FILE}")
 # Between polls of a running job (tests poll at once: polling_interval=0).
 POLL_SECONDS = 15.0
-# The train task's soft limit is 30 min: stop following before it, the retry follows on.
-FOLLOW_SECONDS = 25 * 60.0
+# The train job's soft limit on azure is AZURE_TRAIN_TIME_LIMIT_SECONDS (3 h): stop following
+# well before it (submission and registration need minutes too); the retry follows on.
+FOLLOW_SECONDS = 160 * 60.0
 # Azure ML stops the job itself after this long (queueing for a node not included).
 JOB_TIMEOUT_SECONDS = 2 * 3600
 CANCEL_WAIT_SECONDS = 60.0
