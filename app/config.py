@@ -47,10 +47,18 @@ class BaseConfig:
     JOB_QUEUED_TIMEOUT_SECONDS = 6 * 3600.0
     JOB_TIME_LIMIT_SECONDS = 3600
     # Soft time limits of the kinds that wait longer on the azure backend (app.services.kinds):
-    # provisioning waits 30-75 min for API Management alone, and the pipeline follows it. A
-    # provision attempt stops waiting for API Management after 80 min (a retry resumes it).
+    # provisioning waits 30-75 min for API Management alone (an attempt stops waiting after
+    # 80 min; a retry resumes it). Training follows an Azure ML job that Azure ML stops after
+    # 2 h, plus the wait for a node and the registration (an attempt stops following after
+    # 2 h 40 min; a retry follows on). A deploy waits azure.ready_timeout_seconds (30 min by
+    # default) for the new deployment, plus its creation, the smoke test and the drain. A key
+    # rotation waits azure.key_grace_seconds (10 min) for API Management. The pipeline
+    # follows its stages one after the other.
     AZURE_PROVISION_TIME_LIMIT_SECONDS = 2 * 3600
-    AZURE_PIPELINE_TIME_LIMIT_SECONDS = 6 * 3600
+    AZURE_TRAIN_TIME_LIMIT_SECONDS = 3 * 3600
+    AZURE_DEPLOY_TIME_LIMIT_SECONDS = 3600
+    AZURE_ROTATE_KEYS_TIME_LIMIT_SECONDS = 1800
+    AZURE_PIPELINE_TIME_LIMIT_SECONDS = 8 * 3600
     RECONCILE_EVERY_SECONDS = 15.0
     # Visibility timeout must exceed the longest job, or Redis redelivers it while it runs.
     BROKER_VISIBILITY_TIMEOUT = 2 * 3600

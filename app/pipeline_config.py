@@ -191,6 +191,7 @@ class AzureSettings:
     key_grace_seconds: int
     key_vault_uri: str
     smoke_test_via: str
+    ready_timeout_seconds: int
 
 
 @dataclass(frozen=True)
@@ -468,6 +469,8 @@ _AZURE_INTEGERS: dict[str, tuple[int, int]] = {
     "compute_max_nodes": (1, 100), "aks_node_count": (1, 100), "apim_capacity": (1, 12),
     # API Management spreads a named value to its gateway nodes in seconds to minutes
     "key_grace_seconds": (0, 86_400),
+    # a deploy's wait for the new online deployment: image pull, model download, probes
+    "ready_timeout_seconds": (60, 86_400),
 }
 _APIM_SKUS = ("Developer", "Premium")  # the two tiers that join a virtual network
 

@@ -13,7 +13,10 @@ holds modelgate's serving package (:func:`app.ml.registry.save_model_dir`).
 
 When ``MLFLOW_TRACKING_URI`` is set (Azure ML sets it, and ``MLFLOW_RUN_ID``, in every job),
 params and metrics are logged to that run, with the summary as the tag ``modelgate.summary``
-(JSON: family, threshold, metrics, dataset) that the backend reads back from the run's details.
+(JSON: family, threshold, metrics, dataset) and the package's signature.json as the tag
+``modelgate.signature`` (compact JSON, its version empty), which the backend reads back from
+the run's details: it registers the signature with the model version, where the smoke test
+reads the example and the classes.
 The summary is also printed as the last line, prefixed ``modelgate-summary: ``.
 
 Exit status: 0 trained, 2 bad arguments, data or settings (the message names which).
@@ -33,6 +36,7 @@ from typing import Any
 log = logging.getLogger("app.ml.train_job")
 
 SUMMARY_TAG = "modelgate.summary"
+SIGNATURE_TAG = "modelgate.signature"
 SUMMARY_PREFIX = "modelgate-summary: "
 # The metrics a train job's result carries (app/backends/local/training.py RESULT_METRICS).
 SUMMARY_METRICS: tuple[str, ...] = ("cv_roc_auc", "roc_auc", "accuracy", "f1_bad", "brier",
@@ -74,6 +78,12 @@ def summary(outcome: Any, dataset_name: str | None, dataset_version: int | str |
     }
 
 
+def signature_text(outcome: Any) -> str:
+    """The package's signature.json as one compact line (a run tag holds up to 8000
+    characters; the German credit signature takes about 1500)."""
+    return json.dumps(outcome.signature.to_dict(), sort_keys=True, separators=(",", ":"))
+
+
 def run(data: Path, out: Path, config_file: Path, *, dataset_name: str | None = None,
         dataset_version: int | str | None = None) -> dict[str, Any]:
     """Train on ``data`` with the settings in ``config_file`` and write the model to ``out``.
@@ -100,6 +110,7 @@ def run(data: Path, out: Path, config_file: Path, *, dataset_name: str | None = 
     if os.environ.get("MLFLOW_TRACKING_URI"):
         run_id = log_to_environment_run(outcome, {
             SUMMARY_TAG: json.dumps(result, sort_keys=True),
+            SIGNATURE_TAG: signature_text(outcome),
             "dataset_name": dataset_name or "",
             "dataset_version": "" if dataset_version is None else str(dataset_version),
             "dataset_sha256": outcome.dataset.sha256,

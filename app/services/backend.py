@@ -56,6 +56,17 @@ def names() -> PipelineConfig:
         return load_pipeline_config(DEFAULT_PATH)
 
 
+def ready_timeout_seconds() -> float:
+    """How long a deploy waits for a new slot to be ready on the configured backend:
+    ``runtime.ready_timeout_seconds`` locally (replicas start in seconds),
+    ``azure.ready_timeout_seconds`` on the azure backend (an online deployment pulls its image
+    and downloads the model first: 20 minutes and more)."""
+    config = pipeline()
+    if str(current_app.config.get("BACKEND") or "local").strip().lower() == "azure":
+        return float(config.azure.ready_timeout_seconds)
+    return config.runtime.ready_timeout_seconds
+
+
 def environment_names() -> tuple[str, ...]:
     """The configured environments, in the pipeline file's order (staging before prod)."""
     return names().environment_names

@@ -31,7 +31,9 @@ class KindSpec:
 
     ``backend_time_limits`` names, per backend, the configuration key holding the kind's soft
     time limit in seconds on that backend, when the task's own limit (its decorator's) is too
-    short there: provisioning on Azure waits 30-75 minutes for API Management alone.
+    short there: provisioning on Azure waits 30-75 minutes for API Management alone, training
+    follows an Azure ML job of up to 2 hours, a deploy waits 20+ minutes for readiness, a key
+    rotation waits for API Management to take the new key (app/config.py says why each).
     """
 
     kind: JobKind
@@ -61,22 +63,26 @@ KIND_SPECS: dict[JobKind, KindSpec] = {
         KindSpec(JobKind.TRAIN, "modelgate.models.train", Role.ENGINEER, "Train and register",
                  (p.Param("dataset_version", p.positive_integer,
                           "the dataset version (default: the latest)"),
-                  p.Param("model", p.training_settings, "overrides of the model: section"))),
+                  p.Param("model", p.training_settings, "overrides of the model: section")),
+                 backend_time_limits={"azure": "AZURE_TRAIN_TIME_LIMIT_SECONDS"}),
         KindSpec(JobKind.DEPLOY, "modelgate.deployments.deploy", Role.ENGINEER, "Deploy",
                  (_ENVIRONMENT,
                   p.Param("version", p.model_version, "the version (default: the latest)"),
                   p.Param("rollback", p.boolean, "return to the previous version")),
-                 p.version_or_rollback),
+                 p.version_or_rollback,
+                 backend_time_limits={"azure": "AZURE_DEPLOY_TIME_LIMIT_SECONDS"}),
         KindSpec(JobKind.PUBLISH, "modelgate.apis.publish", Role.ENGINEER, "Publish API",
                  (_ENVIRONMENT,
                   p.Param("rate_limit", p.rate_limit, "calls per minute per caller"),
                   p.Param("policy_xml", p.policy_xml, "a policy instead of the default"))),
         KindSpec(JobKind.ROTATE_KEYS, "modelgate.deployments.rotate_keys", Role.ENGINEER,
-                 "Rotate keys", (_ENVIRONMENT,)),
+                 "Rotate keys", (_ENVIRONMENT,),
+                 backend_time_limits={"azure": "AZURE_ROTATE_KEYS_TIME_LIMIT_SECONDS"}),
         KindSpec(JobKind.PIPELINE, "modelgate.pipeline.run", Role.ENGINEER, "Pipeline",
                  (p.Param("until", p.stage, "the last stage (default publish)"),
                   _ENVIRONMENT),
-                 # the parent follows its children: at least provision's limit on Azure
+                 # the parent follows its children one after the other: on Azure at least
+                 # provision's, train's and deploy's limits together
                  backend_time_limits={"azure": "AZURE_PIPELINE_TIME_LIMIT_SECONDS"}),
         KindSpec(JobKind.SELFCHECK, "modelgate.jobs.selfcheck", Role.ENGINEER, "Self-check",
                  (p.Param("steps", p.integer_range(1, 100), "how many steps"),

@@ -42,7 +42,7 @@ from app.errors import AppError, ValidationError
 from app.labels import plural
 from app.services import apis, audit, deployments, faults, jobs, models, protected
 from app.services.audit import AuditAction
-from app.services.backend import backend, slot_ref
+from app.services.backend import backend, ready_timeout_seconds, slot_ref
 from app.services.jobs import JobCancelled
 from app.services.kinds import JobKind
 from app.services.models import pipeline
@@ -63,7 +63,8 @@ class Reporter(Protocol):
 
 @dataclass(frozen=True)
 class RolloutSettings:
-    """Timings of a rollout (config: DEPLOY_DRAIN_SECONDS, KEY_SWITCH_GRACE_SECONDS)."""
+    """Timings of a rollout (config: DEPLOY_DRAIN_SECONDS, KEY_SWITCH_GRACE_SECONDS; the
+    readiness wait from the pipeline file, per backend: backend.ready_timeout_seconds)."""
 
     ready_timeout_seconds: float = 60.0
     drain_seconds: float = 30.0
@@ -91,7 +92,7 @@ def settings() -> RolloutSettings:
     """Timings from the app config and the pipeline file."""
     config = current_app.config
     return RolloutSettings(
-        ready_timeout_seconds=pipeline().runtime.ready_timeout_seconds,
+        ready_timeout_seconds=ready_timeout_seconds(),
         drain_seconds=float(config["DEPLOY_DRAIN_SECONDS"]),
         key_switch_grace_seconds=float(config["KEY_SWITCH_GRACE_SECONDS"]),
         fault_at=str(config["FAULT_AT"]))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from app.backends.base import BackendError, TrainSpec
+from app.backends.base import BackendError, TrainSpec, TransientBackendError
 from app.errors import ValidationError
 from app.services.backend import backend
 from app.services.jobs import JobCancelled
@@ -18,7 +18,14 @@ REGISTRATION_PERCENT = 86
 
 
 def run_train(job: Reporter, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Train and register one version; ``params`` were checked at submit (KindSpec)."""
+    """Train and register one version; ``params`` were checked at submit (KindSpec).
+
+    Raises:
+        TransientBackendError: worth retrying (the job runner queues the job again): e.g. an
+            Azure ML job still running when this attempt stops following it; the retry finds
+            it by its name and follows it on.
+        ValidationError: any other backend error (the message says what to fix).
+    """
     from app.ml.config import TrainingConfig
 
     config = pipeline()
@@ -42,6 +49,8 @@ def run_train(job: Reporter, params: Mapping[str, Any]) -> dict[str, Any]:
                      experiment=config.mlflow.experiment, tracking_uri=config.mlflow.tracking_uri)
     try:
         info = backend().train(spec, progress)
+    except TransientBackendError:
+        raise
     except BackendError as exc:
         message = str(exc)
         if version is not None and "dataset" in message.lower():

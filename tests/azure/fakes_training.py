@@ -34,6 +34,7 @@ LOG_SAS = ("sv=2019-07-07&sr=b&sig=FAKESASSIGNATURE0123456789abcdef%3D&st=2026-1
 UPLOAD_CONTAINER = "azureml-blobstore-0f5e1c2a-4b7d-4e8f-9a1b-2c3d4e5f6a7b"
 UPLOAD_SAS = "sv=2021-10-04&se=2026-12-07&sr=c&sp=rcwl&sig=FAKEUPLOADSIGNATURE%3D"
 SUMMARY_TAG = "modelgate.summary"
+SIGNATURE_TAG = "modelgate.signature"
 
 DEFAULT_SUMMARY: dict[str, Any] = {
     "family": "logistic_regression",
@@ -43,6 +44,19 @@ DEFAULT_SUMMARY: dict[str, Any] = {
                 "expected_cost": 0.6},
     "dataset": {"name": "german-credit", "version": 1,
                 "sha256": "0eb5e4b3beade418c774282c9973d384bb6e36f4416506b7b76d22f303412e62"},
+}
+# The serving package's signature.json as app.ml.train_job logs it (a shortened field list;
+# the version is empty until the registry assigns one).
+DEFAULT_SIGNATURE: dict[str, Any] = {
+    "name": "german-credit", "version": None, "target": "Risk", "classes": ["bad", "good"],
+    "positive_class": "bad", "threshold": 0.1420541790919705, "max_rows": 1000,
+    "fields": [{"name": "Age", "type": "integer", "minimum": 18, "maximum": 120,
+                "nullable": False},
+               {"name": "Sex", "type": "category", "categories": ["female", "male"],
+                "nullable": False},
+               {"name": "Credit amount", "type": "number", "minimum": 0, "maximum": 1000000,
+                "nullable": False}],
+    "example": {"Age": 35, "Sex": "female", "Credit amount": 2500},
 }
 DEFAULT_LOG = [
     "2026-12-06 22:00:01 INFO app.ml.train_job   0% loading data",
@@ -61,6 +75,8 @@ class JobPlan:
     statuses: list[str] = field(default_factory=lambda: ["Queued", "Running", "Completed"])
     log_lines: list[str] = field(default_factory=lambda: list(DEFAULT_LOG))
     summary: dict[str, Any] | None = field(default_factory=lambda: copy.deepcopy(DEFAULT_SUMMARY))
+    signature: dict[str, Any] | None = field(
+        default_factory=lambda: copy.deepcopy(DEFAULT_SIGNATURE))
     error: tuple[str, str] | None = None
     gets: int = 0
     cancelled: bool = False
@@ -219,9 +235,14 @@ class TrainingFake:
                     f"{BLOB}/azureml/ExperimentRun/dcid.{job}/system_logs/lifecycler/"
                     f"execution-wrapper.log?{LOG_SAS}",
             }
-        if status == "Completed" and plan.summary is not None:
-            body["tags"] = {SUMMARY_TAG: json.dumps(plan.summary, sort_keys=True),
-                            "mlflow.source.type": "JOB"}
+        if status == "Completed":
+            tags = {"mlflow.source.type": "JOB"}
+            if plan.summary is not None:
+                tags[SUMMARY_TAG] = json.dumps(plan.summary, sort_keys=True)
+            if plan.signature is not None:
+                tags[SIGNATURE_TAG] = json.dumps(plan.signature, sort_keys=True,
+                                                 separators=(",", ":"))
+            body["tags"] = tags
         if status == "Failed" and plan.error:
             code, message = plan.error
             body["error"] = {"error": {"code": code, "message": message, "severity": None},

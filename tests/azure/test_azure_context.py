@@ -150,3 +150,35 @@ def test_no_subscription_is_a_setup_error_when_azure_is_called(azure_pipeline: A
     ctx = AzureContext.build(blank, credential=object(), env={})  # an offline plan needs none
     with pytest.raises(AzureSetupError, match="azure.subscription_id.*AZURE_SUBSCRIPTION_ID"):
         ctx.client("network")
+
+
+def test_azure_ml_sdk_errors_become_backend_errors(azure_backend: Any) -> None:
+    from azure.ai.ml.entities import Data
+
+    ml = azure_backend.ctx.client("ml")
+    # The SDK looks for the latest version itself and raises its own "does not exist" error.
+    with pytest.raises(ResourceNotFound, match=r"reading dataset nowhere: not found \(.*"
+                                               r"does not exist"):
+        with azure_errors("reading dataset nowhere"):
+            ml.data.get("nowhere", label="latest")
+    # Client-side validation, before any request: the SDK's own message, first line only.
+    with pytest.raises(BackendError, match=r"^registering data bad: ") as caught:
+        with azure_errors("registering data bad"):
+            ml.data.create_or_update(Data(name="bad", version="1", path="/no/such/file.csv"))
+    assert "\n" not in str(caught.value)
+    assert not isinstance(caught.value, ResourceNotFound)
+
+
+def test_translating_errors_never_imports_azure_ml() -> None:
+    # The panel translates errors too; azure.ai.ml costs seconds to import and stays out of it.
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from app.backends.azure.context import translate\n"
+            "from azure.core.exceptions import AzureError\n"
+            "print(type(translate('x', AzureError('boom'))).__name__, "
+            "type(translate('x', ValueError('boom'))).__name__, 'azure.ai.ml' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["BackendError", "BackendError", "False"]

@@ -18,6 +18,7 @@ from tests.azure.fake_azure import FakeAzure
 from tests.azure.fakes_training import (
     BLOB,
     DEFAULT_LOG,
+    DEFAULT_SIGNATURE,
     DEFAULT_SUMMARY,
     UPLOAD_CONTAINER,
     WS_ID,
@@ -144,6 +145,12 @@ def test_train_submits_a_command_job_follows_it_and_registers_an_mlflow_model(
     assert tags["dataset_sha256"] == DEFAULT_SUMMARY["dataset"]["sha256"]
     assert float(tags["roc_auc"]) == DEFAULT_SUMMARY["metrics"]["roc_auc"]
     assert float(tags["threshold"]) == DEFAULT_SUMMARY["threshold"]
+    # ... and the signature the job logged, naming the version, for the smoke test
+    assert json.loads(body["properties"]["modelgate.signature"]) == \
+        {**DEFAULT_SIGNATURE, "version": "1"}
+    container = only(ml_ready, "GET", f"/workspaces/modelgate-ws/models/{MODEL}$")
+    assert container.api_version == API_MODELS
+    assert ml_ready.requests.index(container) < ml_ready.requests.index(model)
 
     # following: status changes in order, then the job's own log lines, then registration
     texts = steps.texts()
@@ -301,6 +308,56 @@ def test_a_job_that_logged_no_summary_is_not_registered(azure_backend: Any,
     assert ml_ready.calls("PUT", "/models/") == []
 
 
+def test_the_signature_names_the_version_the_registration_takes(
+        azure_backend: Any, ml_ready: FakeAzure) -> None:
+    ml_ready.training.seed_model_version(MODEL, "1", {"modelgate_job": "an-earlier-job"})
+    ml_ready.training.seed_model_version(MODEL, "2", {"modelgate_job": "another-job"})
+    info = azure_backend.train(spec(azure_backend), Steps())
+
+    assert info.version == "3"
+    put = only(ml_ready, "PUT", f"/models/{MODEL}/versions/3$")
+    signature = json.loads(put.body["properties"]["properties"]["modelgate.signature"])
+    assert signature["version"] == "3"
+    assert signature["example"] == DEFAULT_SIGNATURE["example"]
+    assert signature["classes"] == ["bad", "good"]
+
+
+def test_a_job_that_logged_no_signature_is_not_registered(azure_backend: Any,
+                                                           ml_ready: FakeAzure) -> None:
+    ml_ready.training.plan(JOB_NAME, signature=None)
+    with pytest.raises(BackendError, match=r"without logging the model's signature \(run tag "
+                                           r"modelgate.signature\), which the smoke test"):
+        azure_backend.train(spec(azure_backend), Steps())
+    assert ml_ready.calls("PUT", "/models/") == []
+
+
+def test_a_slot_of_a_trained_version_passes_its_smoke_test(fake_azure: FakeAzure,
+                                                           tmp_path: Path) -> None:
+    """Train → deploy → smoke test on the fake: the registered signature is what the smoke
+    test scores and judges by."""
+    from app.backends.base import SlotRef, SlotSpec
+    from tests.azure import fakes_endpoints as fe
+
+    backend = fe.slots_backend(fake_azure, tmp_path, smoke_test_via="direct")
+    fake_azure.training.seed_workspace()
+    fake_azure.training.seed_data("german-credit", "1")
+    fake_azure.training.seed_code(backend.ctx.config.model.to_dict())
+    info = backend.train(spec(backend), Steps())
+
+    ref = SlotRef("slot0001", "staging", "staging", "blue", info.model_name, info.version)
+    backend.create_slot(SlotSpec(ref, 1, {"cpu": 0.25, "memory_mb": 512}), Steps())
+    endpoint = f"{backend.ctx.workspace}-staging"
+    fe.mark_ready(fake_azure, endpoint, "blue")
+    backend.wait_ready(ref, 1, 5, lambda: None)
+    before = len(fake_azure.requests)
+    result = backend.smoke_test(ref, fe.endpoint_keys(fake_azure, endpoint)["primaryKey"])
+
+    assert result.model_version == info.version == "1"
+    assert set(result.probabilities) == set(DEFAULT_SIGNATURE["classes"])
+    scored = [r for r in fake_azure.requests[before:] if r.url.endswith("/score")]
+    assert scored and all(r.body == {"data": [DEFAULT_SIGNATURE["example"]]} for r in scored)
+
+
 def test_an_unreadable_run_history_still_reports_the_status_changes(
         azure_backend: Any, ml_ready: FakeAzure, caplog: pytest.LogCaptureFixture) -> None:
     ml_ready.training.plan(JOB_NAME, statuses=["Queued", "Running", "Running", "Completed"])
@@ -436,9 +493,63 @@ def test_the_training_entry_writes_an_mlflow_model_with_the_serving_package(
     run = runs[0]
     assert run.data.metrics["roc_auc"] == pytest.approx(summary["metrics"]["roc_auc"])
     assert json.loads(run.data.tags["modelgate.summary"]) == summary
+    # the signature the registration carries for the smoke test: the package's own
+    assert json.loads(run.data.tags["modelgate.signature"]) == package.signature.to_dict()
 
     # bad settings: exit status 2, the message names the key
     config.write_text(json.dumps({"cv_folds": 1}))
     assert train_job.main(["--data", str(root / "data"), "--out", str(tmp_path / "m2"),
                            "--config", str(config)]) == 2
     assert "model.cv_folds" in capsys.readouterr().err
+
+
+def test_the_train_service_leaves_a_job_still_running_to_the_retry(
+        tmp_path: Path, redis_server: Any, sqlite_url: str, azure_backend: Any,
+        ml_ready: FakeAzure, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the real train service: a transient error reaches the job runner (which queues
+    the job again) instead of failing the job; the retry follows the same Azure ML job; a
+    job that failed in Azure ML still fails the panel job with its message."""
+    import yaml
+
+    from app.backends.azure import training
+    from app.errors import ValidationError
+    from app.services.training import run_train
+    from tests.azure.conftest import azure_pipeline_settings
+    from tests.conftest import build_app
+
+    config_file = tmp_path / "pipeline.yml"
+    config_file.write_text(yaml.safe_dump(azure_pipeline_settings()))
+    monkeypatch.setenv("MODELGATE_PIPELINE_CONFIG", str(config_file))
+    app = build_app(tmp_path, sqlite_url, redis_server.url)
+    monkeypatch.setattr(training, "FOLLOW_SECONDS", 0.0)
+
+    class Reporter:
+        def __init__(self, job_id: str) -> None:
+            self.job_id, self.lines, self.steps = job_id, [], Steps()
+
+        def progress(self, percent: int, step: str) -> None:
+            self.steps(percent, step)
+
+        def log(self, message: str, *, level: str = "INFO") -> None:
+            self.lines.append(message)
+
+        def check_cancelled(self) -> None:
+            pass
+
+    with app.app_context():
+        app.extensions["modelgate.backend"] = azure_backend
+        ml_ready.training.plan(JOB_NAME, statuses=["Queued"])
+        with pytest.raises(TransientBackendError, match="still Queued"):
+            run_train(Reporter(JOB_ID), {})
+        ml_ready.training.plan(JOB_NAME, statuses=["Running", "Completed"])
+        retry = Reporter(JOB_ID)
+        result = run_train(retry, {})
+        assert len(ml_ready.calls("PUT", "/jobs/")) == 1, "the retry followed the same job"
+        assert any("submitted by an earlier attempt (Running)" in t for t in retry.steps.texts())
+        assert result["model"]["version"] == "1" and "reused" not in result
+
+        other = "f0e1d2c3b4a5"
+        ml_ready.training.plan(f"modelgate-train-{other}", statuses=["Failed"],
+                               error=("UserError", "Out of memory while fitting"))
+        with pytest.raises(ValidationError, match="failed: UserError: Out of memory"):
+            run_train(Reporter(other), {})

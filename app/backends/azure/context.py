@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -237,7 +239,49 @@ def translate(action: str, exc: Exception) -> BackendError:
             return TransientBackendError(f"{action}: Azure answered {status} ({detail}); "
                                          "will retry")
         return BackendError(f"{action}: Azure answered {status} ({detail})")
+    ml_error = _ml_error(action, exc)
+    if ml_error is not None:
+        return ml_error
     return BackendError(f"{action}: {type(exc).__name__}: {exc}")
+
+
+def _ml_error(action: str, exc: Exception) -> BackendError | None:
+    """azure.ai.ml's own exceptions (client-side validation, an asset that does not exist,
+    a job that cannot be parsed…) as BackendErrors; None for any other exception.
+
+    Only when azure.ai.ml is already imported (it raised the exception, then): the panel
+    process never imports it, and importing it costs seconds.
+    """
+    if "azure.ai.ml" not in sys.modules:
+        return None
+    from azure.ai.ml.exceptions import MlException, ValidationErrorType, ValidationException
+
+    if not isinstance(exc, MlException):
+        return None
+    # The SDK reraises its validation errors as an MlException with a formatted (coloured,
+    # multi-line) message; the original, with its plain message and type, is the context.
+    original = exc
+    while not isinstance(original, ValidationException) and \
+            isinstance(original.__context__, MlException):
+        original = original.__context__
+    message = _first_line(str(getattr(original, "message", "") or original)) or \
+        type(exc).__name__
+    if isinstance(original, ValidationException) and \
+            original.error_type == ValidationErrorType.RESOURCE_NOT_FOUND:
+        return ResourceNotFound(f"{action}: not found ({message})")
+    return BackendError(f"{action}: {message}")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _first_line(text: str) -> str:
+    """The first meaningful line of an azure.ai.ml message: colours dropped and, in the
+    formatted ones, the first line under ``Details:`` without its ``(x)`` mark."""
+    lines = [line.strip() for line in _ANSI.sub("", text).splitlines() if line.strip()]
+    if "Details:" in lines:
+        lines = lines[lines.index("Details:") + 1:]
+    return lines[0].removeprefix("(x) ") if lines else ""
 
 
 def _is_credential_error(exc: Exception) -> bool:

@@ -14,9 +14,12 @@ its console printing. When the run history cannot be read, the status transition
 reported. A progress callback that raises (the job was cancelled) cancels the Azure ML job
 (``jobs.begin_cancel``) and the exception goes through.
 
-The job logs its metrics to its own MLflow run and the summary as the run tag
-``modelgate.summary`` (app/ml/train_job.py); the run details carry that tag, and the model
-version gets the summary as tags, so a reused version reports the same result.
+The job logs its metrics to its own MLflow run, the summary as the run tag
+``modelgate.summary`` and the serving package's signature as ``modelgate.signature``
+(app/ml/train_job.py); the run details carry those tags. The model version gets the summary as
+tags, so a reused version reports the same result, and the signature (with the version number
+filled in) as its property ``modelgate.signature``, where the smoke test reads the example it
+scores and the classes and version it expects.
 """
 
 from __future__ import annotations
@@ -27,11 +30,11 @@ import re
 import shlex
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from app.backends.azure import infra
 from app.backends.azure.context import AzureContext, azure_errors
 from app.backends.azure.training_assets import (
     BASE_IMAGE,
@@ -56,6 +59,11 @@ logger = logging.getLogger(__name__)
 
 JOB_TAG = "modelgate_job"
 SUMMARY_TAG = "modelgate.summary"  # app.ml.train_job.SUMMARY_TAG (not imported: no app.ml here)
+SIGNATURE_TAG = "modelgate.signature"  # app.ml.train_job.SIGNATURE_TAG
+# The model version property the smoke test reads (endpoints' names.SIGNATURE_PROPERTY).
+SIGNATURE_PROPERTY = "modelgate.signature"
+# What azure-ai-ml sends for model assets (the container's nextVersion is read with it).
+MODELS_API_VERSION = "2023-08-01-preview"
 SUMMARY_METRICS: tuple[str, ...] = ("cv_roc_auc", "roc_auc", "accuracy", "f1_bad", "brier",
                                     "expected_cost")
 OUTPUT = "model"
@@ -63,8 +71,9 @@ COMMAND = ("python -m app.ml.train_job --data ${{inputs.data}} --out ${{outputs.
            f"--config {CONFIG_FILE}")
 # Between polls of a running job (tests poll at once: polling_interval=0).
 POLL_SECONDS = 15.0
-# The train task's soft limit is 30 min: stop following before it, the retry follows on.
-FOLLOW_SECONDS = 25 * 60.0
+# The train job's soft limit on azure is AZURE_TRAIN_TIME_LIMIT_SECONDS (3 h): stop following
+# well before it (submission and registration need minutes too); the retry follows on.
+FOLLOW_SECONDS = 160 * 60.0
 # Azure ML stops the job itself after this long (queueing for a node not included).
 JOB_TIMEOUT_SECONDS = 2 * 3600
 CANCEL_WAIT_SECONDS = 60.0
@@ -103,13 +112,13 @@ def train(ctx: AzureContext, spec: TrainSpec, progress: Progress) -> TrainInfo:
     model_name = spec.model.name
     name = job_name(spec.job_id)
     progress(1, f"Azure ML: looking for a {model_name} version registered by this job")
-    with _ml_errors(f"reading the versions of model {model_name}"):
+    with azure_errors(f"reading the versions of model {model_name}"):
         done = _version_of_job(ml, model_name, spec.job_id)
     if done is not None:
         progress(100, f"{model_name} version {done.version} was registered by an earlier "
                       "attempt of this job")
         return _info(done, reused=True)
-    with _ml_errors(f"reading Azure ML job {name}"):
+    with azure_errors(f"reading Azure ML job {name}"):
         existing = _find_job(ml, name)
     follower = _Follower(ctx, ml, name, progress)
     if existing is None:
@@ -122,28 +131,12 @@ def train(ctx: AzureContext, spec: TrainSpec, progress: Progress) -> TrainInfo:
     if status != COMPLETED:
         raise BackendError(f"Azure ML job {name} {status.lower()}: {_error_message(details)}")
     summary = _run_summary(name, details)
+    signature = _run_signature(name, details)
     progress(86, f"registering {model_name} from the output of Azure ML job {name}")
-    with _ml_errors(f"registering model {model_name} from Azure ML job {name}"):
-        model = _register(ml, model_name, name, spec.job_id, summary)
+    with azure_errors(f"registering model {model_name} from Azure ML job {name}"):
+        model = _register(ctx, ml, model_name, name, spec.job_id, summary, signature)
     progress(100, f"registered {model_name} version {model.version} (Azure ML job {name})")
     return _info(model, reused=False)
-
-
-# --------------------------------------------------------------------------- errors
-
-
-@contextmanager
-def _ml_errors(action: str) -> Iterator[None]:
-    """azure_errors, plus azure.ai.ml's own exceptions (validation, missing assets) as
-    BackendErrors."""
-    from azure.ai.ml.exceptions import MlException
-
-    try:
-        with azure_errors(action):
-            yield
-    except MlException as exc:
-        message = str(getattr(exc, "message", "") or exc).strip().splitlines()[0]
-        raise BackendError(f"{action}: {message}") from None
 
 
 # --------------------------------------------------------------------------- reuse
@@ -203,11 +196,11 @@ def _submit(ctx: AzureContext, ml: Any, spec: TrainSpec, name: str, progress: Pr
     )
     progress(4, f"submitting Azure ML job {name}")
     try:
-        with _ml_errors(f"submitting Azure ML job {name}"):
+        with azure_errors(f"submitting Azure ML job {name}"):
             ml.jobs.create_or_update(job)
     except BackendError:
         # Another attempt may have submitted it meanwhile: follow that one.
-        with _ml_errors(f"reading Azure ML job {name}"):
+        with azure_errors(f"reading Azure ML job {name}"):
             if _find_job(ml, name) is None:
                 raise
         logger.info("Azure ML job %s exists already; following it", name)
@@ -218,15 +211,12 @@ def _data_asset(ctx: AzureContext, ml: Any, spec: TrainSpec) -> Any:
     wanted = "latest version" if spec.dataset_version is None else \
         f"version {spec.dataset_version}"
     try:
-        with _ml_errors(f"reading dataset {spec.dataset_name} ({wanted})"):
+        with azure_errors(f"reading dataset {spec.dataset_name} ({wanted})"):
             if spec.dataset_version is None:
                 return ml.data.get(spec.dataset_name, label="latest")
             return ml.data.get(spec.dataset_name, version=str(spec.dataset_version))
     except ResourceNotFound:
         pass
-    except BackendError as exc:
-        if "does not exist" not in str(exc):
-            raise
     raise BackendError(f"dataset {spec.dataset_name} ({wanted}) is not registered in Azure ML "
                        f"workspace {ctx.workspace}: run provision, which registers it")
 
@@ -238,7 +228,7 @@ def _ensure_environment(ml: Any, progress: Progress) -> str:
 
     spec = conda_spec()
     version = environment_version(spec)
-    with _ml_errors(f"creating Azure ML environment {ENVIRONMENT_NAME}"):
+    with azure_errors(f"creating Azure ML environment {ENVIRONMENT_NAME}"):
         try:
             ml.environments.get(ENVIRONMENT_NAME, version=version)
         except ResourceNotFoundError:
@@ -263,7 +253,7 @@ def _ensure_code(ml: Any, snapshot: CodeSnapshot, progress: Progress) -> str:
     from azure.ai.ml.entities._assets import Code  # not exported by azure.ai.ml.entities
 
     progress(3, f"Azure ML: training code {CODE_NAME} version {snapshot.version}")
-    with _ml_errors(f"registering the training code ({CODE_NAME} version {snapshot.version})"):
+    with azure_errors(f"registering the training code ({CODE_NAME} version {snapshot.version})"):
         code = ml._code.create_or_update(Code(name=CODE_NAME, version=snapshot.version,
                                               path=str(snapshot.path)))
     return str(code.id)
@@ -300,7 +290,7 @@ class _Follower:
         """Ask Azure ML to cancel the job (a failure to do so is logged, not raised: the
         cancellation that caused it is what the caller must see)."""
         try:
-            with _ml_errors(f"cancelling Azure ML job {self.name}"):
+            with azure_errors(f"cancelling Azure ML job {self.name}"):
                 self.ml.jobs.begin_cancel(self.name).wait(timeout=CANCEL_WAIT_SECONDS)
             logger.info("cancelled Azure ML job %s", self.name)
         except BackendError as exc:
@@ -312,7 +302,7 @@ class _Follower:
         started = time.monotonic()
         seen = ""
         while True:
-            with _ml_errors(f"reading Azure ML job {self.name}"):
+            with azure_errors(f"reading Azure ML job {self.name}"):
                 status = _status(self.ml.jobs.get(self.name))
             if status != seen:
                 self.report(STATUS_PERCENT.get(status, self.percent),
@@ -456,19 +446,58 @@ def _version_tags(job_id: str, name: str, summary: Mapping[str, Any]) -> dict[st
     return tags
 
 
-def _register(ml: Any, model_name: str, name: str, job_id: str,
-              summary: Mapping[str, Any]) -> Any:
-    """Register the job's ``model`` output as the next version of the model (mlflow_model)."""
+def _run_signature(name: str, details: Any) -> dict[str, Any]:
+    """The serving package's signature the job logged (run tag ``modelgate.signature``).
+
+    Raises:
+        BackendError: the job logged none, or not a signature (classes and an example).
+    """
+    raw = (getattr(details, "tags", None) or {}).get(SIGNATURE_TAG)
+    try:
+        signature = json.loads(raw) if raw else None
+        ok = isinstance(signature, dict) and isinstance(signature.get("classes"), list) and \
+            isinstance(signature.get("example"), dict)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise BackendError(f"Azure ML job {name} completed without logging the model's "
+                           f"signature (run tag {SIGNATURE_TAG}), which the smoke test needs: "
+                           "was it run by an older modelgate? Train again")
+    assert isinstance(signature, dict)
+    return signature
+
+
+def _next_version(ctx: AzureContext, model_name: str) -> str:
+    """The version Azure ML gives the next registration of the model: its container's
+    ``nextVersion`` ("1" for a new model), read as azure-ai-ml reads it before registering."""
+    container = infra.arm_get(ctx, ctx.resource_id(
+        f"Microsoft.MachineLearningServices/workspaces/{ctx.workspace}/models/{model_name}"),
+        MODELS_API_VERSION)
+    version = ((container or {}).get("properties") or {}).get("nextVersion")
+    return str(version or "1")
+
+
+def _register(ctx: AzureContext, ml: Any, model_name: str, name: str, job_id: str,
+              summary: Mapping[str, Any], signature: Mapping[str, Any]) -> Any:
+    """Register the job's ``model`` output as the next version of the model (mlflow_model),
+    with the signature (naming that version) as its property."""
     from azure.ai.ml.constants import AssetTypes
     from azure.ai.ml.entities import Model
 
+    # The version is fixed before the PUT so that the signature can name it (the scoring
+    # container answers with the version Azure ML mounts; the smoke test compares them).
+    version = _next_version(ctx, model_name)
+    signed = json.dumps({**signature, "version": version}, sort_keys=True,
+                        separators=(",", ":"))
     return ml.models.create_or_update(Model(
         name=model_name,
+        version=version,
         path=f"azureml://jobs/{name}/outputs/{OUTPUT}",
         type=AssetTypes.MLFLOW_MODEL,
         description=f"trained by modelgate job {job_id} (Azure ML job {name}); the serving "
                     "package is under package/",
         tags=_version_tags(job_id, name, summary),
+        properties={SIGNATURE_PROPERTY: signed},
     ))
 
 
