@@ -390,7 +390,7 @@ def wait_ready(ctx: AzureContext, slot: SlotRef, replicas: int, timeout: float,
     failed = False
     if timeout < SLOW_READY_SECONDS:
         logger.warning("waiting %g s for %s: Azure ML deployments on a cluster take minutes "
-                       "(image pull, model download); set runtime.ready_timeout_seconds to "
+                       "(image pull, model download); set azure.ready_timeout_seconds to "
                        "%d or more for the azure backend", timeout, _where(ctx, slot),
                        SLOW_READY_SECONDS)
     while True:

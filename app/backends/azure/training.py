@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from app.backends.azure import infra
+from app.backends.azure import infra, names
 from app.backends.azure.context import AzureContext, azure_errors
 from app.backends.azure.training_assets import (
     BASE_IMAGE,
@@ -60,8 +60,6 @@ logger = logging.getLogger(__name__)
 JOB_TAG = "modelgate_job"
 SUMMARY_TAG = "modelgate.summary"  # app.ml.train_job.SUMMARY_TAG (not imported: no app.ml here)
 SIGNATURE_TAG = "modelgate.signature"  # app.ml.train_job.SIGNATURE_TAG
-# The model version property the smoke test reads (endpoints' names.SIGNATURE_PROPERTY).
-SIGNATURE_PROPERTY = "modelgate.signature"
 # What azure-ai-ml sends for model assets (the container's nextVersion is read with it).
 MODELS_API_VERSION = "2023-08-01-preview"
 SUMMARY_METRICS: tuple[str, ...] = ("cv_roc_auc", "roc_auc", "accuracy", "f1_bad", "brier",
@@ -497,7 +495,7 @@ def _register(ctx: AzureContext, ml: Any, model_name: str, name: str, job_id: st
         description=f"trained by modelgate job {job_id} (Azure ML job {name}); the serving "
                     "package is under package/",
         tags=_version_tags(job_id, name, summary),
-        properties={SIGNATURE_PROPERTY: signed},
+        properties={names.SIGNATURE_PROPERTY: signed},
     ))
 
 
