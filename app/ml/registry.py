@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -516,14 +517,17 @@ def save_model_dir(outcome: TrainingOutcome, dest: str | os.PathLike[str],
     return target
 
 
-def log_to_environment_run(outcome: TrainingOutcome, tags: Mapping[str, str]) -> str:
-    """Log a training run's params, metrics and tags to the run MLflow's environment names
-    (``MLFLOW_TRACKING_URI``, and ``MLFLOW_RUN_ID`` inside an Azure ML job, whose own run it
-    is); returns the run id."""
+def log_to_environment_run(outcome: TrainingOutcome, tags: Mapping[str, str], *,
+                           tracking_uri: str, run_id: str) -> str:
+    """Log a training run's params, metrics and tags to an existing run (inside an Azure ML
+    job: its own run, named by ``MLFLOW_TRACKING_URI`` and ``MLFLOW_RUN_ID`` as the job
+    started, read before MLflow's ``set_tracking_uri`` rewrites the former); returns the id."""
     mlflow = _import_mlflow()
-    with mlflow.start_run() as run:
-        mlflow.log_params(outcome.params())
-        mlflow.log_metrics(outcome.flat_metrics())
-        mlflow.set_tags(dict(tags))
-        run_id: str = run.info.run_id
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    client.log_batch(
+        run_id,
+        metrics=[mlflow.entities.Metric(k, float(v), int(time.time() * 1000), 0)
+                 for k, v in outcome.flat_metrics().items()],
+        params=[mlflow.entities.Param(k, str(v)) for k, v in outcome.params().items()],
+        tags=[mlflow.entities.RunTag(k, v) for k, v in tags.items()])
     return run_id

@@ -11,9 +11,10 @@ holds modelgate's serving package (:func:`app.ml.registry.save_model_dir`).
 - ``--config``: a JSON file with the ``model:`` settings (``TrainingConfig.to_dict()``).
 - ``--dataset-name`` / ``--dataset-version``: lineage recorded in the summary.
 
-When ``MLFLOW_TRACKING_URI`` is set (Azure ML sets it, and ``MLFLOW_RUN_ID``, in every job),
-params and metrics are logged to that run, with the summary as the tag ``modelgate.summary``
-(JSON: family, threshold, metrics, dataset) and the package's signature.json as the tag
+When ``MLFLOW_RUN_ID`` and ``MLFLOW_TRACKING_URI`` are both set as the job starts (Azure ML
+sets them in every job; MLflow's own ``set_tracking_uri`` exports the second, so it alone says
+nothing), params and metrics are logged to that run, with the summary as the tag
+``modelgate.summary`` (JSON: family, threshold, metrics, dataset) and the package's signature.json as the tag
 ``modelgate.signature`` (compact JSON, its version empty), which the backend reads back from
 the run's details: it registers the signature with the model version, where the smoke test
 reads the example and the classes.
@@ -95,6 +96,9 @@ def run(data: Path, out: Path, config_file: Path, *, dataset_name: str | None = 
     from app.ml.registry import log_to_environment_run, save_model_dir
     from app.ml.training import TrainingError, train
 
+    # Read before training: MLflow's set_tracking_uri (used while saving) rewrites the variable.
+    environment_run = (os.environ.get("MLFLOW_TRACKING_URI", ""),
+                       os.environ.get("MLFLOW_RUN_ID", ""))
     if out.exists() and any(out.iterdir()):
         raise JobInputError(f"--out {out} is not empty")
     try:
@@ -107,7 +111,7 @@ def run(data: Path, out: Path, config_file: Path, *, dataset_name: str | None = 
     save_model_dir(outcome, out)
     log.info("wrote the MLflow model and the serving package to %s", out)
     result = summary(outcome, dataset_name, dataset_version)
-    if os.environ.get("MLFLOW_TRACKING_URI"):
+    if all(environment_run):
         run_id = log_to_environment_run(outcome, {
             SUMMARY_TAG: json.dumps(result, sort_keys=True),
             SIGNATURE_TAG: signature_text(outcome),
@@ -115,7 +119,7 @@ def run(data: Path, out: Path, config_file: Path, *, dataset_name: str | None = 
             "dataset_version": "" if dataset_version is None else str(dataset_version),
             "dataset_sha256": outcome.dataset.sha256,
             "family": outcome.family,
-        })
+        }, tracking_uri=environment_run[0], run_id=environment_run[1])
         log.info("logged params, metrics and the summary to MLflow run %s", run_id)
     return result
 

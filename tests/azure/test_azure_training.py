@@ -468,8 +468,17 @@ def test_the_training_entry_writes_an_mlflow_model_with_the_serving_package(
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"name": MODEL, "cv_folds": 2, "importance_repeats": 1,
                                   "candidates": [{"family": "logistic_regression"}]}))
+    mlflow = _import_mlflow()
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=tracking)
+    # Azure ML starts the job's run and names it (and the store) in the environment; an
+    # earlier set_tracking_uri elsewhere in this process must not divert the logging.
+    azure_run = client.create_run(client.get_experiment_by_name("Default").experiment_id)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")  # (it sets the variable)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    monkeypatch.setenv("MLFLOW_RUN_ID", azure_run.info.run_id)
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "model"
     code = train_job.main(["--data", str(root / "data"), "--out", str(out), "--config",
                            str(config), "--dataset-name", "german-credit",
@@ -486,10 +495,10 @@ def test_the_training_entry_writes_an_mlflow_model_with_the_serving_package(
     assert package.signature.name == MODEL and package.signature.version is None
     assert package.signature.threshold == pytest.approx(summary["threshold"])
 
-    mlflow = _import_mlflow()
-    client = mlflow.MlflowClient(tracking_uri=tracking)
+    assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    mlflow.set_tracking_uri(previous)
     runs = client.search_runs([client.get_experiment_by_name("Default").experiment_id])
-    assert len(runs) == 1
+    assert [r.info.run_id for r in runs] == [azure_run.info.run_id]
     run = runs[0]
     assert run.data.metrics["roc_auc"] == pytest.approx(summary["metrics"]["roc_auc"])
     assert json.loads(run.data.tags["modelgate.summary"]) == summary
