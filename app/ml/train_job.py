@@ -14,8 +14,9 @@ holds modelgate's serving package (:func:`app.ml.registry.save_model_dir`).
 When ``MLFLOW_RUN_ID`` and ``MLFLOW_TRACKING_URI`` are both set as the job starts (Azure ML
 sets them in every job; MLflow's own ``set_tracking_uri`` exports the second, so it alone says
 nothing), params and metrics are logged to that run, with the summary as the tag
-``modelgate.summary`` (JSON: family, threshold, metrics, dataset) and the package's signature.json as the tag
-``modelgate.signature`` (compact JSON, its version empty), which the backend reads back from
+``modelgate.summary`` (JSON: family, threshold, metrics, dataset) and the package's
+signature.json as the tag ``modelgate.signature`` (compact JSON, its version empty), which the
+backend reads back from
 the run's details: it registers the signature with the model version, where the smoke test
 reads the example and the classes.
 The summary is also printed as the last line, prefixed ``modelgate-summary: ``.
