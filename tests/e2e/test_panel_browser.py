@@ -133,7 +133,7 @@ def test_alice_runs_the_pipeline_and_watches_the_stages_turn_green(context: Any,
     page = sign_in(context, stack, "alice", "/")
     for key in STAGES:
         assert page.get_attribute(f".stage[data-stage={key}]", "data-status") == "NOT_RUN"
-    assert engineer_actions(page) == 5  # four stages and the whole pipeline
+    assert engineer_actions(page) == 8  # four stages, the whole pipeline and three Plan buttons
     page.click("button[data-run=pipeline]")
     page.wait_for_url(f"{stack.panel}/")
     assert "Queued pipeline job" in page.text_content(".flash")
