@@ -18,7 +18,6 @@ costs nothing, and the panel never imports azure.ai.ml (only workers act on Azur
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -48,6 +47,7 @@ from app.backends.base import (
     TrainInfo,
     TrainSpec,
 )
+from app.backends.locks import file_lock
 from app.pipeline_config import PipelineConfig, load_pipeline_config
 
 logger = logging.getLogger(__name__)
@@ -135,14 +135,8 @@ class AzureBackend:
             with client.lock(name, timeout=LOCK_SECONDS, blocking_timeout=LOCK_SECONDS):
                 yield
             return
-        path = self.home / "runtime" / "locks" / f"azure-{environment}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with file_lock(self.home / "runtime" / "locks" / f"azure-{environment}.lock"):
+            yield
 
     def create_slot(self, spec: SlotSpec, progress: Progress) -> SlotInfo:
         from app.backends.azure import endpoints

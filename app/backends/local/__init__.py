@@ -15,7 +15,6 @@ Where each primitive acts (docs/architecture.md has the whole table):
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -50,6 +49,7 @@ from app.backends.base import (
     TrainSpec,
 )
 from app.backends.local import gateway, request_log, slots
+from app.backends.locks import file_lock
 from app.gateway.template import ISSUER_URL_NAME
 from app.serving.keys import generate_keys
 
@@ -122,14 +122,8 @@ class LocalBackend:
     @contextmanager
     def environment_lock(self, environment: str) -> Iterator[None]:
         """An exclusive file lock per environment (workers of this host share it)."""
-        path = self.home / "runtime" / "locks" / f"{environment}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with file_lock(self.home / "runtime" / "locks" / f"{environment}.lock"):
+            yield
 
     def create_slot(self, spec: SlotSpec, progress: Progress) -> SlotInfo:
         """Materialise the package and give the slot fresh keys (digests for its replicas).

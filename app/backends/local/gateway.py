@@ -9,13 +9,13 @@ key change in ONE write, so the gateway never pairs a new backend with an old ke
 
 from __future__ import annotations
 
-import fcntl
 import json
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from app.backends.locks import file_lock
 from app.gateway.config import (
     check_api,
     default_config_path,
@@ -41,14 +41,8 @@ Mutation = Callable[[dict[str, Any]], None]
 
 @contextmanager
 def _locked(home: Path) -> Iterator[None]:
-    lock_path = default_config_path(home).with_suffix(".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock(default_config_path(home).with_suffix(".lock")):
+        yield
 
 
 def read(home: Path) -> dict[str, Any]:
