@@ -40,7 +40,6 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -71,6 +70,7 @@ from app.backends.base import (
     SmokeTestFailed,
     TransientBackendError,
 )
+from app.backends.smoke import judge_answer
 
 logger = logging.getLogger(__name__)
 
@@ -808,30 +808,8 @@ def _signature(ctx: AzureContext, slot: SlotRef) -> dict[str, Any]:
 
 
 def _judge(body: Any, signature: Mapping[str, Any], how: str) -> SmokeResult:
-    """The slot's answer checked like the local backend's smoke test: labelled probabilities
-    of the signature's classes summing to 1, and the version the signature names."""
-    classes = sorted(str(c) for c in signature.get("classes", []))
-    try:
-        first = body["predictions"][0]
-        probabilities = {str(k): float(v) for k, v in first["probabilities"].items()}
-        label = str(first["label"])
-        version = str(body["model"]["version"])
-    except (KeyError, IndexError, TypeError, AttributeError, ValueError):
-        raise SmokeTestFailed(f"smoke test ({how}): the answer lacks predictions with labelled "
-                              "probabilities") from None
-    if sorted(probabilities) != classes or label not in classes:
-        raise SmokeTestFailed(f"smoke test ({how}): labels {sorted(probabilities)} do not "
-                              f"match the signature's classes {classes}")
-    total = sum(probabilities.values())
-    if not all(0.0 <= p <= 1.0 for p in probabilities.values()) or not math.isclose(
-            total, 1.0, abs_tol=1e-6):
-        raise SmokeTestFailed(f"smoke test ({how}): probabilities do not sum to 1 "
-                              f"({total:.6f})")
-    expected = str(signature.get("version") or "")
-    if expected and version != expected:
-        raise SmokeTestFailed(f"smoke test ({how}): the slot serves version {version}, "
-                              f"expected {expected}")
-    return SmokeResult(label, probabilities, version)
+    """The slot's answer checked as every backend checks it (app/backends/smoke.py)."""
+    return judge_answer(body, signature, f"smoke test ({how})")
 
 
 # --------------------------------------------------------------------------- API Management
