@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import os
 import signal
@@ -138,16 +137,14 @@ class Gateway:
         response.headers["X-Request-ID"] = outcome.request_id
         response.headers["Server"] = SERVER_NAME
         elapsed = time.perf_counter() - started
-        backend_s = outcome.backend_ms / 1000 if outcome.backend_ms is not None else None
-        state.metrics.observe(api_name or "-", response.status, elapsed, backend_s)
+        backend_ms = outcome.backend_ms
+        state.metrics.observe(api_name or "-", response.status, elapsed,
+                              backend_ms / 1000 if backend_ms is not None else None)
+        # raw values: the log's flusher formats the time and rounds, off the request path
         state.request_log.add(RequestRecord(
-            time=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
-            caller=outcome.caller, api=api_name,
-            revision=route.api.revision if route else None,
-            environment=route.api.environment if route else None,
-            status=response.status, latency_ms=round(elapsed * 1000, 3),
-            backend_ms=round(outcome.backend_ms, 3) if outcome.backend_ms is not None else None,
-            model_version=outcome.model_version, request_id=outcome.request_id))
+            time.time(), outcome.caller, api_name, route.api.revision if route else None,
+            route.api.environment if route else None, response.status, elapsed * 1000,
+            backend_ms, outcome.model_version, outcome.request_id))
         return response
 
 

@@ -17,6 +17,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,7 @@ from app.gateway.token_rules import (
     check_claim_types,
     check_header,
     key_algorithm,
+    token_from_authorization,
 )
 from app.gateway.upstream import UpstreamError, UpstreamPool
 
@@ -79,6 +81,11 @@ class JwksCache:
     def issuer(self) -> str | None:
         """The issuer named by the discovery document (None until fetched)."""
         return self._set.issuer
+
+    @property
+    def key_set(self) -> _KeySet:
+        """The keys held now (a new object after every successful fetch)."""
+        return self._set
 
     async def lookup(self, kid: str) -> Mapping[str, pyjwt.PyJWK] | None:
         """Keys for kid by usable alg; refresh on expiry or unknown kid, once per cooldown."""
@@ -152,51 +159,63 @@ class JwksCache:
         return _KeySet(issuer if isinstance(issuer, str) else None, keys)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Verified:
-    key: pyjwt.PyJWK
     claims: dict[str, Any]
-    until: float
+    # each JWKS cache of the rule with the key set it held when the token was verified
+    key_sets: tuple[tuple[JwksCache, _KeySet], ...]
+    not_before: float  # wall clock: nbf - clock skew
+    until: float  # wall clock: exp + clock skew, or the entry's time to live if sooner
 
 
 class VerifiedTokens:
-    """Tokens whose signature and claims were already verified, for a short, bounded time.
+    """Authorization values whose token was already verified, for a short, bounded time.
 
     Signature verification is ~30% of the gateway's CPU per request (bench/README.md), and a
-    client sends the same token until it expires. An entry is reused only for the same token
-    under the same validation settings, only while the *same key object* is still published
-    (a JWKS refresh that drops or replaces the key invalidates it), and exp/nbf are re-checked
-    against the clock on every use. Only successfully verified tokens are stored.
+    client sends the same token until it expires. The key is the raw field value under one
+    validation rule (header, scheme, issuers, audiences, skew...) and the API's token type, so a
+    hit skips parsing the field, decoding the JOSE header and the signature check alike. An
+    entry is reused only while every JWKS cache of the rule still holds the *same key set* it
+    held at verification (a JWKS refresh invalidates it), and nbf/exp are re-checked against the
+    clock on every use. Only successfully verified tokens are stored.
     """
 
     def __init__(self, max_entries: int, ttl_s: float) -> None:
-        self._entries: dict[tuple[object, ...], _Verified] = {}
+        self._entries: dict[tuple[tuple[object, ...], str, str], _Verified] = {}
         self._max = max_entries
         self._ttl = ttl_s
 
-    def get(self, key: tuple[object, ...], jwk: pyjwt.PyJWK, skew_s: int) -> dict[str, Any] | None:
-        """The cached claims if still valid for this key and this instant."""
-        entry = self._entries.get(key)
-        if entry is None or entry.key is not jwk or time.monotonic() > entry.until:
+    def recall(self, rule: tuple[object, ...], token_type: str,
+               raw: str) -> dict[str, Any] | None:
+        """The claims of an already verified Authorization value, if still valid now."""
+        entry = self._entries.get((rule, token_type, raw))
+        if entry is None:
             return None
         now = time.time()
-        try:
-            exp, nbf = entry.claims.get("exp"), entry.claims.get("nbf")
-            if exp is not None and float(exp) <= now - skew_s:
-                return None
-            if nbf is not None and float(nbf) > now + skew_s:
-                return None
-        except (TypeError, ValueError):
+        if not entry.not_before <= now < entry.until:
             return None
+        for cache, key_set in entry.key_sets:
+            if cache.key_set is not key_set:
+                return None
         return entry.claims
 
-    def put(self, key: tuple[object, ...], jwk: pyjwt.PyJWK, claims: dict[str, Any]) -> None:
-        """Remember a verified token (evicting the oldest entry when full)."""
+    def remember(self, rule: tuple[object, ...], token_type: str, raw: str,
+                 claims: dict[str, Any], key_sets: tuple[tuple[JwksCache, _KeySet], ...],
+                 skew_s: int) -> None:
+        """Store a verified value (evicting the oldest entry when full)."""
         if self._max <= 0:
+            return
+        try:
+            exp, nbf = claims.get("exp"), claims.get("nbf")
+            until = time.time() + self._ttl
+            if exp is not None:
+                until = min(until, float(exp) + skew_s)
+            not_before = float(nbf) - skew_s if nbf is not None else -math.inf
+        except (TypeError, ValueError):
             return
         while len(self._entries) >= self._max:
             self._entries.pop(next(iter(self._entries)))
-        self._entries[key] = _Verified(jwk, claims, time.monotonic() + self._ttl)
+        self._entries[(rule, token_type, raw)] = _Verified(claims, key_sets, not_before, until)
 
 
 class JwksRegistry:
@@ -238,10 +257,32 @@ def _unverified_header(token: str) -> dict[str, Any]:
     return header
 
 
+async def verify_authorization(values: Sequence[str], step: ValidateJwt,
+                               registry: JwksRegistry,
+                               token_type: str = ACCESS_TOKEN_TYPE) -> dict[str, Any]:
+    """The verified claims of the token in a request's Authorization field values (the
+    verified-token cache first); raise TokenRejected. ``token_type`` is the API's ``typ``."""
+    if len(values) == 1:
+        claims = registry.verified.recall(step.validation_key, token_type, values[0])
+        if claims is not None:
+            return claims
+    token = token_from_authorization(values, step.require_scheme)
+    claims, key_sets = await _verify(token, step, registry, token_type)
+    registry.verified.remember(step.validation_key, token_type, values[0], claims, key_sets,
+                               step.clock_skew_s)
+    return claims
+
+
 async def validate_token(token: str, step: ValidateJwt, registry: JwksRegistry,
                          token_type: str = ACCESS_TOKEN_TYPE) -> dict[str, Any]:
     """Verify header, signature and registered claims; return the claims or raise
-    TokenRejected. ``token_type`` is the API's recorded access-token ``typ``."""
+    TokenRejected (no cache). ``token_type`` is the API's recorded access-token ``typ``."""
+    claims, _ = await _verify(token, step, registry, token_type)
+    return claims
+
+
+async def _verify(token: str, step: ValidateJwt, registry: JwksRegistry, token_type: str,
+                  ) -> tuple[dict[str, Any], tuple[tuple[JwksCache, _KeySet], ...]]:
     alg, kid = check_header(_unverified_header(token), token_type)
     if alg not in registry.settings.algorithms:
         raise TokenRejected("alg")
@@ -256,10 +297,8 @@ async def validate_token(token: str, step: ValidateJwt, registry: JwksRegistry,
                 bound_issuers.add(cache.issuer)
     if key is None:
         raise TokenRejected("unknown-kid")
-    cache_key = (step.validation_key(), tuple(sorted(bound_issuers)), alg, token)
-    cached = registry.verified.get(cache_key, key, step.clock_skew_s)
-    if cached is not None:
-        return cached
+    # taken before the signature check: a refresh during it makes the entry stale, not wrong
+    key_sets = tuple((cache, cache.key_set) for cache in caches)
     issuers: Sequence[str] = step.issuers or tuple(bound_issuers)
     require = ["iss", "aud", "sub"] + (["exp"] if step.require_expiration else [])
     try:
@@ -275,8 +314,7 @@ async def validate_token(token: str, step: ValidateJwt, registry: JwksRegistry,
     check_claim_types(claims)
     if bound_issuers and claims.get("iss") not in bound_issuers:
         raise TokenRejected("issuer-key-binding")
-    registry.verified.put(cache_key, key, claims)
-    return claims
+    return claims, key_sets
 
 
 def claims_satisfy(claims: Mapping[str, Any], required: Sequence[RequiredClaim]) -> bool:

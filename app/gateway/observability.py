@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -23,7 +24,8 @@ from app.gateway.upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
 
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+# json's own string encoder (C): quotes and escapes exactly as json.dumps does by default
+_STRING: Callable[[str], str] = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -132,9 +134,13 @@ class _Families(Collector):
 
 
 class RequestRecord(NamedTuple):
-    """One line of logs/gateway-requests.jsonl (never a token or key)."""
+    """One line of logs/gateway-requests.jsonl (never a token or key), as measured.
 
-    time: str
+    Raw values, so the request path only builds a tuple: the flusher turns ``time`` (seconds
+    since the epoch) into an ISO 8601 UTC string with milliseconds and rounds the latencies.
+    """
+
+    time: float
     caller: str | None
     api: str | None
     revision: int | None
@@ -146,6 +152,41 @@ class RequestRecord(NamedTuple):
     request_id: str
 
 
+class _Timestamps:
+    """ISO 8601 UTC with milliseconds, like datetime.isoformat(timespec="milliseconds"), with
+    the date and time of day formatted once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def format(self, t: float) -> str:
+        second = int(t // 1)
+        if second != self._second:
+            self._second = second
+            self._prefix = dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._prefix}.{int((t - second) * 1000):03d}+00:00"
+
+
+def _text(value: str | None) -> str:
+    return "null" if value is None else _STRING(value)
+
+
+def _number(value: float | None) -> str:
+    return "null" if value is None else repr(round(value, 3))
+
+
+def encode_record(record: RequestRecord, stamp: Callable[[float], str]) -> str:
+    """One JSON line (the keys in RequestRecord's order, as json.dumps would write them)."""
+    (t, caller, api, revision, environment, status, latency_ms, backend_ms, model_version,
+     request_id) = record
+    return (f'{{"time":"{stamp(t)}","caller":{_text(caller)},"api":{_text(api)},'
+            f'"revision":{"null" if revision is None else int(revision)},'
+            f'"environment":{_text(environment)},"status":{int(status)},'
+            f'"latency_ms":{_number(latency_ms)},"backend_ms":{_number(backend_ms)},'
+            f'"model_version":{_text(model_version)},"request_id":{_STRING(request_id)}}}\n')
+
+
 class RequestLog:
     """Buffers records in memory and appends them from a worker thread every interval."""
 
@@ -155,6 +196,7 @@ class RequestLog:
         self._max = max_buffer
         self._buffer: list[RequestRecord] = []
         self._task: asyncio.Task[None] | None = None
+        self._stamps = _Timestamps()
         self.dropped = 0
 
     def add(self, record: RequestRecord) -> None:
@@ -186,8 +228,8 @@ class RequestLog:
                       type(exc).__name__, len(records))
 
     def _write(self, records: list[RequestRecord]) -> None:
-        # one encoder instance: json.dumps with separators builds a new JSONEncoder per call
-        text = "".join([_ENCODE(r._asdict()) + "\n" for r in records])
+        stamp = self._stamps.format
+        text = "".join([encode_record(r, stamp) for r in records])
         with self._path.open("a", encoding="utf-8") as fh:
             fh.write(text)
 

@@ -4,7 +4,7 @@ the counter-key evaluation the proxy runs per request."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 
@@ -66,11 +66,14 @@ class ValidateJwt:
     audiences: tuple[str, ...]
     issuers: tuple[str, ...]
     required_claims: tuple[RequiredClaim, ...]
+    #: everything that decides whether the token itself is valid (not the claim checks): the
+    #: verified-token cache's key, built once here rather than on every request
+    validation_key: tuple[object, ...] = field(init=False, repr=False, compare=False)
 
-    def validation_key(self) -> tuple[object, ...]:
-        """Everything that decides whether the token itself is valid (not the claim checks)."""
-        return (self.header_name, self.require_scheme, self.require_expiration, self.clock_skew_s,
-                self.openid_config_urls, self.audiences, self.issuers)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "validation_key", (
+            self.header_name, self.require_scheme, self.require_expiration, self.clock_skew_s,
+            self.openid_config_urls, self.audiences, self.issuers))
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,10 @@ class SetHeader:
     name: str
     action: HeaderAction
     values: tuple[str, ...]
+    lowered: str = field(init=False, repr=False, compare=False)  # name, for comparisons
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lowered", self.name.lower())
 
 
 @dataclass(frozen=True)
@@ -157,11 +164,15 @@ class Policy:
     # values (8+ characters) of the secret named values sent to the backend: no answer may
     # contain one (the proxy checks every answer before it leaves)
     secrets: tuple[str, ...]
+    #: the cors step, if any (read on every request: found once, when compiled)
+    cors: Cors | None = field(init=False, repr=False, compare=False)
+    #: the secrets as the UTF-8 bytes an answer body is scanned for
+    secret_bytes: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
 
-    @property
-    def cors(self) -> Cors | None:
-        """The cors step, if any."""
-        return next((s for s in self.inbound if isinstance(s, Cors)), None)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cors", next(
+            (s for s in self.inbound if isinstance(s, Cors)), None))
+        object.__setattr__(self, "secret_bytes", tuple(s.encode() for s in self.secrets))
 
 
 def resolve_counter_key(key: CounterKey, variables: Mapping[str, Mapping[str, object]]) -> str:

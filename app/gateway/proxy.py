@@ -9,14 +9,13 @@ import re
 import secrets
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from multidict import CIMultiDict
 
 from app.gateway.config import ApiRevision, Route
 from app.gateway.http import Request, Response, problem
-from app.gateway.jwt import TokenRejected, claims_satisfy, validate_token
+from app.gateway.jwt import TokenRejected, claims_satisfy, verify_authorization
 from app.gateway.policy import (
     CheckHeader,
     Cors,
@@ -31,8 +30,13 @@ from app.gateway.policy import (
 )
 from app.gateway.ratelimit import RateLimitUnavailable
 from app.gateway.state import GatewayState
-from app.gateway.token_rules import token_from_authorization
-from app.gateway.upstream import UpstreamBusy, UpstreamConnectError, UpstreamError, UpstreamTimeout
+from app.gateway.upstream import (
+    UpstreamBusy,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,25 +52,31 @@ _GENERIC_401 = "The access token is missing or invalid."
 SERVER_NAME = "modelgate-gateway"
 
 
-@dataclass
 class Outcome:
     """What the request log and metrics need about one request (mutable while it runs)."""
 
-    request_id: str
-    caller: str | None = None
-    backend_ms: float | None = None
-    model_version: str | None = None
+    __slots__ = ("request_id", "caller", "backend_ms", "model_version")
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        self.caller: str | None = None
+        self.backend_ms: float | None = None
+        self.model_version: str | None = None
 
 
-@dataclass
 class _Context:
-    route: Route
-    outcome: Outcome
-    backend_url: str
-    headers: CIMultiDict[str]
-    variables: dict[str, dict[str, Any]] = field(default_factory=dict)
-    validated: dict[tuple[object, ...], dict[str, Any]] = field(default_factory=dict)
-    from_backend: bool = False
+    """One request on its way through the pipeline (slots: one is built per request)."""
+
+    __slots__ = ("route", "outcome", "backend_url", "headers", "variables", "from_backend")
+
+    def __init__(self, route: Route, outcome: Outcome, headers: list[tuple[str, str]]) -> None:
+        self.route = route
+        self.outcome = outcome
+        self.backend_url = route.api.backend_url
+        # the request headers for the backend, in order: set-header edits this list in place
+        self.headers = headers
+        self.variables: dict[str, dict[str, Any]] = {}
+        self.from_backend = False
 
 
 # Generated ids: a random per-process prefix and a counter (unique, 32 hex characters, and
@@ -106,13 +116,28 @@ def _connection_named(headers: CIMultiDict[str]) -> frozenset[str]:
                      for t in v.split(","))
 
 
-def _forward_headers(request: Request, rid: str) -> CIMultiDict[str]:
-    drop = _DROP_REQUEST | _connection_named(request.headers)
-    headers: CIMultiDict[str] = CIMultiDict(
-        [(k, v) for k, v in request.headers.items() if k.lower() not in drop])
-    headers.extend((("X-Forwarded-For", request.remote), ("X-Forwarded-Proto", request.scheme),
-                    ("X-Request-ID", rid)))
-    return headers
+def _apply_to_list(target: list[tuple[str, str]], step: SetHeader) -> None:
+    """set-header on the backend request's header list (names compared case-insensitively)."""
+    if step.action is not HeaderAction.APPEND:
+        present = any(name.lower() == step.lowered for name, _ in target)
+        if step.action is HeaderAction.SKIP and present:
+            return
+        if present:
+            target[:] = [(n, v) for n, v in target if n.lower() != step.lowered]
+        if step.action is HeaderAction.DELETE:
+            return
+    target.extend((step.name, v) for v in step.values)
+
+
+def _forward_headers(request: Request, rid: str) -> list[tuple[str, str]]:
+    """The caller's end-to-end headers for the backend, in one pass, plus the gateway's own."""
+    headers = request.headers
+    drop = _DROP_REQUEST | _connection_named(headers) if "Connection" in headers \
+        else _DROP_REQUEST
+    forwarded = [(k, v) for k, v in headers.items() if k.lower() not in drop]
+    forwarded += (("X-Forwarded-For", request.remote), ("X-Forwarded-Proto", request.scheme),
+                  ("X-Request-ID", rid))
+    return forwarded
 
 
 def cors_headers(cors: Cors, origin: str | None) -> list[tuple[str, str]]:
@@ -152,31 +177,20 @@ def _jwt_failure(step: ValidateJwt, reason: str) -> Response:
     return problem(step.failed_status, detail, [("WWW-Authenticate", challenge)])
 
 
-async def _validate_jwt(state: GatewayState, request: Request, ctx: _Context,
-                        step: ValidateJwt) -> Response | None:
-    try:
-        token = token_from_authorization(request.headers.getall(step.header_name, []),
-                                         step.require_scheme)
-        cache_key = (step.validation_key(), token)
-        claims = ctx.validated.get(cache_key)
-        if claims is None:
-            claims = await validate_token(token, step, state.jwks,
-                                          ctx.route.api.access_token_type)
-            ctx.validated[cache_key] = claims
-    except TokenRejected as exc:
-        return _jwt_failure(step, str(exc))
-    if not claims_satisfy(claims, step.required_claims):
+def _claims_allowed(ctx: _Context, step: ValidateJwt, claims: dict[str, Any]) -> Response | None:
+    """The claim checks of a validate-jwt step on a verified token (None: go on)."""
+    if step.required_claims and not claims_satisfy(claims, step.required_claims):
         return _jwt_failure(step, "required-claims")
     if step.output_variable:
         ctx.variables[step.output_variable] = claims
-    if ctx.outcome.caller is None:
-        ctx.outcome.caller = str(claims.get("oid") or claims.get("sub") or "") or None
+    outcome = ctx.outcome
+    if outcome.caller is None:
+        outcome.caller = str(claims.get("oid") or claims.get("sub") or "") or None
     return None
 
 
-async def _rate_limit(state: GatewayState, ctx: _Context,
-                      step: RateLimitByKey) -> Response | None:
-    key = resolve_counter_key(step.counter_key, ctx.variables)
+async def _rate_limited(state: GatewayState, key: str, step: RateLimitByKey) -> Response | None:
+    """Ask Redis for a permit (the caller's lease is used up); a refusal is the answer."""
     try:
         decision = await state.limiter.hit(key, step.calls, step.renewal_period_s)
     except RateLimitUnavailable as exc:
@@ -195,20 +209,36 @@ def _return_response(step: ReturnResponse) -> Response:
 
 
 async def _inbound(state: GatewayState, request: Request, ctx: _Context) -> Response | None:
-    """Run the inbound steps in order; a returned response ends the pipeline."""
-    for step in ctx.route.api.policy.inbound:
+    """Run the inbound steps in order; a returned response ends the pipeline.
+
+    The common outcomes need no await: a token already verified (the verified-token cache)
+    and a permit from the caller's current rate-limit lease.
+    """
+    api = ctx.route.api
+    for step in api.policy.inbound:
         result: Response | None = None
-        if isinstance(step, ValidateJwt):
-            result = await _validate_jwt(state, request, ctx, step)
-        elif isinstance(step, RateLimitByKey):
-            result = await _rate_limit(state, ctx, step)
-        elif isinstance(step, SetHeader):
-            _apply_headers(ctx.headers, (step,))
-        elif isinstance(step, SetBackendService):
+        if type(step) is ValidateJwt:
+            values = request.headers.getall(step.header_name, ())
+            claims = state.jwks.verified.recall(step.validation_key, api.access_token_type,
+                                                values[0]) if len(values) == 1 else None
+            if claims is None:
+                try:
+                    claims = await verify_authorization(values, step, state.jwks,
+                                                        api.access_token_type)
+                except TokenRejected as exc:
+                    return _jwt_failure(step, str(exc))
+            result = _claims_allowed(ctx, step, claims)
+        elif type(step) is RateLimitByKey:
+            key = resolve_counter_key(step.counter_key, ctx.variables)
+            if state.limiter.take_leased(key, step.calls, step.renewal_period_s) is None:
+                result = await _rate_limited(state, key, step)
+        elif type(step) is SetHeader:
+            _apply_to_list(ctx.headers, step)
+        elif type(step) is SetBackendService:
             ctx.backend_url = step.base_url
-        elif isinstance(step, CheckHeader):
+        elif type(step) is CheckHeader:
             result = _check_header(request, step)
-        elif isinstance(step, ReturnResponse):
+        elif type(step) is ReturnResponse:
             result = _return_response(step)
         if result is not None:
             return result
@@ -242,8 +272,8 @@ def _model_version(headers: CIMultiDict[str], body: bytes) -> str | None:
 
 def _secret_in(policy: Policy, response: Response) -> str | None:
     """Where the answer holds a secret the policy sends to the backend ("body" or a header)."""
-    for secret in policy.secrets:
-        if secret.encode() in response.body:
+    for secret, raw in zip(policy.secrets, policy.secret_bytes, strict=True):
+        if raw in response.body:
             return "body"
         if response.reason and secret in response.reason:
             return "reason"
@@ -287,8 +317,8 @@ async def _forward(state: GatewayState, request: Request, ctx: _Context) -> Resp
     started = time.perf_counter()
     try:
         answer = await pool.request(
-            request.method, pool.origin(ctx.backend_url), target, ctx.headers.items(),
-            request.body, timeout_s=policy.forward_timeout_s or state.settings.upstream_timeout_s)
+            request.method, pool.origin(ctx.backend_url), target, ctx.headers, request.body,
+            timeout_s=policy.forward_timeout_s or state.settings.upstream_timeout_s)
     except UpstreamBusy:
         # the backend's connection limit stayed full for the whole wait: nothing was sent
         return problem(503, "The backend is busy. Try again shortly.", [("Retry-After", "1")])
@@ -302,18 +332,19 @@ async def _forward(state: GatewayState, request: Request, ctx: _Context) -> Resp
         return problem(502, "The backend failed.")
     finally:
         ctx.outcome.backend_ms = (time.perf_counter() - started) * 1000
-    return _response(ctx, policy, answer.status, answer.headers, answer.body)
+    return _response(ctx, policy, answer)
 
 
-def _response(ctx: _Context, policy: Policy, status: int, raw: CIMultiDict[str],
-              payload: bytes) -> Response:
-    drop = _DROP_RESPONSE | _connection_named(raw)
+def _response(ctx: _Context, policy: Policy, answer: UpstreamResponse) -> Response:
+    raw = answer.headers
+    drop = _DROP_RESPONSE | _connection_named(raw) if "Connection" in raw else _DROP_RESPONSE
     headers: CIMultiDict[str] = CIMultiDict(
-        [(k, v) for k, v in raw.items() if k.lower() not in drop])
+        [(k, v) for k, v in answer.fields if k.lower() not in drop])
     ctx.from_backend = True
-    _apply_headers(headers, policy.outbound)
-    ctx.outcome.model_version = _model_version(headers, payload)
-    return Response(status, payload, headers)
+    if policy.outbound:
+        _apply_headers(headers, policy.outbound)
+    ctx.outcome.model_version = _model_version(headers, answer.body)
+    return Response(answer.status, answer.body, headers)
 
 
 async def run_route(state: GatewayState, request: Request, route: Route,
@@ -321,8 +352,7 @@ async def run_route(state: GatewayState, request: Request, route: Route,
     """Run one routed request through its policy and the backend."""
     if route.api.refusal is not None:  # logged when the config was loaded
         return problem(503, "This API is unavailable: the gateway refused its policy.")
-    ctx = _Context(route, outcome, route.api.backend_url,
-                   _forward_headers(request, outcome.request_id))
+    ctx = _Context(route, outcome, _forward_headers(request, outcome.request_id))
     response = await _inbound(state, request, ctx)
     if response is None:
         response = await _forward(state, request, ctx)

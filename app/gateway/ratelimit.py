@@ -23,6 +23,7 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -61,16 +62,15 @@ class RateLimitUnavailable(Exception):
     """The counter store cannot be reached; the gateway answers 503 (fail closed)."""
 
 
-@dataclass(frozen=True)
-class RateDecision:
-    """The outcome of counting one call."""
+class RateDecision(NamedTuple):
+    """The outcome of counting one call (a tuple: one is built on every request)."""
 
     allowed: bool
     remaining: int
     retry_after_s: int
 
 
-@dataclass
+@dataclass(slots=True)
 class _Lease:
     """Permits already counted in Redis for one key, usable until expires (monotonic)."""
 
@@ -86,24 +86,34 @@ class RateLimiter:
                  max_leases: int = 50_000) -> None:
         self._client = client
         self._script = client.register_script(_SCRIPT)
+        # by (counter key, calls, period): the key itself, so a leased permit costs one dict
+        # lookup (the SHA-256 digest Redis sees is computed only when Redis is asked)
         self._leases: dict[tuple[str, int, int], _Lease] = {}
         self._ttl = lease_ttl_s
         self._max_leases = max_leases
         self.redis_calls = 0
 
-    async def hit(self, key: str, calls: int, period_s: int) -> RateDecision:
-        """Count one call for key; raise RateLimitUnavailable if Redis fails."""
-        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:40]
-        lease_key = (digest, calls, period_s)
-        now = time.monotonic()
-        lease = self._leases.get(lease_key)
-        if lease is not None and lease.permits > 0 and now < lease.expires:
+    def take_leased(self, key: str, calls: int, period_s: int) -> RateDecision | None:
+        """A permit from this replica's current lease for key, or None: ask Redis (hit)."""
+        lease = self._leases.get((key, calls, period_s))
+        if lease is not None and lease.permits > 0 and time.monotonic() < lease.expires:
             lease.permits -= 1
             return RateDecision(True, lease.permits, 0)
+        return None
+
+    async def hit(self, key: str, calls: int, period_s: int) -> RateDecision:
+        """Count one call for key; raise RateLimitUnavailable if Redis fails."""
+        leased = self.take_leased(key, calls, period_s)
+        if leased is not None:
+            return leased
+        lease_key = (key, calls, period_s)
+        now = time.monotonic()
+        lease = self._leases.get(lease_key)
         size = 1
         if lease is not None:
             used_up_in_time = lease.permits == 0 and now < lease.expires
             size = min(max(1, calls // 100), lease.size * 2) if used_up_in_time else 1
+        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:40]
         redis_key = f"modelgate:rl:{{{digest}}}:{period_s}"
         try:
             self.redis_calls += 1

@@ -95,6 +95,8 @@ class UpstreamResponse:
     status: int
     headers: CIMultiDict[str]
     body: bytes
+    #: the same headers as received, in order (what a proxy copies on in one pass)
+    fields: list[tuple[str, str]]
 
 
 class _UpstreamConnection(asyncio.Protocol):
@@ -194,7 +196,7 @@ class _UpstreamConnection(asyncio.Protocol):
         self._cancel_timer()
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         waiter.set_result(UpstreamResponse(self._parser.get_status_code(), self._header_map,
-                                           body))
+                                           body, self._headers))
         if not self.reusable and self._transport is not None:
             self._transport.close()
 
