@@ -1,6 +1,7 @@
-"""Gateway overhead, side by side in one run: direct, a do-nothing proxy, and the gateway.
+"""Gateway overhead, side by side in one run: direct, nginx, a do-nothing Python proxy, the gateway.
 
-    python -m bench.gateway_bench [--duration 10] [--backend stub|scoring|sklearn|all]
+    python -m bench.gateway_bench [--duration 10] [--rounds 1] [--loadgen python|wrk|both]
+                                  [--backend stub|scoring|sklearn|all]
                                   [--policy default|key-only] [--json out.json]
 
 Starts, on loopback: a private Redis (random port, password, PID checked), an HTTPS issuer
@@ -11,10 +12,20 @@ production (``python -m app.gateway``, HTTPS, default policy: JWT + role + Redis
 key injection), bench/passthrough_proxy.py, a TLS proxy that checks nothing (the floor any
 Python proxy process reaches on these cores), and nginx as the compiled floor (bench/
 nginx_floor.py; Debian's nginx when installed, skipped with a note otherwise).
-bench/loadgen.py then drives every path, closed loop, at concurrency 1 and 8, with warm-up, and
-prints added p50/p99 latency, the throughput ratios against the goals (added p50 ≤ 1.5 ms, added
-p99 ≤ 5 ms, throughput ≥ 0.6× direct) and the gateway's throughput as a share of nginx's. All
-processes share the machine's cores with the load generator.
+
+Two load generators drive every path, closed loop, at concurrency 1 and 8, each point after
+300 warm-up requests: bench/loadgen.py (Python, in this process) and Debian's wrk
+(bench/wrk_load.py; one thread; installed with apt-get when missing and running as root,
+skipped with a note otherwise). With --rounds N every round measures each path at each c back
+to back (the path order alternates between rounds); the report gives per-path medians over
+rounds of ok rps, p50 and p99, the throughput ratios computed from those medians (nginx,
+floor and gateway against direct, and the gateway against nginx) per load generator, the CPU
+milliseconds per request of every process (backend, nginx master + worker, Python floor,
+gateway, load generator; from /proc, wait4 for wrk, getrusage for this process), the load
+average before and after, a markdown table for bench/README.md, and the verdicts against the
+goals: gateway ≥ 0.85× nginx; at c = 8 added p50 ≤ 1 ms and added p99 ≤ 3 ms against direct;
+against the scikit-learn backend, gateway ≥ 0.95× direct. All processes share the machine's
+cores with the load generator. Exit status 0 when every goal is met, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -24,18 +35,22 @@ import asyncio
 import hashlib
 import json
 import os
+import resource
 import secrets
 import shutil
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +62,18 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bench.loadgen import LoadResult, run_load
 from bench.nginx_floor import nginx_binary, nginx_floor, worker_pids
+from bench.wrk_load import run_wrk, wrk_binary, wrk_version
 
-GOAL_P50_MS, GOAL_P99_MS, GOAL_RATIO = 1.5, 5.0, 0.6
+# The data-plane issue's goals, checked per load generator and c
+GOAL_VS_NGINX = 0.85  # gateway ok rps / nginx ok rps
+GOAL_LATENCY_C = 8  # the latency goals apply at this concurrency
+GOAL_ADDED_P50_MS, GOAL_ADDED_P99_MS = 1.0, 3.0  # gateway - direct
+GOAL_SKLEARN_VS_DIRECT = 0.95  # gateway / direct against the scikit-learn backend
+WARMUP_REQUESTS = 300
+PATHS = ("direct", "nginx", "floor", "gateway")
+# the process each path charges in the summary table (the JSON keeps every process per point)
+OWN_PROCESS = {"direct": "backend", "nginx": "nginx", "floor": "floor", "gateway": "gateway"}
+CPU_COLUMNS = ("backend", "nginx", "floor", "gateway", "loadgen")
 # --policy key-only: the gateway's floor (TLS, HTTP, forwarding, request log, metrics) with a
 # policy that only injects the backend key; callers still send a bearer token, unchecked (the
 # API is declared anonymous, which the gateway requires of a policy without validate-jwt)
@@ -210,31 +235,92 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _run(
-    url: str,
-    body: bytes,
-    headers: dict[str, str],
-    c: int,
-    duration: float,
-    ctx: ssl.SSLContext | None,
-) -> LoadResult:
-    return run_load(
-        url, body, headers, concurrency=c, duration_s=duration, ssl=ctx, warmup_requests=300
-    )
+def _self_cpu_s() -> float:
+    """User + system CPU seconds of this process (the Python load generator runs here)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
-def _measured(url: str, body: bytes, headers: dict[str, str], c: int, duration: float,
-              ctx: ssl.SSLContext | None, *, pids: list[int]) -> tuple[LoadResult, list[float]]:
-    """Run one point and return it with each process's CPU milliseconds per request."""
-    before = [_cpu_s(pid) for pid in pids]
-    result = _run(url, body, headers, c, duration, ctx)
-    served = max(result.sent + 300, 1)  # the 300 warm-up requests were served too
-    return result, [(_cpu_s(pid) - b) * 1000 / served for pid, b in zip(pids, before, strict=True)]
+@dataclass(frozen=True)
+class _Target:
+    """Where and how one path is driven."""
+
+    url: str
+    headers: dict[str, str]
+    ssl: ssl.SSLContext | None
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """One backend kind's running processes: the paths to drive and the processes to watch."""
+
+    kind: str
+    body: bytes
+    targets: dict[str, _Target]  # by path; no "nginx" when nginx is not installed
+    pids: dict[str, Callable[[], list[int]]]  # by process: backend, nginx, floor, gateway
+
+
+@dataclass(frozen=True)
+class _Loadgens:
+    """The load generators to run: names in order, and wrk's path when it is one of them."""
+
+    names: tuple[str, ...]
+    wrk: str | None
+    wrk_version: str | None
+
+
+def _measure_point(setup: _Setup, path: str, loadgen: _Loadgens, name: str, c: int,
+                   duration: float, workdir: Path) -> dict[str, Any]:
+    """Warm one path up, run one point with one load generator, and charge the CPU it took.
+
+    The warm-up (WARMUP_REQUESTS through bench/loadgen.py at the same c) is outside the CPU
+    window, so every process's CPU is divided by the measured requests only.
+    """
+    target = setup.targets[path]
+    run_load(target.url, setup.body, target.headers, concurrency=c, duration_s=60,
+             count=WARMUP_REQUESTS, ssl=target.ssl)
+    pids = {proc: get() for proc, get in setup.pids.items()}
+    before = {proc: sum(_cpu_s(pid) for pid in ids) for proc, ids in pids.items()}
+    result: LoadResult
+    if name == "wrk":
+        assert loadgen.wrk is not None
+        run = run_wrk(loadgen.wrk, target.url, setup.body, target.headers, concurrency=c,
+                      duration_s=duration, workdir=workdir)
+        result, loadgen_cpu = run.result, run.cpu_s
+    else:
+        self_before = _self_cpu_s()
+        result = run_load(target.url, setup.body, target.headers, concurrency=c,
+                          duration_s=duration, ssl=target.ssl)
+        loadgen_cpu = _self_cpu_s() - self_before
+    served = max(result.sent, 1)
+    cpu = {proc: (sum(_cpu_s(pid) for pid in ids) - before[proc]) * 1000 / served
+           for proc, ids in pids.items()}
+    cpu["loadgen"] = loadgen_cpu * 1000 / served
+    return {"backend": setup.kind, "loadgen": name, "concurrency": c, "path": path,
+            "result": result.to_dict(), "cpu_ms_per_request": cpu}
+
+
+def _measure_rounds(setup: _Setup, loadgens: _Loadgens, args: argparse.Namespace,
+                    workdir: Path) -> list[dict[str, Any]]:
+    """Every round: each c, each load generator, each path back to back (order alternating)."""
+    points: list[dict[str, Any]] = []
+    for rnd in range(args.rounds):
+        paths = [p for p in (PATHS if rnd % 2 == 0 else PATHS[::-1]) if p in setup.targets]
+        names = loadgens.names if rnd % 2 == 0 else loadgens.names[::-1]
+        print(f"[{setup.kind}] round {rnd + 1}/{args.rounds}", file=sys.stderr, flush=True)
+        for c in args.concurrency:
+            for name in names:
+                for path in paths:
+                    point = _measure_point(setup, path, loadgens, name, c, args.duration,
+                                           workdir)
+                    points.append({"round": rnd + 1, "policy": args.policy, **point})
+    return points
 
 
 def _bench_backend(kind: str, model_dir: Path | None, home: Path, redis_url: str,
-                   issuer: _Issuer, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Start one backend, the passthrough floor and a gateway in front of it; measure each c."""
+                   issuer: _Issuer, args: argparse.Namespace,
+                   loadgens: _Loadgens) -> list[dict[str, Any]]:
+    """Start one backend, the floors and a gateway in front of it; measure every round."""
     from app.gateway.config import encrypt_named_value, write_gateway_config
     from app.gateway.template import render_default_policy
     from app.pki import ensure_tls
@@ -272,7 +358,6 @@ def _bench_backend(kind: str, model_dir: Path | None, home: Path, redis_url: str
                    str(gateway_port), "--redis-url", redis_url]
     floor_cmd = [sys.executable, "-m", "bench.passthrough_proxy", str(floor_port),
                  str(backend_port), str(tls.server_cert), str(tls.server_key)]
-    results: list[dict[str, Any]] = []
     nginx = nginx_binary()
     with _process(backend_cmd, env) as backend_proc, _process(gateway_cmd, env) as gw_proc, \
             _process(floor_cmd, dict(env, BENCH_BACKEND_KEY=backend_key)) as floor_proc, \
@@ -290,37 +375,101 @@ def _bench_backend(kind: str, model_dir: Path | None, home: Path, redis_url: str
                           "Content-Type": "application/json"}
         gated_headers = {"Authorization": f"Bearer {issuer.token()}",
                          "Content-Type": "application/json"}
-        for c in args.concurrency:
-            d = _run(f"http://127.0.0.1:{backend_port}/score", body, direct_headers, c,
-                     args.duration, None)
-            gated = (body, gated_headers, c, args.duration, ctx)
-            f, (floor_cpu,) = _measured(f"https://127.0.0.1:{floor_port}/credit-risk/score",
-                                        *gated, pids=[floor_proc.pid])
-            n, nginx_cpu = None, None
-            if nginx_proc is not None:
-                pids = [nginx_proc.pid, *worker_pids(nginx_proc.pid)]
-                n, cpu = _measured(f"https://127.0.0.1:{nginx_port}/credit-risk/score", *gated,
-                                   pids=pids)
-                nginx_cpu = sum(cpu)
-            g, (gateway_cpu, backend_cpu) = _measured(
-                f"https://127.0.0.1:{gateway_port}/credit-risk/score", *gated,
-                pids=[gw_proc.pid, backend_proc.pid])
-            results.append({"backend": kind, "policy": args.policy, "concurrency": c,
-                            "direct": d.to_dict(), "passthrough": f.to_dict(),
-                            "gateway": g.to_dict(),
-                            "gateway_cpu_ms_per_request": gateway_cpu,
-                            "passthrough_cpu_ms_per_request": floor_cpu,
-                            "backend_cpu_ms_per_request": backend_cpu,
-                            "added_p50_ms": g.p50_ms - d.p50_ms,
-                            "added_p99_ms": g.p99_ms - d.p99_ms,
-                            "throughput_ratio": g.ok_rps / d.ok_rps if d.ok_rps else 0.0,
-                            "passthrough_ratio": f.ok_rps / d.ok_rps if d.ok_rps else 0.0,
-                            "nginx": n.to_dict() if n else None,
-                            "nginx_cpu_ms_per_request": nginx_cpu,
-                            "nginx_ratio": n.ok_rps / d.ok_rps if n and d.ok_rps else None,
-                            "gateway_vs_nginx": g.ok_rps / n.ok_rps if n and n.ok_rps
-                            else None})
-    return results
+        gated = "https://127.0.0.1:{}/credit-risk/score"
+        targets = {
+            "direct": _Target(f"http://127.0.0.1:{backend_port}/score", direct_headers, None),
+            "floor": _Target(gated.format(floor_port), gated_headers, ctx),
+            "gateway": _Target(gated.format(gateway_port), gated_headers, ctx)}
+        pids: dict[str, Callable[[], list[int]]] = {
+            "backend": lambda: [backend_proc.pid], "floor": lambda: [floor_proc.pid],
+            "gateway": lambda: [gw_proc.pid]}
+        if nginx_proc is not None:
+            targets["nginx"] = _Target(gated.format(nginx_port), gated_headers, ctx)
+            master = nginx_proc.pid
+            pids["nginx"] = lambda: [master, *worker_pids(master)]
+        setup = _Setup(kind, body, targets, pids)
+        return _measure_rounds(setup, loadgens, args, home)
+
+
+def _path_summary(points: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Medians over rounds of one path's points (None when the path was not measured)."""
+    if not points:
+        return None
+    results = [p["result"] for p in points]
+    procs = points[0]["cpu_ms_per_request"].keys()
+    return {
+        "rounds": len(points),
+        "ok_rps": statistics.median(r["ok_rps"] for r in results),
+        "p50_ms": statistics.median(r["p50_ms"] for r in results),
+        "p99_ms": statistics.median(r["p99_ms"] for r in results),
+        "max_ms": max(r["max_ms"] for r in results),
+        "sent": sum(r["sent"] for r in results),
+        "failed": sum(r["failed"] for r in results),
+        "cpu_ms_per_request": {proc: statistics.median(p["cpu_ms_per_request"][proc]
+                                                       for p in points) for proc in procs},
+    }
+
+
+def _ratio(paths: dict[str, dict[str, Any] | None], a: str, b: str) -> float | None:
+    """ok rps of path a over path b (from the medians), None when either is missing."""
+    x, y = paths.get(a), paths.get(b)
+    if x is None or y is None or not y["ok_rps"]:
+        return None
+    return float(x["ok_rps"] / y["ok_rps"])
+
+
+def _goals(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's goals that apply to one row, each with its value and whether it is met."""
+    r = row["ratios"]
+    goals = [{"goal": f"gateway/nginx >= {GOAL_VS_NGINX}", "value": r["gateway/nginx"],
+              "met": r["gateway/nginx"] is not None and r["gateway/nginx"] >= GOAL_VS_NGINX}]
+    if row["concurrency"] == GOAL_LATENCY_C:
+        goals += [{"goal": f"added p50 <= {GOAL_ADDED_P50_MS} ms", "value": row["added_p50_ms"],
+                   "met": row["added_p50_ms"] <= GOAL_ADDED_P50_MS},
+                  {"goal": f"added p99 <= {GOAL_ADDED_P99_MS} ms", "value": row["added_p99_ms"],
+                   "met": row["added_p99_ms"] <= GOAL_ADDED_P99_MS}]
+    if row["backend"] == "sklearn":
+        goals.append({"goal": f"gateway/direct >= {GOAL_SKLEARN_VS_DIRECT}",
+                      "value": r["gateway/direct"], "met": r["gateway/direct"] is not None
+                      and r["gateway/direct"] >= GOAL_SKLEARN_VS_DIRECT})
+    failed = sum(p["failed"] for p in row["paths"].values() if p is not None)
+    goals.append({"goal": "no failed requests", "value": failed, "met": failed == 0})
+    return goals
+
+
+def summarise(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (backend, policy, load generator, c): medians, ratios, CPU and goals."""
+    seen = list(dict.fromkeys((p["backend"], p["policy"], p["loadgen"], p["concurrency"])
+                              for p in points))
+    # grouped per backend and load generator (as measured), concurrency ascending within
+    groups = list(dict.fromkeys(k[:2] for k in seen))
+    keys = sorted(seen, key=lambda k: (groups.index(k[:2]), k[2], k[3]))
+    rows = []
+    for backend, policy, loadgen, c in keys:
+        mine = [p for p in points if (p["backend"], p["policy"], p["loadgen"],
+                                      p["concurrency"]) == (backend, policy, loadgen, c)]
+        paths = {path: _path_summary([p for p in mine if p["path"] == path]) for path in PATHS}
+        direct, gateway = paths["direct"], paths["gateway"]
+        assert direct is not None and gateway is not None
+        row: dict[str, Any] = {
+            "backend": backend, "policy": policy, "loadgen": loadgen, "concurrency": c,
+            "paths": paths,
+            "ratios": {f"{a}/{b}": _ratio(paths, a, b) for a, b in (
+                ("nginx", "direct"), ("floor", "direct"), ("gateway", "direct"),
+                ("gateway", "nginx"))},
+            "added_p50_ms": gateway["p50_ms"] - direct["p50_ms"],
+            "added_p99_ms": gateway["p99_ms"] - direct["p99_ms"],
+            # each process at the point that drives it; the load generator at the gateway's
+            "cpu_ms_per_request": {
+                **{OWN_PROCESS[path]: (None if s is None else
+                                       s["cpu_ms_per_request"][OWN_PROCESS[path]])
+                   for path, s in paths.items()},
+                "loadgen": gateway["cpu_ms_per_request"]["loadgen"]},
+        }
+        row["goals"] = _goals(row)
+        row["meets"] = all(g["met"] for g in row["goals"])
+        rows.append(row)
+    return rows
 
 
 def _wait_tls(port: int, ctx: ssl.SSLContext, timeout_s: float = 30) -> None:
@@ -347,90 +496,167 @@ def _model_dir(home: Path, given: Path | None, kind: str) -> Path:
     return build_model_package(home / f"model-{kind}", kind)
 
 
+def _choose_loadgens(choice: str | None) -> _Loadgens:
+    """python, wrk or both (default: both when wrk is installed or can be installed)."""
+    if choice == "python":
+        return _Loadgens(("python",), None, None)
+    wrk = wrk_binary(install=True)
+    if wrk is None:
+        print("note: wrk is not installed (apt-get install -y wrk): wrk points are skipped")
+        return _Loadgens(("python",) if choice in (None, "both") else (), None, None)
+    names = ("python", "wrk") if choice in (None, "both") else ("wrk",)
+    return _Loadgens(names, wrk, wrk_version(wrk))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the side-by-side benchmark and print the table."""
+    """Run the side-by-side benchmark, print the tables and verdicts."""
     parser = argparse.ArgumentParser(prog="python -m bench.gateway_bench")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per point")
+    parser.add_argument("--duration", type=float, default=10.0,
+                        help="seconds per point (wrk rounds up to whole seconds)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every point this many times; report medians")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--loadgen", choices=["python", "wrk", "both"],
+                        help="bench/loadgen.py, Debian's wrk, or both (default: both when wrk "
+                        "is installed)")
     parser.add_argument("--backend", choices=["stub", "scoring", "sklearn", "all"],
                         default="all", help="stub: fixed answer; scoring: replica on its compiled "
                         "fast path; sklearn: replica serving a random forest through scikit-learn")
     parser.add_argument("--policy", choices=["default", "key-only"], default="default",
                         help="the default policy, or only the key injection (the floor)")
     parser.add_argument("--model-dir", type=Path, help="model package for the scoring replica")
-    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--json", type=Path, help="write the summary and every round here")
     parser.add_argument("--serve-stub", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_stub:
         serve_stub(args.serve_stub)
         return 0
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    loadgens = _choose_loadgens(args.loadgen)
+    if not loadgens.names:
+        return 2
+    if nginx_binary() is None:
+        print("note: nginx is not installed (apt-get install -y nginx-light): nginx points are "
+              "skipped and gateway/nginx cannot be checked")
     from app.pki import ensure_tls
 
-    home = Path(tempfile.mkdtemp(prefix="mg-gwbench-"))
+    meta: dict[str, Any] = {
+        "started": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "cores": os.cpu_count(),
+        "loadavg_before": os.getloadavg(), "duration_s": args.duration, "rounds": args.rounds,
+        "concurrency": args.concurrency, "backend": args.backend, "policy": args.policy,
+        "loadgens": list(loadgens.names), "wrk": loadgens.wrk_version, "nginx": nginx_binary(),
+        "warmup_requests": WARMUP_REQUESTS}
+    home = Path(tempfile.mkdtemp(prefix="mg-gwbench-"))  # 0700: keys, certificates, scripts
     ensure_tls(home)
-    results: list[dict[str, Any]] = []
+    points: list[dict[str, Any]] = []
     try:
         with _redis() as redis_url:
             issuer = _Issuer(home)
-            if args.backend in ("stub", "all"):
-                results += _bench_backend("stub", None, home, redis_url, issuer, args)
-            if args.backend in ("scoring", "all"):
-                model = _model_dir(home, args.model_dir, "lr")
-                results += _bench_backend("scoring", model, home, redis_url, issuer, args)
-            if args.backend in ("sklearn", "all"):
-                model = _model_dir(home, None, "rf")
-                results += _bench_backend("sklearn", model, home, redis_url, issuer, args)
+            kinds = [k for k in ("stub", "scoring", "sklearn") if args.backend in (k, "all")]
+            for kind in kinds:
+                model = None if kind == "stub" else _model_dir(
+                    home, args.model_dir if kind == "scoring" else None,
+                    "lr" if kind == "scoring" else "rf")
+                points += _bench_backend(kind, model, home, redis_url, issuer, args, loadgens)
     finally:
         shutil.rmtree(home, ignore_errors=True)
-    _print(results)
+    meta["loadavg_after"] = os.getloadavg()
+    rows = summarise(points)
+    _print(rows, meta)
+    print()
+    print(markdown(rows, meta))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-    return 0 if all(_meets(r) for r in results) else 1
+        args.json.write_text(json.dumps({"meta": meta, "summary": rows, "points": points},
+                                        indent=2))
+    return 0 if rows and all(r["meets"] for r in rows) else 1
 
 
-def _meets(r: dict[str, Any]) -> bool:
-    return bool(
-        r["added_p50_ms"] <= GOAL_P50_MS
-        and r["added_p99_ms"] <= GOAL_P99_MS
-        and r["throughput_ratio"] >= GOAL_RATIO
-        and r["gateway"]["failed"] == 0
-        and r["direct"]["failed"] == 0
-    )
+def _value(x: float | int | None) -> str:
+    """A goal's measured value for the verdict line."""
+    if x is None:
+        return "n/a"
+    return str(x) if isinstance(x, int) else f"{x:.2f}"
 
 
-def _print(results: list[dict[str, Any]]) -> None:
-    print(f"gateway overhead vs direct ({os.cpu_count()} cores shared by load generator, "
-          "backend, gateway and Redis; closed loop; HTTPS at the gateway, HTTP direct)")
-    backend = None
-    for r in results:
-        if r["backend"] != backend:
-            backend = r["backend"]
-            print(f"--- backend: {backend}, policy: {r['policy']}")
-            print(f"{'c':>3} {'path':<11} {'ok rps':>9} {'p50 ms':>8} {'p99 ms':>8} "
-                  f"{'max ms':>8} {'failed':>6}")
-        for name in ("direct", "nginx", "passthrough", "gateway"):
-            x = r[name]
-            if x is None:
+def _times(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}x"
+
+
+def _loadavg(values: Any) -> str:
+    return " ".join(f"{v:.2f}" for v in values)
+
+
+def _print(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """The per-path medians, ratios, added latency and verdicts, per load generator."""
+    print(f"gateway overhead vs direct and vs nginx ({meta['cores']} cores shared by load "
+          "generator, backend, proxies and Redis; closed loop; HTTPS at the proxies, HTTP "
+          f"direct); load average before {_loadavg(meta['loadavg_before'])}")
+    group = None
+    for row in rows:
+        if (row["backend"], row["policy"], row["loadgen"]) != group:
+            group = (row["backend"], row["policy"], row["loadgen"])
+            tool = meta["wrk"] if row["loadgen"] == "wrk" else "bench/loadgen.py"
+            print(f"--- backend: {row['backend']}, policy: {row['policy']}, loadgen: "
+                  f"{row['loadgen']} ({tool}); medians of {meta['rounds']} round(s) of "
+                  f"{meta['duration_s']:g} s")
+            print(f"{'c':>3} {'path':<8} {'ok rps':>9} {'p50 ms':>8} {'p99 ms':>8} "
+                  f"{'max ms':>8} {'failed':>6} {'cpu ms/req':>10} {'loadgen':>8}")
+        c = row["concurrency"]
+        for path in PATHS:
+            s = row["paths"][path]
+            if s is None:
+                print(f"{c:>3} {path:<8} not measured (nginx is not installed)")
                 continue
-            print(f"{r['concurrency']:>3} {name:<11} {x['ok_rps']:>9.0f} {x['p50_ms']:>8.2f} "
-                  f"{x['p99_ms']:>8.2f} {x['max_ms']:>8.2f} {x['failed']:>6}")
-        print(f"{r['concurrency']:>3} cpu         gateway {r['gateway_cpu_ms_per_request']:.3f} "
-              f"ms/request, passthrough {r['passthrough_cpu_ms_per_request']:.3f}, backend "
-              f"{r['backend_cpu_ms_per_request']:.3f}")
-        print(f"{r['concurrency']:>3} floor       passthrough reaches "
-              f"{r['passthrough_ratio']:.2f}x direct (no checks at all: the most any proxy "
-              "process in Python reaches here)")
-        if r["nginx"] is None:
-            print(f"{r['concurrency']:>3} nginx       not measured: Debian's nginx is not "
-                  "installed (apt-get install -y nginx-light)")
-        else:
-            print(f"{r['concurrency']:>3} nginx       reaches {r['nginx_ratio']:.2f}x direct at "
-                  f"{r['nginx_cpu_ms_per_request']:.3f} ms CPU/request; the gateway reaches "
-                  f"{r['gateway_vs_nginx']:.2f}x nginx")
-        verdict = "meets goals" if _meets(r) else "MISSES goals"
-        print(f"{r['concurrency']:>3} added       p50 +{r['added_p50_ms']:.2f} ms "
-              f"(<= {GOAL_P50_MS}), p99 +{r['added_p99_ms']:.2f} ms (<= {GOAL_P99_MS}), "
-              f"throughput {r['throughput_ratio']:.2f}x direct (>= {GOAL_RATIO}): {verdict}")
+            cpu = s["cpu_ms_per_request"]
+            print(f"{c:>3} {path:<8} {s['ok_rps']:>9.0f} {s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f} "
+                  f"{s['max_ms']:>8.2f} {s['failed']:>6} {cpu[OWN_PROCESS[path]]:>10.3f} "
+                  f"{cpu['loadgen']:>8.3f}")
+        r = row["ratios"]
+        print(f"{c:>3} ratios   nginx {_times(r['nginx/direct'])} direct, Python floor "
+              f"{_times(r['floor/direct'])}, gateway {_times(r['gateway/direct'])}; "
+              f"gateway/nginx {_times(r['gateway/nginx'])}")
+        print(f"{c:>3} added    p50 {row['added_p50_ms']:+.2f} ms, p99 {row['added_p99_ms']:+.2f} "
+              "ms vs direct")
+        verdicts = "; ".join(f"{g['goal']}: {_value(g['value'])} "
+                             f"{'met' if g['met'] else 'MISSED'}" for g in row["goals"])
+        print(f"{c:>3} goals    {verdicts} -> "
+              f"{'meets goals' if row['meets'] else 'MISSES goals'}")
+    print(f"load average before {_loadavg(meta['loadavg_before'])}, after "
+          f"{_loadavg(meta['loadavg_after'])}")
+
+
+def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """Markdown tables (one per backend and policy) ready for bench/README.md."""
+
+    def rps(s: dict[str, Any] | None, ratio: float | None) -> str:
+        return "–" if s is None or ratio is None else f"{s['ok_rps']:.0f} ({ratio:.2f}×)"
+
+    def ms(x: float | None) -> str:
+        return "–" if x is None else f"{x:.3f}"
+
+    out = []
+    for group in dict.fromkeys((r["backend"], r["policy"]) for r in rows):
+        out += [f"backend `{group[0]}`, policy `{group[1]}`: medians of {meta['rounds']} "
+                f"round(s), {meta['duration_s']:g} s per point, {meta['cores']} cores, load "
+                f"average {_loadavg(meta['loadavg_before'])} before and "
+                f"{_loadavg(meta['loadavg_after'])} after ({meta['started']})", "",
+                "| loadgen | c | direct rps | nginx rps (× direct) | Python floor rps (× direct) "
+                "| gateway rps (× direct) | **gateway / nginx** | added p50 / p99 ms vs direct "
+                "| CPU ms/req direct backend · nginx · floor · gateway · loadgen |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for row in (r for r in rows if (r["backend"], r["policy"]) == group):
+            p, r, cpu = row["paths"], row["ratios"], row["cpu_ms_per_request"]
+            vs_nginx = "–" if r["gateway/nginx"] is None else f"**{r['gateway/nginx']:.2f}×**"
+            out.append(
+                f"| {row['loadgen']} | {row['concurrency']} | {p['direct']['ok_rps']:.0f} "
+                f"| {rps(p['nginx'], r['nginx/direct'])} | {rps(p['floor'], r['floor/direct'])} "
+                f"| {rps(p['gateway'], r['gateway/direct'])} | {vs_nginx} "
+                f"| {row['added_p50_ms']:+.2f} / {row['added_p99_ms']:+.2f} "
+                f"| {' · '.join(ms(cpu.get(k)) for k in CPU_COLUMNS)} |")
+        out += ["", "CPU per request: each process at the point that drives it (the backend at "
+                "the direct point), the load generator at the gateway point.", ""]
+    return "\n".join(out).rstrip("\n")
 
 
 if __name__ == "__main__":
