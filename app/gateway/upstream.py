@@ -32,6 +32,7 @@ from app.gateway.http import InvalidMessage, encode_fields
 
 # RFC 9112 §3: method is a token; the target has no whitespace or control characters
 _REQUEST_LINE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [^\x00-\x20\x7f]+")
+_VALID_LINES: set[str] = set()
 
 
 class UpstreamError(Exception):
@@ -71,6 +72,11 @@ class Origin:
     port: int
     host_header: str
     prefix: str
+    #: (scheme, host, port): what the connection limit counts by
+    key: tuple[str, str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.scheme, self.host, self.port))
 
 
 OriginKey = tuple[str, str, int]  # (scheme, host, port): what the connection limit counts by
@@ -251,8 +257,11 @@ def encode_request(method: str, target: str, host: str, headers: Iterable[tuple[
     """Serialize a request with Content-Length framing; UpstreamRequestInvalid if it would not
     be valid HTTP (a header with CR/LF/NUL, a name that is no token, a bad request line)."""
     request_line = f"{method} {target}"
-    if not _REQUEST_LINE.fullmatch(request_line):
-        raise UpstreamRequestInvalid("request not sent: the method or target is not valid")
+    if request_line not in _VALID_LINES:
+        if not _REQUEST_LINE.fullmatch(request_line):
+            raise UpstreamRequestInvalid("request not sent: the method or target is not valid")
+        if len(_VALID_LINES) < 4096:  # an API's operations, mostly: a few lines serve all
+            _VALID_LINES.add(request_line)
     fields = [("Host", host), *headers]
     if body or method in ("POST", "PUT", "PATCH"):
         fields.append(("Content-Length", str(len(body))))
@@ -314,10 +323,12 @@ class UpstreamPool:
                               body)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        slots = self._slots.get((origin.scheme, origin.host, origin.port))
+        slots = self._slots.get(origin.key)
         if slots is None:
-            slots = self._slots[(origin.scheme, origin.host, origin.port)] = _Slots()
-        conn = await self._acquire(loop, slots, deadline)
+            slots = self._slots[origin.key] = _Slots()
+        conn = self._take_idle(slots)
+        if conn is None:
+            conn = await self._acquire(loop, slots, deadline)
         try:
             for attempt in (1, 2):
                 if conn is None:
@@ -335,15 +346,23 @@ class UpstreamPool:
         finally:
             self._release(slots, conn)
 
-    async def _acquire(self, loop: asyncio.AbstractEventLoop, slots: _Slots,
-                       deadline: float) -> _UpstreamConnection | None:
-        """An idle connection, or None with a slot reserved to open one; waits when full."""
+    @staticmethod
+    def _take_idle(slots: _Slots) -> _UpstreamConnection | None:
+        """A reusable idle connection (the common case, without waiting), or None."""
         idle = slots.idle
         while idle:
             conn = idle.pop()
             if conn.reusable:
                 return conn
             slots.open -= 1  # the backend closed it while idle
+        return None
+
+    async def _acquire(self, loop: asyncio.AbstractEventLoop, slots: _Slots,
+                       deadline: float) -> _UpstreamConnection | None:
+        """An idle connection, or None with a slot reserved to open one; waits when full."""
+        conn = self._take_idle(slots)
+        if conn is not None:
+            return conn
         if slots.open < self._max_open:
             slots.open += 1
             return None
