@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import http.client
 import json
+import ssl
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -149,7 +151,9 @@ def test_14_key_rotation_new_kid_after_one_refetch(stack: Stack) -> None:
     """A new key is accepted at once after one refetch; the old one works until it is removed."""
     issuer, path = stack.rot_issuer, "rot/credit-risk/score"
     old = issuer.keys[0]
-    assert stack.score(issuer.mint(old), path).status_code == 200
+    accepted = issuer.mint(old)  # verified once, then served from the verified-token cache
+    assert stack.score(accepted, path).status_code == 200
+    assert stack.score(accepted, path).status_code == 200
     time.sleep(1.1)  # past the 1 s test cooldown
     new = SigningKey("k2-" + uuid.uuid4().hex[:8])
     issuer.keys.append(new)
@@ -162,6 +166,8 @@ def test_14_key_rotation_new_kid_after_one_refetch(stack: Stack) -> None:
     # an unknown kid refreshes the set; the removed key is gone with it
     assert stack.score(issuer.mint(SigningKey("k3-unknown")), path).status_code == 401
     assert stack.score(issuer.mint(old), path).status_code == 401
+    # the very string verified (and cached) before: the refreshed set no longer vouches for it
+    assert stack.score(accepted, path).status_code == 401
     assert stack.score(issuer.mint(new), path).status_code == 200
 
 
@@ -339,6 +345,29 @@ def test_verified_token_cache_rechecks_expiry(stack: Stack) -> None:
     resp = stack.score(token)
     assert resp.status_code == 401
     assert resp.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+
+
+def test_a_cached_token_in_two_authorization_fields_is_refused(stack: Stack) -> None:
+    """The verified-token cache serves exactly one Authorization field: two fields holding a
+    token it already verified are as ambiguous as ever (401)."""
+    token = stack.issuer.mint()
+    assert stack.score(token).status_code == 200
+    host, port = stack.url.removeprefix("https://").split(":")
+    tls = ssl.create_default_context(cafile=stack.ca)
+    conn = http.client.HTTPSConnection(host, int(port), timeout=5, context=tls)
+    try:
+        conn.putrequest("POST", "/credit-risk/score")
+        conn.putheader("Authorization", f"Bearer {token}")
+        conn.putheader("Authorization", f"Bearer {token}")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", "2")
+        conn.endheaders(b"{}")
+        answer = conn.getresponse()
+        assert answer.status == 401
+        assert answer.getheader("WWW-Authenticate") == 'Bearer error="invalid_token"'
+    finally:
+        conn.close()
+    assert stack.score(token).status_code == 200
 
 
 def test_revision_switch_under_load_drops_nothing(stack: Stack) -> None:
