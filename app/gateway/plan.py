@@ -7,6 +7,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+                        "te", "trailer", "trailers", "transfer-encoding", "upgrade"})
+# never forwarded from the caller: the gateway sets these itself (ASVS V4.1.3)
+NOT_FORWARDED = HOP_BY_HOP | {"authorization", "host", "content-length", "x-forwarded-for",
+                              "x-forwarded-host", "x-forwarded-proto", "forwarded",
+                              "x-request-id"}
+
 
 class PolicyError(ValueError):
     """The policy document uses something the local gateway does not support, or is invalid."""
@@ -168,11 +175,20 @@ class Policy:
     cors: Cors | None = field(init=False, repr=False, compare=False)
     #: the secrets as the UTF-8 bytes an answer body is scanned for
     secret_bytes: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
+    #: request headers (lower case) an inbound set-header overrides or deletes: the caller's
+    #: copies can be left out when the backend request is first built, for the same result
+    replaced: frozenset[str] = field(init=False, repr=False, compare=False)
+    #: the caller's request headers never sent to the backend (lower case)
+    dropped_request: frozenset[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cors", next(
             (s for s in self.inbound if isinstance(s, Cors)), None))
         object.__setattr__(self, "secret_bytes", tuple(s.encode() for s in self.secrets))
+        object.__setattr__(self, "replaced", frozenset(
+            s.lowered for s in self.inbound if isinstance(s, SetHeader)
+            and s.action in (HeaderAction.OVERRIDE, HeaderAction.DELETE)))
+        object.__setattr__(self, "dropped_request", NOT_FORWARDED | self.replaced)
 
 
 def resolve_counter_key(key: CounterKey, variables: Mapping[str, Mapping[str, object]]) -> str:

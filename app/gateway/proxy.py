@@ -16,6 +16,7 @@ from multidict import CIMultiDict
 from app.gateway.config import ApiRevision, Route
 from app.gateway.http import Request, Response, problem
 from app.gateway.jwt import TokenRejected, claims_satisfy, verify_authorization
+from app.gateway.plan import HOP_BY_HOP
 from app.gateway.policy import (
     CheckHeader,
     Cors,
@@ -40,12 +41,6 @@ from app.gateway.upstream import (
 
 log = logging.getLogger(__name__)
 
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-                        "te", "trailer", "trailers", "transfer-encoding", "upgrade"})
-# never forwarded from the caller: the gateway sets these itself (ASVS V4.1.3)
-_DROP_REQUEST = HOP_BY_HOP | {"authorization", "host", "content-length", "x-forwarded-for",
-                              "x-forwarded-host", "x-forwarded-proto", "forwarded",
-                              "x-request-id"}
 _DROP_RESPONSE = HOP_BY_HOP | {"content-length", "server", "date"}
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _GENERIC_401 = "The access token is missing or invalid."
@@ -67,7 +62,8 @@ class Outcome:
 class _Context:
     """One request on its way through the pipeline (slots: one is built per request)."""
 
-    __slots__ = ("route", "outcome", "backend_url", "headers", "variables", "from_backend")
+    __slots__ = ("route", "outcome", "backend_url", "headers", "added", "variables",
+                 "from_backend")
 
     def __init__(self, route: Route, outcome: Outcome, headers: list[tuple[str, str]]) -> None:
         self.route = route
@@ -75,6 +71,7 @@ class _Context:
         self.backend_url = route.api.backend_url
         # the request headers for the backend, in order: set-header edits this list in place
         self.headers = headers
+        self.added: set[str] | None = None  # lower-case names set-header added to headers
         self.variables: dict[str, dict[str, Any]] = {}
         self.from_backend = False
 
@@ -116,24 +113,36 @@ def _connection_named(headers: CIMultiDict[str]) -> frozenset[str]:
                      for t in v.split(","))
 
 
-def _apply_to_list(target: list[tuple[str, str]], step: SetHeader) -> None:
-    """set-header on the backend request's header list (names compared case-insensitively)."""
+def _set_request_header(ctx: _Context, step: SetHeader) -> None:
+    """set-header on the backend request's header list (names compared case-insensitively).
+
+    The caller's copies of a name the policy overrides or deletes were left out when the list
+    was built (Policy.replaced), so such a name is present only if an earlier step added it.
+    """
+    headers, lowered = ctx.headers, step.lowered
     if step.action is not HeaderAction.APPEND:
-        present = any(name.lower() == step.lowered for name, _ in target)
+        if lowered in ctx.route.api.policy.replaced:
+            present = ctx.added is not None and lowered in ctx.added
+        else:
+            present = any(name.lower() == lowered for name, _ in headers)
         if step.action is HeaderAction.SKIP and present:
             return
         if present:
-            target[:] = [(n, v) for n, v in target if n.lower() != step.lowered]
+            headers[:] = [(n, v) for n, v in headers if n.lower() != lowered]
         if step.action is HeaderAction.DELETE:
             return
-    target.extend((step.name, v) for v in step.values)
+    headers.extend((step.name, v) for v in step.values)
+    if ctx.added is None:
+        ctx.added = set()
+    ctx.added.add(lowered)
 
 
-def _forward_headers(request: Request, rid: str) -> list[tuple[str, str]]:
+def _forward_headers(request: Request, rid: str, policy: Policy) -> list[tuple[str, str]]:
     """The caller's end-to-end headers for the backend, in one pass, plus the gateway's own."""
     headers = request.headers
-    drop = _DROP_REQUEST | _connection_named(headers) if "Connection" in headers \
-        else _DROP_REQUEST
+    drop = policy.dropped_request
+    if "Connection" in headers:
+        drop = drop | _connection_named(headers)
     forwarded = [(k, v) for k, v in headers.items() if k.lower() not in drop]
     forwarded += (("X-Forwarded-For", request.remote), ("X-Forwarded-Proto", request.scheme),
                   ("X-Request-ID", rid))
@@ -233,7 +242,7 @@ async def _inbound(state: GatewayState, request: Request, ctx: _Context) -> Resp
             if state.limiter.take_leased(key, step.calls, step.renewal_period_s) is None:
                 result = await _rate_limited(state, key, step)
         elif type(step) is SetHeader:
-            _apply_to_list(ctx.headers, step)
+            _set_request_header(ctx, step)
         elif type(step) is SetBackendService:
             ctx.backend_url = step.base_url
         elif type(step) is CheckHeader:
@@ -354,7 +363,8 @@ async def run_route(state: GatewayState, request: Request, route: Route,
     """Run one routed request through its policy and the backend."""
     if route.api.refusal is not None:  # logged when the config was loaded
         return problem(503, "This API is unavailable: the gateway refused its policy.")
-    ctx = _Context(route, outcome, _forward_headers(request, outcome.request_id))
+    ctx = _Context(route, outcome, _forward_headers(request, outcome.request_id,
+                                                        route.api.policy))
     response = await _inbound(state, request, ctx)
     if response is None:
         response = await _forward(state, request, ctx)
