@@ -66,7 +66,7 @@ def _socket_inode(server_port: int, client_port: int) -> int | None:
     return None
 
 
-class Gateway:
+class WorkersProcess:
     """The supervisor subprocess, its output, its port and its workers."""
 
     def __init__(self, home: Path, redis_url: str, ca: str, workers: int = 2) -> None:
@@ -181,16 +181,16 @@ def home(stack: Stack, tmp_path: Path) -> Path:
 
 
 @pytest.fixture()
-def gateway(stack: Stack, home: Path) -> Iterator[Gateway]:
+def gateway(stack: Stack, home: Path) -> Iterator[WorkersProcess]:
     """`python -m app.gateway --workers 2 --port 0`, stopped after the test."""
-    running = Gateway(home, stack.redis_url, stack.ca)
+    running = WorkersProcess(home, stack.redis_url, stack.ca)
     try:
         yield running
     finally:
         running.stop()
 
 
-def test_two_workers_share_one_port_and_every_limit(stack: Stack, gateway: Gateway,
+def test_two_workers_share_one_port_and_every_limit(stack: Stack, gateway: WorkersProcess,
                                                     home: Path) -> None:
     """Both workers answer on the one reported port; a caller's limit holds across both."""
     workers = gateway.workers()
@@ -225,7 +225,7 @@ def test_two_workers_share_one_port_and_every_limit(stack: Stack, gateway: Gatew
             conn.close()
 
 
-def test_request_log_lines_never_tear_across_workers(gateway: Gateway, home: Path) -> None:
+def test_request_log_lines_never_tear_across_workers(gateway: WorkersProcess, home: Path) -> None:
     """Two workers under load append to one log: every line parses, every call once."""
     by_pid = gateway.connections(per_worker=2)
     ids = [[f"tear-{w}-{i}" for i in range(750)] for w in range(4)]
@@ -261,7 +261,7 @@ def test_request_log_lines_never_tear_across_workers(gateway: Gateway, home: Pat
         conn.close()
 
 
-def test_a_killed_worker_is_replaced(gateway: Gateway) -> None:
+def test_a_killed_worker_is_replaced(gateway: WorkersProcess) -> None:
     """SIGKILL one worker: the supervisor logs it and starts another on the same port."""
     first = gateway.workers()
     victim = first[0]
@@ -284,7 +284,7 @@ def test_a_killed_worker_is_replaced(gateway: Gateway) -> None:
 
 
 def test_sigterm_lets_every_worker_finish_in_flight_requests(stack: Stack,
-                                                              gateway: Gateway) -> None:
+                                                              gateway: WorkersProcess) -> None:
     """SIGTERM to the supervisor: in-flight calls on both workers complete, then all exit 0."""
     workers = gateway.workers()
     by_pid = gateway.connections(per_worker=2)
