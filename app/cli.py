@@ -86,14 +86,19 @@ def main() -> None:
 @click.option("--panel-port", type=int, default=5000, show_default=True, help="0 = a free port")
 @click.option("--issuer-port", type=int, default=8443, show_default=True, help="0 = a free port")
 @click.option("--gateway-port", type=int, default=8000, show_default=True, help="0 = a free port")
-def up(panel_port: int, issuer_port: int, gateway_port: int) -> None:
+@click.option("--gateway-workers", default=None, metavar="N",
+              help="gateway processes sharing its port, 1-64 (default: "
+                   "MODELGATE_GATEWAY_WORKERS, else 1); docs/operations.md, \"Scale-out\"")
+def up(panel_port: int, issuer_port: int, gateway_port: int,
+       gateway_workers: str | None) -> None:
     """Start the whole local stack in the foreground; Ctrl-C stops it."""
     from app.localstack.stack import Stack
 
     _configure_logging(logging.WARNING)
+    workers = _gateway_workers(gateway_workers, "--gateway-workers")
     stack = Stack(_home(), panel_port=panel_port, issuer_port=issuer_port,
                   gateway_port=gateway_port, redis_url=os.environ.get("MODELGATE_REDIS_URL"),
-                  out=lambda line: click.echo(line))
+                  out=lambda line: click.echo(line), gateway_workers=workers)
     sys.exit(stack.run())
 
 
@@ -217,12 +222,16 @@ def idp_rotate_keys(force: bool) -> None:
 @click.option("--port", type=int, default=8000, show_default=True, help="0 = a free port")
 @click.option("--issuer-url", default=None,
               help="set the issuer-url named value (the token issuer policies name) first")
-def gateway(host: str, port: int, issuer_url: str | None) -> None:
+@click.option("--workers", default=None, metavar="N",
+              help="gateway processes sharing the port with SO_REUSEPORT, 1-64 (default: "
+                   "MODELGATE_GATEWAY_WORKERS, else 1)")
+def gateway(host: str, port: int, issuer_url: str | None, workers: str | None) -> None:
     """Run the API gateway (HTTPS) for the APIs published in MODELGATE_HOME."""
     from app.backends.local import gateway as gateway_config
     from app.gateway.app import serve
 
     _configure_logging()
+    count = _gateway_workers(workers, "--workers")
     redis_url = os.environ.get("MODELGATE_REDIS_URL")
     if not redis_url:
         raise click.ClickException("the gateway needs MODELGATE_REDIS_URL (its rate-limit "
@@ -231,7 +240,23 @@ def gateway(host: str, port: int, issuer_url: str | None) -> None:
         if not issuer_url.startswith("https://"):
             raise click.BadParameter("must be an https URL", param_hint="--issuer-url")
         gateway_config.set_issuer_url(_home(), issuer_url)
+    if count > 1:
+        from app.gateway.workers import serve_workers
+
+        sys.exit(serve_workers(_home(), host, port, redis_url=redis_url, workers=count))
     serve(_home(), host, port, redis_url=redis_url)
+
+
+def _gateway_workers(option: str | None, name: str) -> int:
+    """The gateway's worker count: the option if given, else MODELGATE_GATEWAY_WORKERS, else 1."""
+    from app.gateway.workers import parse_workers, workers_from_env
+
+    try:
+        if option is not None:
+            return parse_workers(option, name)
+        return workers_from_env(os.environ)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- database

@@ -382,7 +382,8 @@ def _bench_backend(kind: str, model_dir: Path | None, home: Path, redis_url: str
             "gateway": _Target(gated.format(gateway_port), gated_headers, ctx)}
         pids: dict[str, Callable[[], list[int]]] = {
             "backend": lambda: [backend_proc.pid], "floor": lambda: [floor_proc.pid],
-            "gateway": lambda: [gw_proc.pid]}
+            # with MODELGATE_GATEWAY_WORKERS > 1 the gateway's work is in its workers
+            "gateway": lambda: [gw_proc.pid, *worker_pids(gw_proc.pid)]}
         if nginx_proc is not None:
             targets["nginx"] = _Target(gated.format(nginx_port), gated_headers, ctx)
             master = nginx_proc.pid

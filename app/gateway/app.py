@@ -82,13 +82,13 @@ class Gateway:
         self._watcher: asyncio.Task[None] | None = None
 
     async def start(self, host: str = "127.0.0.1", port: int = 0,
-                    ssl_context: ssl.SSLContext | None = None) -> int:
-        """Start the background work and listen; returns the bound port."""
+                    ssl_context: ssl.SSLContext | None = None, reuse_port: bool = False) -> int:
+        """Start the background work and listen (SO_REUSEPORT if asked); returns the port."""
         state = self.state
         state.request_log.start()
         _warm_jwks(state, state.config)
         self._watcher = asyncio.create_task(_watch_config(state))
-        return await self.server.start(host, port, ssl_context)
+        return await self.server.start(host, port, ssl_context, reuse_port=reuse_port)
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop listening, finish in-flight requests (up to grace_s), release everything."""
@@ -204,7 +204,7 @@ def server_ssl_context(home: Path) -> ssl.SSLContext:
 
 def serve(home: Path, host: str = "127.0.0.1", port: int = 8000,
           redis_url: str | None = None, *, settings: GatewaySettings | None = None,
-          on_ready: Callable[[int], None] | None = None) -> None:
+          on_ready: Callable[[int], None] | None = None, reuse_port: bool = False) -> None:
     """Serve over HTTPS until SIGINT/SIGTERM, then finish in-flight requests (≤ 10 s) and stop.
 
     Args:
@@ -213,6 +213,8 @@ def serve(home: Path, host: str = "127.0.0.1", port: int = 8000,
         redis_url: counter store (default MODELGATE_REDIS_URL).
         settings: timeouts and limits.
         on_ready: called with the bound port once the gateway accepts connections.
+        reuse_port: bind with SO_REUSEPORT, beside other workers on the same port
+            (app/gateway/workers.py).
     """
     url = redis_url or os.environ.get("MODELGATE_REDIS_URL")
     if not url:
@@ -222,19 +224,19 @@ def serve(home: Path, host: str = "127.0.0.1", port: int = 8000,
     loop = _new_loop()
     try:
         loop.run_until_complete(_serve(gateway, host, port, server_ssl_context(Path(home)),
-                                       on_ready))
+                                       on_ready, reuse_port))
     finally:
         loop.close()
 
 
 async def _serve(gateway: Gateway, host: str, port: int, ssl_ctx: ssl.SSLContext,
-                 on_ready: Callable[[int], None] | None) -> None:
+                 on_ready: Callable[[int], None] | None, reuse_port: bool = False) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        bound = await gateway.start(host, port, ssl_ctx)
+        bound = await gateway.start(host, port, ssl_ctx, reuse_port)
         log.info("gateway listening on https://%s:%d", host, bound)
         if on_ready is not None:
             on_ready(bound)

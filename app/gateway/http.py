@@ -448,13 +448,17 @@ class HttpServer:
         self.loop: asyncio.AbstractEventLoop
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
-                    backlog: int = 1024) -> int:
-        """Start listening; returns the bound port (port 0 picks a free one)."""
+                    backlog: int = 1024, reuse_port: bool = False) -> int:
+        """Start listening; returns the bound port (port 0 picks a free one).
+
+        reuse_port binds with SO_REUSEPORT: several processes then listen on one port and the
+        kernel spreads new connections among them (app/gateway/workers.py).
+        """
         self.loop = asyncio.get_running_loop()
         self.scheme = "https" if ssl_context is not None else "http"
         self._server = await self.loop.create_server(
             lambda: _Connection(self), host, port, ssl=ssl_context, backlog=backlog,
-            reuse_address=True)
+            reuse_address=True, reuse_port=reuse_port)
         self._sweeper = self.loop.create_task(self._sweep())
         return int(self._server.sockets[0].getsockname()[1])
 

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import os
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -187,6 +188,25 @@ def encode_record(record: RequestRecord, stamp: Callable[[float], str]) -> str:
             f'"model_version":{_text(model_version)},"request_id":{_STRING(request_id)}}}\n')
 
 
+def append_block(path: Path, data: bytes) -> None:
+    """Append whole lines to path with one write(2) on an O_APPEND descriptor.
+
+    Several gateway workers (app/gateway/workers.py) append to one request log. With O_APPEND
+    a local file system (ext4, xfs, tmpfs; not NFS) moves to the end and writes under the
+    file's lock in one step, so one write call is never interleaved with another process's:
+    lines never tear. A buffered file object would not promise one call per block (it may
+    split a block at its buffer size). Only a short write (disk full, file size limit)
+    writes the rest in a second call.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
 class RequestLog:
     """Buffers records in memory and appends them from a worker thread every interval."""
 
@@ -230,8 +250,7 @@ class RequestLog:
     def _write(self, records: list[RequestRecord]) -> None:
         stamp = self._stamps.format
         text = "".join([encode_record(r, stamp) for r in records])
-        with self._path.open("a", encoding="utf-8") as fh:
-            fh.write(text)
+        append_block(self._path, text.encode("utf-8"))
 
     async def close(self) -> None:
         """Stop the flusher and write the rest."""

@@ -52,9 +52,11 @@ class Stack:
     """The local stack: embedded Redis (unless MODELGATE_REDIS_URL), panel, worker, and more."""
 
     def __init__(self, home: Path, *, panel_port: int, issuer_port: int, gateway_port: int,
-                 redis_url: str | None, out: Callable[[str], None] = print) -> None:
+                 redis_url: str | None, out: Callable[[str], None] = print,
+                 gateway_workers: int = 1) -> None:
         self.home = home
         self.out = out
+        self.gateway_workers = gateway_workers
         self.ports = {"panel": panel_port or free_port(), "issuer": issuer_port or free_port(),
                       "gateway": gateway_port or free_port()}
         self.external_redis = redis_url
@@ -161,8 +163,10 @@ class Stack:
                                 _http_ready(issuer + "/health", verify=str(self.tls.ca_cert))))
         # The gateway needs only Redis (counters) and TLS; it fetches JWKS when called.
         gateway = f"https://127.0.0.1:{self.ports['gateway']}"
+        # --workers always: the count `up` resolved wins over an inherited environment variable
         services.append(Service("gateway",
-                                py + ["gateway", "--port", str(self.ports["gateway"])],
+                                py + ["gateway", "--port", str(self.ports["gateway"]),
+                                      "--workers", str(self.gateway_workers)],
                                 _http_ready(gateway + "/health", verify=str(self.tls.ca_cert))))
         panel_url = f"http://127.0.0.1:{self.ports['panel']}/health"
         services.append(Service("panel", py + ["panel", "--port", str(self.ports["panel"])],
@@ -301,7 +305,9 @@ class Stack:
         ep = self.endpoints()
         self.out("modelgate is up:")
         for name in ("panel", "issuer", "gateway"):
-            self.out(f"  {name:<8} {ep[name]}")
+            extra = (f" ({self.gateway_workers} processes)"
+                     if name == "gateway" and self.gateway_workers > 1 else "")
+            self.out(f"  {name:<8} {ep[name]}{extra}")
         self.out(f"  state    {self.home}")
         self.out("Press Ctrl-C to stop.")
 
