@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from setuptools import Extension, setup
+from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
 
@@ -37,13 +38,16 @@ def _options() -> dict[str, Any]:
         return {}
     compile_module = _compile_module()
     if importlib.util.find_spec("Cython") is None:
-        # setuptools' build backend reports setup_requires as build requirements
-        # (get_requires_for_build_*): pip installs Cython into the isolated build environment
-        # and runs this file again. The stand-ins below (.py sources no compiler takes) make a
-        # build without Cython fail rather than quietly produce a pure-Python wheel.
-        return {"setup_requires": ["cython>=3"],
-                "ext_modules": [Extension(name, [str(path)])
-                                for name, path in compile_module.sources(Path("."))]}
+        if "egg_info" not in sys.argv[1:]:
+            # a build, not the question below: fail rather than build a pure-Python wheel
+            raise SystemExit("MODELGATE_COMPILE_GATEWAY=1 needs Cython in the build "
+                             "environment: pip install 'cython>=3' before pip install "
+                             "--no-build-isolation, or let pip isolate the build (it then "
+                             "installs Cython itself)")
+        # setuptools' build backend asks for build requirements by running egg_info, and
+        # reports setup_requires: pip installs Cython into the isolated build environment
+        # and runs this file again, with Cython
+        return {"setup_requires": ["cython>=3"]}
     # relative paths (setuptools refuses absolute ones); C files under build/ (git-ignored);
     # the C compiler runs on up to four cores
     return {"ext_modules": compile_module.extensions(Path("."),
