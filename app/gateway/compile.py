@@ -28,6 +28,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
+from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +36,13 @@ from typing import Any
 #: policy pipeline and its compiled plan, token checks, rate-limit leases, the request log
 MODULES: tuple[str, ...] = ("http", "upstream", "proxy", "plan", "jwt", "ratelimit",
                             "observability")
-#: setting this to 1 makes setup.py (pip install .) compile MODULES
-ENV_FLAG = "MODELGATE_COMPILE_GATEWAY"
 # Conservative: Python 3 semantics; binding functions keep signatures, introspection and
 # monkeypatching working; annotations are not turned into C types (a `float` annotation would
 # become a C double that refuses None or a stand-in object), so semantics stay Python's.
 DIRECTIVES: dict[str, Any] = {"language_level": 3, "binding": True,
                               "annotation_typing": False}
-# what an extension module's file name ends with on this interpreter (".so" suffixes)
+# what extension modules' file names end with (clean() removes any; built() counts only the
+# ones this interpreter imports, e.g. ".cpython-311-x86_64-linux-gnu.so")
 _EXT_SUFFIXES = (".so", ".pyd")
 
 
@@ -65,16 +65,22 @@ def extensions(root: Path, build_dir: Path, *, force: bool = False,
                           force=force, quiet=True, nthreads=jobs or 0))
 
 
-def built(root: Path) -> list[Path]:
-    """The extension modules of MODULES present under root (in place or in a copy)."""
+def _extension_files(root: Path) -> list[Path]:
     folder = root / "app" / "gateway"
     return sorted(p for name in MODULES for p in folder.glob(f"{name}.*")
                   if p.suffix in _EXT_SUFFIXES)
 
 
+def built(root: Path) -> list[Path]:
+    """The extension modules of MODULES under root (in place or in a copy) that this
+    interpreter would import."""
+    suffixes = tuple(EXTENSION_SUFFIXES)
+    return [p for p in _extension_files(root) if p.name.endswith(suffixes)]
+
+
 def clean(root: Path) -> list[Path]:
-    """Remove the extension modules of MODULES under root; returns what was removed."""
-    removed = built(root)
+    """Remove the extension modules of MODULES under root (any interpreter's); returns them."""
+    removed = _extension_files(root)
     for path in removed:
         path.unlink()
     return removed
