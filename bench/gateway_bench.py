@@ -3,6 +3,7 @@
     python -m bench.gateway_bench [--duration 10] [--rounds 1] [--loadgen python|wrk|both]
                                   [--backend stub|scoring|sklearn|all]
                                   [--policy default|key-only] [--json out.json]
+                                  [--gateway-pythonpath DIR]
 
 Starts, on loopback: a private Redis (random port, password, PID checked), an HTTPS issuer
 (discovery + JWKS) in this process, and per backend kind a backend in its own process (a
@@ -26,6 +27,10 @@ average before and after, a markdown table for bench/README.md, and the verdicts
 goals: gateway ≥ 0.85× nginx; at c = 8 added p50 ≤ 1 ms and added p99 ≤ 3 ms against direct;
 against the scikit-learn backend, gateway ≥ 0.95× direct. All processes share the machine's
 cores with the load generator. Exit status 0 when every goal is met, 1 otherwise.
+
+--gateway-pythonpath DIR runs the gateway process from another copy of the app package, such
+as the optional compiled build (``python -m app.gateway.compile --out DIR``); the report names
+which gateway modules ran compiled.
 """
 
 from __future__ import annotations
@@ -130,9 +135,10 @@ def _wait_http(url: str, verify: str | bool = True, timeout_s: float = 30) -> No
 
 @contextmanager
 def _process(
-    cmd: list[str], env: dict[str, str] | None = None
+    cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     try:
         yield proc
     finally:
@@ -317,6 +323,32 @@ def _measure_rounds(setup: _Setup, loadgens: _Loadgens, args: argparse.Namespace
     return points
 
 
+def _tree_env() -> dict[str, str]:
+    """The environment of the processes the bench starts: imports from this work tree."""
+    return dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+
+
+def _gateway_env(args: argparse.Namespace) -> tuple[dict[str, str], Path | None]:
+    """Environment and working directory of the gateway process: the tree's, or with
+    --gateway-pythonpath DIR its app package from DIR (e.g. a compiled copy made by
+    ``python -m app.gateway.compile --out DIR``); `python -m` puts the working directory
+    first on sys.path, so the gateway also starts in DIR."""
+    env = _tree_env()
+    if args.gateway_pythonpath is None:
+        return env, None
+    where = args.gateway_pythonpath.resolve()
+    return dict(env, PYTHONPATH=os.pathsep.join([str(where), env["PYTHONPATH"]])), where
+
+
+def gateway_flavour(args: argparse.Namespace) -> str:
+    """Which gateway modules the gateway process will run compiled (app.gateway.flavour)."""
+    env, cwd = _gateway_env(args)
+    done = subprocess.run([sys.executable, "-c", "import app.gateway as g; print(g.flavour())"],
+                          env=env, cwd=cwd, capture_output=True, text=True, timeout=60,
+                          check=True)
+    return done.stdout.strip()
+
+
 def _bench_backend(kind: str, model_dir: Path | None, home: Path, redis_url: str,
                    issuer: _Issuer, args: argparse.Namespace,
                    loadgens: _Loadgens) -> list[dict[str, Any]]:
@@ -328,7 +360,8 @@ def _bench_backend(kind: str, model_dir: Path | None, home: Path, redis_url: str
     tls = ensure_tls(home)
     backend_key = secrets.token_urlsafe(32)
     backend_port, gateway_port, floor_port, nginx_port = (_free_port() for _ in range(4))
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    env = _tree_env()
+    gateway_env, gateway_cwd = _gateway_env(args)
     body = b'{"data": [{"Age": 30}]}'
     if model_dir is not None:
         keys = home / f"keys-{backend_port}.json"
@@ -359,7 +392,8 @@ def _bench_backend(kind: str, model_dir: Path | None, home: Path, redis_url: str
     floor_cmd = [sys.executable, "-m", "bench.passthrough_proxy", str(floor_port),
                  str(backend_port), str(tls.server_cert), str(tls.server_key)]
     nginx = nginx_binary()
-    with _process(backend_cmd, env) as backend_proc, _process(gateway_cmd, env) as gw_proc, \
+    with _process(backend_cmd, env) as backend_proc, \
+            _process(gateway_cmd, gateway_env, gateway_cwd) as gw_proc, \
             _process(floor_cmd, dict(env, BENCH_BACKEND_KEY=backend_key)) as floor_proc, \
             ExitStack() as optional:
         nginx_proc = None if nginx is None else optional.enter_context(nginx_floor(
@@ -527,6 +561,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the default policy, or only the key injection (the floor)")
     parser.add_argument("--model-dir", type=Path, help="model package for the scoring replica")
     parser.add_argument("--json", type=Path, help="write the summary and every round here")
+    parser.add_argument("--gateway-pythonpath", type=Path, metavar="DIR",
+                        help="run the gateway process with its app package from DIR, e.g. a "
+                        "compiled copy (python -m app.gateway.compile --out DIR); everything "
+                        "else runs from this tree")
     parser.add_argument("--serve-stub", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_stub:
@@ -547,7 +585,8 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_before": os.getloadavg(), "duration_s": args.duration, "rounds": args.rounds,
         "concurrency": args.concurrency, "backend": args.backend, "policy": args.policy,
         "loadgens": list(loadgens.names), "wrk": loadgens.wrk_version, "nginx": nginx_binary(),
-        "warmup_requests": WARMUP_REQUESTS}
+        "warmup_requests": WARMUP_REQUESTS, "gateway_modules": gateway_flavour(args)}
+    print(f"gateway modules: {meta['gateway_modules']}")
     home = Path(tempfile.mkdtemp(prefix="mg-gwbench-"))  # 0700: keys, certificates, scripts
     ensure_tls(home)
     points: list[dict[str, Any]] = []

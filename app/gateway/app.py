@@ -15,6 +15,7 @@ from pathlib import Path
 from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.gateway import flavour
 from app.gateway.config import ConfigError, GatewayConfig, default_config_path, load_config
 from app.gateway.http import HttpServer, Request, Response, ServerLimits, problem
 from app.gateway.jwt import JwksRegistry
@@ -238,6 +239,7 @@ async def _serve(gateway: Gateway, host: str, port: int, ssl_ctx: ssl.SSLContext
     try:
         bound = await gateway.start(host, port, ssl_ctx, reuse_port)
         log.info("gateway listening on https://%s:%d", host, bound)
+        log.info("gateway modules: %s", flavour())
         if on_ready is not None:
             on_ready(bound)
         await stop.wait()
