@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -311,7 +312,8 @@ def _measure_rounds(setup: _Setup, loadgens: _Loadgens, args: argparse.Namespace
     """Every round: each c, each load generator, each path back to back (order alternating)."""
     points: list[dict[str, Any]] = []
     for rnd in range(args.rounds):
-        paths = [p for p in (PATHS if rnd % 2 == 0 else PATHS[::-1]) if p in setup.targets]
+        order = [*PATHS, *(p for p in setup.targets if p not in PATHS)]
+        paths = [p for p in (order if rnd % 2 == 0 else order[::-1]) if p in setup.targets]
         names = loadgens.names if rnd % 2 == 0 else loadgens.names[::-1]
         print(f"[{setup.kind}] round {rnd + 1}/{args.rounds}", file=sys.stderr, flush=True)
         for c in args.concurrency:
@@ -337,7 +339,29 @@ def _gateway_env(args: argparse.Namespace) -> tuple[dict[str, str], Path | None]
     if args.gateway_pythonpath is None:
         return env, None
     where = args.gateway_pythonpath.resolve()
-    return dict(env, PYTHONPATH=os.pathsep.join([str(where), env["PYTHONPATH"]])), where
+    return _env_from(where), where
+
+
+def _with_workers(pid: int) -> list[int]:
+    """A gateway process and its workers (MODELGATE_GATEWAY_WORKERS > 1)."""
+    return [pid, *worker_pids(pid)]
+
+
+def _build(spec: str) -> tuple[str, Path]:
+    """--compare NAME=DIR: a name for the report and a folder holding an app package."""
+    name, sep, where = spec.partition("=")
+    if not sep or not name or not where:
+        raise ValueError(f"--compare takes NAME=DIR, not {spec!r}")
+    folder = Path(where).resolve()
+    if not (folder / "app" / "gateway").is_dir():
+        raise ValueError(f"--compare {name}: {folder} holds no app/gateway package")
+    return name, folder
+
+
+def _env_from(folder: Path) -> dict[str, str]:
+    """The environment of a gateway process that imports its app package from folder."""
+    env = _tree_env()
+    return dict(env, PYTHONPATH=os.pathsep.join([str(folder), env["PYTHONPATH"]]))
 
 
 def gateway_flavour(args: argparse.Namespace) -> str:
@@ -387,13 +411,15 @@ def _bench_backend(kind: str, model_dir: Path | None, home: Path, redis_url: str
         "named_values": {
             "prod-backend-key": {"secret": True, "value": encrypt_named_value(home, backend_key)},
             "prod-backend-url": {"secret": False, "value": f"http://127.0.0.1:{backend_port}"}}})
-    gateway_cmd = [sys.executable, "-m", "app.gateway", "--home", str(home), "--port",
-                   str(gateway_port), "--redis-url", redis_url]
+    def gateway_cmd(port: int) -> list[str]:
+        return [sys.executable, "-m", "app.gateway", "--home", str(home), "--port", str(port),
+                "--redis-url", redis_url]
+
     floor_cmd = [sys.executable, "-m", "bench.passthrough_proxy", str(floor_port),
                  str(backend_port), str(tls.server_cert), str(tls.server_key)]
     nginx = nginx_binary()
     with _process(backend_cmd, env) as backend_proc, \
-            _process(gateway_cmd, gateway_env, gateway_cwd) as gw_proc, \
+            _process(gateway_cmd(gateway_port), gateway_env, gateway_cwd) as gw_proc, \
             _process(floor_cmd, dict(env, BENCH_BACKEND_KEY=backend_key)) as floor_proc, \
             ExitStack() as optional:
         nginx_proc = None if nginx is None else optional.enter_context(nginx_floor(
@@ -422,6 +448,13 @@ def _bench_backend(kind: str, model_dir: Path | None, home: Path, redis_url: str
             targets["nginx"] = _Target(gated.format(nginx_port), gated_headers, ctx)
             master = nginx_proc.pid
             pids["nginx"] = lambda: [master, *worker_pids(master)]
+        for name, folder in args.compare:
+            port = _free_port()
+            proc = optional.enter_context(_process(
+                gateway_cmd(port), _env_from(folder), folder))
+            _wait_http(f"https://127.0.0.1:{port}/health", verify=str(tls.ca_cert))
+            targets[f"gateway@{name}"] = _Target(gated.format(port), gated_headers, ctx)
+            pids[f"gateway@{name}"] = functools.partial(_with_workers, proc.pid)
         setup = _Setup(kind, body, targets, pids)
         return _measure_rounds(setup, loadgens, args, home)
 
@@ -501,6 +534,19 @@ def summarise(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
                    for path, s in paths.items()},
                 "loadgen": gateway["cpu_ms_per_request"]["loadgen"]},
         }
+        builds = {p["path"] for p in mine} - set(PATHS)
+        row["builds"] = {}
+        for path in sorted(builds):
+            summary = _path_summary([p for p in mine if p["path"] == path])
+            assert summary is not None
+            nginx = paths["nginx"]
+            row["builds"][path.removeprefix("gateway@")] = {
+                "summary": summary,
+                "vs_nginx": summary["ok_rps"] / nginx["ok_rps"] if nginx and nginx["ok_rps"]
+                else None,
+                "vs_gateway": summary["ok_rps"] / gateway["ok_rps"] if gateway["ok_rps"]
+                else None,
+                "cpu_ms_per_request": summary["cpu_ms_per_request"][path]}
         row["goals"] = _goals(row)
         row["meets"] = all(g["met"] for g in row["goals"])
         rows.append(row)
@@ -565,8 +611,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the gateway process with its app package from DIR, e.g. a "
                         "compiled copy (python -m app.gateway.compile --out DIR); everything "
                         "else runs from this tree")
+    parser.add_argument("--compare", action="append", default=[], metavar="NAME=DIR",
+                        help="also run a gateway from the app package in DIR (another checkout, "
+                        "e.g. `git worktree add DIR COMMIT`, or a compiled copy) as path "
+                        "gateway@NAME, measured in the same rounds; repeatable")
     parser.add_argument("--serve-stub", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    try:
+        args.compare = [_build(spec) for spec in args.compare]
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.serve_stub:
         serve_stub(args.serve_stub)
         return 0
@@ -652,6 +706,12 @@ def _print(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
             print(f"{c:>3} {path:<8} {s['ok_rps']:>9.0f} {s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f} "
                   f"{s['max_ms']:>8.2f} {s['failed']:>6} {cpu[OWN_PROCESS[path]]:>10.3f} "
                   f"{cpu['loadgen']:>8.3f}")
+        for name, build in row["builds"].items():
+            b = build["summary"]
+            print(f"{c:>3} gateway@{name}: {b['ok_rps']:.0f} rps, p50 {b['p50_ms']:.2f} ms, p99 "
+                  f"{b['p99_ms']:.2f} ms, {build['cpu_ms_per_request']:.3f} ms CPU/req, "
+                  f"{_times(build['vs_nginx'])} nginx, {_times(build['vs_gateway'])} this "
+                  f"tree's gateway")
         r = row["ratios"]
         print(f"{c:>3} ratios   nginx {_times(r['nginx/direct'])} direct, Python floor "
               f"{_times(r['floor/direct'])}, gateway {_times(r['gateway/direct'])}; "
@@ -696,6 +756,22 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 f"| {' · '.join(ms(cpu.get(k)) for k in CPU_COLUMNS)} |")
         out += ["", "CPU per request: each process at the point that drives it (the backend at "
                 "the direct point), the load generator at the gateway point.", ""]
+        mine = [r for r in rows if (r["backend"], r["policy"]) == group and r["builds"]]
+        if mine:
+            out += ["Gateway builds in the same rounds (`--compare`):", "",
+                    "| loadgen | c | build | rps | × nginx | × this tree's gateway "
+                    "| gateway CPU ms/req |", "|---|---|---|---|---|---|---|"]
+            for row in mine:
+                gw = row["paths"]["gateway"]
+                out.append(f"| {row['loadgen']} | {row['concurrency']} | this tree "
+                           f"| {gw['ok_rps']:.0f} | {_times(row['ratios']['gateway/nginx'])} "
+                           f"| 1.00x | {gw['cpu_ms_per_request']['gateway']:.3f} |")
+                for name, build in row["builds"].items():
+                    out.append(f"| {row['loadgen']} | {row['concurrency']} | {name} "
+                               f"| {build['summary']['ok_rps']:.0f} "
+                               f"| {_times(build['vs_nginx'])} | {_times(build['vs_gateway'])} "
+                               f"| {build['cpu_ms_per_request']:.3f} |")
+            out.append("")
     return "\n".join(out).rstrip("\n")
 
 
