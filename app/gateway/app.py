@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -223,6 +224,11 @@ def serve(home: Path, host: str = "127.0.0.1", port: int = 8000,
     settings = settings or GatewaySettings.from_env(os.environ)
     gateway = create_gateway_app(Path(home), redis_url=url, settings=settings)
     loop = _new_loop()
+    # Everything imported and built so far lives as long as the process: keep it out of the
+    # collector's full passes, which otherwise walk it all and stall requests in flight for
+    # ~15 ms each (measured with gc.callbacks on the request path).
+    gc.collect()
+    gc.freeze()
     try:
         loop.run_until_complete(_serve(gateway, host, port, server_ssl_context(Path(home)),
                                        on_ready, reuse_port))
