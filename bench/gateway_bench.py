@@ -66,6 +66,14 @@ import requests
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bench.cpu_profile import (
+    FREQUENCY_HZ,
+    GROUPS,
+    microseconds_per_request,
+    perf_binary,
+    samples_by_group,
+    start_recording,
+)
 from bench.loadgen import LoadResult, run_load
 from bench.nginx_floor import nginx_binary, nginx_floor, worker_pids
 from bench.wrk_load import run_wrk, wrk_binary, wrk_version
@@ -375,8 +383,9 @@ def gateway_flavour(args: argparse.Namespace) -> str:
 
 def _bench_backend(kind: str, model_dir: Path | None, home: Path, redis_url: str,
                    issuer: _Issuer, args: argparse.Namespace,
-                   loadgens: _Loadgens) -> list[dict[str, Any]]:
-    """Start one backend, the floors and a gateway in front of it; measure every round."""
+                   loadgens: _Loadgens) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Start one backend, the floors and a gateway in front of it; measure every round (and,
+    with --profile, where each proxy's CPU goes)."""
     from app.gateway.config import encrypt_named_value, write_gateway_config
     from app.gateway.template import render_default_policy
     from app.pki import ensure_tls
@@ -456,7 +465,38 @@ def _bench_backend(kind: str, model_dir: Path | None, home: Path, redis_url: str
             targets[f"gateway@{name}"] = _Target(gated.format(port), gated_headers, ctx)
             pids[f"gateway@{name}"] = functools.partial(_with_workers, proc.pid)
         setup = _Setup(kind, body, targets, pids)
-        return _measure_rounds(setup, loadgens, args, home)
+        points = _measure_rounds(setup, loadgens, args, home)
+        return points, _profile_paths(setup, loadgens, args, home) if args.profile else []
+
+
+def _profile_paths(setup: _Setup, loadgens: _Loadgens, args: argparse.Namespace,
+                   workdir: Path) -> list[dict[str, Any]]:
+    """For each c and proxy path: wrk drives it while perf samples its processes; the CPU per
+    request by library (bench/cpu_profile.py)."""
+    perf = perf_binary()
+    if perf is None or loadgens.wrk is None:
+        print("note: --profile needs perf (apt-get install -y linux-perf) and wrk: skipped")
+        return []
+    seconds = max(args.duration, 2.0)
+    profiles = []
+    for c in args.concurrency:
+        for path in ("nginx", "floor", "gateway"):
+            if path not in setup.targets:
+                continue
+            target, data = setup.targets[path], workdir / f"perf-{setup.kind}-{path}-{c}.data"
+            recording = start_recording(perf, setup.pids[OWN_PROCESS[path]](), seconds, data)
+            run = run_wrk(loadgens.wrk, target.url, setup.body, target.headers,
+                          concurrency=c, duration_s=seconds + 2, workdir=workdir)
+            _, err = recording.communicate(timeout=seconds + 60)
+            if recording.returncode != 0:
+                print(f"note: perf record failed for {path}: {err.decode(errors='replace')}")
+                continue
+            groups = samples_by_group(perf, data)
+            profiles.append({"backend": setup.kind, "concurrency": c, "path": path,
+                             "ok_rps": run.result.ok_rps, "samples": groups,
+                             "us_per_request": microseconds_per_request(
+                                 groups, run.result.ok_rps * seconds)})
+    return profiles
 
 
 def _path_summary(points: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -615,6 +655,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also run a gateway from the app package in DIR (another checkout, "
                         "e.g. `git worktree add DIR COMMIT`, or a compiled copy) as path "
                         "gateway@NAME, measured in the same rounds; repeatable")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the rounds, sample nginx, the floor and the gateway with "
+                        "perf while wrk drives each, and print their CPU per request by library")
     parser.add_argument("--serve-stub", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
@@ -644,6 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(tempfile.mkdtemp(prefix="mg-gwbench-"))  # 0700: keys, certificates, scripts
     ensure_tls(home)
     points: list[dict[str, Any]] = []
+    profiles: list[dict[str, Any]] = []
     try:
         with _redis() as redis_url:
             issuer = _Issuer(home)
@@ -652,7 +696,10 @@ def main(argv: list[str] | None = None) -> int:
                 model = None if kind == "stub" else _model_dir(
                     home, args.model_dir if kind == "scoring" else None,
                     "lr" if kind == "scoring" else "rf")
-                points += _bench_backend(kind, model, home, redis_url, issuer, args, loadgens)
+                measured, profiled = _bench_backend(kind, model, home, redis_url, issuer, args,
+                                                    loadgens)
+                points += measured
+                profiles += profiled
     finally:
         shutil.rmtree(home, ignore_errors=True)
     meta["loadavg_after"] = os.getloadavg()
@@ -660,9 +707,12 @@ def main(argv: list[str] | None = None) -> int:
     _print(rows, meta)
     print()
     print(markdown(rows, meta))
+    if profiles:
+        print()
+        print(profile_markdown(profiles))
     if args.json:
-        args.json.write_text(json.dumps({"meta": meta, "summary": rows, "points": points},
-                                        indent=2))
+        args.json.write_text(json.dumps({"meta": meta, "summary": rows, "points": points,
+                                         "profiles": profiles}, indent=2))
     return 0 if rows and all(r["meets"] for r in rows) else 1
 
 
@@ -772,6 +822,26 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                                f"| {_times(build['vs_nginx'])} | {_times(build['vs_gateway'])} "
                                f"| {build['cpu_ms_per_request']:.3f} |")
             out.append("")
+    return "\n".join(out).rstrip("\n")
+
+
+def profile_markdown(profiles: list[dict[str, Any]]) -> str:
+    """Where each proxy's CPU goes, per request, by library (one table per backend)."""
+    out = []
+    for kind in dict.fromkeys(p["backend"] for p in profiles):
+        mine = [p for p in profiles if p["backend"] == kind]
+        present = {g for p in mine for g in p["us_per_request"] if g != "total"}
+        groups = [g for g in (*(name for name, _ in GROUPS), "other") if g in present]
+        out += [f"backend `{kind}`: CPU µs per request by library (perf cpu-clock at "
+                f"{FREQUENCY_HZ} Hz while wrk drives the path)", "",
+                "| c | path | wrk rps | **total** | " + " | ".join(groups) + " |",
+                "|---|---|---|---|" + "---|" * len(groups)]
+        for p in mine:
+            per = p["us_per_request"]
+            cells = " | ".join(f"{per[g]:.1f}" if g in per else "–" for g in groups)
+            out.append(f"| {p['concurrency']} | {p['path']} | {p['ok_rps']:.0f} "
+                       f"| **{per.get('total', 0):.1f}** | {cells} |")
+        out.append("")
     return "\n".join(out).rstrip("\n")
 
 
