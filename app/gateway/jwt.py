@@ -260,12 +260,9 @@ def _unverified_header(token: str) -> dict[str, Any]:
 async def verify_authorization(values: Sequence[str], step: ValidateJwt,
                                registry: JwksRegistry,
                                token_type: str = ACCESS_TOKEN_TYPE) -> dict[str, Any]:
-    """The verified claims of the token in a request's Authorization field values (the
-    verified-token cache first); raise TokenRejected. ``token_type`` is the API's ``typ``."""
-    if len(values) == 1:
-        claims = registry.verified.recall(step.validation_key, token_type, values[0])
-        if claims is not None:
-            return claims
+    """Verify the token in a request's Authorization field values and remember the verified
+    value (the caller asks ``registry.verified.recall`` first); raise TokenRejected.
+    ``token_type`` is the API's ``typ``."""
     token = token_from_authorization(values, step.require_scheme)
     claims, key_sets = await _verify(token, step, registry, token_type)
     registry.verified.remember(step.validation_key, token_type, values[0], claims, key_sets,

@@ -106,9 +106,8 @@ def _apply_headers(target: CIMultiDict[str], steps: Iterable[SetHeader]) -> None
 
 
 def _connection_named(headers: CIMultiDict[str]) -> frozenset[str]:
-    """Header names listed in Connection (hop-by-hop for this message, RFC 9110 §7.6.1)."""
-    if "Connection" not in headers:
-        return frozenset()
+    """Header names listed in Connection (hop-by-hop for this message, RFC 9110 §7.6.1); the
+    callers look for the field first, since most messages have none."""
     return frozenset(t.strip().lower() for v in headers.getall("Connection")
                      for t in v.split(","))
 

@@ -43,7 +43,18 @@ def group_members(pgid: int) -> list[int]:
         except (ProcessLookupError, PermissionError):
             return []
         return [pgid]
-    members = []
+    return _live_where(2, pgid)
+
+
+def live_children(pid: int) -> list[int]:
+    """Pids of the live (not zombie) child processes of `pid` (Linux /proc), sorted."""
+    return sorted(_live_where(1, pid))
+
+
+def _live_where(field: int, value: int) -> list[int]:
+    """Pids of live processes whose /proc stat field `field` (counted after the name: 1 is the
+    parent, 2 the process group) equals value."""
+    found = []
     for entry in PROC.iterdir():
         if not entry.name.isdigit():
             continue
@@ -52,9 +63,9 @@ def group_members(pgid: int) -> list[int]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
+        if fields[0] != "Z" and int(fields[field]) == value:
+            found.append(int(entry.name))
+    return found
 
 
 def end_group(pgid: int, *, grace: float) -> bool:

@@ -32,25 +32,11 @@ from app.gateway import __main__ as gateway_main
 from app.gateway.config import write_gateway_config
 from app.gateway.observability import append_block
 from app.gateway.workers import MAX_WORKERS, WORKERS_ENV, parse_workers, workers_from_env
+from app.localstack.processes import live_children
 from tests.gateway.conftest import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 ANNOUNCED = re.compile(r"gateway listening on https://127\.0\.0\.1:(\d+) with (\d+) workers")
-
-
-def _children(pid: int) -> list[int]:
-    """Live (not zombie) child processes of pid."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if fields[0] != "Z" and int(fields[1]) == pid:
-            out.append(int(entry.name))
-    return sorted(out)
 
 
 def _socket_inode(server_port: int, client_port: int) -> int | None:
@@ -108,7 +94,7 @@ class WorkersProcess:
 
     def workers(self) -> list[int]:
         """The worker pids now (the supervisor's children)."""
-        return _children(self.proc.pid)
+        return live_children(self.proc.pid)
 
     def connect(self) -> tuple[http.client.HTTPSConnection, int]:
         """A new TLS connection and the pid of the worker that accepted it."""
